@@ -1,0 +1,193 @@
+"""One validated settings model, read once: from a YAML file, then environment overrides.
+
+Environment overrides use ``IDSYNC__SECTION__FIELD=value`` (double underscores separate the
+levels; values are parsed as YAML scalars), so ``IDSYNC__SCOPE__MODE=all`` sets ``scope.mode``.
+Secrets never live in the file: the Graph client secret comes from ``IDSYNC_CLIENT_SECRET``
+(CLI) or from Secrets Manager (Lambda, ``graph.client_secret_arn``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from idsync.errors import ConfigError
+
+ENV_PREFIX = "IDSYNC__"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GraphSettings(_Strict):
+    tenant_id: str = Field(min_length=1)
+    client_id: str = Field(min_length=1)
+    client_secret: str | None = Field(default=None, repr=False)
+    client_secret_arn: str | None = None
+    certificate_path: str | None = None
+    certificate_thumbprint: str | None = None
+    base_url: str = "https://graph.microsoft.com/v1.0"
+    authority_host: str = "https://login.microsoftonline.com"
+    page_size: int = Field(default=999, ge=1, le=999)
+    max_retries: int = Field(default=6, ge=0, le=20)
+    timeout_seconds: float = Field(default=30.0, gt=0)
+
+    @field_validator("base_url", "authority_host")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("must be an http(s) URL")
+        return value.rstrip("/")
+
+
+class ScopeSettings(_Strict):
+    # "assigned": users and groups assigned to the enterprise app; "all": every user and group.
+    mode: Literal["assigned", "all"] = "assigned"
+    service_principal_id: str | None = None
+    flatten_nested_groups: bool = False
+    user_filters: list[list[dict[str, Any]]] = Field(default_factory=list)
+    group_filters: list[list[dict[str, Any]]] = Field(default_factory=list)
+    group_name_include: list[str] = Field(default_factory=list)
+    group_name_exclude: list[str] = Field(default_factory=list)
+    skip_out_of_scope_deletions: bool = False
+
+    @model_validator(mode="after")
+    def _assigned_needs_app(self) -> ScopeSettings:
+        if self.mode == "assigned" and not self.service_principal_id:
+            raise ValueError(
+                "scope.service_principal_id is required when scope.mode is 'assigned' "
+                "(the object id of the AWS IAM Identity Center enterprise application)"
+            )
+        return self
+
+
+class IdentityStoreSettings(_Strict):
+    identity_store_id: str | None = Field(default=None, pattern=r"^(d-[0-9a-f]{10}|[0-9a-f-]{36})$")
+    region: str = "us-east-1"
+    endpoint_url: str | None = None  # a local emulator; never set in production
+    max_attempts: int = Field(default=10, ge=1, le=30)
+
+
+class SyncSettings(_Strict):
+    deprovision: Literal["delete", "keep"] = "delete"
+    delete_groups: bool = True
+    max_deletions: int = Field(default=500, ge=0)
+    max_deletion_percent: float = Field(default=20.0, ge=0, le=100)
+    full_reconcile_hours: float = Field(default=24.0, gt=0)
+    log_retention_days: int = Field(default=30, ge=1, le=3650)
+
+
+class StateSettings(_Strict):
+    backend: Literal["sqlite", "dynamodb"] = "sqlite"
+    path: str = ".idsync/state.db"
+    table_name: str | None = None
+    region: str | None = None
+    endpoint_url: str | None = None
+
+    @model_validator(mode="after")
+    def _dynamodb_needs_table(self) -> StateSettings:
+        if self.backend == "dynamodb" and not self.table_name:
+            raise ValueError("state.table_name is required when state.backend is 'dynamodb'")
+        return self
+
+
+class MappingSettings(_Strict):
+    """Attribute mappings (empty lists mean the default AWS IAM Identity Center mapping)."""
+
+    users: list[dict[str, Any]] = Field(default_factory=list)
+    groups: list[dict[str, Any]] = Field(default_factory=list)
+    user_matching: str = "userName"
+    group_matching: str = "displayName"
+
+
+class PimSettings(_Strict):
+    groups: list[str] = Field(default_factory=list)  # object ids of PIM-enabled groups
+    bucket_capacity: int = Field(default=5, ge=1)
+    bucket_refill: int = Field(default=5, ge=1)
+    bucket_period_seconds: float = Field(default=10.0, gt=0)
+    notification_url: str | None = None
+    lifecycle_url: str | None = None
+    client_state_arn: str | None = None
+
+
+class NotificationSettings(_Strict):
+    topic_arn: str | None = None
+
+
+class Settings(_Strict):
+    graph: GraphSettings
+    scope: ScopeSettings = Field(default_factory=lambda: ScopeSettings(mode="all"))
+    identity_store: IdentityStoreSettings = Field(default_factory=IdentityStoreSettings)
+    sync: SyncSettings = Field(default_factory=SyncSettings)
+    state: StateSettings = Field(default_factory=StateSettings)
+    mapping: MappingSettings = Field(default_factory=MappingSettings)
+    pim: PimSettings = Field(default_factory=PimSettings)
+    notifications: NotificationSettings = Field(default_factory=NotificationSettings)
+
+
+def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[path[-1]] = value
+
+
+def apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """Return a copy of ``data`` with every ``IDSYNC__A__B=value`` variable applied."""
+    merged: dict[str, Any] = yaml.safe_load(yaml.safe_dump(data)) or {}
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
+        if path:
+            _set_path(merged, path, yaml.safe_load(raw) if raw != "" else None)
+    secret = environ.get("IDSYNC_CLIENT_SECRET")
+    if secret:
+        _set_path(merged, ["graph", "client_secret"], secret)
+    return merged
+
+
+def format_validation_error(error: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        lines.append(f"  {where}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def parse_settings(data: Mapping[str, Any], source: str = "configuration") -> Settings:
+    """Validate a configuration mapping. Raises ConfigError naming every bad field."""
+    try:
+        return Settings.model_validate(dict(data))
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(error, source)) from None
+
+
+def load_settings(path: str | Path | None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read the YAML file (if any), apply environment overrides, validate. Raises ConfigError."""
+    env = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    source = "environment"
+    if path is not None:
+        file = Path(path)
+        source = str(file)
+        try:
+            loaded = yaml.safe_load(file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"configuration file not found: {file}") from None
+        except yaml.YAMLError as error:
+            raise ConfigError(f"configuration file {file} is not valid YAML: {error}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"configuration file {file} must hold a mapping at the top level")
+        data = loaded or {}
+    return parse_settings(apply_env_overrides(data, env), source)

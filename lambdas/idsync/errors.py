@@ -1,0 +1,39 @@
+"""Errors the adapters raise and the services understand."""
+
+from __future__ import annotations
+
+
+class IdsyncError(Exception):
+    """Base of every idsync error."""
+
+
+class ConfigError(IdsyncError):
+    """The configuration is invalid; the message names the field and the rule."""
+
+
+class DirectoryError(IdsyncError):
+    """Microsoft Graph could not be read."""
+
+
+class DirectoryAuthError(DirectoryError):
+    """Credentials or permissions were rejected (quarantine-worthy)."""
+
+
+class DeltaExpired(DirectoryError):
+    """A delta link is no longer valid (410 Gone / syncStateNotFound): a full read is needed."""
+
+
+class TargetError(IdsyncError):
+    """IAM Identity Center refused a request."""
+
+
+class TargetConflict(TargetError):
+    """The object exists already (userName, displayName or membership taken)."""
+
+
+class TargetNotFound(TargetError):
+    """The object does not exist (deleted by hand, for one)."""
+
+
+class TargetAuthError(TargetError):
+    """AWS credentials or permissions were rejected."""

@@ -1,0 +1,174 @@
+"""The ports: what the services need from the outside world, and nothing about how it is done.
+
+Adapters in ``idsync.adapters`` implement these for Microsoft Graph, the Identity Store API,
+DynamoDB and local files; tests use in-memory fakes of the same protocols.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from idsync.model import (
+    AttributeChange,
+    LogEntry,
+    OwnedGroup,
+    OwnedMembership,
+    OwnedUser,
+    Ownership,
+    TargetGroup,
+    TargetUser,
+    UserDoc,
+)
+
+GraphObject = Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class DirectorySnapshot:
+    """A full read of Entra, already narrowed to the assignment scope.
+
+    ``users`` and ``groups`` are Graph objects as returned with ``$select`` (users carry
+    ``manager: {"id": ...}`` when the manager is mapped). ``members`` lists, per group id, the
+    ids of its user members (direct, or transitive when nested groups are flattened).
+    """
+
+    users: Sequence[GraphObject]
+    groups: Sequence[GraphObject]
+    members: Mapping[str, Sequence[str]]
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One line of a connection test."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
+class Directory(Protocol):
+    """Microsoft Entra ID, read through Microsoft Graph."""
+
+    def snapshot(self) -> DirectorySnapshot:
+        """Read every in-scope user, group and membership. Raises DirectoryError."""
+        ...
+
+    def check(self) -> list[Check]:
+        """Test credentials and permissions (Entra's "Test Connection")."""
+        ...
+
+
+class IdentityStore(Protocol):
+    """AWS IAM Identity Center's identity store."""
+
+    def list_users(self) -> Iterator[TargetUser]: ...
+
+    def list_groups(self) -> Iterator[TargetGroup]: ...
+
+    def list_memberships(self, group_id: str) -> Iterator[tuple[str, str]]:
+        """(membership id, user id) of each user member of the group."""
+        ...
+
+    def find_user(self, user_name: str) -> str | None:
+        """The user id holding this userName, or None."""
+        ...
+
+    def find_group(self, display_name: str) -> str | None: ...
+
+    def find_membership(self, group_id: str, user_id: str) -> str | None: ...
+
+    def create_user(self, user_name: str, doc: UserDoc) -> str:
+        """Create and return the new user id. Raises TargetConflict when the userName exists."""
+        ...
+
+    def update_user(self, user_id: str, changes: Sequence[AttributeChange]) -> None:
+        """Apply every change in one UpdateUser call. Raises TargetNotFound."""
+        ...
+
+    def delete_user(self, user_id: str) -> None:
+        """Delete; a user already gone is not an error."""
+        ...
+
+    def create_group(self, display_name: str, description: str | None) -> str: ...
+
+    def update_group(self, group_id: str, changes: Sequence[AttributeChange]) -> None: ...
+
+    def delete_group(self, group_id: str) -> None: ...
+
+    def create_membership(self, group_id: str, user_id: str) -> str:
+        """Add; raises TargetConflict when the membership exists already."""
+        ...
+
+    def delete_membership(self, membership_id: str) -> None: ...
+
+    def check(self) -> list[Check]: ...
+
+
+class StateStore(Protocol):
+    """Sync state: ownership, delta links, runs, provisioning logs, leases.
+
+    Every write is durable when the call returns, so a crash right after loses nothing.
+    """
+
+    def load_ownership(self) -> Ownership: ...
+
+    def record_user(self, owned: OwnedUser) -> None: ...
+
+    def forget_user(self, source_id: str) -> None: ...
+
+    def record_group(self, owned: OwnedGroup) -> None: ...
+
+    def forget_group(self, source_id: str) -> None: ...
+
+    def record_membership(self, owned: OwnedMembership) -> None: ...
+
+    def forget_membership(self, group_source_id: str, user_source_id: str) -> None: ...
+
+    def get_item(self, key: str) -> dict[str, Any] | None:
+        """A small named document (delta links, checkpoints, quarantine, run status)."""
+        ...
+
+    def put_item(self, key: str, value: Mapping[str, Any]) -> None: ...
+
+    def delete_item(self, key: str) -> None: ...
+
+    def append_logs(self, entries: Sequence[LogEntry]) -> None: ...
+
+    def query_logs(
+        self, cycle_id: str | None = None, status: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """Newest first, as ``LogEntry.as_dict()`` documents."""
+        ...
+
+    def acquire_lease(self, name: str, owner: str, now: datetime, ttl_seconds: int) -> bool:
+        """Take the named lease if free or expired. True when this owner holds it."""
+        ...
+
+    def release_lease(self, name: str, owner: str) -> None: ...
+
+
+class Clock(Protocol):
+    def now(self) -> datetime: ...
+
+
+class Notifier(Protocol):
+    """Failure and quarantine notifications (SNS, or the console when run locally)."""
+
+    def notify(self, subject: str, message: str) -> None: ...
+
+
+@dataclass
+class CallCounter:
+    """Counts calls by operation; adapters fill it for the CLI summary and the benchmarks."""
+
+    calls: dict[str, int] = field(default_factory=dict)
+
+    def add(self, operation: str) -> None:
+        self.calls[operation] = self.calls.get(operation, 0) + 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.calls.values())
