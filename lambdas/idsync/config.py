@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from idsync.errors import ConfigError
 
 ENV_PREFIX = "IDSYNC__"
+SETTINGS_ENV = "IDSYNC_SETTINGS"  # the whole configuration as JSON (how the Lambda functions get it)
 
 
 class _Strict(BaseModel):
@@ -111,9 +112,14 @@ class PimSettings(_Strict):
     bucket_capacity: int = Field(default=5, ge=1)
     bucket_refill: int = Field(default=5, ge=1)
     bucket_period_seconds: float = Field(default=10.0, gt=0)
-    notification_url: str | None = None
-    lifecycle_url: str | None = None
-    client_state_arn: str | None = None
+    notification_url: str | None = None  # the webhook's public URL (POST /graph/notifications)
+    lifecycle_url: str | None = None  # POST /graph/lifecycle
+    client_state_arn: str | None = None  # Secrets Manager secret holding the clientState
+    client_state: str | None = Field(default=None, repr=False)  # local runs only
+    queue_url: str | None = None  # SQS queue feeding the JIT worker
+    scheduler_group: str | None = None  # EventBridge Scheduler group for grant expiries
+    scheduler_role_arn: str | None = None  # role the scheduler assumes to invoke the expiry function
+    expiry_function_arn: str | None = None
 
 
 class NotificationSettings(_Strict):
@@ -191,3 +197,16 @@ def load_settings(path: str | Path | None, environ: Mapping[str, str] | None = N
             raise ConfigError(f"configuration file {file} must hold a mapping at the top level")
         data = loaded or {}
     return parse_settings(apply_env_overrides(data, env), source)
+
+
+def load_settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings for a Lambda function: ``IDSYNC_SETTINGS`` (JSON) plus ``IDSYNC__...`` overrides."""
+    env = os.environ if environ is None else environ
+    raw = env.get(SETTINGS_ENV, "{}")
+    try:
+        data = yaml.safe_load(raw) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{SETTINGS_ENV} is not valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{SETTINGS_ENV} must hold a JSON object")
+    return parse_settings(apply_env_overrides(data, env), SETTINGS_ENV)
