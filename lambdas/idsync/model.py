@@ -306,6 +306,7 @@ class PlanPolicy:
     max_deletion_percent: float = 20.0
     allow_deletions: bool = False  # an operator's one-off override of the guard
     managed_attributes: frozenset[str] = frozenset()  # doc keys idsync owns; others are left alone
+    create_only_attributes: frozenset[str] = frozenset()  # doc keys set on create, never updated
 
 
 # --------------------------------------------------------------------------- provisioning log and runs

@@ -1,0 +1,581 @@
+"""The planner: a pure diff from what Entra says (desired) to what IAM Identity Center holds (current).
+
+``make_plan(desired, current, owned, policy)`` returns ordered operations:
+
+1. users created (managers before the people who report to them), adopted, updated;
+2. groups created, adopted, updated;
+3. memberships added (or adopted when already present);
+4. memberships removed;
+5. groups deleted;
+6. users deleted.
+
+Laws (each has a property test): applying the plan to ``current`` yields ``desired`` for everything
+idsync owns (convergence); planning again after that yields no writes (idempotence); objects that
+idsync neither created nor adopted are never updated or deleted (ownership); a plan that would
+delete more than the policy allows holds every deletion back (deletion guard).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+from idsync.model import (
+    ENTERPRISE_EXTENSION,
+    Action,
+    AttributeChange,
+    CurrentView,
+    DeletionGuard,
+    DeprovisionMode,
+    DesiredView,
+    Group,
+    JsonValue,
+    Kind,
+    Operation,
+    Ownership,
+    Plan,
+    PlanPolicy,
+    Refusal,
+    TargetGroup,
+    TargetUser,
+    User,
+    UserDoc,
+    canonical_json,
+    freeze_doc,
+)
+
+USER_NAME = "UserName"
+DISPLAY_NAME = "DisplayName"
+DESCRIPTION = "Description"
+EXTENSIONS = "Extensions"
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRef:
+    """A reference to a user by Entra id whose Identity Store id is only known once it is created."""
+
+    source_id: str
+
+    def __str__(self) -> str:
+        return f"source:{self.source_id}"
+
+
+def with_manager(doc: UserDoc, manager: str | SourceRef | None) -> dict[str, JsonValue]:
+    """The document with the enterprise extension's manager set (or removed when None)."""
+    out = dict(doc)
+    extensions = dict(out.get(EXTENSIONS) or {})
+    enterprise = dict(extensions.get(ENTERPRISE_EXTENSION) or {})
+    enterprise.pop("manager", None)
+    if manager is not None:
+        enterprise["manager"] = {"value": manager}
+    if enterprise:
+        extensions[ENTERPRISE_EXTENSION] = enterprise
+    else:
+        extensions.pop(ENTERPRISE_EXTENSION, None)
+    if extensions:
+        out[EXTENSIONS] = extensions
+    else:
+        out.pop(EXTENSIONS, None)
+    return freeze_doc(out)
+
+
+def resolve_refs(value: JsonValue, targets: Mapping[str, str]) -> JsonValue:
+    """Replace SourceRef markers by Identity Store ids; an unknown reference drops its manager."""
+    if isinstance(value, Mapping):
+        out = {}
+        for key, item in value.items():
+            if key == "manager" and isinstance(item, Mapping) and isinstance(item.get("value"), SourceRef):
+                target = targets.get(item["value"].source_id)
+                if target is not None:
+                    out[key] = {"value": target}
+                continue
+            out[key] = resolve_refs(item, targets)
+        return out
+    if isinstance(value, list | tuple):
+        return [resolve_refs(v, targets) for v in value]
+    return value
+
+
+def _same(a: JsonValue, b: JsonValue) -> bool:
+    return canonical_json(a) == canonical_json(b)
+
+
+def diff_user(
+    desired_name: str,
+    desired_doc: UserDoc,
+    current: TargetUser,
+    current_doc: UserDoc,
+    managed: Iterable[str],
+    create_only: frozenset[str],
+) -> tuple[AttributeChange, ...]:
+    """The attribute changes that turn ``current`` into the desired user (managed keys only)."""
+    changes: list[AttributeChange] = []
+    if desired_name != current.user_name:
+        changes.append(AttributeChange(USER_NAME, current.user_name, desired_name))
+    for key in sorted(set(managed)):
+        if key in create_only:
+            continue
+        old = current_doc.get(key)
+        new = desired_doc.get(key)
+        if not _same(old, new):
+            changes.append(AttributeChange(key, old, new))
+    return tuple(changes)
+
+
+def _diff_group(desired: Group, current: TargetGroup) -> tuple[AttributeChange, ...]:
+    changes: list[AttributeChange] = []
+    if desired.display_name != current.display_name:
+        changes.append(AttributeChange(DISPLAY_NAME, current.display_name, desired.display_name))
+    if (desired.description or None) != (current.description or None):
+        changes.append(AttributeChange(DESCRIPTION, current.description, desired.description))
+    return tuple(changes)
+
+
+def _manager_first(users: list[User]) -> list[User]:
+    """Order new users so that a manager is created before the people who report to them."""
+    by_id = {u.source_id: u for u in users}
+    done: set[str] = set()
+    ordered: list[User] = []
+    for user in users:
+        chain: list[User] = []
+        seen: set[str] = set()
+        walker: User | None = user
+        # walk up the management chain until a manager that is placed, absent, or a cycle
+        while walker is not None and walker.source_id not in done and walker.source_id not in seen:
+            chain.append(walker)
+            seen.add(walker.source_id)
+            walker = by_id.get(walker.manager_source_id or "")
+        for placed in reversed(chain):
+            done.add(placed.source_id)
+            ordered.append(placed)
+    return ordered
+
+
+class _UserPlanner:
+    def __init__(self, desired: DesiredView, current: CurrentView, owned: Ownership, policy: PlanPolicy):
+        self.desired = desired
+        self.current = current
+        self.owned = owned
+        self.policy = policy
+        self.refusals: list[Refusal] = []
+        # source id -> target id for every user idsync will own after this plan (created ones excluded)
+        self.targets: dict[str, str] = {sid: o.target_id for sid, o in owned.users.items()}
+        self.creating: set[str] = set()
+
+    def manager_value(self, user: User) -> str | SourceRef | None:
+        if not user.manager_source_id:
+            return None
+        target = self.targets.get(user.manager_source_id)
+        if target is not None:
+            return target
+        if user.manager_source_id in self.creating:
+            return SourceRef(user.manager_source_id)
+        return None
+
+    def run(self) -> tuple[list[Operation], list[Operation], list[Operation]]:
+        creates: list[User] = []
+        adopts: list[Operation] = []
+        updates: list[tuple[User, TargetUser, UserDoc]] = []
+        owned_targets = {o.target_id for o in self.owned.users.values()}
+        free_by_name: dict[str, TargetUser] = {}
+        for target in self.current.users.values():
+            if target.target_id not in owned_targets:
+                free_by_name.setdefault(target.user_name.casefold(), target)
+        taken_names: dict[str, str] = {}
+        live = {sid for sid, u in self.desired.users.items() if u.active}
+        for sid in sorted(self.desired.users):
+            user = self.desired.users[sid]
+            if not user.active:
+                continue
+            if user.manager_source_id is not None and user.manager_source_id not in live:
+                # a manager who is not provisioned cannot be referenced
+                user = replace(user, manager_source_id=None)
+            folded = user.user_name.casefold()
+            if folded in taken_names:
+                self.refusals.append(
+                    Refusal(
+                        "user",
+                        sid,
+                        user.user_name,
+                        "userName",
+                        f"is also the userName of Entra user {taken_names[folded]}; userName must be unique",
+                        user.user_name,
+                    )
+                )
+                continue
+            taken_names[folded] = sid
+            owned = self.owned.users.get(sid)
+            if owned is not None and owned.target_id in self.current.users:
+                target = self.current.users[owned.target_id]
+                updates.append((user, target, self._current_doc(target)))
+                continue
+            match = free_by_name.pop(folded, None)
+            if match is not None and owned is None:
+                self.targets[sid] = match.target_id
+                adopts.append(
+                    Operation(
+                        Kind.USER,
+                        Action.ADOPT,
+                        sid,
+                        user.user_name,
+                        target_id=match.target_id,
+                        user=user,
+                        reason=f"matched on userName {match.user_name!r}",
+                    )
+                )
+                updates.append((user, match, self._current_doc(match)))
+                continue
+            creates.append(user)
+            self.creating.add(sid)
+        create_ops = [
+            Operation(
+                Kind.USER,
+                Action.CREATE,
+                u.source_id,
+                u.user_name,
+                user=u,
+                reason="missing in IAM Identity Center"
+                if u.source_id in self.owned.users
+                else "new in scope",
+            )
+            for u in _manager_first(creates)
+        ]
+        update_ops: list[Operation] = []
+        for user, target, current_doc in updates:
+            desired_doc = with_manager(user.doc, self.manager_value(user))
+            managed = set(self.policy.managed_attributes) | set(desired_doc) | {EXTENSIONS}
+            changes = diff_user(
+                user.user_name, desired_doc, target, current_doc, managed, self.policy.create_only_attributes
+            )
+            if changes:
+                update_ops.append(
+                    Operation(
+                        Kind.USER,
+                        Action.UPDATE,
+                        user.source_id,
+                        user.user_name,
+                        target_id=target.target_id,
+                        changes=changes,
+                        user=user,
+                    )
+                )
+        return create_ops, adopts, update_ops
+
+    @staticmethod
+    def _current_doc(target: TargetUser) -> UserDoc:
+        return with_manager(target.doc, target.manager_target_id)
+
+    def deletions(self, refused: set[str]) -> list[Operation]:
+        if self.policy.deprovision is DeprovisionMode.KEEP:
+            return []
+        ops = []
+        for sid in sorted(self.owned.users):
+            user = self.desired.users.get(sid)
+            if (user is not None and user.active) or sid in refused:
+                continue
+            owned = self.owned.users[sid]
+            reason = "disabled in Entra" if user is not None else "no longer in scope (or deleted) in Entra"
+            ops.append(
+                Operation(
+                    Kind.USER, Action.DELETE, sid, owned.user_name, target_id=owned.target_id, reason=reason
+                )
+            )
+        return ops
+
+
+def _plan_groups(
+    desired: DesiredView, current: CurrentView, owned: Ownership, policy: PlanPolicy, refused: set[str]
+) -> tuple[list[Operation], list[Operation], dict[str, str], list[Refusal]]:
+    ops: list[Operation] = []
+    refusals: list[Refusal] = []
+    targets = {sid: o.target_id for sid, o in owned.groups.items()}
+    owned_targets = set(targets.values())
+    free_by_name: dict[str, TargetGroup] = {}
+    for target in current.groups.values():
+        if target.target_id not in owned_targets:
+            free_by_name.setdefault(target.display_name, target)
+    taken: dict[str, str] = {}
+    creates: list[Operation] = []
+    for sid in sorted(desired.groups):
+        group = desired.groups[sid]
+        if group.display_name in taken:
+            refusals.append(
+                Refusal(
+                    "group",
+                    sid,
+                    group.display_name,
+                    "displayName",
+                    f"is also the displayName of Entra group {taken[group.display_name]}; "
+                    "displayName must be unique",
+                    group.display_name,
+                )
+            )
+            continue
+        taken[group.display_name] = sid
+        mine = owned.groups.get(sid)
+        if mine is not None and mine.target_id in current.groups:
+            changes = _diff_group(group, current.groups[mine.target_id])
+            if changes:
+                ops.append(
+                    Operation(
+                        Kind.GROUP,
+                        Action.UPDATE,
+                        sid,
+                        group.display_name,
+                        target_id=mine.target_id,
+                        changes=changes,
+                        group=group,
+                    )
+                )
+            continue
+        match = free_by_name.pop(group.display_name, None)
+        if match is not None and mine is None:
+            targets[sid] = match.target_id
+            ops.append(
+                Operation(
+                    Kind.GROUP,
+                    Action.ADOPT,
+                    sid,
+                    group.display_name,
+                    target_id=match.target_id,
+                    group=group,
+                    reason=f"matched on displayName {match.display_name!r}",
+                )
+            )
+            changes = _diff_group(group, match)
+            if changes:
+                ops.append(
+                    Operation(
+                        Kind.GROUP,
+                        Action.UPDATE,
+                        sid,
+                        group.display_name,
+                        target_id=match.target_id,
+                        changes=changes,
+                        group=group,
+                    )
+                )
+            continue
+        creates.append(
+            Operation(
+                Kind.GROUP,
+                Action.CREATE,
+                sid,
+                group.display_name,
+                group=group,
+                reason="missing in IAM Identity Center" if mine is not None else "new in scope",
+            )
+        )
+    deletes: list[Operation] = []
+    if policy.delete_groups:
+        for sid in sorted(owned.groups):
+            if sid in desired.groups or sid in refused:
+                continue
+            mine = owned.groups[sid]
+            deletes.append(
+                Operation(
+                    Kind.GROUP,
+                    Action.DELETE,
+                    sid,
+                    mine.display_name,
+                    target_id=mine.target_id,
+                    reason="no longer in scope (or deleted) in Entra",
+                )
+            )
+    return creates + ops, deletes, targets, refusals
+
+
+def _plan_memberships(
+    desired: DesiredView,
+    current: CurrentView,
+    owned: Ownership,
+    user_targets: Mapping[str, str],
+    group_targets: Mapping[str, str],
+    live_users: set[str],
+    live_groups: set[str],
+    refused: set[str],
+) -> tuple[list[Operation], list[Operation]]:
+    user_by_target = {t: s for s, t in user_targets.items()}
+    group_by_target = {t: s for s, t in group_targets.items()}
+    present: dict[tuple[str, str], str] = {}
+    for (group_target, user_target), membership_id in current.memberships.items():
+        group_sid = group_by_target.get(group_target)
+        user_sid = user_by_target.get(user_target)
+        if group_sid is not None and user_sid is not None:
+            present[(group_sid, user_sid)] = membership_id
+    adds: list[Operation] = []
+    for group_sid, user_sid in sorted(desired.memberships):
+        if group_sid not in live_groups or user_sid not in live_users:
+            continue
+        name = f"{desired.groups[group_sid].display_name} <- {desired.users[user_sid].user_name}"
+        existing = present.get((group_sid, user_sid))
+        if existing is not None:
+            if (group_sid, user_sid) not in owned.memberships:
+                adds.append(
+                    Operation(
+                        Kind.MEMBERSHIP,
+                        Action.ADOPT,
+                        group_sid,
+                        name,
+                        member_source_id=user_sid,
+                        membership_id=existing,
+                        reason="already a member",
+                    )
+                )
+            continue
+        adds.append(Operation(Kind.MEMBERSHIP, Action.CREATE, group_sid, name, member_source_id=user_sid))
+    removes: list[Operation] = []
+    for group_sid, user_sid in sorted(present):
+        if (
+            (group_sid, user_sid) in desired.memberships
+            and group_sid in live_groups
+            and user_sid in live_users
+        ):
+            continue
+        if group_sid in refused or user_sid in refused:
+            continue
+        group_name = owned.groups[group_sid].display_name if group_sid in owned.groups else group_sid
+        user_name = owned.users[user_sid].user_name if user_sid in owned.users else user_sid
+        removes.append(
+            Operation(
+                Kind.MEMBERSHIP,
+                Action.DELETE,
+                group_sid,
+                f"{group_name} <- {user_name}",
+                member_source_id=user_sid,
+                membership_id=present[(group_sid, user_sid)],
+                reason="no longer a member in Entra",
+            )
+        )
+    return adds, removes
+
+
+def _guard(
+    user_deletes: list[Operation],
+    group_deletes: list[Operation],
+    membership_removes: list[Operation],
+    owned: Ownership,
+    policy: PlanPolicy,
+) -> DeletionGuard | None:
+    if policy.allow_deletions:
+        return None
+    deletions = len(user_deletes) + len(group_deletes)
+    managed = len(owned.users) + len(owned.groups)
+    removals = len(membership_removes)
+    managed_memberships = len(owned.memberships)
+
+    def trips(count: int, total: int) -> bool:
+        if count == 0:
+            return False
+        return count > policy.max_deletions or (
+            total > 0 and 100.0 * count / total > policy.max_deletion_percent
+        )
+
+    if trips(deletions, managed):
+        return DeletionGuard(deletions, managed, policy.max_deletions, policy.max_deletion_percent)
+    if trips(removals, managed_memberships):
+        return DeletionGuard(removals, managed_memberships, policy.max_deletions, policy.max_deletion_percent)
+    return None
+
+
+def make_plan(desired: DesiredView, current: CurrentView, owned: Ownership, policy: PlanPolicy) -> Plan:
+    """Diff desired against current for the objects idsync owns or can adopt. Pure and deterministic."""
+    refused = {r.source_id for r in desired.refusals}
+    users = _UserPlanner(desired, current, owned, policy)
+    user_creates, user_adopts, user_updates = users.run()
+    refused |= {r.source_id for r in users.refusals}
+    user_deletes = users.deletions(refused)
+    group_ops, group_deletes, group_targets, group_refusals = _plan_groups(
+        desired, current, owned, policy, refused
+    )
+    live_users = {sid for sid, u in desired.users.items() if u.active and sid not in refused}
+    refused_groups = {r.source_id for r in group_refusals}
+    live_groups = set(desired.groups) - refused_groups
+    membership_adds, membership_removes = _plan_memberships(
+        desired, current, owned, users.targets, group_targets, live_users, live_groups, refused
+    )
+    guard = _guard(user_deletes, group_deletes, membership_removes, owned, policy)
+    held_back: list[Operation] = []
+    if guard is not None:
+        held_back = membership_removes + group_deletes + user_deletes
+        membership_removes, group_deletes, user_deletes = [], [], []
+    operations = (
+        user_creates
+        + user_adopts
+        + user_updates
+        + group_ops
+        + membership_adds
+        + membership_removes
+        + group_deletes
+        + user_deletes
+    )
+    return Plan(
+        operations=tuple(operations),
+        refusals=tuple(desired.refusals) + tuple(users.refusals) + tuple(group_refusals),
+        held_back=tuple(held_back),
+        guard=guard,
+    )
+
+
+def desired_doc_for_create(user: User, targets: Mapping[str, str]) -> dict[str, JsonValue]:
+    """The document to send when creating ``user``, its manager resolved through ``targets``."""
+    manager = targets.get(user.manager_source_id) if user.manager_source_id else None
+    return with_manager(user.doc, manager)
+
+
+class _MapsUsers(Protocol):
+    def map(self, obj: Mapping[str, Any]) -> User | Refusal: ...
+
+
+class _MapsGroups(Protocol):
+    def map(self, obj: Mapping[str, Any]) -> Group | Refusal: ...
+
+
+class _Decides(Protocol):
+    @property
+    def in_scope(self) -> bool: ...
+
+
+class _Scopes(Protocol):
+    def user(self, obj: Mapping[str, Any]) -> _Decides: ...
+
+    def group(self, obj: Mapping[str, Any]) -> _Decides: ...
+
+
+def build_desired(
+    users: Iterable[Mapping[str, Any]],
+    groups: Iterable[Mapping[str, Any]],
+    members: Mapping[str, Iterable[str]],
+    user_mapper: _MapsUsers,
+    group_mapper: _MapsGroups,
+    scope: _Scopes,
+) -> DesiredView:
+    """Scope and map Entra objects into the desired view; invalid objects become refusals."""
+    mapped_users: dict[str, User] = {}
+    mapped_groups: dict[str, Group] = {}
+    refusals: list[Refusal] = []
+    for obj in users:
+        if not scope.user(obj).in_scope:
+            continue
+        result = user_mapper.map(obj)
+        if isinstance(result, Refusal):
+            refusals.append(result)
+        else:
+            mapped_users[result.source_id] = result
+    for obj in groups:
+        if not scope.group(obj).in_scope:
+            continue
+        group_result = group_mapper.map(obj)
+        if isinstance(group_result, Refusal):
+            refusals.append(group_result)
+        else:
+            mapped_groups[group_result.source_id] = group_result
+    memberships = frozenset(
+        (group_id, user_id)
+        for group_id, user_ids in members.items()
+        if group_id in mapped_groups
+        for user_id in user_ids
+        if user_id in mapped_users and mapped_users[user_id].active
+    )
+    return DesiredView(mapped_users, mapped_groups, memberships, tuple(refusals))

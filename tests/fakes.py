@@ -1,0 +1,247 @@
+"""In-memory fakes of the ports: fast, honest stand-ins for unit tests (fakes over mocks)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from idsync.errors import TargetConflict, TargetError, TargetNotFound
+from idsync.model import (
+    AttributeChange,
+    LogEntry,
+    OwnedGroup,
+    OwnedMembership,
+    OwnedUser,
+    Ownership,
+    TargetGroup,
+    TargetUser,
+    UserDoc,
+    freeze_doc,
+)
+from idsync.ports import Check, DirectorySnapshot
+
+
+class FakeClock:
+    def __init__(self, start: datetime | None = None) -> None:
+        self.current = start or datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+    def now(self) -> datetime:
+        return self.current
+
+    def advance(self, seconds: float) -> None:
+        self.current += timedelta(seconds=seconds)
+
+
+@dataclass
+class FakeIdentityStore:
+    """Holds users, groups and memberships like the Identity Store; counts writes; can fail on demand."""
+
+    users: dict[str, dict[str, Any]] = field(default_factory=dict)
+    groups: dict[str, dict[str, Any]] = field(default_factory=dict)
+    memberships: dict[str, tuple[str, str]] = field(default_factory=dict)
+    writes: list[str] = field(default_factory=list)
+    fail_on: dict[str, str] = field(default_factory=dict)  # userName/displayName -> error message
+    crash_after_writes: int | None = None
+    ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+
+    def _next(self, prefix: str) -> str:
+        return f"{prefix}-{next(self.ids):06d}"
+
+    def _write(self, what: str, name: str = "") -> None:
+        if name in self.fail_on:
+            raise TargetError(self.fail_on[name])
+        if self.crash_after_writes is not None and len(self.writes) >= self.crash_after_writes:
+            raise RuntimeError("simulated crash")
+        self.writes.append(what)
+
+    # reads
+    def list_users(self) -> Iterator[TargetUser]:
+        for uid, u in list(self.users.items()):
+            doc = dict(u["doc"])
+            manager = (doc.get("Extensions") or {}).get("aws:identitystore:enterprise", {}).get("manager")
+            yield TargetUser(uid, u["UserName"], freeze_doc(doc), manager["value"] if manager else None)
+
+    def list_groups(self) -> Iterator[TargetGroup]:
+        for gid, g in list(self.groups.items()):
+            yield TargetGroup(gid, g["DisplayName"], g.get("Description"))
+
+    def list_memberships(self, group_id: str) -> Iterator[tuple[str, str]]:
+        for mid, (gid, uid) in list(self.memberships.items()):
+            if gid == group_id:
+                yield mid, uid
+
+    def find_user(self, user_name: str) -> str | None:
+        return next(
+            (i for i, u in self.users.items() if u["UserName"].casefold() == user_name.casefold()), None
+        )
+
+    def find_group(self, display_name: str) -> str | None:
+        return next((i for i, g in self.groups.items() if g["DisplayName"] == display_name), None)
+
+    def find_membership(self, group_id: str, user_id: str) -> str | None:
+        return next((m for m, pair in self.memberships.items() if pair == (group_id, user_id)), None)
+
+    # writes
+    def create_user(self, user_name: str, doc: UserDoc) -> str:
+        if self.find_user(user_name):
+            raise TargetConflict(f"userName {user_name} exists")
+        self._write("CreateUser", user_name)
+        uid = self._next("u")
+        self.users[uid] = {"UserName": user_name, "doc": freeze_doc(doc)}
+        return uid
+
+    def update_user(self, user_id: str, changes: Sequence[AttributeChange]) -> None:
+        if user_id not in self.users:
+            raise TargetNotFound(user_id)
+        self._write("UpdateUser", self.users[user_id]["UserName"])
+        doc = dict(self.users[user_id]["doc"])
+        for change in changes:
+            if change.attribute == "UserName":
+                self.users[user_id]["UserName"] = change.new
+            elif change.new is None:
+                doc.pop(change.attribute, None)
+            else:
+                doc[change.attribute] = change.new
+        self.users[user_id]["doc"] = freeze_doc(doc)
+
+    def delete_user(self, user_id: str) -> None:
+        self._write("DeleteUser")
+        self.users.pop(user_id, None)
+        for mid in [m for m, (_, uid) in self.memberships.items() if uid == user_id]:
+            del self.memberships[mid]
+
+    def create_group(self, display_name: str, description: str | None) -> str:
+        if self.find_group(display_name):
+            raise TargetConflict(f"displayName {display_name} exists")
+        self._write("CreateGroup", display_name)
+        gid = self._next("g")
+        self.groups[gid] = {"DisplayName": display_name, "Description": description}
+        return gid
+
+    def update_group(self, group_id: str, changes: Sequence[AttributeChange]) -> None:
+        if group_id not in self.groups:
+            raise TargetNotFound(group_id)
+        self._write("UpdateGroup")
+        for change in changes:
+            self.groups[group_id][change.attribute] = change.new
+
+    def delete_group(self, group_id: str) -> None:
+        self._write("DeleteGroup")
+        self.groups.pop(group_id, None)
+        for mid in [m for m, (gid, _) in self.memberships.items() if gid == group_id]:
+            del self.memberships[mid]
+
+    def create_membership(self, group_id: str, user_id: str) -> str:
+        if self.find_membership(group_id, user_id):
+            raise TargetConflict("membership exists")
+        if group_id not in self.groups or user_id not in self.users:
+            raise TargetNotFound(f"{group_id}/{user_id}")
+        self._write("CreateGroupMembership")
+        mid = self._next("m")
+        self.memberships[mid] = (group_id, user_id)
+        return mid
+
+    def delete_membership(self, membership_id: str) -> None:
+        self._write("DeleteGroupMembership")
+        self.memberships.pop(membership_id, None)
+
+    def check(self) -> list[Check]:
+        return [Check("identity store", True, "in memory")]
+
+    # views for assertions
+    def user_by_name(self, user_name: str) -> dict[str, Any]:
+        uid = self.find_user(user_name)
+        assert uid is not None, f"no user {user_name}"
+        return self.users[uid]
+
+    def members_of(self, display_name: str) -> set[str]:
+        gid = self.find_group(display_name)
+        assert gid is not None, f"no group {display_name}"
+        return {self.users[uid]["UserName"] for _, (g, uid) in self.memberships.items() if g == gid}
+
+    def manager_of(self, user_name: str) -> str | None:
+        ext = (self.user_by_name(user_name)["doc"].get("Extensions") or {}).get(
+            "aws:identitystore:enterprise", {}
+        )
+        manager = ext.get("manager")
+        return self.users[manager["value"]]["UserName"] if manager else None
+
+
+@dataclass
+class FakeState:
+    users: dict[str, OwnedUser] = field(default_factory=dict)
+    groups: dict[str, OwnedGroup] = field(default_factory=dict)
+    memberships: dict[tuple[str, str], OwnedMembership] = field(default_factory=dict)
+    items: dict[str, dict[str, Any]] = field(default_factory=dict)
+    logs: list[LogEntry] = field(default_factory=list)
+    leases: dict[str, tuple[str, datetime]] = field(default_factory=dict)
+
+    def load_ownership(self) -> Ownership:
+        return Ownership(dict(self.users), dict(self.groups), dict(self.memberships))
+
+    def record_user(self, owned: OwnedUser) -> None:
+        self.users[owned.source_id] = owned
+
+    def forget_user(self, source_id: str) -> None:
+        self.users.pop(source_id, None)
+
+    def record_group(self, owned: OwnedGroup) -> None:
+        self.groups[owned.source_id] = owned
+
+    def forget_group(self, source_id: str) -> None:
+        self.groups.pop(source_id, None)
+
+    def record_membership(self, owned: OwnedMembership) -> None:
+        self.memberships[(owned.group_source_id, owned.user_source_id)] = owned
+
+    def forget_membership(self, group_source_id: str, user_source_id: str) -> None:
+        self.memberships.pop((group_source_id, user_source_id), None)
+
+    def get_item(self, key: str) -> dict[str, Any] | None:
+        return self.items.get(key)
+
+    def put_item(self, key: str, value: Mapping[str, Any]) -> None:
+        self.items[key] = dict(value)
+
+    def delete_item(self, key: str) -> None:
+        self.items.pop(key, None)
+
+    def append_logs(self, entries: Sequence[LogEntry]) -> None:
+        self.logs.extend(entries)
+
+    def query_logs(
+        self, cycle_id: str | None = None, status: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        rows = [
+            e.as_dict()
+            for e in reversed(self.logs)
+            if (cycle_id is None or e.cycle_id == cycle_id) and (status is None or e.status.value == status)
+        ]
+        return rows[:limit]
+
+    def acquire_lease(self, name: str, owner: str, now: datetime, ttl_seconds: int) -> bool:
+        held = self.leases.get(name)
+        if held and held[0] != owner and held[1] > now:
+            return False
+        self.leases[name] = (owner, now + timedelta(seconds=ttl_seconds))
+        return True
+
+    def release_lease(self, name: str, owner: str) -> None:
+        if self.leases.get(name, ("", None))[0] == owner:
+            del self.leases[name]
+
+
+@dataclass
+class FakeDirectory:
+    users: list[dict[str, Any]] = field(default_factory=list)
+    groups: list[dict[str, Any]] = field(default_factory=list)
+    members: dict[str, list[str]] = field(default_factory=dict)
+
+    def snapshot(self) -> DirectorySnapshot:
+        return DirectorySnapshot(list(self.users), list(self.groups), dict(self.members))
+
+    def check(self) -> list[Check]:
+        return [Check("graph", True, "in memory")]
