@@ -21,7 +21,8 @@ from idsync.model import (
     UserDoc,
     freeze_doc,
 )
-from idsync.ports import Check, DirectorySnapshot
+from idsync.mirror import MemberChange
+from idsync.ports import Check, DirectoryChanges
 
 
 class FakeClock:
@@ -178,23 +179,33 @@ class FakeState:
     items: dict[str, dict[str, Any]] = field(default_factory=dict)
     logs: list[LogEntry] = field(default_factory=list)
     leases: dict[str, tuple[str, datetime]] = field(default_factory=dict)
+    crash_after_records: int | None = None  # simulate dying right after an AWS write, before recording it
+    records: int = 0
+
+    def _recording(self) -> None:
+        if self.crash_after_records is not None and self.records >= self.crash_after_records:
+            raise RuntimeError("simulated crash before recording")
+        self.records += 1
 
     def load_ownership(self) -> Ownership:
         return Ownership(dict(self.users), dict(self.groups), dict(self.memberships))
 
     def record_user(self, owned: OwnedUser) -> None:
+        self._recording()
         self.users[owned.source_id] = owned
 
     def forget_user(self, source_id: str) -> None:
         self.users.pop(source_id, None)
 
     def record_group(self, owned: OwnedGroup) -> None:
+        self._recording()
         self.groups[owned.source_id] = owned
 
     def forget_group(self, source_id: str) -> None:
         self.groups.pop(source_id, None)
 
     def record_membership(self, owned: OwnedMembership) -> None:
+        self._recording()
         self.memberships[(owned.group_source_id, owned.user_source_id)] = owned
 
     def forget_membership(self, group_source_id: str, user_source_id: str) -> None:
@@ -235,13 +246,32 @@ class FakeState:
 
 
 @dataclass
-class FakeDirectory:
+class FakeSource:
+    """Entra as a ChangeSource: every read is a full read (delta semantics are tested on the emulator)."""
+
     users: list[dict[str, Any]] = field(default_factory=list)
     groups: list[dict[str, Any]] = field(default_factory=list)
     members: dict[str, list[str]] = field(default_factory=dict)
+    assigned_users: set[str] = field(default_factory=set)
+    assigned_groups: set[str] = field(default_factory=set)
+    reads: int = 0
 
-    def snapshot(self) -> DirectorySnapshot:
-        return DirectorySnapshot(list(self.users), list(self.groups), dict(self.members))
+    def read_changes(self, links: Mapping[str, str] | None) -> DirectoryChanges:
+        self.reads += 1
+        changes = [
+            MemberChange(group_id, user_id, "user", True)
+            for group_id, user_ids in self.members.items()
+            for user_id in user_ids
+        ]
+        return DirectoryChanges(
+            [dict(u) for u in self.users],
+            {},
+            [dict(g) for g in self.groups],
+            {},
+            changes,
+            {"users": f"users-{self.reads}", "groups": f"groups-{self.reads}"},
+            full=True,
+        )
 
-    def check(self) -> list[Check]:
-        return [Check("graph", True, "in memory")]
+    def read_assignments(self) -> tuple[set[str], set[str]]:
+        return set(self.assigned_users), set(self.assigned_groups)

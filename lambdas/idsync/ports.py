@@ -6,11 +6,13 @@ DynamoDB and local files; tests use in-memory fakes of the same protocols.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from idsync.mirror import MemberChange
 from idsync.model import (
     AttributeChange,
     LogEntry,
@@ -172,3 +174,125 @@ class CallCounter:
     @property
     def total(self) -> int:
         return sum(self.calls.values())
+
+
+# --------------------------------------------------------------------------- PIM for Groups (JIT)
+
+
+@dataclass(frozen=True, slots=True)
+class Hint:
+    """ "Look at group G": all a change notification is trusted to say, as one queue message.
+
+    ``group_id`` is the configured PIM group's object id (never a string copied from a request);
+    ``received_at`` is an ISO 8601 UTC instant. The worker re-reads Graph, so duplicates are harmless.
+    """
+
+    group_id: str
+    reason: str
+    received_at: str
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"group_id": self.group_id, "reason": self.reason, "received_at": self.received_at},
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, body: str) -> Hint:
+        """Parse a queue message body. Raises ValueError naming the missing or mistyped field."""
+        try:
+            data = json.loads(body)
+        except ValueError as error:
+            raise ValueError(f"hint message is not JSON: {error}") from None
+        if not isinstance(data, dict):
+            raise ValueError("hint message must be a JSON object")
+        fields: dict[str, str] = {}
+        for name in ("group_id", "reason", "received_at"):
+            value = data.get(name)
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"hint message: field {name} must be a non-empty string")
+            fields[name] = value
+        return cls(**fields)
+
+
+class HintQueue(Protocol):
+    """The queue feeding the JIT worker (SQS)."""
+
+    def send(self, hints: Sequence[Hint]) -> None:
+        """Enqueue each hint as one message. Raises QueueError when any could not be enqueued."""
+        ...
+
+
+class SecretSource(Protocol):
+    """Named secrets (Secrets Manager, cached; or values from the local configuration)."""
+
+    def get(self, name: str) -> str:
+        """The secret's current string value. Raises SecretError."""
+        ...
+
+
+class SubscriptionRenewer(Protocol):
+    """Renews (and so reauthorizes) a Graph subscription after a reauthorizationRequired event."""
+
+    def renew(self, subscription_id: str) -> None:
+        """Raises DirectoryError when Graph refuses or cannot be reached."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class BucketState:
+    """A token bucket as stored: tokens in millionths and time in microseconds, so the arithmetic is exact.
+
+    ``version`` grows by one on every write; a write succeeds only against the version it read.
+    """
+
+    micro_tokens: int
+    updated_us: int  # microseconds since the Unix epoch
+    version: int
+
+
+class BucketStore(Protocol):
+    """Where token buckets live, shared by every concurrent worker (DynamoDB)."""
+
+    def load(self, name: str) -> BucketState | None:
+        """The bucket as last written (strongly consistent), or None before its first write."""
+        ...
+
+    def replace(self, name: str, expected: BucketState | None, new: BucketState) -> bool:
+        """Write ``new`` only if the stored bucket is still ``expected`` (None: not created yet).
+
+        True when written; False when another writer got there first. Raises StateError.
+        """
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryChanges:
+    """What changed in Entra since a set of delta links (everything, when ``full``).
+
+    ``links`` are the delta links to start from next time; they are stored only once the cycle
+    that used these changes has finished.
+    """
+
+    users: Sequence[GraphObject]
+    removed_users: Mapping[str, str]  # id -> "changed" (soft-deleted) | "deleted"
+    groups: Sequence[GraphObject]
+    removed_groups: Mapping[str, str]
+    member_changes: Sequence[MemberChange]
+    links: Mapping[str, str]
+    full: bool
+
+
+class ChangeSource(Protocol):
+    """Entra read through Graph delta queries (the sync cycle's source)."""
+
+    def read_changes(self, links: Mapping[str, str] | None) -> DirectoryChanges:
+        """All users and groups with their members (links None), or the changes since ``links``.
+
+        Raises DeltaExpired when a link is no longer valid, DirectoryAuthError, DirectoryError.
+        """
+        ...
+
+    def read_assignments(self) -> tuple[set[str], set[str]]:
+        """(user ids, group ids) assigned to the enterprise application."""
+        ...

@@ -6,11 +6,11 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from idsync.model import Group, PlanPolicy, Refusal, User, freeze_doc
 from idsync.plan import with_manager
-from idsync.services.sync import SyncService
-
-from tests.fakes import FakeClock, FakeDirectory, FakeIdentityStore, FakeState
+from idsync.services.cycle import CycleOptions, CycleService, Scoping
+from tests.fakes import FakeClock, FakeIdentityStore, FakeSource, FakeState
 
 
 class SimpleUserMapper:
@@ -29,6 +29,8 @@ class SimpleGroupMapper:
 
 
 class Everything:
+    fingerprint = "everything"
+
     class _Yes:
         in_scope = True
         reason = "no filters"
@@ -40,19 +42,31 @@ class Everything:
         return self._Yes()
 
 
-def make_service(
-    directory: FakeDirectory, store: FakeIdentityStore, state: FakeState, **policy: Any
-) -> SyncService:
-    return SyncService(
+class Runner:
+    """Runs cycles the way the scheduled function does, returning each cycle's report."""
+
+    def __init__(self, service: CycleService) -> None:
+        self.service = service
+
+    def run(self, **options: Any) -> Any:
+        outcome = self.service.run(CycleOptions(**options))
+        assert outcome.report is not None, outcome.skipped
+        return outcome.report
+
+
+def make_service(directory: FakeSource, store: FakeIdentityStore, state: FakeState, **policy: Any) -> Runner:
+    service = CycleService(
         directory,
         store,
         state,
         SimpleUserMapper(),
         SimpleGroupMapper(),
         Everything(),
+        Scoping("all", False),
         PlanPolicy(**policy),
         FakeClock(),
     )
+    return Runner(service)
 
 
 NAMES = [f"user{i}" for i in range(12)]
@@ -60,7 +74,7 @@ GROUPS = [f"group{i}" for i in range(5)]
 
 
 @st.composite
-def worlds(draw: st.DrawFn) -> tuple[FakeDirectory, FakeIdentityStore, set[str]]:
+def worlds(draw: st.DrawFn) -> tuple[FakeSource, FakeIdentityStore, set[str]]:
     """An Entra tenant and an Identity Store that may already hold some same-named and foreign objects."""
     chosen = draw(st.lists(st.sampled_from(NAMES), unique=True, max_size=10))
     users = []
@@ -88,10 +102,10 @@ def worlds(draw: st.DrawFn) -> tuple[FakeDirectory, FakeIdentityStore, set[str]]
     for g in draw(st.lists(st.sampled_from(GROUPS), unique=True, max_size=3)):
         store.create_group(g, "made by hand")
     store.writes.clear()
-    return FakeDirectory(users, groups, members), store, foreign
+    return FakeSource(users, groups, members), store, foreign
 
 
-def expected_view(directory: FakeDirectory, store: FakeIdentityStore) -> None:
+def expected_view(directory: FakeSource, store: FakeIdentityStore) -> None:
     active = {u["id"]: u for u in directory.users if u["accountEnabled"]}
     ids = {u["id"]: store.find_user(u["userPrincipalName"]) for u in active.values()}
     for user in active.values():
@@ -112,7 +126,7 @@ def expected_view(directory: FakeDirectory, store: FakeIdentityStore) -> None:
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(worlds())
 def test_convergence_idempotence_and_ownership(
-    world: tuple[FakeDirectory, FakeIdentityStore, set[str]],
+    world: tuple[FakeSource, FakeIdentityStore, set[str]],
 ) -> None:
     directory, store, foreign = world
     foreign_before = {uid: dict(u) for uid, u in store.users.items() if u["UserName"] in foreign}
@@ -142,7 +156,7 @@ def test_convergence_idempotence_and_ownership(
 @settings(max_examples=40, deadline=None)
 @given(worlds(), st.data())
 def test_convergence_after_entra_changes(
-    world: tuple[FakeDirectory, FakeIdentityStore, set[str]], data: st.DataObject
+    world: tuple[FakeSource, FakeIdentityStore, set[str]], data: st.DataObject
 ) -> None:
     directory, store, _ = world
     state = FakeState()
@@ -170,7 +184,7 @@ def test_convergence_after_entra_changes(
     assert service.run().writes == 0
 
 
-def _tenant(count: int) -> FakeDirectory:
+def _tenant(count: int) -> FakeSource:
     users = [
         {
             "id": f"e{i}",
@@ -180,7 +194,7 @@ def _tenant(count: int) -> FakeDirectory:
         }
         for i in range(count)
     ]
-    return FakeDirectory(users, [{"id": "g1", "displayName": "Admins"}], {"g1": [u["id"] for u in users]})
+    return FakeSource(users, [{"id": "g1", "displayName": "Admins"}], {"g1": [u["id"] for u in users]})
 
 
 def test_deletion_guard_holds_back_every_deletion_and_says_why() -> None:

@@ -1,18 +1,15 @@
-"""The sync cycle: read Entra, read IAM Identity Center, plan, apply, record.
+"""Applying a plan: one write at a time, each recorded in state and in the provisioning log.
 
 Speaks to ports only. Every applied write is recorded in state before the next one starts, so a
 cycle stopped at any point (crash, time budget) is finished by the next: the next cycle plans again
-from what is recorded and what the Identity Store holds, and a replayed write is harmless
-(a create that finds its object already there adopts it).
+from what is recorded, and a replayed write is harmless (a create that finds its object already
+there adopts it).
 """
 
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable
 
 from idsync.errors import TargetAuthError, TargetConflict, TargetError, TargetNotFound
 from idsync.model import (
@@ -20,7 +17,6 @@ from idsync.model import (
     AttributeChange,
     CurrentView,
     CycleReport,
-    DesiredView,
     Group,
     JsonValue,
     Kind,
@@ -34,124 +30,20 @@ from idsync.model import (
     PlanPolicy,
     Refusal,
     Status,
-    TargetGroup,
-    TargetUser,
     User,
     UserDoc,
     freeze_doc,
 )
 from idsync.plan import (
     EXTENSIONS,
-    build_desired,
     desired_doc_for_create,
-    make_plan,
     resolve_refs,
     with_manager,
 )
-from idsync.ports import Clock, Directory, IdentityStore, StateStore
+from idsync.ports import Clock, IdentityStore, StateStore
 
 LOG_FLUSH_EVERY = 500
 Progress = Callable[[int, int], None]
-
-
-class UserMapping(Protocol):
-    managed_attributes: frozenset[str]
-    create_only_attributes: frozenset[str]
-
-    def map(self, obj: Mapping[str, Any]) -> User | Refusal: ...
-
-
-class GroupMapping(Protocol):
-    def map(self, obj: Mapping[str, Any]) -> Group | Refusal: ...
-
-
-class ScopeRules(Protocol):
-    def user(self, obj: Mapping[str, Any]) -> Any: ...
-
-    def group(self, obj: Mapping[str, Any]) -> Any: ...
-
-
-@dataclass
-class SyncOptions:
-    dry_run: bool = False
-    allow_deletions: bool = False
-    should_stop: Callable[[], bool] = field(default=lambda: False)  # a time budget running out
-    progress: Progress | None = None
-
-
-class SyncService:
-    """One full cycle of provisioning, idempotent and resumable."""
-
-    def __init__(
-        self,
-        directory: Directory,
-        target: IdentityStore,
-        state: StateStore,
-        user_mapper: UserMapping,
-        group_mapper: GroupMapping,
-        scope: ScopeRules,
-        policy: PlanPolicy,
-        clock: Clock,
-    ) -> None:
-        self.directory = directory
-        self.target = target
-        self.state = state
-        self.user_mapper = user_mapper
-        self.group_mapper = group_mapper
-        self.scope = scope
-        self.policy = replace(
-            policy,
-            managed_attributes=policy.managed_attributes or user_mapper.managed_attributes,
-            create_only_attributes=policy.create_only_attributes or user_mapper.create_only_attributes,
-        )
-        self.clock = clock
-
-    # ------------------------------------------------------------------ reading
-
-    def desired(self) -> DesiredView:
-        """Read Entra and map it. Raises DirectoryError."""
-        snapshot = self.directory.snapshot()
-        return build_desired(
-            snapshot.users, snapshot.groups, snapshot.members, self.user_mapper, self.group_mapper, self.scope
-        )
-
-    def current(self, desired: DesiredView, owned: Ownership) -> CurrentView:
-        """Read IAM Identity Center: every user and group, and the members of the groups that matter."""
-        users: dict[str, TargetUser] = {u.target_id: u for u in self.target.list_users()}
-        groups: dict[str, TargetGroup] = {g.target_id: g for g in self.target.list_groups()}
-        wanted_names = {g.display_name for g in desired.groups.values()}
-        owned_targets = {o.target_id for o in owned.groups.values()}
-        memberships: dict[tuple[str, str], str] = {}
-        for group in groups.values():
-            if group.target_id in owned_targets or group.display_name in wanted_names:
-                for membership_id, user_id in self.target.list_memberships(group.target_id):
-                    memberships[(group.target_id, user_id)] = membership_id
-        return CurrentView(users, groups, memberships)
-
-    def plan(self, allow_deletions: bool = False) -> tuple[Plan, CurrentView, Ownership]:
-        """Read both sides and plan, without writing anything."""
-        desired = self.desired()
-        owned = self.state.load_ownership()
-        current = self.current(desired, owned)
-        policy = replace(self.policy, allow_deletions=allow_deletions or self.policy.allow_deletions)
-        return make_plan(desired, current, owned, policy), current, owned
-
-    # ------------------------------------------------------------------ the cycle
-
-    def run(self, options: SyncOptions | None = None) -> CycleReport:
-        """Plan and apply one cycle. Raises DirectoryError / TargetAuthError when a side is unreachable."""
-        opts = options or SyncOptions()
-        cycle_id = f"{self.clock.now().strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:8]}"
-        started = self.clock.now().isoformat()
-        plan, current, owned = self.plan(opts.allow_deletions)
-        applier = Applier(self.target, self.state, self.clock, cycle_id, owned, current, self.policy)
-        if opts.dry_run:
-            return applier.report(plan, started, dry_run=True, complete=True)
-        complete = applier.apply(plan.operations, opts.should_stop, opts.progress)
-        applier.log_refusals(plan.refusals)
-        applier.log_held_back(plan.held_back)
-        applier.flush()
-        return applier.report(plan, started, dry_run=False, complete=complete)
 
 
 class Applier:
@@ -182,6 +74,7 @@ class Applier:
         self.failures: list[LogEntry] = []
         self.counts: dict[str, dict[str, int]] = {}
         self.writes = 0
+        self.attempted = 0  # write operations tried (succeeded or failed; skipped ones excluded)
         self.sequence = 0
         self.deferred_managers: list[User] = []  # created before their manager (a management cycle)
 
@@ -501,6 +394,8 @@ class Applier:
             op.kind.value, op.action.value, status, source, op.name, target_id, changes, error, seconds
         )
         self.pending.append(entry)
+        if op.is_write and status is not Status.SKIPPED:
+            self.attempted += 1
         if status is Status.FAILURE:
             self.failures.append(entry)
         if status is Status.SUCCESS:

@@ -1,0 +1,57 @@
+"""Large documents (the Entra mirror) stored as chunks of small state items.
+
+A blob is written chunk by chunk under a new generation, then a manifest naming that generation
+is written last: a crash mid-write leaves the previous blob readable, never a torn one.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import uuid
+
+from idsync.ports import StateStore
+
+CHUNK_CHARS = 300_000  # base64 characters per item: under DynamoDB's 400 KB item limit
+
+
+def save_blob(state: StateStore, key: str, blob: bytes) -> None:
+    text = base64.b64encode(blob).decode("ascii")
+    generation = uuid.uuid4().hex[:12]
+    chunks = [text[i : i + CHUNK_CHARS] for i in range(0, len(text), CHUNK_CHARS)] or [""]
+    for index, chunk in enumerate(chunks):
+        state.put_item(f"{key}@{generation}#{index}", {"data": chunk})
+    previous = state.get_item(key)
+    state.put_item(
+        key,
+        {"generation": generation, "chunks": len(chunks), "sha256": hashlib.sha256(blob).hexdigest()},
+    )
+    if previous:
+        for index in range(int(previous["chunks"])):
+            state.delete_item(f"{key}@{previous['generation']}#{index}")
+
+
+def load_blob(state: StateStore, key: str) -> bytes | None:
+    """The blob, or None when absent or damaged (the caller then rebuilds it)."""
+    manifest = state.get_item(key)
+    if not manifest:
+        return None
+    parts = []
+    for index in range(int(manifest["chunks"])):
+        item = state.get_item(f"{key}@{manifest['generation']}#{index}")
+        if item is None:
+            return None
+        parts.append(str(item["data"]))
+    blob = base64.b64decode("".join(parts))
+    if hashlib.sha256(blob).hexdigest() != manifest["sha256"]:
+        return None
+    return blob
+
+
+def delete_blob(state: StateStore, key: str) -> None:
+    manifest = state.get_item(key)
+    if not manifest:
+        return
+    state.delete_item(key)
+    for index in range(int(manifest["chunks"])):
+        state.delete_item(f"{key}@{manifest['generation']}#{index}")

@@ -1,0 +1,452 @@
+"""The provisioning cycle: one lease, one read of what changed, one plan, one apply.
+
+A cycle is *full* the first time, after a delta link expired, when the mapping or scope changed,
+and every ``full_reconcile_hours``: it reads every user and group from Entra and every user and
+group from IAM Identity Center, which also repairs drift made by hand in AWS. Other cycles are
+*delta* cycles: they read only what changed in Entra (Graph delta queries), fold it into the
+mirror, and compare with what idsync recorded, so a cycle with no change makes no AWS call.
+
+A cycle that runs out of time stops between two writes. Every write is recorded as it happens,
+and the delta links and mirror are stored only when a cycle finishes, so the next invocation
+reads the same changes again (replays are harmless) and carries on where this one stopped.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from idsync.errors import DeltaExpired, DirectoryAuthError, TargetAuthError
+from idsync.mirror import Mirror
+from idsync.model import (
+    CurrentView,
+    CycleReport,
+    DesiredView,
+    Group,
+    Kind,
+    Operation,
+    Ownership,
+    Plan,
+    PlanPolicy,
+    Refusal,
+    Status,
+    TargetGroup,
+    TargetUser,
+    User,
+    content_hash,
+)
+from idsync.plan import EXTENSIONS, build_desired, make_plan
+from idsync.ports import ChangeSource, Clock, IdentityStore, Notifier, StateStore
+from idsync.services.blobs import load_blob, save_blob
+from idsync.services.escrow import (
+    Escrow,
+    Quarantine,
+    clear_quarantine,
+    failure_ratio_trips,
+    load_quarantine,
+    save_quarantine,
+)
+from idsync.services.sync import Applier
+
+LEASE = "sync"
+CYCLE_KEY = "cycle"  # delta links, last full reconcile, configuration fingerprint
+MIRROR_KEY = "mirror"
+CHECKPOINT_KEY = "checkpoint"  # a full cycle stopped by its time budget: its mirror and links
+RUN_CURRENT, RUN_LAST = "run:current", "run:last"
+REFUSALS_KEY = "refusals"
+STATUS_EVERY_SECONDS = 2.0
+
+
+class UserMapping(Protocol):
+    managed_attributes: frozenset[str]
+    create_only_attributes: frozenset[str]
+
+    def map(self, obj: Mapping[str, Any]) -> User | Refusal: ...
+
+
+class GroupMapping(Protocol):
+    def map(self, obj: Mapping[str, Any]) -> Group | Refusal: ...
+
+
+class ScopeRules(Protocol):
+    fingerprint: str
+
+    def user(self, obj: Mapping[str, Any]) -> Any: ...
+
+    def group(self, obj: Mapping[str, Any]) -> Any: ...
+
+
+@dataclass
+class CycleOptions:
+    dry_run: bool = False
+    allow_deletions: bool = False
+    force_full: bool = False
+    ignore_quarantine: bool = False  # an operator's manual run
+    should_stop: Callable[[], bool] = field(default=lambda: False)
+    progress: Callable[[int, int], None] | None = None
+    lease_seconds: int = 900
+
+
+@dataclass
+class CycleOutcome:
+    """A report, or why no cycle ran."""
+
+    report: CycleReport | None
+    skipped: str | None = None
+    mode: str = ""
+    plan: Plan | None = None
+
+
+@dataclass(frozen=True)
+class Scoping:
+    mode: str  # "assigned" | "all"
+    transitive: bool
+
+
+def current_from_ownership(owned: Ownership) -> CurrentView:
+    """What IAM Identity Center holds, as idsync recorded it (delta cycles read nothing from AWS)."""
+    users: dict[str, TargetUser] = {}
+    for o in owned.users.values():
+        manager = ((o.doc.get(EXTENSIONS) or {}).get("aws:identitystore:enterprise") or {}).get(
+            "manager"
+        ) or {}
+        users[o.target_id] = TargetUser(o.target_id, o.user_name, o.doc, manager.get("value"))
+    groups = {
+        o.target_id: TargetGroup(o.target_id, o.display_name, o.description) for o in owned.groups.values()
+    }
+    memberships = {}
+    for m in owned.memberships.values():
+        group = owned.groups.get(m.group_source_id)
+        user = owned.users.get(m.user_source_id)
+        if group is not None and user is not None:
+            memberships[(group.target_id, user.target_id)] = m.membership_id
+    return CurrentView(users, groups, memberships)
+
+
+class CycleService:
+    """Runs provisioning cycles; the scheduled Lambda and `idsync sync` both call ``run``."""
+
+    def __init__(
+        self,
+        source: ChangeSource,
+        target: IdentityStore,
+        state: StateStore,
+        user_mapper: UserMapping,
+        group_mapper: GroupMapping,
+        scope: ScopeRules,
+        scoping: Scoping,
+        policy: PlanPolicy,
+        clock: Clock,
+        notifier: Notifier | None = None,
+        full_reconcile: timedelta = timedelta(hours=24),
+        config_fingerprint: str = "",
+    ) -> None:
+        self.source = source
+        self.target = target
+        self.state = state
+        self.user_mapper = user_mapper
+        self.group_mapper = group_mapper
+        self.scope = scope
+        self.scoping = scoping
+        self.policy = replace(
+            policy,
+            managed_attributes=policy.managed_attributes or user_mapper.managed_attributes,
+            create_only_attributes=policy.create_only_attributes or user_mapper.create_only_attributes,
+        )
+        self.clock = clock
+        self.notifier = notifier
+        self.full_reconcile = full_reconcile
+        self.fingerprint = content_hash(
+            [config_fingerprint, scope.fingerprint, sorted(self.policy.managed_attributes)]
+        )
+
+    # ------------------------------------------------------------------ reading Entra
+
+    def _read(self, force_full: bool) -> tuple[Mirror, dict[str, str], str, dict[str, Any]]:
+        """(mirror, new links, mode, cycle record) for this cycle."""
+        record = self.state.get_item(CYCLE_KEY) or {}
+        checkpoint = self.state.get_item(CHECKPOINT_KEY)
+        mirror: Mirror | None = None
+        links: Mapping[str, str] | None = None
+        mode = "full"
+        if checkpoint is not None and not force_full:
+            blob = load_blob(self.state, f"{CHECKPOINT_KEY}:mirror")
+            mirror = Mirror.from_bytes(blob) if blob else None
+            links = checkpoint.get("links")
+            mode = "resume"
+        elif not force_full and self._delta_allowed(record):
+            blob = load_blob(self.state, MIRROR_KEY)
+            mirror = Mirror.from_bytes(blob) if blob else None
+            links = record.get("links")
+            mode = "delta"
+        if mirror is None or not links:
+            mirror, links, mode = Mirror(), None, "full"
+        try:
+            changes = self.source.read_changes(links)
+        except DeltaExpired:
+            mirror, mode = Mirror(), "full"
+            changes = self.source.read_changes(None)
+        if changes.full:
+            mirror = Mirror()
+        mirror.merge_users(changes.users, changes.removed_users)
+        mirror.merge_groups(changes.groups, changes.removed_groups, changes.member_changes, full=changes.full)
+        if self.scoping.mode == "assigned":
+            users, groups = self.source.read_assignments()
+            mirror.set_assignments(users, groups)
+        return mirror, dict(changes.links), mode, record
+
+    def _delta_allowed(self, record: Mapping[str, Any]) -> bool:
+        if not record.get("links") or record.get("fingerprint") != self.fingerprint:
+            return False
+        last_full = record.get("last_full")
+        if not last_full:
+            return False
+        return self.clock.now() - datetime.fromisoformat(last_full) < self.full_reconcile
+
+    def desired(self, mirror: Mirror) -> DesiredView:
+        users, groups, members = mirror.in_scope(self.scoping.mode, self.scoping.transitive)
+        return build_desired(users, groups, members, self.user_mapper, self.group_mapper, self.scope)
+
+    def read_target(self, desired: DesiredView, owned: Ownership) -> CurrentView:
+        """Every user and group in IAM Identity Center, and the members of the groups that matter."""
+        users = {u.target_id: u for u in self.target.list_users()}
+        groups = {g.target_id: g for g in self.target.list_groups()}
+        wanted = {g.display_name for g in desired.groups.values()}
+        owned_targets = {o.target_id for o in owned.groups.values()}
+        memberships: dict[tuple[str, str], str] = {}
+        for group in groups.values():
+            if group.target_id in owned_targets or group.display_name in wanted:
+                for membership_id, user_id in self.target.list_memberships(group.target_id):
+                    memberships[(group.target_id, user_id)] = membership_id
+        return CurrentView(users, groups, memberships)
+
+    # ------------------------------------------------------------------ the cycle
+
+    def run(self, options: CycleOptions | None = None) -> CycleOutcome:
+        """Run one cycle unless quarantined or another cycle holds the lease.
+
+        Raises DirectoryError / TargetError when Entra or AWS cannot be reached (after
+        recording quarantine when credentials were rejected).
+        """
+        opts = options or CycleOptions()
+        now = self.clock.now()
+        quarantine = load_quarantine(self.state)
+        if quarantine and not quarantine.due(now) and not opts.ignore_quarantine and not opts.dry_run:
+            return CycleOutcome(
+                None,
+                skipped=f"in quarantine since {quarantine.since.isoformat()}: {quarantine.reason}; "
+                f"next attempt after {(quarantine.last_attempt + timedelta(days=1)).isoformat()}; "
+                + quarantine.how_to_leave,
+            )
+        owner = uuid.uuid4().hex
+        if not opts.dry_run and not self.state.acquire_lease(LEASE, owner, now, opts.lease_seconds):
+            return CycleOutcome(
+                None, skipped="another cycle is running (the sync lease is held); this one exits"
+            )
+        try:
+            return self._run(opts, quarantine)
+        except (DirectoryAuthError, TargetAuthError) as error:
+            if not opts.dry_run:
+                self._enter_quarantine(quarantine, f"credentials or permissions rejected: {error}")
+            raise
+        finally:
+            if not opts.dry_run:
+                self.state.release_lease(LEASE, owner)
+
+    def _run(self, opts: CycleOptions, quarantine: Quarantine | None) -> CycleOutcome:
+        started = self.clock.now()
+        cycle_id = f"{started.strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:6]}"
+        mirror, links, mode, record = self._read(opts.force_full)
+        desired = self.desired(mirror)
+        owned = self.state.load_ownership()
+        current = self.read_target(desired, owned) if mode == "full" else current_from_ownership(owned)
+        policy = replace(self.policy, allow_deletions=opts.allow_deletions or self.policy.allow_deletions)
+        plan = make_plan(desired, current, owned, policy)
+        escrow = Escrow(self.state)
+        runnable, held = self._escrow_filter(plan, escrow, desired)
+        applier = Applier(self.target, self.state, self.clock, cycle_id, owned, current, policy)
+        if opts.dry_run:
+            return CycleOutcome(applier.report(plan, started.isoformat(), True, True), mode=mode, plan=plan)
+        if mode == "full" and plan.writes > 0:
+            # a full read is expensive: keep it so that a stopped cycle resumes without repeating it
+            save_blob(self.state, f"{CHECKPOINT_KEY}:mirror", mirror.to_bytes())
+            self.state.put_item(CHECKPOINT_KEY, {"links": links, "started": started.isoformat()})
+        status = _StatusWriter(self.state, self.clock, cycle_id, mode, len(runnable))
+        progress = opts.progress
+
+        def on_progress(done: int, total: int) -> None:
+            status.update(done, applier.counts)
+            if progress is not None:
+                progress(done, total)
+
+        complete = applier.apply(runnable, opts.should_stop, on_progress)
+        applier.log_held_back(plan.held_back)
+        for entry, op in held:
+            applier.pending.append(
+                replace(
+                    applier._entry(
+                        op.kind.value, op.action.value, Status.SKIPPED, op.source_id, op.name, op.target_id
+                    ),
+                    error=f"in escrow after {entry.attempts} failed attempt(s) "
+                    + ("(given up)" if entry.given_up else f"until {entry.next_retry.isoformat()}")
+                    + f": {entry.error}",
+                )
+            )
+        self._log_new_refusals(applier, plan.refusals)
+        self._update_escrow(escrow, applier, runnable, desired)
+        applier.flush()
+        report = applier.report(plan, started.isoformat(), dry_run=False, complete=complete)
+        if complete:
+            self._finish(mirror, links, mode, record, started)
+        status.finish(report, mode)
+        self._after(report, applier.attempted, quarantine)
+        return CycleOutcome(report, mode=mode, plan=plan)
+
+    # ------------------------------------------------------------------ escrow
+
+    @staticmethod
+    def _fingerprint(op: Operation, desired: DesiredView) -> str:
+        if op.kind is Kind.USER and op.source_id in desired.users:
+            return desired.users[op.source_id].fingerprint()
+        if op.kind is Kind.GROUP and op.source_id in desired.groups:
+            return desired.groups[op.source_id].fingerprint()
+        return ""
+
+    def _escrow_filter(
+        self, plan: Plan, escrow: Escrow, desired: DesiredView
+    ) -> tuple[list[Operation], list[tuple[Any, Operation]]]:
+        now = self.clock.now()
+        runnable: list[Operation] = []
+        held: list[tuple[Any, Operation]] = []
+        for op in plan.operations:
+            entry = escrow.held(op.key, self._fingerprint(op, desired), now) if op.is_write else None
+            if entry is None:
+                runnable.append(op)
+            else:
+                held.append((entry, op))
+        return runnable, held
+
+    def _update_escrow(
+        self, escrow: Escrow, applier: Applier, runnable: list[Operation], desired: DesiredView
+    ) -> None:
+        now = self.clock.now()
+        failed = {(e.kind, e.action, e.source_id): e for e in applier.failures}
+        for op in runnable:
+            if not op.is_write:
+                continue
+            source = op.key.split(":", 1)[1] if op.kind is Kind.MEMBERSHIP else op.source_id
+            entry = failed.get((op.kind.value, op.action.value, source))
+            if entry is None:
+                escrow.succeeded(op.key)
+                continue
+            held = escrow.failed(op.key, self._fingerprint(op, desired), entry.error or "", now)
+            if held.given_up:
+                applier.pending.append(
+                    replace(
+                        entry,
+                        error=f"given up after 28 days of failures: {entry.error}",
+                        change_id=entry.change_id + "-final",
+                    )
+                )
+        escrow.save()
+
+    def _log_new_refusals(self, applier: Applier, refusals: tuple[Refusal, ...]) -> None:
+        previous = (self.state.get_item(REFUSALS_KEY) or {}).get("messages", {})
+        current = {r.source_id: r.message for r in refusals}
+        applier.log_refusals([r for r in refusals if previous.get(r.source_id) != r.message])
+        if current != previous:
+            self.state.put_item(REFUSALS_KEY, {"messages": current})
+
+    # ------------------------------------------------------------------ finishing
+
+    def _finish(
+        self, mirror: Mirror, links: dict[str, str], mode: str, record: dict[str, Any], started: datetime
+    ) -> None:
+        checkpoint = self.state.get_item(CHECKPOINT_KEY)
+        save_blob(self.state, MIRROR_KEY, mirror.to_bytes())
+        new_record = dict(record)
+        new_record["links"] = links
+        new_record["fingerprint"] = self.fingerprint
+        if mode == "full":
+            new_record["last_full"] = started.isoformat()
+        elif mode == "resume" and checkpoint:
+            new_record["last_full"] = checkpoint["started"]
+        self.state.put_item(CYCLE_KEY, new_record)
+        if checkpoint is not None:
+            self.state.delete_item(CHECKPOINT_KEY)
+
+    def _enter_quarantine(self, previous: Quarantine | None, reason: str) -> None:
+        now = self.clock.now()
+        quarantine = Quarantine(previous.since if previous else now, reason, now)
+        save_quarantine(self.state, quarantine)
+        if previous is None and self.notifier is not None:
+            self.notifier.notify(
+                "idsync entered quarantine",
+                f"idsync stopped provisioning into IAM Identity Center: {reason}.\n"
+                f"Cycles now run once a day. To leave quarantine: {quarantine.how_to_leave}.",
+            )
+
+    def _after(self, report: CycleReport, attempted: int, quarantine: Quarantine | None) -> None:
+        if failure_ratio_trips(attempted, len(report.failures)):
+            self._enter_quarantine(
+                quarantine,
+                f"{len(report.failures)} of {attempted} operations failed in cycle {report.cycle_id}",
+            )
+        elif quarantine is not None and report.complete and not report.failures:
+            clear_quarantine(self.state)
+            if self.notifier is not None:
+                self.notifier.notify(
+                    "idsync left quarantine", f"Cycle {report.cycle_id} ran clean; provisioning resumed."
+                )
+        if self.notifier is None:
+            return
+        if report.guard is not None:
+            self.notifier.notify("idsync held deletions back", report.guard.message)
+        if report.failures:
+            lines = [f"- {f.kind} {f.name}: {f.action} failed: {f.error}" for f in report.failures[:50]]
+            more = len(report.failures) - len(lines)
+            self.notifier.notify(
+                f"idsync cycle {report.cycle_id}: {len(report.failures)} failure(s)",
+                "\n".join(lines)
+                + (f"\n... and {more} more (idsync logs --status failure)" if more > 0 else ""),
+            )
+
+
+class _StatusWriter:
+    """Keeps the run status item current (progress for `idsync status`) without writing per object."""
+
+    def __init__(self, state: StateStore, clock: Clock, cycle_id: str, mode: str, total: int) -> None:
+        self.state = state
+        self.clock = clock
+        self.base = {"cycleId": cycle_id, "mode": mode, "total": total, "started": clock.now().isoformat()}
+        self.last = 0.0
+        self.state.put_item(RUN_CURRENT, {**self.base, "status": "running", "processed": 0})
+
+    def update(self, done: int, counts: Mapping[str, Any]) -> None:
+        now = time.monotonic()
+        if now - self.last < STATUS_EVERY_SECONDS:
+            return
+        self.last = now
+        self.state.put_item(
+            RUN_CURRENT, {**self.base, "status": "running", "processed": done, "counts": dict(counts)}
+        )
+
+    def finish(self, report: CycleReport, mode: str) -> None:
+        summary = {
+            **self.base,
+            "status": "complete" if report.complete else "stopped (time budget; the next run continues)",
+            "processed": self.base["total"] if report.complete else None,
+            "counts": {k: dict(v) for k, v in report.counts.items()},
+            "failures": len(report.failures),
+            "refusals": len(report.refusals),
+            "writes": report.writes,
+            "deletionGuard": report.guard.message if report.guard else None,
+            "finished": self.clock.now().isoformat(),
+            "mode": mode,
+        }
+        self.state.put_item(RUN_LAST, summary)
+        self.state.delete_item(RUN_CURRENT)
