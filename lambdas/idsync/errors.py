@@ -37,3 +37,15 @@ class TargetNotFound(TargetError):
 
 class TargetAuthError(TargetError):
     """AWS credentials or permissions were rejected."""
+
+
+class StateError(IdsyncError):
+    """The state store (SQLite file or DynamoDB table) could not be read or written."""
+
+
+class QueueError(IdsyncError):
+    """A message could not be enqueued (SQS refused or was unreachable)."""
+
+
+class SecretError(IdsyncError):
+    """A secret could not be read (Secrets Manager refused, or the secret is missing or not text)."""

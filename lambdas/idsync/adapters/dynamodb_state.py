@@ -1,0 +1,398 @@
+"""StateStore on one DynamoDB table, for the Lambda functions.
+
+Every key attribute is a string; ``TABLE_SCHEMA`` states the table once for the CDK stack and tests.
+Item families (pk / sk):
+
+- ``USER`` / <source id>: an owned user (targetId, userName, doc, managerSourceId, fingerprint).
+- ``GROUP`` / <source id>: an owned group (targetId, displayName, description, fingerprint).
+- ``MEMBERSHIP`` / ``<group source id>#<user source id>``: an owned membership (group, user,
+  membershipId). One partition per family rather than one per group: ``load_ownership`` reads
+  each family with one paginated Query (1 MB pages, about ten for 50,000 memberships) where
+  per-group partitions would cost a Query per group. A cycle writes at most about 20 objects a
+  second (the Identity Center limit), far below one partition's 1,000 writes a second.
+- ``ITEM`` / <key>: a small named document (delta links, checkpoints, quarantine, run status).
+- ``LEASE`` / <name>: owner and expires (epoch seconds), taken with one conditional PutItem.
+- ``LOG#<cycle id>`` / ``<time>#<change id>``: a provisioning log entry, with ``ttl`` (its time
+  plus the retention) and ``gsi1pk`` ``LOG``. An entry that did not succeed gets a second item
+  ``LOG#<cycle id>`` / ``STATUS#<status>#<time>#<change id>`` with ``gsi1pk`` ``LOGSTATUS#<status>``,
+  so newest logs, newest failures and a cycle's failures are each one Query, while successes
+  (the bulk of a sync) cost one write. ``gsi1sk`` is ``<time>#<change id>`` on both.
+- reserved for the JIT feature: ``BUCKET#...`` (token bucket) and ``GRANT#...`` (active grants).
+
+<time> is UTC with fixed-width microseconds, so text order is time order. Documents (user docs,
+named items, log entries) are JSON strings: no Decimal conversion, and empty strings, unicode and
+nesting come back unchanged. TTL deletes lazily (up to days late), so queries leave expired logs
+out by their sort key.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, TypedDict
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from idsync.errors import StateError
+from idsync.model import LogEntry, OwnedGroup, OwnedMembership, OwnedUser, Ownership, Status
+
+
+class IndexSchema(TypedDict):
+    name: str
+    partition_key: str
+    sort_key: str
+    projection: str
+
+
+class TableSchema(TypedDict):
+    partition_key: str
+    sort_key: str
+    ttl_attribute: str
+    indexes: tuple[IndexSchema, ...]
+
+
+TABLE_SCHEMA: Final[TableSchema] = {
+    "partition_key": "pk",
+    "sort_key": "sk",
+    "ttl_attribute": "ttl",
+    "indexes": ({"name": "gsi1", "partition_key": "gsi1pk", "sort_key": "gsi1sk", "projection": "ALL"},),
+}
+
+_USER, _GROUP, _MEMBERSHIP, _ITEM, _LEASE = "USER", "GROUP", "MEMBERSHIP", "ITEM", "LEASE"
+_LOG_INDEX = TABLE_SCHEMA["indexes"][0]["name"]
+_CONDITION_FAILED = "ConditionalCheckFailedException"
+# ':' sorts right after '9': after every "<time>#..." key and before "STATUS#..." keys
+_AFTER_ANY_TIME = ":"
+_BATCH_SIZE = 25  # BatchWriteItem's limit
+_BATCH_ATTEMPTS = 8
+
+
+def table_definition(table_name: str) -> dict[str, Any]:
+    """CreateTable parameters for the state table (on-demand), built from ``TABLE_SCHEMA``."""
+    keys = [TABLE_SCHEMA["partition_key"], TABLE_SCHEMA["sort_key"]]
+    indexes = []
+    for index in TABLE_SCHEMA["indexes"]:
+        keys += [index["partition_key"], index["sort_key"]]
+        indexes.append(
+            {
+                "IndexName": index["name"],
+                "KeySchema": [
+                    {"AttributeName": index["partition_key"], "KeyType": "HASH"},
+                    {"AttributeName": index["sort_key"], "KeyType": "RANGE"},
+                ],
+                "Projection": {"ProjectionType": index["projection"]},
+            }
+        )
+    return {
+        "TableName": table_name,
+        "BillingMode": "PAY_PER_REQUEST",
+        "AttributeDefinitions": [{"AttributeName": key, "AttributeType": "S"} for key in keys],
+        "KeySchema": [
+            {"AttributeName": TABLE_SCHEMA["partition_key"], "KeyType": "HASH"},
+            {"AttributeName": TABLE_SCHEMA["sort_key"], "KeyType": "RANGE"},
+        ],
+        "GlobalSecondaryIndexes": indexes,
+    }
+
+
+class DynamoDbStateStore:
+    """``ports.StateStore`` on the DynamoDB table described by ``TABLE_SCHEMA``."""
+
+    def __init__(self, table_name: str, client: Any = None, log_retention_days: int = 30) -> None:
+        self._table = table_name
+        self._client = client or boto3.client(
+            "dynamodb", config=Config(retries={"mode": "adaptive", "max_attempts": 10})
+        )
+        self._retention = timedelta(days=log_retention_days)
+
+    # ------------------------------------------------------------------ ownership
+
+    def load_ownership(self) -> Ownership:
+        """Everything recorded as owned: one paginated, strongly consistent Query per family.
+
+        Raises StateError.
+        """
+        users = {}
+        for item in self._partition(_USER):
+            manager = item.get("managerSourceId")
+            users[item["sk"]["S"]] = OwnedUser(
+                source_id=item["sk"]["S"],
+                target_id=item["targetId"]["S"],
+                user_name=item["userName"]["S"],
+                doc=json.loads(item["doc"]["S"]),
+                manager_source_id=manager["S"] if manager else None,
+                fingerprint=item["fingerprint"]["S"],
+            )
+        groups = {}
+        for item in self._partition(_GROUP):
+            description = item.get("description")
+            groups[item["sk"]["S"]] = OwnedGroup(
+                source_id=item["sk"]["S"],
+                target_id=item["targetId"]["S"],
+                display_name=item["displayName"]["S"],
+                description=description["S"] if description else None,
+                fingerprint=item["fingerprint"]["S"],
+            )
+        memberships = {}
+        for item in self._partition(_MEMBERSHIP):
+            owned = OwnedMembership(item["group"]["S"], item["user"]["S"], item["membershipId"]["S"])
+            memberships[(owned.group_source_id, owned.user_source_id)] = owned
+        return Ownership(users=users, groups=groups, memberships=memberships)
+
+    def record_user(self, owned: OwnedUser) -> None:
+        """Record (or replace) an owned user. Raises ValueError for a doc that is not JSON, StateError."""
+        item = _key(_USER, owned.source_id) | {
+            "targetId": _s(owned.target_id),
+            "userName": _s(owned.user_name),
+            "doc": _s(_encode(owned.doc, f"user {owned.user_name} [{owned.source_id}]: attribute doc")),
+            "fingerprint": _s(owned.fingerprint),
+        }
+        if owned.manager_source_id is not None:
+            item["managerSourceId"] = _s(owned.manager_source_id)
+        self._call("put_item", TableName=self._table, Item=item)
+
+    def forget_user(self, source_id: str) -> None:
+        self._call("delete_item", TableName=self._table, Key=_key(_USER, source_id))
+
+    def record_group(self, owned: OwnedGroup) -> None:
+        item = _key(_GROUP, owned.source_id) | {
+            "targetId": _s(owned.target_id),
+            "displayName": _s(owned.display_name),
+            "fingerprint": _s(owned.fingerprint),
+        }
+        if owned.description is not None:
+            item["description"] = _s(owned.description)
+        self._call("put_item", TableName=self._table, Item=item)
+
+    def forget_group(self, source_id: str) -> None:
+        self._call("delete_item", TableName=self._table, Key=_key(_GROUP, source_id))
+
+    def record_membership(self, owned: OwnedMembership) -> None:
+        item = _key(_MEMBERSHIP, f"{owned.group_source_id}#{owned.user_source_id}") | {
+            "group": _s(owned.group_source_id),
+            "user": _s(owned.user_source_id),
+            "membershipId": _s(owned.membership_id),
+        }
+        self._call("put_item", TableName=self._table, Item=item)
+
+    def forget_membership(self, group_source_id: str, user_source_id: str) -> None:
+        key = _key(_MEMBERSHIP, f"{group_source_id}#{user_source_id}")
+        self._call("delete_item", TableName=self._table, Key=key)
+
+    # ------------------------------------------------------------------ named documents
+
+    def get_item(self, key: str) -> dict[str, Any] | None:
+        response = self._call("get_item", TableName=self._table, Key=_key(_ITEM, key), ConsistentRead=True)
+        item = response.get("Item")
+        return json.loads(item["value"]["S"]) if item else None
+
+    def put_item(self, key: str, value: Mapping[str, Any]) -> None:
+        """Store a JSON document under key. Raises ValueError when value is not JSON, StateError."""
+        item = _key(_ITEM, key) | {"value": _s(_encode(value, f"item {key}: attribute value"))}
+        self._call("put_item", TableName=self._table, Item=item)
+
+    def delete_item(self, key: str) -> None:
+        self._call("delete_item", TableName=self._table, Key=_key(_ITEM, key))
+
+    # ------------------------------------------------------------------ provisioning log
+
+    def append_logs(self, entries: Sequence[LogEntry]) -> None:
+        """Write entries with BatchWriteItem, retrying unprocessed items until all are stored.
+
+        Raises ValueError for an entry whose time is not ISO 8601, StateError.
+        """
+        items: dict[tuple[str, str], dict[str, Any]] = {}  # one request per key: a batch refuses duplicates
+        for entry in entries:
+            moment = _log_time(entry)
+            order = f"{_time_key(moment)}#{entry.change_id}"
+            common = {
+                "status": _s(entry.status.value),
+                "doc": _s(_encode(entry.as_dict(), "log entry")),
+                "gsi1sk": _s(order),
+                "ttl": {"N": str(int((moment + self._retention).timestamp()))},
+            }
+            pk = f"LOG#{entry.cycle_id}"
+            items[(pk, order)] = _key(pk, order) | common | {"gsi1pk": _s("LOG")}
+            if entry.status is not Status.SUCCESS:
+                status_sk = f"STATUS#{entry.status.value}#{order}"
+                items[(pk, status_sk)] = (
+                    _key(pk, status_sk) | common | {"gsi1pk": _s(f"LOGSTATUS#{entry.status.value}")}
+                )
+        requests = [{"PutRequest": {"Item": item}} for item in items.values()]
+        for start in range(0, len(requests), _BATCH_SIZE):
+            self._write_batch(requests[start : start + _BATCH_SIZE])
+
+    def query_logs(
+        self, cycle_id: str | None = None, status: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """Unexpired entries, newest first, as ``LogEntry.as_dict()`` documents.
+
+        One Query, except for successes (written once), which are filtered from all entries.
+        Raises ValueError for a limit below 1, StateError.
+        """
+        if limit < 1:
+            raise ValueError(f"query_logs: limit {limit}: must be at least 1")
+        cutoff = self._cutoff_key()
+        indexed = status is not None and str(status) != Status.SUCCESS.value
+        params: dict[str, Any] = {"ScanIndexForward": False}
+        if cycle_id is not None:
+            prefix = f"STATUS#{status}#" if indexed else ""
+            params |= {
+                "KeyConditionExpression": "pk = :pk AND sk BETWEEN :low AND :high",
+                "ExpressionAttributeValues": {
+                    ":pk": _s(f"LOG#{cycle_id}"),
+                    ":low": _s(prefix + cutoff),
+                    ":high": _s(prefix + _AFTER_ANY_TIME),
+                },
+                "ConsistentRead": True,
+            }
+        else:
+            params |= {
+                "IndexName": _LOG_INDEX,
+                "KeyConditionExpression": "gsi1pk = :pk AND gsi1sk >= :low",
+                "ExpressionAttributeValues": {
+                    ":pk": _s(f"LOGSTATUS#{status}" if indexed else "LOG"),
+                    ":low": _s(cutoff),
+                },
+            }
+        if status is not None and not indexed:
+            params["FilterExpression"] = "#status = :status"
+            params["ExpressionAttributeNames"] = {"#status": "status"}
+            params["ExpressionAttributeValues"][":status"] = _s(str(status))
+        return [json.loads(item["doc"]["S"]) for item in self._query(params, limit)]
+
+    # ------------------------------------------------------------------ leases
+
+    def acquire_lease(self, name: str, owner: str, now: datetime, ttl_seconds: int) -> bool:
+        """Take, take over (expired) or renew (same owner) the lease with one conditional PutItem.
+
+        False when another owner holds it unexpired. Raises StateError.
+        """
+        at = _epoch(now)
+        try:
+            self._call(
+                "put_item",
+                TableName=self._table,
+                Item=_key(_LEASE, name) | {"owner": _s(owner), "expires": _n(at + ttl_seconds)},
+                ConditionExpression="attribute_not_exists(pk) OR #expires < :now OR #owner = :owner",
+                ExpressionAttributeNames={"#expires": "expires", "#owner": "owner"},
+                ExpressionAttributeValues={":now": _n(at), ":owner": _s(owner)},
+            )
+        except ClientError:  # _call lets only a failed condition through: another owner holds it
+            return False
+        return True
+
+    def release_lease(self, name: str, owner: str) -> None:
+        """Give the lease up; a lease held by another owner is left alone. Raises StateError."""
+        try:
+            self._call(
+                "delete_item",
+                TableName=self._table,
+                Key=_key(_LEASE, name),
+                ConditionExpression="#owner = :owner",
+                ExpressionAttributeNames={"#owner": "owner"},
+                ExpressionAttributeValues={":owner": _s(owner)},
+            )
+        except ClientError:  # held by another owner, or already gone
+            return
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _cutoff_key(self) -> str:
+        return _time_key(datetime.now(UTC) - self._retention)
+
+    def _call(self, operation: str, **params: Any) -> dict[str, Any]:
+        """One client call; a failed condition is re-raised as is, every other error as StateError."""
+        try:
+            response: dict[str, Any] = getattr(self._client, operation)(**params)
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") == _CONDITION_FAILED:
+                raise
+            raise self._error(operation, error) from error
+        except BotoCoreError as error:
+            raise self._error(operation, error) from error
+        return response
+
+    def _error(self, operation: str, error: Exception) -> StateError:
+        return StateError(f"DynamoDB table {self._table}: {operation} failed: {error}")
+
+    def _partition(self, pk: str) -> Iterator[dict[str, Any]]:
+        return self._query(
+            {
+                "KeyConditionExpression": "pk = :pk",
+                "ExpressionAttributeValues": {":pk": _s(pk)},
+                "ConsistentRead": True,
+            }
+        )
+
+    def _query(self, params: dict[str, Any], limit: int | None = None) -> Iterator[dict[str, Any]]:
+        paging = {"MaxItems": limit, "PageSize": limit} if limit else {}
+        pages = self._client.get_paginator("query").paginate(TableName=self._table, PaginationConfig=paging, **params)
+        try:
+            for page in pages:
+                yield from page["Items"]
+        except (ClientError, BotoCoreError) as error:
+            raise self._error("query", error) from error
+
+    def _write_batch(self, requests: list[dict[str, Any]]) -> None:
+        pending = requests
+        for attempt in range(_BATCH_ATTEMPTS):
+            response = self._call("batch_write_item", RequestItems={self._table: pending})
+            pending = response.get("UnprocessedItems", {}).get(self._table, [])
+            if not pending:
+                return
+            time.sleep(min(0.05 * 2**attempt, 2.0))  # unprocessed items mean throttling: back off
+        raise StateError(
+            f"DynamoDB table {self._table}: batch_write_item left {len(pending)} log items unprocessed "
+            f"after {_BATCH_ATTEMPTS} attempts"
+        )
+
+
+def _s(value: str) -> dict[str, str]:
+    return {"S": value}
+
+
+def _n(value: float) -> dict[str, str]:
+    return {"N": f"{value:.6f}"}
+
+
+def _key(pk: str, sk: str) -> dict[str, Any]:
+    return {"pk": _s(pk), "sk": _s(sk)}
+
+
+def _encode(value: Any, where: str) -> str:
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=_plain)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{where}: must hold only JSON values ({error})") from None
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"{type(value).__name__} is not a JSON value")
+
+
+def _epoch(moment: datetime) -> float:
+    # a naive datetime is taken as UTC, like every time idsync records
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def _time_key(moment: datetime) -> str:
+    # fixed width, so comparing the text compares the times
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _log_time(entry: LogEntry) -> datetime:
+    try:
+        moment = datetime.fromisoformat(entry.time)
+    except ValueError:
+        raise ValueError(
+            f"log entry {entry.change_id} of cycle {entry.cycle_id}: attribute time ({entry.time!r}): "
+            "must be an ISO 8601 date-time"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -1,0 +1,300 @@
+"""StateStore on a local SQLite file, for the CLI and the local demo.
+
+One connection, guarded by a lock, serves every thread of the process. The file is in WAL mode
+with ``synchronous=NORMAL``: each write is one statement in autocommit mode, committed (safe from
+a crash of the process) when the call returns, without an fsync per call. Leases are taken inside
+``BEGIN IMMEDIATE``, so two processes on the same file cannot both win.
+
+Tables: ``owned_users``, ``owned_groups``, ``owned_memberships`` (ownership), ``items`` (named JSON
+documents), ``logs`` (provisioning log, keyed ``<UTC time>#<change id>`` so text order is time
+order; entries older than the retention are hidden, and deleted whenever logs are appended) and
+``leases``. ``PRAGMA user_version`` holds the schema version.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from idsync.errors import StateError
+from idsync.model import LogEntry, OwnedGroup, OwnedMembership, OwnedUser, Ownership
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS owned_users (
+    source_id TEXT PRIMARY KEY,
+    target_id TEXT NOT NULL,
+    user_name TEXT NOT NULL,
+    doc TEXT NOT NULL,
+    manager_source_id TEXT,
+    fingerprint TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS owned_groups (
+    source_id TEXT PRIMARY KEY,
+    target_id TEXT NOT NULL,
+    display_name TEXT NOT NULL,
+    description TEXT,
+    fingerprint TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS owned_memberships (
+    group_source_id TEXT NOT NULL,
+    user_source_id TEXT NOT NULL,
+    membership_id TEXT NOT NULL,
+    PRIMARY KEY (group_source_id, user_source_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS items (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS logs (
+    cycle_id TEXT NOT NULL,
+    sort_key TEXT NOT NULL,
+    status TEXT NOT NULL,
+    doc TEXT NOT NULL,
+    PRIMARY KEY (cycle_id, sort_key)
+);
+CREATE INDEX IF NOT EXISTS logs_by_time ON logs (sort_key);
+CREATE INDEX IF NOT EXISTS logs_by_status ON logs (status, sort_key);
+CREATE TABLE IF NOT EXISTS leases (
+    name TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    expires REAL NOT NULL
+);
+"""
+
+
+class SqliteStateStore:
+    """``ports.StateStore`` on a SQLite file; safe across threads, leases safe across processes."""
+
+    def __init__(self, path: str | Path, log_retention_days: int = 30) -> None:
+        """Open (or create, with its parent folders) the state file.
+
+        Raises StateError when the file cannot be opened or was written by a newer schema.
+        """
+        self._path = Path(path)
+        self._retention = timedelta(days=log_retention_days)
+        self._lock = threading.Lock()
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: autocommit, so every statement outside BEGIN commits on return
+            self._conn = sqlite3.connect(self._path, timeout=30.0, isolation_level=None, check_same_thread=False)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            (version,) = self._conn.execute("PRAGMA user_version").fetchone()
+            if version > SCHEMA_VERSION:
+                raise StateError(
+                    f"state file {self._path}: schema version {version} is newer than this idsync "
+                    f"understands ({SCHEMA_VERSION}); upgrade idsync"
+                )
+            self._conn.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version = {SCHEMA_VERSION};COMMIT;")
+        except (OSError, sqlite3.Error) as error:
+            raise StateError(f"state file {self._path}: cannot open: {error}") from error
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # ------------------------------------------------------------------ ownership
+
+    def load_ownership(self) -> Ownership:
+        """Everything recorded as owned, read as one consistent snapshot. Raises StateError."""
+        with self._transaction("BEGIN") as conn:
+            users = {
+                row[0]: OwnedUser(row[0], row[1], row[2], json.loads(row[3]), row[4], row[5])
+                for row in conn.execute(
+                    "SELECT source_id, target_id, user_name, doc, manager_source_id, fingerprint FROM owned_users"
+                )
+            }
+            groups = {
+                row[0]: OwnedGroup(*row)
+                for row in conn.execute(
+                    "SELECT source_id, target_id, display_name, description, fingerprint FROM owned_groups"
+                )
+            }
+            memberships = {
+                (row[0], row[1]): OwnedMembership(*row)
+                for row in conn.execute("SELECT group_source_id, user_source_id, membership_id FROM owned_memberships")
+            }
+        return Ownership(users=users, groups=groups, memberships=memberships)
+
+    def record_user(self, owned: OwnedUser) -> None:
+        """Record (or replace) an owned user. Raises ValueError for a doc that is not JSON, StateError."""
+        doc = _encode(owned.doc, f"user {owned.user_name} [{owned.source_id}]: attribute doc")
+        self._execute(
+            "INSERT OR REPLACE INTO owned_users VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                owned.source_id,
+                owned.target_id,
+                owned.user_name,
+                doc,
+                owned.manager_source_id,
+                owned.fingerprint,
+            ),
+        )
+
+    def forget_user(self, source_id: str) -> None:
+        self._execute("DELETE FROM owned_users WHERE source_id = ?", (source_id,))
+
+    def record_group(self, owned: OwnedGroup) -> None:
+        self._execute(
+            "INSERT OR REPLACE INTO owned_groups VALUES (?, ?, ?, ?, ?)",
+            (owned.source_id, owned.target_id, owned.display_name, owned.description, owned.fingerprint),
+        )
+
+    def forget_group(self, source_id: str) -> None:
+        self._execute("DELETE FROM owned_groups WHERE source_id = ?", (source_id,))
+
+    def record_membership(self, owned: OwnedMembership) -> None:
+        self._execute(
+            "INSERT OR REPLACE INTO owned_memberships VALUES (?, ?, ?)",
+            (owned.group_source_id, owned.user_source_id, owned.membership_id),
+        )
+
+    def forget_membership(self, group_source_id: str, user_source_id: str) -> None:
+        self._execute(
+            "DELETE FROM owned_memberships WHERE group_source_id = ? AND user_source_id = ?",
+            (group_source_id, user_source_id),
+        )
+
+    # ------------------------------------------------------------------ named documents
+
+    def get_item(self, key: str) -> dict[str, Any] | None:
+        with self._connection() as conn:
+            row = conn.execute("SELECT value FROM items WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def put_item(self, key: str, value: Mapping[str, Any]) -> None:
+        """Store a JSON document under key. Raises ValueError when value is not JSON, StateError."""
+        self._execute(
+            "INSERT OR REPLACE INTO items VALUES (?, ?)",
+            (key, _encode(value, f"item {key}: attribute value")),
+        )
+
+    def delete_item(self, key: str) -> None:
+        self._execute("DELETE FROM items WHERE key = ?", (key,))
+
+    # ------------------------------------------------------------------ provisioning log
+
+    def append_logs(self, entries: Sequence[LogEntry]) -> None:
+        """Store entries in one transaction and drop expired ones.
+
+        Raises ValueError for an entry whose time is not ISO 8601, StateError.
+        """
+        rows = [
+            (entry.cycle_id, _log_sort_key(entry), entry.status.value, _encode(entry.as_dict(), "log entry"))
+            for entry in entries
+        ]
+        if not rows:
+            return
+        with self._transaction("BEGIN IMMEDIATE") as conn:
+            conn.executemany("INSERT OR REPLACE INTO logs VALUES (?, ?, ?, ?)", rows)
+            conn.execute("DELETE FROM logs WHERE sort_key < ?", (self._cutoff_key(),))
+
+    def query_logs(
+        self, cycle_id: str | None = None, status: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """Unexpired entries, newest first, as ``LogEntry.as_dict()`` documents.
+
+        Raises ValueError for a limit below 1, StateError.
+        """
+        if limit < 1:
+            raise ValueError(f"query_logs: limit {limit}: must be at least 1")
+        clauses = ["sort_key >= ?"]
+        params: list[Any] = [self._cutoff_key()]
+        if cycle_id is not None:
+            clauses.append("cycle_id = ?")
+            params.append(cycle_id)
+        if status is not None:
+            clauses.append("status = ?")
+            params.append(str(status))
+        params.append(limit)
+        sql = f"SELECT doc FROM logs WHERE {' AND '.join(clauses)} ORDER BY sort_key DESC LIMIT ?"
+        with self._connection() as conn:
+            return [json.loads(row[0]) for row in conn.execute(sql, params)]
+
+    # ------------------------------------------------------------------ leases
+
+    def acquire_lease(self, name: str, owner: str, now: datetime, ttl_seconds: int) -> bool:
+        """Take, take over (expired) or renew (same owner) the lease. False when another owner holds it."""
+        at = _epoch(now)
+        with self._transaction("BEGIN IMMEDIATE") as conn:
+            row = conn.execute("SELECT owner, expires FROM leases WHERE name = ?", (name,)).fetchone()
+            if row is not None and row[0] != owner and row[1] >= at:
+                return False
+            conn.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?)", (name, owner, at + ttl_seconds))
+        return True
+
+    def release_lease(self, name: str, owner: str) -> None:
+        """Give the lease up; a lease held by another owner is left alone."""
+        self._execute("DELETE FROM leases WHERE name = ? AND owner = ?", (name, owner))
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _cutoff_key(self) -> str:
+        return _time_key(datetime.now(UTC) - self._retention)
+
+    def _execute(self, sql: str, params: Sequence[Any]) -> None:
+        with self._connection() as conn:
+            conn.execute(sql, params)
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                yield self._conn
+            except sqlite3.Error as error:
+                raise StateError(f"state file {self._path}: {error}") from error
+
+    @contextmanager
+    def _transaction(self, begin: str) -> Iterator[sqlite3.Connection]:
+        with self._connection() as conn:
+            conn.execute(begin)
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+
+def _encode(value: Any, where: str) -> str:
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=_plain)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{where}: must hold only JSON values ({error})") from None
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"{type(value).__name__} is not a JSON value")
+
+
+def _epoch(moment: datetime) -> float:
+    # a naive datetime is taken as UTC, like every time idsync records
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def _time_key(moment: datetime) -> str:
+    # fixed width, so comparing the text compares the times
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _log_sort_key(entry: LogEntry) -> str:
+    try:
+        moment = datetime.fromisoformat(entry.time)
+    except ValueError:
+        raise ValueError(
+            f"log entry {entry.change_id} of cycle {entry.cycle_id}: attribute time ({entry.time!r}): "
+            "must be an ISO 8601 date-time"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return f"{_time_key(moment)}#{entry.change_id}"

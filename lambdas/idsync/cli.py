@@ -1,0 +1,355 @@
+"""The `idsync` command: the same engine as the Lambda functions, run from a laptop or a CI job.
+
+Exit codes: 0 success; 1 some objects failed; 2 configuration error; 3 the deletion guard held
+deletions back; 4 Entra or AWS could not be reached or refused the credentials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from idsync.config import Settings, load_settings
+from idsync.errors import ConfigError, DirectoryAuthError, DirectoryError, TargetAuthError, TargetError
+from idsync.model import CycleReport, Operation, Plan, Refusal
+
+EXIT_OK, EXIT_FAILURES, EXIT_CONFIG, EXIT_GUARD, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
+DEFAULT_CONFIG = "idsync.yaml"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="idsync",
+        description="Provision Microsoft Entra ID users and groups into AWS IAM Identity Center.",
+    )
+    parser.add_argument(
+        "--config",
+        default=os.environ.get("IDSYNC_CONFIG", DEFAULT_CONFIG),
+        help="configuration file (default: $IDSYNC_CONFIG or ./idsync.yaml)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    plan = sub.add_parser("plan", help="show what a sync would change, without changing anything")
+    plan.add_argument("--json", action="store_true", help="machine-readable output")
+    plan.add_argument("--all", action="store_true", help="list every operation (default: the first 50)")
+
+    sync = sub.add_parser("sync", help="run one provisioning cycle now")
+    sync.add_argument("--json", action="store_true", help="machine-readable output")
+    sync.add_argument("--dry-run", action="store_true", help="plan only (same as `idsync plan`)")
+    sync.add_argument(
+        "--allow-deletions", action="store_true", help="apply deletions even above the deletion guard, once"
+    )
+
+    check = sub.add_parser(
+        "test-connection", help="check Graph and Identity Store credentials and permissions"
+    )
+    check.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def _operation_json(op: Operation) -> dict[str, Any]:
+    return {
+        "kind": op.kind.value,
+        "action": op.action.value,
+        "name": op.name,
+        "sourceId": op.source_id if op.member_source_id is None else f"{op.source_id}:{op.member_source_id}",
+        "targetId": op.target_id or op.membership_id,
+        "changes": [{"attribute": c.attribute, "old": c.old, "new": c.new} for c in op.changes],
+        "reason": op.reason,
+    }
+
+
+def _refusal_json(refusal: Refusal) -> dict[str, Any]:
+    return {
+        "kind": refusal.kind,
+        "sourceId": refusal.source_id,
+        "name": refusal.name,
+        "attribute": refusal.attribute,
+        "rule": refusal.rule,
+        "message": refusal.message,
+    }
+
+
+def _summary_table(title: str, counts: dict[str, dict[str, int]] | Any) -> Table:
+    table = Table(title=title, show_lines=False)
+    table.add_column("object")
+    for action in ("create", "update", "delete", "adopt"):
+        table.add_column(action, justify="right")
+    for kind in ("user", "group", "membership"):
+        row = counts.get(kind, {})
+        table.add_row(kind + "s", *(str(row.get(a, 0)) for a in ("create", "update", "delete", "adopt")))
+    return table
+
+
+def _print_refusals(console: Console, refusals: Sequence[Refusal]) -> None:
+    if not refusals:
+        return
+    table = Table(title=f"Refused: {len(refusals)} object(s) break an IAM Identity Center rule")
+    for column in ("object", "attribute", "rule"):
+        table.add_column(column, overflow="fold")
+    for refusal in refusals:
+        table.add_row(f"{refusal.kind} {refusal.name}", refusal.attribute, refusal.rule)
+    console.print(table)
+
+
+def _show_plan(console: Console, plan: Plan, show_all: bool) -> None:
+    console.print(_summary_table("Plan", plan.summary()))
+    shown = plan.operations if show_all else plan.operations[:50]
+    for op in shown:
+        if not op.is_write:
+            continue
+        detail = ", ".join(c.attribute for c in op.changes) if op.action.value == "update" else op.reason
+        console.print(
+            f"  {op.action.value:>6} {op.kind.value:<10} {op.name}" + (f"  ({detail})" if detail else "")
+        )
+    if len(plan.operations) > len(shown):
+        console.print(f"  ... and {len(plan.operations) - len(shown)} more (use --all)")
+    _print_refusals(console, plan.refusals)
+    if plan.guard is not None:
+        console.print(f"[bold red]{plan.guard.message}[/]")
+
+
+def _report_json(report: CycleReport) -> dict[str, Any]:
+    return {
+        "cycleId": report.cycle_id,
+        "started": report.started,
+        "finished": report.finished,
+        "dryRun": report.dry_run,
+        "complete": report.complete,
+        "writes": report.writes,
+        "counts": report.counts,
+        "failures": [f.as_dict() for f in report.failures],
+        "refusals": [_refusal_json(r) for r in report.refusals],
+        "deletionGuard": report.guard.message if report.guard else None,
+        "ok": report.ok,
+    }
+
+
+def _show_report(console: Console, report: CycleReport) -> None:
+    console.print(_summary_table(f"Cycle {report.cycle_id}", report.counts))
+    console.print(f"writes to IAM Identity Center: {report.writes}")
+    if report.failures:
+        table = Table(title=f"Failed: {len(report.failures)} operation(s) (retried next cycle)")
+        for column in ("object", "action", "error"):
+            table.add_column(column, overflow="fold")
+        for entry in report.failures:
+            table.add_row(f"{entry.kind} {entry.name}", entry.action, entry.error or "")
+        console.print(table)
+    _print_refusals(console, report.refusals)
+    if report.guard is not None:
+        console.print(f"[bold red]{report.guard.message}[/]")
+
+
+def _exit_code(report: CycleReport) -> int:
+    if report.guard is not None:
+        return EXIT_GUARD
+    return EXIT_FAILURES if report.failures else EXIT_OK
+
+
+def cmd_plan(settings: Settings, args: argparse.Namespace, console: Console) -> int:
+    from idsync.services.cycle import CycleOptions
+    from idsync.wiring import build_engine
+
+    engine = build_engine(settings, local=True)
+    outcome = engine.cycle.run(CycleOptions(dry_run=True))
+    assert outcome.plan is not None
+    plan = outcome.plan
+    if args.json:
+        payload = {
+            "mode": outcome.mode,
+            "summary": plan.summary(),
+            "writes": plan.writes,
+            "operations": [_operation_json(op) for op in plan.operations],
+            "refusals": [_refusal_json(r) for r in plan.refusals],
+            "deletionGuard": plan.guard.message if plan.guard else None,
+        }
+        print(json.dumps(payload, indent=2, default=str))
+    else:
+        console.print(f"read mode: {outcome.mode}")
+        _show_plan(console, plan, args.all)
+    return EXIT_GUARD if plan.guard is not None else EXIT_OK
+
+
+def cmd_sync(settings: Settings, args: argparse.Namespace, console: Console) -> int:
+    from idsync.services.cycle import CycleOptions
+    from idsync.wiring import build_engine
+
+    engine = build_engine(settings, local=True)
+    options = CycleOptions(
+        dry_run=args.dry_run,
+        allow_deletions=args.allow_deletions,
+        force_full=args.full,
+        ignore_quarantine=True,
+    )
+    if args.json or not console.is_terminal:
+        outcome = engine.cycle.run(options)
+    else:
+        columns = (TextColumn("syncing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=console, transient=True) as bar:
+            task = bar.add_task("sync", total=None)
+            options.progress = lambda done, total: bar.update(task, completed=done, total=total)
+            outcome = engine.cycle.run(options)
+    if outcome.report is None:
+        if args.json:
+            print(json.dumps({"skipped": outcome.skipped}))
+        else:
+            console.print(f"[yellow]no cycle ran:[/] {outcome.skipped}")
+        return EXIT_FAILURES
+    report = outcome.report
+    if args.json:
+        payload = _report_json(report)
+        payload["mode"] = outcome.mode
+        payload["calls"] = {"graph": engine.counters.graph.calls, "aws": engine.counters.aws.calls}
+        print(json.dumps(payload, indent=2, default=str))
+    else:
+        console.print(f"read mode: {outcome.mode}")
+        _show_report(console, report)
+    return _exit_code(report)
+
+
+def cmd_test_connection(settings: Settings, args: argparse.Namespace, console: Console) -> int:
+    from idsync.wiring import build_engine
+
+    engine = build_engine(settings, local=True)
+    checks = list(engine.source.check()) + list(engine.target.check())  # type: ignore[attr-defined]
+    ok = all(c.ok for c in checks)
+    if args.json:
+        print(json.dumps({"ok": ok, "checks": [c.__dict__ for c in checks]}, indent=2))
+    else:
+        for c in checks:
+            mark = "[green]ok[/]  " if c.ok else "[red]FAIL[/]"
+            console.print(f"{mark} {c.name}: {c.detail}")
+        console.print("connection test passed" if ok else "[bold red]connection test failed[/]")
+    return EXIT_OK if ok else EXIT_UNREACHABLE
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace, console: Console) -> int:
+    from idsync.services.cycle import RUN_CURRENT, RUN_LAST
+    from idsync.services.escrow import ESCROW_KEY, load_quarantine
+    from idsync.wiring import build_state
+
+    state = build_state(settings)
+    current = state.get_item(RUN_CURRENT)
+    last = state.get_item(RUN_LAST)
+    quarantine = load_quarantine(state)
+    escrow = (state.get_item(ESCROW_KEY) or {}).get("entries", {})
+    payload: dict[str, Any] = {
+        "running": current,
+        "last": last,
+        "quarantine": None
+        if quarantine is None
+        else {
+            "since": quarantine.since.isoformat(),
+            "reason": quarantine.reason,
+            "lastAttempt": quarantine.last_attempt.isoformat(),
+            "howToLeave": quarantine.how_to_leave,
+        },
+        "escrow": len(escrow),
+    }
+    if args.json:
+        print(json.dumps(payload, indent=2, default=str))
+        return EXIT_OK
+    if quarantine is not None:
+        console.print(f"[bold red]in quarantine[/] since {quarantine.since.isoformat()}: {quarantine.reason}")
+        console.print(f"  to leave it: {quarantine.how_to_leave}")
+    if current:
+        total = current.get("total") or 0
+        done = current.get("processed") or 0
+        width = 30
+        filled = int(width * done / total) if total else 0
+        console.print(
+            f"running: cycle {current['cycleId']} ({current['mode']}) "
+            f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total}"
+        )
+    if last:
+        console.print(
+            f"last cycle: {last['cycleId']} ({last.get('mode')}) {last['status']}, finished {last.get('finished')}"
+        )
+        console.print(_summary_table("changes", last.get("counts") or {}))
+        console.print(
+            f"failures: {last.get('failures', 0)}  refused: {last.get('refusals', 0)}  "
+            f"writes: {last.get('writes', 0)}  in escrow: {len(escrow)}"
+        )
+        if last.get("deletionGuard"):
+            console.print(f"[bold red]{last['deletionGuard']}[/]")
+    if not current and not last:
+        console.print("no cycle has run yet")
+    return EXIT_OK
+
+
+def cmd_logs(settings: Settings, args: argparse.Namespace, console: Console) -> int:
+    from idsync.wiring import build_state
+
+    rows = build_state(settings).query_logs(cycle_id=args.cycle, status=args.status, limit=args.limit)
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return EXIT_OK
+    table = Table(title=f"provisioning log ({len(rows)} entries, newest first)")
+    for column in ("time", "cycle", "object", "action", "status", "details"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        changes = ", ".join(
+            f"{m['attribute']}: {m['oldValue']!r} -> {m['newValue']!r}"
+            for m in row.get("modifiedProperties", [])
+        )
+        table.add_row(
+            row["activityDateTime"],
+            row["cycleId"],
+            f"{row['kind']} {row['name']}",
+            row["action"],
+            row["status"],
+            row.get("error") or changes,
+        )
+    console.print(table)
+    return EXIT_OK
+
+
+def cmd_quarantine(settings: Settings, args: argparse.Namespace, console: Console) -> int:
+    from idsync.services.escrow import clear_quarantine
+    from idsync.wiring import build_state
+
+    was = clear_quarantine(build_state(settings))
+    console.print(
+        "left quarantine: the next cycle runs on schedule" if was else "idsync was not in quarantine"
+    )
+    return EXIT_OK
+
+
+COMMANDS = {
+    "plan": cmd_plan,
+    "sync": cmd_sync,
+    "test-connection": cmd_test_connection,
+    "status": cmd_status,
+    "logs": cmd_logs,
+    "quarantine": cmd_quarantine,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    console = Console(stderr=bool(getattr(args, "json", False)))
+    errors = Console(stderr=True)
+    try:
+        settings = load_settings(args.config)
+        return COMMANDS[args.command](settings, args, console)
+    except ConfigError as error:
+        errors.print(f"[red]configuration error:[/] {error}", markup=True, highlight=False)
+        return EXIT_CONFIG
+    except (DirectoryAuthError, TargetAuthError) as error:
+        errors.print(f"[red]credentials or permissions rejected:[/] {error}", highlight=False)
+        return EXIT_UNREACHABLE
+    except (DirectoryError, TargetError) as error:
+        errors.print(f"[red]cannot reach a side:[/] {error}", highlight=False)
+        return EXIT_UNREACHABLE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,504 @@
+"""One contract for ``ports.StateStore``, run against the SQLite file and the DynamoDB table (moto)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+from moto.dynamodb.models import DynamoDBBackend
+
+from idsync.adapters.dynamodb_state import TABLE_SCHEMA, DynamoDbStateStore, table_definition
+from idsync.adapters.sqlite_state import SqliteStateStore
+from idsync.errors import StateError
+from idsync.model import (
+    AttributeChange,
+    LogEntry,
+    OwnedGroup,
+    OwnedMembership,
+    OwnedUser,
+    Ownership,
+    Status,
+)
+from idsync.ports import StateStore
+
+REGION = "eu-west-1"
+TABLE = "idsync-state"
+T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+PLUS_2H = timezone(timedelta(hours=2))
+
+OpenStore = Callable[..., StateStore]
+
+
+@pytest.fixture
+def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.setenv(name, "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+
+
+@pytest.fixture
+def dynamodb(aws_credentials: None) -> Iterator[Any]:
+    """A moto DynamoDB holding the state table exactly as ``TABLE_SCHEMA`` states it, TTL on."""
+    with mock_aws():
+        client = boto3.client("dynamodb", region_name=REGION)
+        client.create_table(**table_definition(TABLE))
+        client.update_time_to_live(
+            TableName=TABLE,
+            TimeToLiveSpecification={"Enabled": True, "AttributeName": TABLE_SCHEMA["ttl_attribute"]},
+        )
+        yield client
+
+
+@pytest.fixture(params=["sqlite", "dynamodb"])
+def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OpenStore]:
+    """Opens a new store object on the same file or table each call (a restart after a crash)."""
+    if request.param == "sqlite":
+        opened: list[SqliteStateStore] = []
+
+        def open_sqlite(**options: Any) -> StateStore:
+            opened.append(SqliteStateStore(tmp_path / "nested" / "dir" / "state.db", **options))
+            return opened[-1]
+
+        yield open_sqlite
+        for store in opened:
+            store.close()
+    else:
+        request.getfixturevalue("dynamodb")
+
+        def open_dynamodb(**options: Any) -> StateStore:
+            return DynamoDbStateStore(TABLE, client=boto3.client("dynamodb", region_name=REGION), **options)
+
+        yield open_dynamodb
+
+
+@pytest.fixture
+def store(open_store: OpenStore) -> StateStore:
+    return open_store()
+
+
+def user(source_id: str, **overrides: Any) -> OwnedUser:
+    values: dict[str, Any] = {
+        "source_id": source_id,
+        "target_id": f"t-{source_id}",
+        "user_name": f"{source_id}@example.com",
+        "doc": {"DisplayName": f"User {source_id}", "Name": {"GivenName": "A", "FamilyName": source_id}},
+        "manager_source_id": None,
+        "fingerprint": f"fp-{source_id}",
+    }
+    return OwnedUser(**(values | overrides))
+
+
+def log(cycle_id: str, change_id: str, minutes_ago: float, status: Status = Status.SUCCESS, **extra: Any) -> LogEntry:
+    moment = datetime.now(UTC) - timedelta(minutes=minutes_ago)
+    return LogEntry(
+        cycle_id=cycle_id,
+        change_id=change_id,
+        time=moment.isoformat().replace("+00:00", "Z"),
+        kind="user",
+        action="create",
+        status=status,
+        source_id=f"src-{change_id}",
+        name=f"{change_id}@example.com",
+        **extra,
+    )
+
+
+# ---------------------------------------------------------------------------- ownership
+
+
+def test_empty_store_owns_nothing(store: StateStore) -> None:
+    assert store.load_ownership() == Ownership()
+
+
+def test_users_round_trip_exactly(store: StateStore) -> None:
+    # Given users with unicode, nesting, empty strings, numbers, booleans, a manager and none
+    rich = user(
+        "u1",
+        user_name="zoë.ångström@example.com",
+        doc={
+            "DisplayName": "Zoë Ångström 日本語 🚀",
+            "Name": {"GivenName": "Zoë", "FamilyName": "Ångström", "Formatted": ""},
+            "Emails": [{"Value": "zoe@example.com", "Type": "work", "Primary": True}],
+            "Extensions": {"aws:identitystore:enterprise": {"Department": "R&D", "Manager": {"Value": "t-u2"}}},
+            "Nested": [[1, 2.5, None], {"deep": {"deeper": ["x"]}}],
+        },
+        manager_source_id="u2",
+    )
+    plain = user("u2", manager_source_id=None, fingerprint="")
+
+    # When they are recorded
+    store.record_user(rich)
+    store.record_user(plain)
+
+    # Then they come back equal, field by field
+    owned = store.load_ownership()
+    assert owned.users == {"u1": rich, "u2": plain}
+    assert owned.users["u2"].manager_source_id is None
+
+
+def test_recording_again_replaces(store: StateStore) -> None:
+    store.record_user(user("u1"))
+    store.record_user(user("u1", target_id="t-new", doc={"DisplayName": "Renamed"}, manager_source_id="m"))
+    store.record_group(OwnedGroup("g1", "tg-1", "Admins", "first", "fp1"))
+    store.record_group(OwnedGroup("g1", "tg-1", "Admins", None, "fp2"))
+    store.record_membership(OwnedMembership("g1", "u1", "m-1"))
+    store.record_membership(OwnedMembership("g1", "u1", "m-2"))
+
+    owned = store.load_ownership()
+
+    assert owned.users == {"u1": user("u1", target_id="t-new", doc={"DisplayName": "Renamed"}, manager_source_id="m")}
+    assert owned.groups == {"g1": OwnedGroup("g1", "tg-1", "Admins", None, "fp2")}
+    assert owned.memberships == {("g1", "u1"): OwnedMembership("g1", "u1", "m-2")}
+
+
+def test_groups_and_memberships_round_trip(store: StateStore) -> None:
+    groups = [
+        OwnedGroup("g1", "tg-1", "Ops — Bereitschaft", "on call: ÄÖÜ", "fp1"),
+        OwnedGroup("g2", "tg-2", "No description", None, "fp2"),
+        OwnedGroup("g3", "tg-3", "Empty description", "", ""),
+    ]
+    memberships = [
+        OwnedMembership("g1", "u1", "m-11"),
+        OwnedMembership("g1", "u2", "m-12"),
+        OwnedMembership("g2", "u1", "m-21"),
+    ]
+    for group in groups:
+        store.record_group(group)
+    for membership in memberships:
+        store.record_membership(membership)
+
+    owned = store.load_ownership()
+
+    assert owned.groups == {group.source_id: group for group in groups}
+    assert owned.memberships == {(m.group_source_id, m.user_source_id): m for m in memberships}
+    assert owned.group_target("g2") == "tg-2"
+
+
+def test_forget_removes_only_the_named_object(store: StateStore) -> None:
+    store.record_user(user("u1"))
+    store.record_user(user("u2"))
+    store.record_group(OwnedGroup("g1", "tg-1", "One"))
+    store.record_group(OwnedGroup("g2", "tg-2", "Two"))
+    store.record_membership(OwnedMembership("g1", "u1", "m-11"))
+    store.record_membership(OwnedMembership("g1", "u2", "m-12"))
+
+    store.forget_user("u1")
+    store.forget_group("g2")
+    store.forget_membership("g1", "u2")
+    # forgetting what is not recorded is no error
+    store.forget_user("missing")
+    store.forget_group("missing")
+    store.forget_membership("g1", "missing")
+
+    owned = store.load_ownership()
+    assert set(owned.users) == {"u2"}
+    assert set(owned.groups) == {"g1"}
+    assert set(owned.memberships) == {("g1", "u1")}
+
+
+def test_a_new_store_after_a_crash_sees_every_write(open_store: OpenStore) -> None:
+    # Given a store that records everything and is never closed (the process dies)
+    first = open_store()
+    first.record_user(user("u1", manager_source_id="u2"))
+    first.record_user(user("u2"))
+    first.record_group(OwnedGroup("g1", "tg-1", "One", "d", "fp"))
+    first.record_membership(OwnedMembership("g1", "u1", "m-11"))
+    first.forget_user("u2")
+    first.put_item("delta/users", {"link": "https://graph.example/delta?$deltatoken=abc"})
+    first.append_logs([log("c1", "x1", 1)])
+
+    # When a new store object opens the same file or table
+    second = open_store()
+
+    # Then it holds exactly what the first one wrote
+    assert second.load_ownership() == first.load_ownership()
+    assert set(second.load_ownership().users) == {"u1"}
+    assert second.get_item("delta/users") == {"link": "https://graph.example/delta?$deltatoken=abc"}
+    assert [doc["changeId"] for doc in second.query_logs()] == ["x1"]
+
+
+def test_a_doc_that_is_not_json_is_refused_with_its_name(store: StateStore) -> None:
+    with pytest.raises(ValueError, match=r"user bad@example.com \[u9\]: attribute doc: must hold only JSON"):
+        store.record_user(user("u9", user_name="bad@example.com", doc={"Tags": {"a", "b"}}))
+    assert store.load_ownership().users == {}
+
+
+@pytest.mark.parametrize("open_store", ["sqlite", pytest.param("dynamodb", marks=pytest.mark.slow)], indirect=True)
+def test_load_ownership_at_scale(store: StateStore) -> None:
+    # Given 5,000 users (several 1 MB DynamoDB pages) and 10,000 memberships
+    doc = {"DisplayName": "x" * 200, "Name": {"GivenName": "G", "FamilyName": "F"}}
+    for n in range(5_000):
+        store.record_user(user(f"u{n:05d}", doc=doc))
+    for n in range(10_000):
+        store.record_membership(OwnedMembership(f"g{n % 100:03d}", f"u{n // 2:05d}", f"m{n}"))
+
+    owned = store.load_ownership()
+
+    assert len(owned.users) == 5_000
+    assert owned.users["u04999"] == user("u04999", doc=doc)
+    assert len(owned.memberships) == 10_000
+    assert owned.memberships[("g099", "u04999")] == OwnedMembership("g099", "u04999", "m9999")
+
+
+# ---------------------------------------------------------------------------- named documents
+
+
+def test_items_put_get_replace_delete(open_store: OpenStore) -> None:
+    store = open_store()
+    assert store.get_item("checkpoint") is None
+
+    document = {
+        "cycle": "c1",
+        "done": ["u1", "u2"],
+        "cursor": {"page": 3, "token": "ä€"},
+        "empty": "",
+        "n": 1.5,
+    }
+    store.put_item("checkpoint", document)
+    assert store.get_item("checkpoint") == document
+    assert open_store().get_item("checkpoint") == document
+
+    store.put_item("checkpoint", {"cycle": "c2"})
+    assert store.get_item("checkpoint") == {"cycle": "c2"}
+
+    store.delete_item("checkpoint")
+    store.delete_item("never-written")
+    assert store.get_item("checkpoint") is None
+
+
+def test_an_item_that_is_not_json_is_refused_with_its_name(store: StateStore) -> None:
+    with pytest.raises(ValueError, match=r"item run/c1: attribute value: must hold only JSON values"):
+        store.put_item("run/c1", {"started": object()})
+
+
+# ---------------------------------------------------------------------------- provisioning log
+
+
+def test_logs_newest_first_filtered_by_cycle_status_and_limit(store: StateStore) -> None:
+    # Given two cycles with successes, failures and a skip, appended out of order
+    change = AttributeChange("DisplayName", "Old", {"nested": ["new", None]})
+    entries = [
+        log("c1", "a", 50),
+        log("c1", "b", 40, Status.FAILURE, error="ConflictException: userName taken"),
+        log("c1", "c", 30, modified=(change,), target_id="t-c", duration_ms=12.3456),
+        log("c2", "d", 20, Status.FAILURE, error="ThrottlingException"),
+        log("c2", "e", 10, Status.SKIPPED),
+        log("c2", "f", 5),
+    ]
+    store.append_logs(entries[3:])
+    store.append_logs(entries[:3])
+    store.append_logs([])
+
+    def changes(docs: list[dict[str, Any]]) -> list[str]:
+        return [doc["changeId"] for doc in docs]
+
+    # Then every query answers newest first, as the entries' own documents
+    assert store.query_logs() == [entry.as_dict() for entry in reversed(entries)]
+    assert changes(store.query_logs(cycle_id="c1")) == ["c", "b", "a"]
+    assert changes(store.query_logs(status="failure")) == ["d", "b"]
+    assert changes(store.query_logs(status=Status.SKIPPED)) == ["e"]
+    assert changes(store.query_logs(status="success")) == ["f", "c", "a"]
+    assert changes(store.query_logs(cycle_id="c2", status="failure")) == ["d"]
+    assert changes(store.query_logs(cycle_id="c1", status="success")) == ["c", "a"]
+    assert changes(store.query_logs(cycle_id="c3")) == []
+    assert changes(store.query_logs(limit=2)) == ["f", "e"]
+    assert changes(store.query_logs(status="success", limit=2)) == ["f", "c"]
+    assert changes(store.query_logs(cycle_id="c1", limit=1)) == ["c"]
+
+
+def test_logs_order_by_instant_whatever_the_offset(store: StateStore) -> None:
+    # Given three instants one second apart, written in UTC, at +02:00 and without an offset
+    base = datetime.now(UTC) - timedelta(hours=1)
+    entry = log("c1", "template", 0)
+    store.append_logs(
+        [
+            replace(entry, change_id="utc", time=base.isoformat()),
+            replace(entry, change_id="plus2h", time=(base + timedelta(seconds=1)).astimezone(PLUS_2H).isoformat()),
+            replace(entry, change_id="naive", time=(base + timedelta(seconds=2)).strftime("%Y-%m-%dT%H:%M:%S.%f")),
+        ]
+    )
+
+    # Then they come back in the order of the instants, not of the text
+    assert [doc["changeId"] for doc in store.query_logs()] == ["naive", "plus2h", "utc"]
+
+
+def test_expired_logs_are_left_out(open_store: OpenStore) -> None:
+    # Given entries 40 days, 20 days and 1 minute old, kept for 30 days
+    store = open_store()
+    store.append_logs([log("c1", "old", 40 * 24 * 60), log("c1", "mid", 20 * 24 * 60), log("c1", "new", 1)])
+    store.append_logs([log("c1", "old-failure", 40 * 24 * 60, Status.FAILURE)])
+
+    assert [doc["changeId"] for doc in store.query_logs()] == ["new", "mid"]
+    assert [doc["changeId"] for doc in store.query_logs(cycle_id="c1")] == ["new", "mid"]
+    assert store.query_logs(status="failure") == []
+    assert store.query_logs(cycle_id="c1", status="failure") == []
+    # a store kept for 10 days sees only the newest
+    assert [doc["changeId"] for doc in open_store(log_retention_days=10).query_logs()] == ["new"]
+
+
+def test_a_log_time_that_is_not_iso_is_refused_with_its_name(store: StateStore) -> None:
+    bad = replace(log("c7", "x7", 0), time="yesterday")
+    with pytest.raises(ValueError, match=r"log entry x7 of cycle c7: attribute time \('yesterday'\): must be an ISO"):
+        store.append_logs([bad])
+
+
+def test_a_limit_below_one_is_refused(store: StateStore) -> None:
+    with pytest.raises(ValueError, match="limit 0: must be at least 1"):
+        store.query_logs(limit=0)
+
+
+# ---------------------------------------------------------------------------- leases
+
+
+def test_lease_free_held_renewed_expired_released(store: StateStore) -> None:
+    # a free lease is taken
+    assert store.acquire_lease("sync", "a", T0, 60) is True
+    # held by a, unexpired: b is refused
+    assert store.acquire_lease("sync", "b", T0 + timedelta(seconds=30), 60) is False
+    # a renews at +50 s, so the lease now runs to +110 s
+    assert store.acquire_lease("sync", "a", T0 + timedelta(seconds=50), 60) is True
+    assert store.acquire_lease("sync", "b", T0 + timedelta(seconds=100), 60) is False
+    # expired: b takes it over, and a is refused now
+    assert store.acquire_lease("sync", "b", T0 + timedelta(seconds=111), 60) is True
+    assert store.acquire_lease("sync", "a", T0 + timedelta(seconds=112), 60) is False
+    # leases are independent by name
+    assert store.acquire_lease("subscriptions", "a", T0 + timedelta(seconds=112), 60) is True
+    # release by the wrong owner does nothing
+    store.release_lease("sync", "a")
+    assert store.acquire_lease("sync", "a", T0 + timedelta(seconds=113), 60) is False
+    # release by the holder frees it at once
+    store.release_lease("sync", "b")
+    assert store.acquire_lease("sync", "a", T0 + timedelta(seconds=114), 60) is True
+    # releasing a lease that is not held is no error
+    store.release_lease("never-taken", "a")
+
+
+@pytest.fixture
+def atomic_moto_put(monkeypatch: pytest.MonkeyPatch) -> None:
+    # DynamoDB checks a condition and writes atomically; moto does not, so give it that guarantee
+    lock = threading.Lock()
+    original = DynamoDBBackend.put_item
+
+    def put_item(self: DynamoDBBackend, *args: Any, **kwargs: Any) -> Any:
+        with lock:
+            return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(DynamoDBBackend, "put_item", put_item)
+
+
+@pytest.mark.usefixtures("atomic_moto_put")
+def test_threads_racing_for_a_lease_one_wins(open_store: OpenStore) -> None:
+    # Given eight workers, each with its own store object, released at the same instant
+    workers = 8
+    stores = [open_store() for _ in range(workers)]
+    barrier = threading.Barrier(workers)
+    results: dict[int, bool] = {}
+
+    def race(n: int) -> None:
+        barrier.wait()
+        results[n] = stores[n].acquire_lease("sync", f"worker-{n}", T0, 300)
+
+    threads = [threading.Thread(target=race, args=(n,)) for n in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    # Then exactly one holds the lease
+    assert sorted(results.values()) == [False] * (workers - 1) + [True]
+    winner = next(n for n, won in results.items() if won)
+    assert stores[0].acquire_lease("sync", f"worker-{winner}", T0 + timedelta(seconds=1), 300) is True
+
+
+# ---------------------------------------------------------------------------- adapter specifics
+
+
+def _race_in_process(path: str, owner: str, barrier: Any, results: Any) -> None:
+    store = SqliteStateStore(path)
+    barrier.wait()
+    results.put((owner, store.acquire_lease("sync", owner, T0, 300)))
+    store.close()
+
+
+def test_sqlite_processes_racing_for_a_lease_one_wins(tmp_path: Path) -> None:
+    # Given four processes on the same file, released at the same instant
+    path = str(tmp_path / "state.db")
+    SqliteStateStore(path).close()
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(4)
+    results = context.Queue()
+    processes = [context.Process(target=_race_in_process, args=(path, f"proc-{n}", barrier, results)) for n in range(4)]
+    for process in processes:
+        process.start()
+    outcomes = dict(results.get(timeout=60) for _ in processes)
+    for process in processes:
+        process.join(timeout=60)
+
+    # Then exactly one process won, and the file names it as the holder
+    assert sorted(outcomes.values()) == [False, False, False, True]
+    winner = next(owner for owner, won in outcomes.items() if won)
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT owner FROM leases WHERE name = 'sync'").fetchall() == [(winner,)]
+
+
+def test_sqlite_deletes_expired_log_rows(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    store = SqliteStateStore(path, log_retention_days=30)
+    store.append_logs([log("c1", "old", 40 * 24 * 60)])
+    store.append_logs([log("c1", "new", 1)])
+    store.close()
+
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT doc ->> '$.changeId' FROM logs").fetchall() == [("new",)]
+
+
+def test_sqlite_refuses_a_newer_schema(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    SqliteStateStore(path).close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA user_version = 99")
+
+    with pytest.raises(StateError, match=r"schema version 99 is newer"):
+        SqliteStateStore(path)
+
+
+def test_sqlite_unusable_path_is_a_state_error(tmp_path: Path) -> None:
+    (tmp_path / "occupied").mkdir()
+    with pytest.raises(StateError, match=r"state file .*occupied: cannot open"):
+        SqliteStateStore(tmp_path / "occupied")
+
+
+def test_dynamodb_log_items_carry_ttl_and_index_keys(dynamodb: Any) -> None:
+    # Given a failure logged with a 30-day retention
+    store = DynamoDbStateStore(TABLE, client=dynamodb, log_retention_days=30)
+    entry = log("c1", "x1", 0, Status.FAILURE)
+    store.append_logs([entry])
+
+    # Then the table holds the entry and its status copy, both expiring 30 days after the entry
+    items = {item["gsi1pk"]["S"]: item for item in dynamodb.scan(TableName=TABLE)["Items"]}
+    assert set(items) == {"LOG", "LOGSTATUS#failure"}
+    expected_ttl = int((datetime.fromisoformat(entry.time) + timedelta(days=30)).timestamp())
+    for item in items.values():
+        assert item["pk"]["S"] == "LOG#c1"
+        assert int(item[TABLE_SCHEMA["ttl_attribute"]]["N"]) == expected_ttl
+        assert item["gsi1sk"]["S"] == items["LOG"]["sk"]["S"]
+        assert item["gsi1sk"]["S"].endswith("#x1")
+    assert items["LOGSTATUS#failure"]["sk"]["S"] == "STATUS#failure#" + items["LOG"]["sk"]["S"]
+
+
+def test_dynamodb_missing_table_is_a_state_error(dynamodb: Any) -> None:
+    store = DynamoDbStateStore("no-such-table", client=dynamodb)
+
+    with pytest.raises(StateError, match=r"DynamoDB table no-such-table: put_item failed"):
+        store.record_group(OwnedGroup("g1", "tg-1", "One"))
+    with pytest.raises(StateError, match=r"DynamoDB table no-such-table: query failed"):
+        store.load_ownership()
