@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NoReturn
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -148,6 +148,7 @@ class NotificationItem(_Strict):
 
 class NotificationBody(_Strict):
     value: list[NotificationItem] = Field(min_length=1)
+    # sent with rich notifications; checked for shape, never used (idsync asks for no resource data)
     validation_tokens: list[str] | None = Field(default=None, alias="validationTokens")
 
 
@@ -155,7 +156,7 @@ class NotificationBody(_Strict):
 
 
 class Rejection(Exception):
-    """A request refused as a whole; never leaves this module."""
+    """A request refused as a whole: the HTTP status, a Graph-style error code, and what is wrong."""
 
     def __init__(self, status: int, code: str, message: str, details: list[dict[str, str]] | None = None):
         super().__init__(message)
@@ -178,7 +179,7 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _no_constants(name: str) -> Any:
+def _no_constants(name: str) -> NoReturn:
     raise ValueError(f"{name} is not a JSON value")
 
 
@@ -264,9 +265,7 @@ def _is_unicode(text: str) -> bool:
 def parse_body(body: bytes, content_type: str | None) -> NotificationBody:
     """Check a notification request as a whole. Raises Rejection (400, 413 or 415) naming the problem."""
     if len(body) > MAX_BODY_BYTES:
-        raise Rejection(
-            413, "payloadTooLarge", f"the body is {len(body)} bytes; the limit is {MAX_BODY_BYTES} bytes"
-        )
+        raise Rejection(413, "payloadTooLarge", f"the body is {len(body)} bytes; the limit is {MAX_BODY_BYTES} bytes")
     check_media_type(content_type)
     document = parse_json(body)
     if not isinstance(document, dict):
@@ -307,9 +306,10 @@ def group_of(resource: str) -> str | None:
 
 
 def same_secret(expected: str, given: str | None) -> bool:
-    """Constant-time comparison of a notification's clientState with the secret."""
-    given_bytes = (given or "").encode("utf-8", "surrogatepass")
-    return hmac.compare_digest(expected.encode("utf-8"), given_bytes) and given is not None
+    """Constant-time comparison of a notification's clientState with the secret (absent never matches)."""
+    if given is None:
+        return False
+    return hmac.compare_digest(expected.encode("utf-8"), given.encode("utf-8"))
 
 
 # --------------------------------------------------------------------------- the service
@@ -376,9 +376,7 @@ class NotificationService:
         error: dict[str, Any] = {"code": rejection.code, "message": rejection.message}
         if rejection.details:
             error["details"] = rejection.details
-        return WebhookReply(
-            rejection.status, json.dumps({"error": error}), "application/json", {Metric.REJECTED: 1}
-        )
+        return WebhookReply(rejection.status, json.dumps({"error": error}), "application/json", {Metric.REJECTED: 1})
 
     def _process(self, endpoint: Endpoint, body: NotificationBody) -> WebhookReply:
         secret = self._secrets.get(self._client_state_secret)
@@ -437,9 +435,7 @@ class NotificationService:
             return None, "not a configured PIM group"
         return self._groups[found], None
 
-    def _lifecycle(
-        self, endpoint: Endpoint, index: int, item: NotificationItem, counts: Counter[str]
-    ) -> None:
+    def _lifecycle(self, endpoint: Endpoint, index: int, item: NotificationItem, counts: Counter[str]) -> None:
         event = item.lifecycle_event or ""
         counts[_LIFECYCLE_METRICS[event]] += 1
         context = {"endpoint": endpoint.value, "index": index, "subscription_id": item.subscription_id}

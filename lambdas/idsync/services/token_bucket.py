@@ -111,10 +111,6 @@ class TokenBucket:
         self._name = name
         self._max_attempts = max(1, max_attempts)
 
-    @property
-    def name(self) -> str:
-        return self._name
-
     def try_take(self) -> Grant | Wait:
         """Take one token for one activation, at the injected clock's now.
 
