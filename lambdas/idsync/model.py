@@ -110,6 +110,7 @@ class DesiredView:
     groups: Mapping[str, Group]
     memberships: frozenset[tuple[str, str]]  # (group source id, user source id)
     refusals: tuple[Refusal, ...] = ()
+    out_of_scope: frozenset[str] = frozenset()  # users alive in Entra but outside the scope
 
 
 # --------------------------------------------------------------------------- current (AWS side)
@@ -305,6 +306,7 @@ class PlanPolicy:
     max_deletions: int = 500
     max_deletion_percent: float = 20.0
     allow_deletions: bool = False  # an operator's one-off override of the guard
+    skip_out_of_scope_deletions: bool = False  # keep users who merely left the scope (Entra's option)
     managed_attributes: frozenset[str] = frozenset()  # doc keys idsync owns; others are left alone
     create_only_attributes: frozenset[str] = frozenset()  # doc keys set on create, never updated
 

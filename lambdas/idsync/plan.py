@@ -274,6 +274,8 @@ class _UserPlanner:
             user = self.desired.users.get(sid)
             if (user is not None and user.active) or sid in refused:
                 continue
+            if user is None and self.policy.skip_out_of_scope_deletions and sid in self.desired.out_of_scope:
+                continue
             owned = self.owned.users[sid]
             reason = "disabled in Entra" if user is not None else "no longer in scope (or deleted) in Entra"
             ops.append(

@@ -59,9 +59,7 @@ class World:
 
     def snapshot(self) -> tuple[set[str], dict[str, set[str]], dict[str, Any]]:
         names = {u["UserName"] for u in self.store.users.values()}
-        groups = {
-            g["DisplayName"]: self.store.members_of(g["DisplayName"]) for g in self.store.groups.values()
-        }
+        groups = {g["DisplayName"]: self.store.members_of(g["DisplayName"]) for g in self.store.groups.values()}
         managers = {n: self.store.manager_of(n) for n in names}
         return names, groups, managers
 
@@ -226,3 +224,23 @@ def test_refusals_are_logged_once_not_every_cycle() -> None:
     refused = [e for e in world.state.logs if e.source_id == "bad"]
     assert len(refused) == 1
     assert refused[0].error == "user bad@example.com [bad]: attribute name.givenName: is required"
+
+
+def test_skip_out_of_scope_deletions_keeps_users_who_left_scope_but_not_disabled_ones() -> None:
+    class DepartmentScope(Everything):
+        def user(self, obj: dict[str, Any]) -> Any:
+            verdict = type("Decision", (), {})()
+            verdict.in_scope = obj.get("department") != "Contractors"
+            return verdict
+
+    world = World(skip_out_of_scope_deletions=True, allow_deletions=True)
+    service = world.service()
+    service.scope = DepartmentScope()
+    service.run(CycleOptions())
+    # Given one user moves out of scope and another is disabled
+    world.source.users[7]["department"] = "Contractors"
+    world.source.users[8]["accountEnabled"] = False
+    service.run(CycleOptions())
+    # Then the one out of scope is kept, the disabled one is removed
+    assert world.store.find_user("u7@example.com") is not None
+    assert world.store.find_user("u8@example.com") is None

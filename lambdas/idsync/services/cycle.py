@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from idsync.errors import DeltaExpired, DirectoryAuthError, TargetAuthError
-from idsync.mirror import Mirror
+from idsync.mirror import SOFT_DELETED, Mirror
 from idsync.model import (
     CurrentView,
     CycleReport,
@@ -209,7 +209,9 @@ class CycleService:
 
     def desired(self, mirror: Mirror) -> DesiredView:
         users, groups, members = mirror.in_scope(self.scoping.mode, self.scoping.transitive)
-        return build_desired(users, groups, members, self.user_mapper, self.group_mapper, self.scope)
+        view = build_desired(users, groups, members, self.user_mapper, self.group_mapper, self.scope)
+        alive = {uid for uid, obj in mirror.users.items() if not obj.get(SOFT_DELETED)}
+        return replace(view, out_of_scope=frozenset(alive - set(view.users)))
 
     def read_target(self, desired: DesiredView, owned: Ownership) -> CurrentView:
         """Every user and group in IAM Identity Center, and the members of the groups that matter."""
