@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from idsync.errors import ConfigError
 
@@ -38,6 +39,8 @@ class GraphSettings(_Strict):
     page_size: int = Field(default=999, ge=1, le=999)
     max_retries: int = Field(default=6, ge=0, le=20)
     timeout_seconds: float = Field(default=30.0, gt=0)
+    # a PEM file of CAs to trust instead of the system's (a TLS-inspecting proxy, or the local emulator)
+    ca_bundle: str | None = None
 
     @field_validator("base_url", "authority_host")
     @classmethod
@@ -47,14 +50,32 @@ class GraphSettings(_Strict):
         return value.rstrip("/")
 
 
+class FilterClause(_Strict):
+    """One clause of a scoping filter: ``{attribute, operator, value}`` (Entra's operators)."""
+
+    attribute: str = Field(min_length=1)  # a Graph property, e.g. department or employeeOrgData.division
+    operator: str = Field(min_length=1)  # EQUALS, NOT EQUALS, IS TRUE, ..., IS IN (case-insensitive)
+    value: str | int | bool | list[str | int] | None = None
+
+    @field_validator("value", mode="before")
+    @classmethod
+    def _text_number_or_list(cls, value: Any) -> Any:
+        if value is None or isinstance(value, str | int):
+            return value
+        if isinstance(value, list) and all(isinstance(v, str | int) and not isinstance(v, bool) for v in value):
+            return value
+        raise PydanticCustomError("clause_value", "must be text, an integer, a boolean, or a list of text or integers")
+
+
 class ScopeSettings(_Strict):
     # "assigned": users and groups assigned to the enterprise app; "all": every user and group.
     mode: Literal["assigned", "all"] = "assigned"
     service_principal_id: str | None = None
     flatten_nested_groups: bool = False
-    user_filters: list[list[dict[str, Any]]] = Field(default_factory=list)
-    group_filters: list[list[dict[str, Any]]] = Field(default_factory=list)
-    group_name_include: list[str] = Field(default_factory=list)
+    # a list of filters; the clauses of one filter are ANDed, the filters are ORed
+    user_filters: list[list[FilterClause]] = Field(default_factory=list)
+    group_filters: list[list[FilterClause]] = Field(default_factory=list)
+    group_name_include: list[str] = Field(default_factory=list)  # exact names, or "re:<regex>"
     group_name_exclude: list[str] = Field(default_factory=list)
     skip_out_of_scope_deletions: bool = False
 
@@ -65,6 +86,17 @@ class ScopeSettings(_Strict):
                 "scope.service_principal_id is required when scope.mode is 'assigned' "
                 "(the object id of the AWS IAM Identity Center enterprise application)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _filters_compile(self) -> ScopeSettings:
+        from idsync.scope import build_scope  # the scope module owns what a filter means
+
+        try:
+            build_scope(self)
+        except ConfigError as error:
+            # the error location already names the section
+            raise PydanticCustomError("scope", "{reason}", {"reason": _relative(error, "scope.")}) from None
         return self
 
 
@@ -98,13 +130,70 @@ class StateSettings(_Strict):
         return self
 
 
-class MappingSettings(_Strict):
-    """Attribute mappings (empty lists mean the default AWS IAM Identity Center mapping)."""
+class MappingRule(_Strict):
+    """One row of the attribute mapping: ``target <- source | expression | constant``."""
 
-    users: list[dict[str, Any]] = Field(default_factory=list)
-    groups: list[dict[str, Any]] = Field(default_factory=list)
+    target: str = Field(min_length=1)  # Entra's AWS attribute name, e.g. name.givenName
+    source: str | None = None  # a Graph property (Entra's "Direct" mapping)
+    expression: str | None = None  # an Entra expression, e.g. Join(" ", [givenName], [surname])
+    constant: str | bool | int | float | None = None
+    default: str | None = None  # used when the source or expression gives no value
+    apply: Literal["always", "on_create"] = "always"
+    remove: bool = False  # drop the default rule for this target
+
+    @field_validator("constant", mode="before")
+    @classmethod
+    def _scalar(cls, value: Any) -> Any:
+        if value is None or isinstance(value, str | int | float):
+            return value
+        raise PydanticCustomError("constant", "must be text, a number or a boolean")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> MappingRule:
+        given = [name for name in ("source", "expression", "constant") if getattr(self, name) is not None]
+        if self.remove:
+            if given or self.default is not None:
+                extra = " or ".join(given) or "default"
+                raise PydanticCustomError(
+                    "mapping_rule",
+                    "rule for {target}: remove: true takes no {extra}",
+                    {"target": self.target, "extra": extra},
+                )
+        elif len(given) != 1:
+            raise PydanticCustomError(
+                "mapping_rule",
+                "rule for {target}: give exactly one of source, expression or constant (found {found})",
+                {"target": self.target, "found": " and ".join(given) or "none"},
+            )
+        return self
+
+
+class MappingSettings(_Strict):
+    """Attribute mappings: rules laid over the default AWS IAM Identity Center mapping, by target.
+
+    With ``extend_defaults: false`` the rules given are the whole mapping.
+    """
+
+    users: list[MappingRule] = Field(default_factory=list)
+    groups: list[MappingRule] = Field(default_factory=list)
+    extend_defaults: bool = True
     user_matching: str = "userName"
     group_matching: str = "displayName"
+
+    @model_validator(mode="after")
+    def _rules_compile(self) -> MappingSettings:
+        from idsync.mapping import build_mappers  # the mapping module owns what a rule means
+
+        try:
+            build_mappers(self)
+        except ConfigError as error:
+            # the error location already names the section
+            raise PydanticCustomError("mapping", "{reason}", {"reason": _relative(error, "mapping.")}) from None
+        return self
+
+
+def _relative(error: ConfigError, section: str) -> str:
+    return str(error).removeprefix(section)
 
 
 class PimSettings(_Strict):
