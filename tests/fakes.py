@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from idsync.errors import TargetConflict, TargetError, TargetNotFound
+from idsync.mirror import MemberChange
 from idsync.model import (
     AttributeChange,
     LogEntry,
@@ -21,7 +22,6 @@ from idsync.model import (
     UserDoc,
     freeze_doc,
 )
-from idsync.mirror import MemberChange
 from idsync.ports import Check, DirectoryChanges
 
 
@@ -75,9 +75,7 @@ class FakeIdentityStore:
                 yield mid, uid
 
     def find_user(self, user_name: str) -> str | None:
-        return next(
-            (i for i, u in self.users.items() if u["UserName"].casefold() == user_name.casefold()), None
-        )
+        return next((i for i, u in self.users.items() if u["UserName"].casefold() == user_name.casefold()), None)
 
     def find_group(self, display_name: str) -> str | None:
         return next((i for i, g in self.groups.items() if g["DisplayName"] == display_name), None)
@@ -164,9 +162,7 @@ class FakeIdentityStore:
         return {self.users[uid]["UserName"] for _, (g, uid) in self.memberships.items() if g == gid}
 
     def manager_of(self, user_name: str) -> str | None:
-        ext = (self.user_by_name(user_name)["doc"].get("Extensions") or {}).get(
-            "aws:identitystore:enterprise", {}
-        )
+        ext = (self.user_by_name(user_name)["doc"].get("Extensions") or {}).get("aws:identitystore:enterprise", {})
         manager = ext.get("manager")
         return self.users[manager["value"]]["UserName"] if manager else None
 

@@ -1,0 +1,44 @@
+"""Run every benchmark (or the ones named), print the figures, save bench/results.json whole."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+BENCHMARKS = ["mapping", "full_sync", "cycles", "jit"]
+RESULTS = Path(__file__).with_name("results.json")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="idsync benchmarks")
+    parser.add_argument("names", nargs="*", help=f"which to run (default: all of {', '.join(BENCHMARKS)})")
+    args = parser.parse_args()
+    names = args.names or BENCHMARKS
+    results: dict[str, Any] = {}
+    for name in names:
+        module = importlib.import_module(f"bench.{name}")
+        started = time.perf_counter()
+        print(f"== {name} ...", flush=True)
+        figures = module.run()
+        for key, value in figures.items():
+            results[key] = value
+            print(f"{key}: {json.dumps(value, indent=2)}", flush=True)
+        print(f"== {name} took {time.perf_counter() - started:.1f} s", flush=True)
+    results["machine"] = {"python": platform.python_version(), "machine": platform.machine(), "cpus": _cpus()}
+    RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    print(f"saved {RESULTS}")
+
+
+def _cpus() -> int:
+    import os
+
+    return os.cpu_count() or 0
+
+
+if __name__ == "__main__":
+    main()
