@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
 
     plan = sub.add_parser("plan", help="show what a sync would change, without changing anything")
     plan.add_argument("--json", action="store_true", help="machine-readable output")
-    plan.add_argument("--all", action="store_true", help="list every operation (default: the first 50)")
+    plan.add_argument("--all", action="store_true", help="list every operation (default: the first 20)")
 
     sync = sub.add_parser("sync", help="run one provisioning cycle now")
     sync.add_argument("--json", action="store_true", help="machine-readable output")
@@ -48,10 +48,22 @@ def _parser() -> argparse.ArgumentParser:
         "--allow-deletions", action="store_true", help="apply deletions even above the deletion guard, once"
     )
 
-    check = sub.add_parser(
-        "test-connection", help="check Graph and Identity Store credentials and permissions"
-    )
+    sync.add_argument("--full", action="store_true", help="force a full reconcile (re-read both sides)")
+
+    check = sub.add_parser("test-connection", help="check Graph and Identity Store credentials and permissions")
     check.add_argument("--json", action="store_true", help="machine-readable output")
+
+    status = sub.add_parser("status", help="the current and last cycles, quarantine and escrow")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    logs = sub.add_parser("logs", help="provisioning logs, newest first")
+    logs.add_argument("--cycle", help="only this cycle id")
+    logs.add_argument("--status", choices=["success", "failure", "skipped"], help="only this outcome")
+    logs.add_argument("--limit", type=int, default=100, help="at most this many entries (default 100)")
+    logs.add_argument("--json", action="store_true", help="machine-readable output")
+
+    quarantine = sub.add_parser("quarantine", help="leave quarantine after fixing its cause")
+    quarantine.add_argument("action", choices=["clear"])
     return parser
 
 
@@ -102,14 +114,12 @@ def _print_refusals(console: Console, refusals: Sequence[Refusal]) -> None:
 
 def _show_plan(console: Console, plan: Plan, show_all: bool) -> None:
     console.print(_summary_table("Plan", plan.summary()))
-    shown = plan.operations if show_all else plan.operations[:50]
+    shown = plan.operations if show_all else plan.operations[:20]
     for op in shown:
         if not op.is_write:
             continue
         detail = ", ".join(c.attribute for c in op.changes) if op.action.value == "update" else op.reason
-        console.print(
-            f"  {op.action.value:>6} {op.kind.value:<10} {op.name}" + (f"  ({detail})" if detail else "")
-        )
+        console.print(f"  {op.action.value:>6} {op.kind.value:<10} {op.name}" + (f"  ({detail})" if detail else ""))
     if len(plan.operations) > len(shown):
         console.print(f"  ... and {len(plan.operations) - len(shown)} more (use --all)")
     _print_refusals(console, plan.refusals)
@@ -292,23 +302,20 @@ def cmd_logs(settings: Settings, args: argparse.Namespace, console: Console) -> 
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
         return EXIT_OK
-    table = Table(title=f"provisioning log ({len(rows)} entries, newest first)")
-    for column in ("time", "cycle", "object", "action", "status", "details"):
-        table.add_column(column, overflow="fold")
+    console.print(f"provisioning log: {len(rows)} entries, newest first")
     for row in rows:
         changes = ", ".join(
-            f"{m['attribute']}: {m['oldValue']!r} -> {m['newValue']!r}"
-            for m in row.get("modifiedProperties", [])
+            f"{m['attribute']}: {m['oldValue']!r} -> {m['newValue']!r}" for m in row.get("modifiedProperties", [])
         )
-        table.add_row(
-            row["activityDateTime"],
-            row["cycleId"],
-            f"{row['kind']} {row['name']}",
-            row["action"],
-            row["status"],
-            row.get("error") or changes,
+        colour = {"success": "green", "failure": "red"}.get(row["status"], "yellow")
+        console.print(
+            f"{row['activityDateTime'][:19]}  {row['cycleId']}  [{colour}]{row['status']:<7}[/]  "
+            f"{row['action']:<6} {row['kind']} {row['name']}",
+            highlight=False,
         )
-    console.print(table)
+        detail = row.get("error") or changes
+        if detail:
+            console.print(f"    {detail}", highlight=False, markup=False)
     return EXIT_OK
 
 
@@ -317,9 +324,7 @@ def cmd_quarantine(settings: Settings, args: argparse.Namespace, console: Consol
     from idsync.wiring import build_state
 
     was = clear_quarantine(build_state(settings))
-    console.print(
-        "left quarantine: the next cycle runs on schedule" if was else "idsync was not in quarantine"
-    )
+    console.print("left quarantine: the next cycle runs on schedule" if was else "idsync was not in quarantine")
     return EXIT_OK
 
 

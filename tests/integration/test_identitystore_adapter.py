@@ -424,8 +424,9 @@ def test_a_configured_identity_store_is_not_discovered(aws: None, aws_region: st
 
 def test_no_instance_is_a_clear_error(aws: None, aws_region: str) -> None:
     ssoadmin_backends[DEFAULT_ACCOUNT_ID][aws_region].instances.clear()
+    store = from_settings(IdentityStoreSettings(region=aws_region))  # discovery waits for the first call
     with pytest.raises(TargetError, match=f"no IAM Identity Center instance in region {aws_region}"):
-        from_settings(IdentityStoreSettings(region=aws_region))
+        list(store.list_users())
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ removes the attribute.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -210,8 +210,11 @@ def attribute_operations(change: AttributeChange) -> list[dict[str, Any]]:
 class IdentityStoreTarget:
     """``ports.IdentityStore`` over boto3's ``identitystore`` client."""
 
-    def __init__(self, identity_store_id: str, client: Any = None, counter: CallCounter | None = None) -> None:
-        self.identity_store_id = identity_store_id
+    def __init__(
+        self, identity_store_id: str | Callable[[], str], client: Any = None, counter: CallCounter | None = None
+    ) -> None:
+        # a callable is resolved on first use: a cycle that needs no AWS call makes none, discovery included
+        self._store_id = identity_store_id
         self.client = (
             client
             if client is not None
@@ -221,6 +224,12 @@ class IdentityStoreTarget:
         instrument(self.client, counter)
         create_user = self.client.meta.service_model.operation_model("CreateUser").input_shape.members
         self._doc_keys = frozenset(create_user) - {"IdentityStoreId", "UserName"}
+
+    @property
+    def identity_store_id(self) -> str:
+        if callable(self._store_id):
+            self._store_id = self._store_id()
+        return self._store_id
 
     # ------------------------------------------------------------------ plumbing
 
@@ -410,5 +419,7 @@ def from_settings(settings: IdentityStoreSettings, counter: CallCounter | None =
 
     Raises TargetError / TargetAuthError when the discovery fails.
     """
-    store_id = settings.identity_store_id or discover_identity_store_id(_aws_client("sso-admin", settings), counter)
+    store_id: str | Callable[[], str] = settings.identity_store_id or (
+        lambda: discover_identity_store_id(_aws_client("sso-admin", settings), counter)
+    )
     return IdentityStoreTarget(store_id, _aws_client("identitystore", settings), counter)
