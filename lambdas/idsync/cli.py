@@ -62,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
     logs.add_argument("--limit", type=int, default=100, help="at most this many entries (default 100)")
     logs.add_argument("--json", action="store_true", help="machine-readable output")
 
+    provision = sub.add_parser("provision", help="provision one user or one group (and its members) now")
+    target = provision.add_mutually_exclusive_group(required=True)
+    target.add_argument("--user", help="userPrincipalName or object id")
+    target.add_argument("--group", help="displayName or object id")
+    provision.add_argument("--json", action="store_true", help="machine-readable output")
+
     quarantine = sub.add_parser("quarantine", help="leave quarantine after fixing its cause")
     quarantine.add_argument("action", choices=["clear"])
     return parser
@@ -319,6 +325,26 @@ def cmd_logs(settings: Settings, args: argparse.Namespace, console: Console) -> 
     return EXIT_OK
 
 
+def cmd_provision(settings: Settings, args: argparse.Namespace, console: Console) -> int:
+    from idsync.wiring import build_engine
+
+    engine = build_engine(settings, local=True)
+    kind, key = ("user", args.user) if args.user else ("group", args.group)
+    try:
+        outcome = engine.cycle.provision(kind, key)
+    except LookupError as error:
+        console.print(f"[red]{error}[/]")
+        return EXIT_FAILURES
+    if outcome.report is None:
+        console.print(f"[yellow]nothing provisioned:[/] {outcome.skipped}")
+        return EXIT_FAILURES
+    if args.json:
+        print(json.dumps(_report_json(outcome.report), indent=2, default=str))
+    else:
+        _show_report(console, outcome.report)
+    return _exit_code(outcome.report) if not outcome.report.refusals else EXIT_FAILURES
+
+
 def cmd_quarantine(settings: Settings, args: argparse.Namespace, console: Console) -> int:
     from idsync.services.escrow import clear_quarantine
     from idsync.wiring import build_state
@@ -335,6 +361,7 @@ COMMANDS = {
     "status": cmd_status,
     "logs": cmd_logs,
     "quarantine": cmd_quarantine,
+    "provision": cmd_provision,
 }
 
 

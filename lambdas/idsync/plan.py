@@ -235,9 +235,7 @@ class _UserPlanner:
                 u.source_id,
                 u.user_name,
                 user=u,
-                reason="missing in IAM Identity Center"
-                if u.source_id in self.owned.users
-                else "new in scope",
+                reason="missing in IAM Identity Center" if u.source_id in self.owned.users else "new in scope",
             )
             for u in _manager_first(creates)
         ]
@@ -279,9 +277,7 @@ class _UserPlanner:
             owned = self.owned.users[sid]
             reason = "disabled in Entra" if user is not None else "no longer in scope (or deleted) in Entra"
             ops.append(
-                Operation(
-                    Kind.USER, Action.DELETE, sid, owned.user_name, target_id=owned.target_id, reason=reason
-                )
+                Operation(Kind.USER, Action.DELETE, sid, owned.user_name, target_id=owned.target_id, reason=reason)
             )
         return ops
 
@@ -308,8 +304,7 @@ def _plan_groups(
                     sid,
                     group.display_name,
                     "displayName",
-                    f"is also the displayName of Entra group {taken[group.display_name]}; "
-                    "displayName must be unique",
+                    f"is also the displayName of Entra group {taken[group.display_name]}; displayName must be unique",
                     group.display_name,
                 )
             )
@@ -429,11 +424,7 @@ def _plan_memberships(
         adds.append(Operation(Kind.MEMBERSHIP, Action.CREATE, group_sid, name, member_source_id=user_sid))
     removes: list[Operation] = []
     for group_sid, user_sid in sorted(present):
-        if (
-            (group_sid, user_sid) in desired.memberships
-            and group_sid in live_groups
-            and user_sid in live_users
-        ):
+        if (group_sid, user_sid) in desired.memberships and group_sid in live_groups and user_sid in live_users:
             continue
         if group_sid in refused or user_sid in refused:
             continue
@@ -470,9 +461,7 @@ def _guard(
     def trips(count: int, total: int) -> bool:
         if count == 0:
             return False
-        return count > policy.max_deletions or (
-            total > 0 and 100.0 * count / total > policy.max_deletion_percent
-        )
+        return count > policy.max_deletions or (total > 0 and 100.0 * count / total > policy.max_deletion_percent)
 
     if trips(deletions, managed):
         return DeletionGuard(deletions, managed, policy.max_deletions, policy.max_deletion_percent)
@@ -488,9 +477,7 @@ def make_plan(desired: DesiredView, current: CurrentView, owned: Ownership, poli
     user_creates, user_adopts, user_updates = users.run()
     refused |= {r.source_id for r in users.refusals}
     user_deletes = users.deletions(refused)
-    group_ops, group_deletes, group_targets, group_refusals = _plan_groups(
-        desired, current, owned, policy, refused
-    )
+    group_ops, group_deletes, group_targets, group_refusals = _plan_groups(desired, current, owned, policy, refused)
     live_users = {sid for sid, u in desired.users.items() if u.active and sid not in refused}
     refused_groups = {r.source_id for r in group_refusals}
     live_groups = set(desired.groups) - refused_groups
@@ -581,3 +568,33 @@ def build_desired(
         if user_id in mapped_users and mapped_users[user_id].active
     )
     return DesiredView(mapped_users, mapped_groups, memberships, tuple(refusals))
+
+
+def restrict(
+    desired: DesiredView, owned: Ownership, user_ids: set[str], group_ids: set[str]
+) -> tuple[DesiredView, Ownership]:
+    """Narrow both views to some users and groups (on-demand provisioning): nothing else is touched.
+
+    Memberships kept are those between the chosen users and chosen groups, plus, for a chosen
+    user, those with groups idsync already provisioned (Entra's on-demand behaviour).
+    """
+    groups = set(group_ids)
+    for group_id, user_id in desired.memberships:
+        if user_id in user_ids and group_id in owned.groups:
+            groups.add(group_id)
+    users = set(user_ids)
+    memberships = frozenset(
+        (g, u) for g, u in desired.memberships if g in groups and u in users and (u in user_ids or g in group_ids)
+    )
+    narrowed = DesiredView(
+        users={k: v for k, v in desired.users.items() if k in users},
+        groups={k: v for k, v in desired.groups.items() if k in groups},
+        memberships=memberships,
+        refusals=tuple(r for r in desired.refusals if r.source_id in users | groups),
+    )
+    mine = Ownership(
+        users={k: v for k, v in owned.users.items() if k in users},
+        groups={k: v for k, v in owned.groups.items() if k in groups},
+        memberships={k: v for k, v in owned.memberships.items() if k[0] in groups and k[1] in users},
+    )
+    return narrowed, mine

@@ -39,7 +39,7 @@ from idsync.model import (
     User,
     content_hash,
 )
-from idsync.plan import EXTENSIONS, build_desired, make_plan
+from idsync.plan import EXTENSIONS, build_desired, make_plan, restrict
 from idsync.ports import ChangeSource, Clock, IdentityStore, Notifier, StateStore
 from idsync.services.blobs import load_blob, save_blob
 from idsync.services.escrow import (
@@ -111,13 +111,9 @@ def current_from_ownership(owned: Ownership) -> CurrentView:
     """What IAM Identity Center holds, as idsync recorded it (delta cycles read nothing from AWS)."""
     users: dict[str, TargetUser] = {}
     for o in owned.users.values():
-        manager = ((o.doc.get(EXTENSIONS) or {}).get("aws:identitystore:enterprise") or {}).get(
-            "manager"
-        ) or {}
+        manager = ((o.doc.get(EXTENSIONS) or {}).get("aws:identitystore:enterprise") or {}).get("manager") or {}
         users[o.target_id] = TargetUser(o.target_id, o.user_name, o.doc, manager.get("value"))
-    groups = {
-        o.target_id: TargetGroup(o.target_id, o.display_name, o.description) for o in owned.groups.values()
-    }
+    groups = {o.target_id: TargetGroup(o.target_id, o.display_name, o.description) for o in owned.groups.values()}
     memberships = {}
     for m in owned.memberships.values():
         group = owned.groups.get(m.group_source_id)
@@ -160,9 +156,7 @@ class CycleService:
         self.clock = clock
         self.notifier = notifier
         self.full_reconcile = full_reconcile
-        self.fingerprint = content_hash(
-            [config_fingerprint, scope.fingerprint, sorted(self.policy.managed_attributes)]
-        )
+        self.fingerprint = content_hash([config_fingerprint, scope.fingerprint, sorted(self.policy.managed_attributes)])
 
     # ------------------------------------------------------------------ reading Entra
 
@@ -246,9 +240,7 @@ class CycleService:
             )
         owner = uuid.uuid4().hex
         if not opts.dry_run and not self.state.acquire_lease(LEASE, owner, now, opts.lease_seconds):
-            return CycleOutcome(
-                None, skipped="another cycle is running (the sync lease is held); this one exits"
-            )
+            return CycleOutcome(None, skipped="another cycle is running (the sync lease is held); this one exits")
         try:
             return self._run(opts, quarantine)
         except (DirectoryAuthError, TargetAuthError) as error:
@@ -290,9 +282,7 @@ class CycleService:
         for entry, op in held:
             applier.pending.append(
                 replace(
-                    applier._entry(
-                        op.kind.value, op.action.value, Status.SKIPPED, op.source_id, op.name, op.target_id
-                    ),
+                    applier._entry(op.kind.value, op.action.value, Status.SKIPPED, op.source_id, op.name, op.target_id),
                     error=f"in escrow after {entry.attempts} failed attempt(s) "
                     + ("(given up)" if entry.given_up else f"until {entry.next_retry.isoformat()}")
                     + f": {entry.error}",
@@ -307,6 +297,72 @@ class CycleService:
         status.finish(report, mode)
         self._after(report, applier.attempted, quarantine)
         return CycleOutcome(report, mode=mode, plan=plan)
+
+    # ------------------------------------------------------------------ on demand
+
+    def provision(self, kind: str, key: str) -> CycleOutcome:
+        """Provision one user (by id or userPrincipalName) or one group (by id or displayName) and its
+        members now, with the same rules, logs and ownership as a cycle. Raises LookupError."""
+        now = self.clock.now()
+        owner = uuid.uuid4().hex
+        if not self.state.acquire_lease(LEASE, owner, now, 300):
+            return CycleOutcome(None, skipped="a sync cycle is running; try again when it ends (idsync status)")
+        try:
+            mirror, _, mode, _ = self._read(force_full=False)
+            user_ids, group_ids = self._find(mirror, kind, key)
+            desired = self.desired(mirror)
+            if user_ids and not (user_ids & (set(desired.users) | {r.source_id for r in desired.refusals})):
+                decision = self.scope.user(mirror.users[next(iter(user_ids))])
+                reason = getattr(decision, "reason", "") or "not assigned to the application"
+                return CycleOutcome(None, skipped=f"user {key} is not in scope: {reason}", mode=mode)
+            if group_ids and not group_ids & set(desired.groups):
+                return CycleOutcome(None, skipped=f"group {key} is not in scope", mode=mode)
+            if kind == "group":
+                user_ids = {u for g, u in desired.memberships if g in group_ids}
+            owned = self.state.load_ownership()
+            narrowed, mine = restrict(desired, owned, user_ids, group_ids)
+            current = current_from_ownership(mine)
+            policy = replace(self.policy, allow_deletions=True, delete_groups=False)
+            plan = make_plan(narrowed, self._with_matches(current, narrowed, mine), mine, policy)
+            started = self.clock.now()
+            cycle_id = f"ondemand-{started.strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:6]}"
+            applier = Applier(self.target, self.state, self.clock, cycle_id, owned, current, policy)
+            applier.apply(plan.operations, lambda: False, None)
+            applier.log_refusals(plan.refusals)
+            applier.flush()
+            return CycleOutcome(applier.report(plan, started.isoformat(), False, True), mode="on-demand", plan=plan)
+        finally:
+            self.state.release_lease(LEASE, owner)
+
+    @staticmethod
+    def _find(mirror: Mirror, kind: str, key: str) -> tuple[set[str], set[str]]:
+        folded = key.casefold()
+        if kind == "user":
+            for user_id, obj in mirror.users.items():
+                if user_id == key or str(obj.get("userPrincipalName", "")).casefold() == folded:
+                    return {user_id}, set()
+            raise LookupError(f"no user {key!r} in Entra (by object id or userPrincipalName)")
+        for group_id, obj in mirror.groups.items():
+            if group_id == key or str(obj.get("displayName", "")) == key:
+                return set(), {group_id}
+        raise LookupError(f"no group {key!r} in Entra (by object id or displayName)")
+
+    def _with_matches(self, current: CurrentView, desired: DesiredView, owned: Ownership) -> CurrentView:
+        """Add same-named objects from IAM Identity Center, so on-demand matching adopts them."""
+        users = dict(current.users)
+        for source_id, user in desired.users.items():
+            if source_id not in owned.users:
+                found = self.target.find_user(user.user_name)
+                if found is not None:
+                    users[found] = TargetUser(found, user.user_name, {})
+        groups = dict(current.groups)
+        for source_id, group in desired.groups.items():
+            if source_id not in owned.groups:
+                found = self.target.find_group(group.display_name)
+                if found is not None:
+                    groups[found] = TargetGroup(found, group.display_name, None)
+        memberships = dict(current.memberships)
+        return CurrentView(users, groups, memberships)
 
     # ------------------------------------------------------------------ escrow
 
@@ -332,9 +388,7 @@ class CycleService:
                 held.append((entry, op))
         return runnable, held
 
-    def _update_escrow(
-        self, escrow: Escrow, applier: Applier, runnable: list[Operation], desired: DesiredView
-    ) -> None:
+    def _update_escrow(self, escrow: Escrow, applier: Applier, runnable: list[Operation], desired: DesiredView) -> None:
         now = self.clock.now()
         failed = {(e.kind, e.action, e.source_id): e for e in applier.failures}
         for op in runnable:
@@ -413,8 +467,7 @@ class CycleService:
             more = len(report.failures) - len(lines)
             self.notifier.notify(
                 f"idsync cycle {report.cycle_id}: {len(report.failures)} failure(s)",
-                "\n".join(lines)
-                + (f"\n... and {more} more (idsync logs --status failure)" if more > 0 else ""),
+                "\n".join(lines) + (f"\n... and {more} more (idsync logs --status failure)" if more > 0 else ""),
             )
 
 
@@ -433,9 +486,7 @@ class _StatusWriter:
         if now - self.last < STATUS_EVERY_SECONDS:
             return
         self.last = now
-        self.state.put_item(
-            RUN_CURRENT, {**self.base, "status": "running", "processed": done, "counts": dict(counts)}
-        )
+        self.state.put_item(RUN_CURRENT, {**self.base, "status": "running", "processed": done, "counts": dict(counts)})
 
     def finish(self, report: CycleReport, mode: str) -> None:
         summary = {
