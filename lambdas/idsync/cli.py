@@ -40,6 +40,11 @@ def _parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="show what a sync would change, without changing anything")
     plan.add_argument("--json", action="store_true", help="machine-readable output")
     plan.add_argument("--all", action="store_true", help="list every operation (default: the first 20)")
+    plan.add_argument("--explain", metavar="ID", help="why one user or group (id, UPN or name) gets what it gets")
+
+    config = sub.add_parser("config", help="check the configuration and show the effective mapping")
+    config.add_argument("action", choices=["check"])
+    config.add_argument("--json", action="store_true", help="machine-readable output")
 
     sync = sub.add_parser("sync", help="run one provisioning cycle now")
     sync.add_argument("--json", action="store_true", help="machine-readable output")
@@ -175,6 +180,18 @@ def cmd_plan(settings: Settings, args: argparse.Namespace, console: Console) -> 
     from idsync.wiring import build_engine
 
     engine = build_engine(settings, local=True)
+    if args.explain:
+        try:
+            explained = engine.cycle.explain(args.explain)
+        except LookupError as error:
+            console.print(f"[red]{error}[/]")
+            return EXIT_FAILURES
+        if args.json:
+            print(json.dumps(explained, indent=2, default=str))
+        else:
+            for key, value in explained.items():
+                console.print(f"[bold]{key}[/]: {json.dumps(value, indent=2, default=str)}", highlight=False)
+        return EXIT_OK
     outcome = engine.cycle.run(CycleOptions(dry_run=True))
     assert outcome.plan is not None
     plan = outcome.plan
@@ -345,6 +362,34 @@ def cmd_provision(settings: Settings, args: argparse.Namespace, console: Console
     return _exit_code(outcome.report) if not outcome.report.refusals else EXIT_FAILURES
 
 
+def cmd_config(settings: Settings, args: argparse.Namespace, console: Console) -> int:
+    from idsync.mapping import build_mappers, describe
+
+    user_mapper, group_mapper = build_mappers(settings.mapping)
+    rows = {"users": describe(user_mapper), "groups": describe(group_mapper)}
+    if args.json:
+        payload = {
+            kind: [{"target": t, "source": src, "apply": a} for t, src, a in table] for kind, table in rows.items()
+        }
+        payload["scope"] = settings.scope.model_dump(mode="json")  # type: ignore[assignment]
+        print(json.dumps(payload, indent=2))
+        return EXIT_OK
+    console.print(f"configuration {args.config}: valid")
+    for kind, table_rows in rows.items():
+        table = Table(title=f"effective {kind[:-1]} mapping")
+        for column in ("target attribute", "source", "apply"):
+            table.add_column(column, overflow="fold")
+        for row in table_rows:
+            table.add_row(*row)
+        console.print(table)
+    scope = settings.scope
+    console.print(
+        f"scope: {scope.mode}; nested groups {'flattened' if scope.flatten_nested_groups else 'not flattened'}; "
+        f"{len(scope.user_filters)} user filter(s), {len(scope.group_filters)} group filter(s)"
+    )
+    return EXIT_OK
+
+
 def cmd_quarantine(settings: Settings, args: argparse.Namespace, console: Console) -> int:
     from idsync.services.escrow import clear_quarantine
     from idsync.wiring import build_state
@@ -362,6 +407,7 @@ COMMANDS = {
     "logs": cmd_logs,
     "quarantine": cmd_quarantine,
     "provision": cmd_provision,
+    "config": cmd_config,
 }
 
 

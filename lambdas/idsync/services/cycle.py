@@ -334,6 +334,61 @@ class CycleService:
         finally:
             self.state.release_lease(LEASE, owner)
 
+    def explain(self, key: str) -> dict[str, Any]:
+        """Why an object is (or is not) provisioned: scope decision, mapping result, planned operations.
+
+        ``key``: a user id or userPrincipalName, or a group id or displayName. Raises LookupError.
+        """
+        mirror, _, mode, _ = self._read(force_full=False)
+        try:
+            user_ids, group_ids = self._find(mirror, "user", key)
+            kind = "user"
+        except LookupError:
+            user_ids, group_ids = self._find(mirror, "group", key)
+            kind = "group"
+        source_id = next(iter(user_ids or group_ids))
+        obj = mirror.users[source_id] if kind == "user" else mirror.groups[source_id]
+        users, groups, _ = mirror.in_scope(self.scoping.mode, self.scoping.transitive)
+        assigned = source_id in {str(o["id"]) for o in (users if kind == "user" else groups)}
+        decision = self.scope.user(obj) if kind == "user" else self.scope.group(obj)
+        mapped = self.user_mapper.map(obj) if kind == "user" else self.group_mapper.map(obj)
+        desired = self.desired(mirror)
+        owned = self.state.load_ownership()
+        plan = make_plan(desired, current_from_ownership(owned), owned, self.policy)
+        ops = [op for op in plan.operations if source_id in (op.source_id, op.member_source_id)]
+        held = [op for op in plan.held_back if source_id in (op.source_id, op.member_source_id)]
+        return {
+            "kind": kind,
+            "id": source_id,
+            "readMode": mode,
+            "assignmentScope": (
+                "in scope"
+                if assigned
+                else f"not in the {self.scoping.mode} scope (not assigned to the app, "
+                "nor a member of an assigned group)"
+            ),
+            "scopingFilters": {"inScope": bool(decision.in_scope), "reason": getattr(decision, "reason", "")},
+            "mapping": (
+                {"refused": mapped.message}
+                if isinstance(mapped, Refusal)
+                else {"userName": mapped.user_name, "doc": dict(mapped.doc), "active": mapped.active}
+                if isinstance(mapped, User)
+                else {"displayName": mapped.display_name, "description": mapped.description}
+            ),
+            "owned": source_id in owned.users or source_id in owned.groups,
+            "operations": [
+                {
+                    "kind": op.kind.value,
+                    "action": op.action.value,
+                    "name": op.name,
+                    "reason": op.reason,
+                    "changes": [c.attribute for c in op.changes],
+                }
+                for op in ops
+            ],
+            "heldBackByDeletionGuard": [op.name for op in held],
+        }
+
     @staticmethod
     def _find(mirror: Mirror, kind: str, key: str) -> tuple[set[str], set[str]]:
         folded = key.casefold()
