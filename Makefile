@@ -28,10 +28,17 @@ typecheck: venv
 unit: venv
 	$(BIN)/pytest -q
 
-test: lint typecheck unit
+test: lint typecheck unit synth
+
+# The CDK app synthesized with the example configuration into cdk.out/, offline (no AWS credentials;
+# the Lambda dependencies are fetched once into build/lambda-deps/ and reused). Fails on a wrong
+# configuration value or on any unacknowledged cdk-nag finding.
+synth: venv
+	rm -rf cdk.out
+	JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION=20 CDK_OUTDIR=cdk.out $(BIN)/python app.py
 
 bench: venv
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) cdk.out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) cdk.out build .pytest_cache .mypy_cache .ruff_cache

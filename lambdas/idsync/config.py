@@ -20,6 +20,7 @@ from pydantic_core import PydanticCustomError
 from idsync.errors import ConfigError
 
 ENV_PREFIX = "IDSYNC__"
+STACK_SECTION = "stack"  # the deployment's own settings, read by the CDK stack; skipped here
 SETTINGS_ENV = "IDSYNC_SETTINGS"  # the whole configuration as JSON (how the Lambda functions get it)
 
 
@@ -284,7 +285,7 @@ def load_settings(path: str | Path | None, environ: Mapping[str, str] | None = N
             raise ConfigError(f"configuration file {file} is not valid YAML: {error}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"configuration file {file} must hold a mapping at the top level")
-        data = loaded or {}
+        data = {key: value for key, value in (loaded or {}).items() if key != STACK_SECTION}
     return parse_settings(apply_env_overrides(data, env), source)
 
 

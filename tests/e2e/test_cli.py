@@ -122,5 +122,6 @@ def test_a_mapping_change_triggers_a_full_reconcile_with_exactly_the_implied_upd
     assert report["counts"] == {"user": {"update": len(with_title)}}
     assert report["writes"] == len(with_title)
     assert with_title
-    for name in titles:
-        assert identity_center.users()[name]["Title"] == titles[name].upper()
+    held = identity_center.users()
+    for name, title in titles.items():
+        assert held[name]["Title"] == title.upper()

@@ -10,6 +10,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from idsync.config import load_settings_from_env
 from idsync.services.cycle import CycleOptions
+from idsync.services.escrow import load_quarantine
 from idsync.wiring import Engine, build_engine
 
 logger = Logger()
@@ -37,6 +38,8 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         force_full=bool(event.get("full")),
     )
     outcome = engine().cycle.run(options)
+    quarantined = load_quarantine(engine().state) is not None
+    metrics.add_metric(name="Quarantined", unit=MetricUnit.Count, value=int(quarantined))
     if outcome.report is None:
         logger.info("cycle skipped", extra={"reason": outcome.skipped})
         metrics.add_metric(name="CyclesSkipped", unit=MetricUnit.Count, value=1)

@@ -1,0 +1,1 @@
+"""The idsync CDK app's stack and its reusable construct."""

@@ -1,0 +1,21 @@
+"""Small helpers the constructs share."""
+
+from __future__ import annotations
+
+from typing import cast
+
+from aws_cdk import Acknowledgment, Validations
+from aws_cdk import aws_logs as logs
+from constructs import Construct
+
+
+def acknowledge(scope: Construct, rule: str, reason: str) -> None:
+    """Accept one cdk-nag AwsSolutions finding on ``scope`` (and below), with the reason it is acceptable."""
+    Validations.of(scope).acknowledge(Acknowledgment(id=f"AwsSolutions::{rule}", reason=reason))
+
+
+def log_group(scope: Construct, construct_id: str, retention_days: int) -> logs.LogGroup:
+    """A log group kept ``retention_days`` days (any period CloudWatch accepts; the configuration checks it)."""
+    group = logs.LogGroup(scope, construct_id)
+    cast(logs.CfnLogGroup, group.node.default_child).retention_in_days = retention_days
+    return group
