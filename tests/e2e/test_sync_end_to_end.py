@@ -163,3 +163,51 @@ def test_a_noop_delta_cycle_costs_at_most_three_graph_requests(engine: Engine) -
     graph_requests = sum(n for key, n in engine.counters.graph.calls.items() if key != "token")
     assert graph_requests <= 3
     assert engine.counters.aws.total == 0
+
+
+def test_a_user_deleted_by_hand_in_aws_comes_back_at_the_full_reconcile(
+    engine: Engine, tenant: Tenant, identity_center: IdentityCenter, clock: FakeClock
+) -> None:
+    run(engine)
+    victim = sorted(expected(tenant)[0])[0]
+    user_id = identity_center.users()[victim]["UserId"]
+    identity_center.client.delete_user(IdentityStoreId=identity_center.id, UserId=user_id)
+    assert run(engine).mode == "delta"  # trusts its records: nothing read from AWS
+    clock.advance(25 * 3600)
+    outcome = run(engine)
+    assert outcome.mode == "full"
+    assert victim in identity_center.users()
+    assert outcome.report.counts["user"]["create"] == 1
+
+
+def test_a_deleted_group_is_removed_with_its_memberships(
+    engine: Engine, tenant: Tenant, identity_center: IdentityCenter
+) -> None:
+    run(engine)
+    _, members = expected(tenant)
+    name = sorted(members)[0]
+    group_id = next(gid for gid, g in tenant.groups.items() if g["displayName"] == name)
+    tenant.delete_group(group_id)
+    outcome = run(engine)
+    assert name not in identity_center.groups()
+    assert outcome.report.counts["group"]["delete"] == 1
+    assert outcome.report.counts["membership"]["delete"] == len(members[name])
+
+
+def test_flattening_nested_groups_makes_their_members_members(
+    make_settings: Any, tenant: Tenant, identity_center: IdentityCenter, clock: FakeClock
+) -> None:
+    from idsync.wiring import build_engine
+
+    engine = build_engine(make_settings(scope={"flatten_nested_groups": True}), clock=clock)
+    run(engine)
+    assigned = [g for g in tenant.assignments[SERVICE_PRINCIPAL_ID] if g in tenant.groups]
+    parent = next(g for g in assigned if any(m in tenant.groups for m in tenant.members[g]))
+    nested_users = {
+        tenant.users[u]["userPrincipalName"]
+        for u in tenant.transitive_members(parent)
+        if u in tenant.users and tenant.users[u].get("accountEnabled", True) and u not in tenant.expected_refusals
+    }
+    direct_users = {m for m in tenant.members[parent] if m in tenant.users}
+    assert len(nested_users) > len(direct_users)
+    assert identity_center.members(tenant.groups[parent]["displayName"]) == nested_users

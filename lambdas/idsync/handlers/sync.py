@@ -13,9 +13,9 @@ from idsync.services.cycle import CycleOptions
 from idsync.services.escrow import load_quarantine
 from idsync.wiring import Engine, build_engine
 
-logger = Logger()
-tracer = Tracer()
-metrics = Metrics()
+logger = Logger(service="idsync")
+tracer = Tracer(service="idsync")
+metrics = Metrics(namespace="idsync", service="idsync")
 SAFETY_MARGIN_MS = 60_000  # stop this long before the function's timeout: the next tick continues
 
 _engine: Engine | None = None
