@@ -37,6 +37,10 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from idsync.adapters.state_codec import encode_json as _encode
+from idsync.adapters.state_codec import epoch as _epoch
+from idsync.adapters.state_codec import log_time as _log_time
+from idsync.adapters.state_codec import time_key as _time_key
 from idsync.errors import StateError
 from idsync.model import LogEntry, OwnedGroup, OwnedMembership, OwnedUser, Ownership, Status
 
@@ -362,37 +366,3 @@ def _n(value: float) -> dict[str, str]:
 
 def _key(pk: str, sk: str) -> dict[str, Any]:
     return {"pk": _s(pk), "sk": _s(sk)}
-
-
-def _encode(value: Any, where: str) -> str:
-    try:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=_plain)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{where}: must hold only JSON values ({error})") from None
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return dict(value)
-    raise TypeError(f"{type(value).__name__} is not a JSON value")
-
-
-def _epoch(moment: datetime) -> float:
-    # a naive datetime is taken as UTC, like every time idsync records
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
-
-
-def _time_key(moment: datetime) -> str:
-    # fixed width, so comparing the text compares the times
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _log_time(entry: LogEntry) -> datetime:
-    try:
-        moment = datetime.fromisoformat(entry.time)
-    except ValueError:
-        raise ValueError(
-            f"log entry {entry.change_id} of cycle {entry.cycle_id}: attribute time ({entry.time!r}): "
-            "must be an ISO 8601 date-time"
-        ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

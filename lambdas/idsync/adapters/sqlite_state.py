@@ -22,6 +22,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from idsync.adapters.state_codec import encode_json as _encode
+from idsync.adapters.state_codec import epoch as _epoch
+from idsync.adapters.state_codec import log_time as _log_time
+from idsync.adapters.state_codec import time_key as _time_key
 from idsync.errors import StateError
 from idsync.model import LogEntry, OwnedGroup, OwnedMembership, OwnedUser, Ownership
 
@@ -264,37 +268,5 @@ class SqliteStateStore:
             conn.execute("COMMIT")
 
 
-def _encode(value: Any, where: str) -> str:
-    try:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=_plain)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{where}: must hold only JSON values ({error})") from None
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return dict(value)
-    raise TypeError(f"{type(value).__name__} is not a JSON value")
-
-
-def _epoch(moment: datetime) -> float:
-    # a naive datetime is taken as UTC, like every time idsync records
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
-
-
-def _time_key(moment: datetime) -> str:
-    # fixed width, so comparing the text compares the times
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def _log_sort_key(entry: LogEntry) -> str:
-    try:
-        moment = datetime.fromisoformat(entry.time)
-    except ValueError:
-        raise ValueError(
-            f"log entry {entry.change_id} of cycle {entry.cycle_id}: attribute time ({entry.time!r}): "
-            "must be an ISO 8601 date-time"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return f"{_time_key(moment)}#{entry.change_id}"
+    return f"{_time_key(_log_time(entry))}#{entry.change_id}"
