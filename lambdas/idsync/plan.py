@@ -311,24 +311,12 @@ def _plan_groups(
             continue
         taken[group.display_name] = sid
         mine = owned.groups.get(sid)
+        held: TargetGroup | None = None
         if mine is not None and mine.target_id in current.groups:
-            changes = _diff_group(group, current.groups[mine.target_id])
-            if changes:
-                ops.append(
-                    Operation(
-                        Kind.GROUP,
-                        Action.UPDATE,
-                        sid,
-                        group.display_name,
-                        target_id=mine.target_id,
-                        changes=changes,
-                        group=group,
-                    )
-                )
-            continue
-        match = free_by_name.pop(group.display_name, None)
-        if match is not None and mine is None:
+            held = current.groups[mine.target_id]
+        elif mine is None and (match := free_by_name.pop(group.display_name, None)) is not None:
             targets[sid] = match.target_id
+            reason = f"matched on displayName {match.display_name!r}"
             ops.append(
                 Operation(
                     Kind.GROUP,
@@ -337,10 +325,12 @@ def _plan_groups(
                     group.display_name,
                     target_id=match.target_id,
                     group=group,
-                    reason=f"matched on displayName {match.display_name!r}",
+                    reason=reason,
                 )
             )
-            changes = _diff_group(group, match)
+            held = match
+        if held is not None:
+            changes = _diff_group(group, held)
             if changes:
                 ops.append(
                     Operation(
@@ -348,7 +338,7 @@ def _plan_groups(
                         Action.UPDATE,
                         sid,
                         group.display_name,
-                        target_id=match.target_id,
+                        target_id=held.target_id,
                         changes=changes,
                         group=group,
                     )
