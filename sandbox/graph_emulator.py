@@ -306,6 +306,9 @@ class GraphApp:
             ],
             strict_slashes=False,
         )
+        from sandbox.graph_pim import Pim  # PIM for Groups and subscriptions (that module imports this one)
+
+        self.pim = Pim(self)
 
     # ------------------------------------------------------------------ control (in-process)
 
@@ -346,6 +349,7 @@ class GraphApp:
             self._states.clear()
             self._expired_states.clear()
             self.stats = _Stats()
+        self.pim.reset()
 
     # ------------------------------------------------------------------ WSGI
 
@@ -369,7 +373,8 @@ class GraphApp:
         adapter = self._url_map.bind_to_environ(request.environ)
         try:
             endpoint, values = adapter.match()
-            return getattr(self, f"_{endpoint}")(request, **values)  # type: ignore[no-any-return]
+            view = endpoint if callable(endpoint) else getattr(self, f"_{endpoint}")
+            return view(request, **values)  # type: ignore[no-any-return]
         except GraphFault as fault:
             return graph_error(fault.status, fault.code, fault.message, fault.headers)
         except QueryError as error:
@@ -1211,6 +1216,7 @@ class GraphEmulator:
         return self
 
     def stop(self) -> None:
+        self.app.pim.stop()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

@@ -73,6 +73,12 @@ def _parser() -> argparse.ArgumentParser:
     target.add_argument("--group", help="displayName or object id")
     provision.add_argument("--json", action="store_true", help="machine-readable output")
 
+    subscriptions = sub.add_parser(
+        "subscriptions", help="the PIM groups' Graph subscriptions: list them, or create and renew them now"
+    )
+    subscriptions.add_argument("action", nargs="?", choices=["list", "ensure"], default="list")
+    subscriptions.add_argument("--json", action="store_true", help="machine-readable output")
+
     quarantine = sub.add_parser("quarantine", help="leave quarantine after fixing its cause")
     quarantine.add_argument("action", choices=["clear"])
     return parser
@@ -399,6 +405,45 @@ def cmd_quarantine(settings: Settings, args: argparse.Namespace, console: Consol
     return EXIT_OK
 
 
+def cmd_subscriptions(settings: Settings, args: argparse.Namespace, console: Console) -> int:
+    from idsync.wiring import build_subscriptions_service
+
+    service = build_subscriptions_service(settings)
+    if args.action == "ensure":
+        report = service.ensure()
+        if args.json:
+            print(json.dumps(report.as_dict(), indent=2))
+        else:
+            for label, groups in (
+                ("created", report.created),
+                ("recreated", report.recreated),
+                ("renewed", report.renewed),
+                ("unchanged", report.unchanged),
+                ("deleted", report.deleted),
+            ):
+                console.print(f"{label}: {', '.join(groups) or '-'}")
+            for group, error in report.failed.items():
+                console.print(f"[red]failed[/] {group}: {error}", highlight=False)
+        return EXIT_FAILURES if report.failed else EXIT_OK
+    rows = service.status()
+    if args.json:
+        print(json.dumps([row.as_dict() for row in rows], indent=2))
+        return EXIT_OK
+    table = Table(title=f"Graph subscriptions of the {len(rows)} PIM group(s)")
+    for column in ("group", "subscription", "expires", "renewal due"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        sub = row.subscription
+        table.add_row(
+            row.group_id,
+            sub.id if sub else "[red]none[/]",
+            sub.expiration.isoformat() if sub else "-",
+            "yes" if row.renew_due else "no",
+        )
+    console.print(table)
+    return EXIT_OK
+
+
 COMMANDS = {
     "plan": cmd_plan,
     "sync": cmd_sync,
@@ -408,6 +453,7 @@ COMMANDS = {
     "quarantine": cmd_quarantine,
     "provision": cmd_provision,
     "config": cmd_config,
+    "subscriptions": cmd_subscriptions,
 }
 
 

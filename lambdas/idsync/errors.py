@@ -49,3 +49,11 @@ class QueueError(IdsyncError):
 
 class SecretError(IdsyncError):
     """A secret could not be read (Secrets Manager refused, or the secret is missing or not text)."""
+
+
+class SubscriptionGone(DirectoryError):
+    """A Graph subscription no longer exists (expired, or deleted by Graph or an administrator)."""
+
+
+class SchedulerError(IdsyncError):
+    """An expiry schedule could not be created or removed (EventBridge Scheduler refused or was unreachable)."""

@@ -10,7 +10,7 @@ import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from idsync.mirror import MemberChange
 from idsync.model import (
@@ -295,4 +295,196 @@ class ChangeSource(Protocol):
 
     def read_assignments(self) -> tuple[set[str], set[str]]:
         """(user ids, group ids) assigned to the enterprise application."""
+        ...
+
+
+# --------------------------------------------------------------------------- PIM grants, expiry, subscriptions
+
+
+@dataclass(frozen=True, slots=True)
+class AssignmentInstance:
+    """One PIM for Groups assignment schedule instance, as Graph reports it (only ``member`` ones grant membership).
+
+    ``assignment_type`` is ``activated`` (an eligible user activated) or ``assigned`` (an active assignment);
+    ``end`` None means it does not end.
+    """
+
+    id: str
+    principal_id: str
+    group_id: str
+    access_id: str
+    assignment_type: str
+    member_type: str
+    start: datetime | None
+    end: datetime | None
+
+    def active_at(self, now: datetime) -> bool:
+        """True while the instance grants access: started, and not ended at ``now``."""
+        return (self.start is None or self.start <= now) and (self.end is None or self.end > now)
+
+
+@dataclass(frozen=True, slots=True)
+class AccessGrant:
+    """A JIT grant idsync tracks for one user in one PIM group.
+
+    ``instance_ids`` are the active instances behind it (reference counting: access stays while any
+    remains). ``end`` is when the last of them ends (None: one never ends). ``standing`` is True when
+    the membership existed before idsync saw the grant (a permanent member who also activated), so a
+    user Graph still lists keeps access after the instances end; a membership idsync added for the
+    instances is removed when they end.
+    """
+
+    group_id: str
+    user_id: str
+    instance_ids: tuple[str, ...]
+    end: datetime | None
+    standing: bool
+    applied_at: str  # ISO 8601 UTC
+
+    def same_terms(self, other: AccessGrant | None) -> bool:
+        """True when ``other`` records the same instances, end and standing (so nothing needs writing)."""
+        return (
+            other is not None
+            and other.instance_ids == self.instance_ids
+            and other.end == self.end
+            and other.standing == self.standing
+        )
+
+    def to_document(self) -> dict[str, Any]:
+        return {
+            "group_id": self.group_id,
+            "user_id": self.user_id,
+            "instance_ids": list(self.instance_ids),
+            "end": self.end.isoformat() if self.end is not None else None,
+            "standing": self.standing,
+            "applied_at": self.applied_at,
+        }
+
+    @classmethod
+    def from_document(cls, document: Mapping[str, Any]) -> AccessGrant:
+        """Read a stored grant. Raises ValueError naming the attribute that is missing or malformed."""
+        where = f"grant {document.get('group_id')}/{document.get('user_id')}"
+        try:
+            end = document.get("end")
+            return cls(
+                group_id=str(document["group_id"]),
+                user_id=str(document["user_id"]),
+                instance_ids=tuple(str(i) for i in document["instance_ids"]),
+                end=datetime.fromisoformat(end) if end else None,
+                standing=bool(document["standing"]),
+                applied_at=str(document["applied_at"]),
+            )
+        except KeyError as missing:
+            raise ValueError(f"{where}: attribute {missing} is missing") from None
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{where}: attribute end must be an ISO 8601 date-time ({error})") from None
+
+
+class PimDirectory(Protocol):
+    """What the JIT worker reads from Graph: a PIM group's members and assignment instances, and users."""
+
+    def members(self, group_id: str) -> set[str]:
+        """Ids of the group's direct user members. Raises DirectoryError."""
+        ...
+
+    def instances(self, group_id: str, user_id: str | None = None) -> list[AssignmentInstance]:
+        """The group's current assignment schedule instances (of one principal when given). Raises DirectoryError."""
+        ...
+
+    def user(self, user_id: str) -> GraphObject | None:
+        """The user with the mapped properties (manager as ``{"id": ...}``), or None when gone.
+
+        Raises DirectoryError.
+        """
+        ...
+
+
+@runtime_checkable
+class GrantStore(Protocol):
+    """JIT state beside the sync state: grants, and point reads of what the sync state owns.
+
+    Implemented by the same adapters as ``StateStore``, on the same file or table.
+    """
+
+    def owned_user(self, source_id: str) -> OwnedUser | None: ...
+
+    def owned_group(self, source_id: str) -> OwnedGroup | None: ...
+
+    def owned_memberships(self, group_source_id: str) -> dict[str, OwnedMembership]:
+        """The group's owned memberships, by user source id."""
+        ...
+
+    def grants(self, group_id: str) -> dict[str, AccessGrant]:
+        """The group's grants, by user id."""
+        ...
+
+    def grant(self, group_id: str, user_id: str) -> AccessGrant | None: ...
+
+    def record_grant(self, grant: AccessGrant) -> None: ...
+
+    def forget_grant(self, group_id: str, user_id: str) -> None: ...
+
+
+class ExpiryScheduler(Protocol):
+    """One-time schedules that call the expiry function when a grant ends (EventBridge Scheduler)."""
+
+    def set(self, group_id: str, user_id: str, end: datetime, previous: datetime | None = None) -> None:
+        """Have the expiry fire at ``end`` (or within the scheduler's precision after it), and remove the
+        one set for ``previous`` (a moved grant). Idempotent. Raises SchedulerError."""
+        ...
+
+    def clear(self, group_id: str, user_id: str, end: datetime) -> None:
+        """Remove the expiry set for ``end``; one already gone is fine. Raises SchedulerError."""
+        ...
+
+
+class HintRetry(Protocol):
+    """Puts a JIT hint back on its queue to be seen again later (SQS)."""
+
+    def delay(self, receipt_handle: str, seconds: int) -> None:
+        """Hide the received message for ``seconds`` (it comes back then). Raises QueueError."""
+        ...
+
+    def resend(self, hint: Hint, seconds: int) -> None:
+        """Enqueue ``hint`` afresh, visible in ``seconds``. Raises QueueError."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class GraphSubscription:
+    """A Microsoft Graph change-notification subscription, as Graph lists it."""
+
+    id: str
+    resource: str
+    change_type: str
+    notification_url: str
+    lifecycle_url: str | None
+    expiration: datetime
+
+
+class SubscriptionApi(Protocol):
+    """Graph's /subscriptions."""
+
+    def list(self) -> list[GraphSubscription]:
+        """Every subscription this application holds. Raises DirectoryError."""
+        ...
+
+    def create(
+        self,
+        resource: str,
+        change_type: str,
+        notification_url: str,
+        lifecycle_url: str | None,
+        client_state: str,
+        expiration: datetime,
+    ) -> GraphSubscription:
+        """Raises DirectoryError (Graph validates the URLs first and refuses when they do not answer)."""
+        ...
+
+    def renew(self, subscription_id: str, expiration: datetime) -> GraphSubscription:
+        """Move the expiration. Raises DirectoryError (SubscriptionGone when it no longer exists)."""
+        ...
+
+    def delete(self, subscription_id: str) -> None:
+        """Delete; one already gone is fine. Raises DirectoryError."""
         ...

@@ -10,9 +10,23 @@ from idsync.config import Settings
 from idsync.errors import ConfigError
 from idsync.mapping import GroupMapper, UserMapper, build_mappers
 from idsync.model import DeprovisionMode, PlanPolicy, content_hash
-from idsync.ports import CallCounter, Clock, Notifier, StateStore
+from idsync.ports import (
+    BucketStore,
+    CallCounter,
+    Clock,
+    ExpiryScheduler,
+    GrantStore,
+    HintRetry,
+    Notifier,
+    SecretSource,
+    StateStore,
+    SubscriptionApi,
+)
 from idsync.scope import Scope, build_scope
 from idsync.services.cycle import CycleService, Scoping
+from idsync.services.jit import JitService, JitWorker
+from idsync.services.subscriptions import SubscriptionsService
+from idsync.services.token_bucket import BucketPolicy, TokenBucket
 
 
 @dataclass
@@ -145,3 +159,136 @@ def build_engine(
         config_fingerprint=config_fingerprint(settings),
     )
     return Engine(settings, cycle, store, counters, user_mapper, group_mapper, scope, source, target)
+
+
+# --------------------------------------------------------------------------- PIM for Groups (JIT)
+
+LOCAL_CLIENT_STATE = "pim.client_state"
+
+
+def build_expiry_scheduler(settings: Settings) -> ExpiryScheduler:
+    """Grant expiries on EventBridge Scheduler. Raises ConfigError naming the missing settings."""
+    from idsync.adapters.scheduler import EventBridgeExpiryScheduler
+
+    pim = settings.pim
+    group, role, target = pim.scheduler_group, pim.scheduler_role_arn, pim.expiry_function_arn
+    if not (group and role and target):
+        missing = [
+            name for name in ("scheduler_group", "scheduler_role_arn", "expiry_function_arn") if not getattr(pim, name)
+        ]
+        raise ConfigError(
+            f"pim.{', pim.'.join(missing)} required to schedule grant expiries (the schedule group, the role "
+            "EventBridge Scheduler assumes, and the expiry function it invokes)"
+        )
+    return EventBridgeExpiryScheduler(group, target, role, client=_aws_client("scheduler", None, None))
+
+
+def _bucket_store(settings: Settings) -> BucketStore:
+    if settings.state.backend != "dynamodb" or not settings.state.table_name:
+        raise ConfigError(
+            "the JIT token bucket is shared by every worker through DynamoDB: set state.backend to dynamodb "
+            "(local runs pass their own bucket store)"
+        )
+    from idsync.adapters.dynamodb_bucket import DynamoDbBucketStore
+
+    return DynamoDbBucketStore(
+        settings.state.table_name,
+        client=_aws_client("dynamodb", settings.state.region, settings.state.endpoint_url),
+    )
+
+
+def build_jit_service(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    state: StateStore | None = None,
+    bucket_store: BucketStore | None = None,
+    scheduler: ExpiryScheduler | None = None,
+    counters: Counters | None = None,
+) -> JitService:
+    """The JIT service (worker and expiry function): Graph, the Identity Store, the state store (which also
+    keeps the grants), the shared token bucket and the expiry scheduler; any collaborator given replaces
+    the default one. Raises ConfigError, TargetError (the identity store id cannot be discovered)."""
+    from idsync.adapters.graph import GraphClient
+    from idsync.adapters.graph_pim import GraphPim
+    from idsync.adapters.identitystore import from_settings
+
+    counters = counters or Counters()
+    user_mapper, _ = build_mappers(settings.mapping)
+    scope = build_scope(settings.scope)
+    client = GraphClient(settings.graph, graph_secret(settings), counters.graph)
+    directory = GraphPim(client, user_mapper.graph_properties | scope.user_properties, user_mapper.needs_manager)
+    store = state if state is not None else build_state(settings)
+    if not isinstance(store, GrantStore):
+        raise ConfigError(f"the state store {type(store).__name__} cannot keep JIT grants")
+    clock = clock or SystemClock()
+    bucket = TokenBucket(bucket_store or _bucket_store(settings), clock, BucketPolicy.from_settings(settings.pim))
+    return JitService(
+        directory,
+        from_settings(settings.identity_store, counters.aws),
+        store,
+        store,
+        bucket,
+        scheduler or build_expiry_scheduler(settings),
+        user_mapper,
+        scope,
+        clock,
+        settings.pim.groups,
+    )
+
+
+def build_jit_worker(
+    settings: Settings, *, service: JitService | None = None, retry: HintRetry | None = None
+) -> JitWorker:
+    """The queue worker: the JIT service and the queue it puts waiting hints back on. Raises ConfigError."""
+    if retry is None:
+        if not settings.pim.queue_url:
+            raise ConfigError("pim.queue_url is required by the JIT worker (it puts waiting hints back on the queue)")
+        from idsync.adapters.sqs_requeue import SqsHintRetry
+
+        retry = SqsHintRetry(settings.pim.queue_url, client=_aws_client("sqs", None, None))
+    return JitWorker(service or build_jit_service(settings), retry)
+
+
+def client_state_source(settings: Settings) -> tuple[SecretSource, str]:
+    """Where the clientState lives: Secrets Manager (``pim.client_state_arn``) or, locally,
+    ``pim.client_state``; and its name there. Raises ConfigError when neither is set."""
+    if settings.pim.client_state_arn:
+        from idsync.adapters.secrets import SecretsManagerSource
+
+        return SecretsManagerSource(), settings.pim.client_state_arn
+    if settings.pim.client_state:
+        from idsync.adapters.secrets import StaticSecrets
+
+        return StaticSecrets({LOCAL_CLIENT_STATE: settings.pim.client_state}), LOCAL_CLIENT_STATE
+    raise ConfigError(
+        "pim.client_state_arn (Secrets Manager) or pim.client_state (local runs) is required: it is the "
+        "clientState every Graph subscription carries"
+    )
+
+
+def build_subscriptions_service(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    state: StateStore | None = None,
+    secrets: SecretSource | None = None,
+    api: SubscriptionApi | None = None,
+) -> SubscriptionsService:
+    """The PIM groups' Graph subscriptions (daily job, CLI, and the webhook's renewals). Raises ConfigError."""
+    source, secret_name = client_state_source(settings)
+    if api is None:
+        from idsync.adapters.graph import GraphClient
+        from idsync.adapters.graph_pim import GraphSubscriptions
+
+        api = GraphSubscriptions(GraphClient(settings.graph, graph_secret(settings)))
+    return SubscriptionsService(
+        api,
+        secrets or source,
+        secret_name,
+        settings.pim.groups,
+        settings.pim.notification_url,
+        settings.pim.lifecycle_url,
+        clock or SystemClock(),
+        state if state is not None else build_state(settings),
+    )

@@ -117,9 +117,7 @@ def expected_view(directory: FakeSource, store: FakeIdentityStore) -> None:
         )
         assert freeze_doc(held["doc"]) == want, user["userPrincipalName"]
     for group in directory.groups:
-        want_members = {
-            active[u]["userPrincipalName"] for u in directory.members.get(group["id"], []) if u in active
-        }
+        want_members = {active[u]["userPrincipalName"] for u in directory.members.get(group["id"], []) if u in active}
         assert store.members_of(group["displayName"]) == want_members
 
 
@@ -163,11 +161,7 @@ def test_convergence_after_entra_changes(
     service = make_service(directory, store, state, allow_deletions=True)
     service.run()
     # Given Entra changes: some users leave, some titles change, some memberships move
-    keep = (
-        data.draw(st.lists(st.sampled_from(directory.users), unique_by=lambda u: u["id"]))
-        if directory.users
-        else []
-    )
+    keep = data.draw(st.lists(st.sampled_from(directory.users), unique_by=lambda u: u["id"])) if directory.users else []
     directory.users = [dict(u, jobTitle="Changed") if i % 2 else u for i, u in enumerate(keep)]
     kept_ids = {u["id"] for u in directory.users}
     directory.members = {g: [u for u in m if u in kept_ids][::2] for g, m in directory.members.items()}
@@ -226,10 +220,7 @@ def test_deletion_guard_by_count_and_override() -> None:
     directory.users = directory.users[:20]
     directory.members = {"g1": [u["id"] for u in directory.users]}
     # 10 deletions > 5: held back
-    assert (
-        make_service(directory, store, state, max_deletions=5, max_deletion_percent=100.0).run().guard
-        is not None
-    )
+    assert make_service(directory, store, state, max_deletions=5, max_deletion_percent=100.0).run().guard is not None
     assert len(store.users) == 30
     # an operator's one-off override applies them
     report = make_service(

@@ -17,7 +17,9 @@ Item families (pk / sk):
   ``LOG#<cycle id>`` / ``STATUS#<status>#<time>#<change id>`` with ``gsi1pk`` ``LOGSTATUS#<status>``,
   so newest logs, newest failures and a cycle's failures are each one Query, while successes
   (the bulk of a sync) cost one write. ``gsi1sk`` is ``<time>#<change id>`` on both.
-- reserved for the JIT feature: ``BUCKET#...`` (token bucket) and ``GRANT#...`` (active grants).
+- ``BUCKET#<name>`` / ``BUCKET``: a JIT token bucket (``dynamodb_bucket``).
+- ``GRANT#<group id>`` / <user id>: an active JIT grant (``ports.AccessGrant`` as a JSON ``doc``);
+  a group's grants are one Query.
 
 <time> is UTC with fixed-width microseconds, so text order is time order. Documents (user docs,
 named items, log entries) are JSON strings: no Decimal conversion, and empty strings, unicode and
@@ -43,6 +45,7 @@ from idsync.adapters.state_codec import log_time as _log_time
 from idsync.adapters.state_codec import time_key as _time_key
 from idsync.errors import StateError
 from idsync.model import LogEntry, OwnedGroup, OwnedMembership, OwnedUser, Ownership, Status
+from idsync.ports import AccessGrant
 
 
 class IndexSchema(TypedDict):
@@ -67,6 +70,7 @@ TABLE_SCHEMA: Final[TableSchema] = {
 }
 
 _USER, _GROUP, _MEMBERSHIP, _ITEM, _LEASE = "USER", "GROUP", "MEMBERSHIP", "ITEM", "LEASE"
+_GRANT = "GRANT#"
 _LOG_INDEX = TABLE_SCHEMA["indexes"][0]["name"]
 _CONDITION_FAILED = "ConditionalCheckFailedException"
 # ':' sorts right after '9': after every "<time>#..." key and before "STATUS#..." keys
@@ -120,30 +124,11 @@ class DynamoDbStateStore:
 
         Raises StateError.
         """
-        users = {}
-        for item in self._partition(_USER):
-            manager = item.get("managerSourceId")
-            users[item["sk"]["S"]] = OwnedUser(
-                source_id=item["sk"]["S"],
-                target_id=item["targetId"]["S"],
-                user_name=item["userName"]["S"],
-                doc=json.loads(item["doc"]["S"]),
-                manager_source_id=manager["S"] if manager else None,
-                fingerprint=item["fingerprint"]["S"],
-            )
-        groups = {}
-        for item in self._partition(_GROUP):
-            description = item.get("description")
-            groups[item["sk"]["S"]] = OwnedGroup(
-                source_id=item["sk"]["S"],
-                target_id=item["targetId"]["S"],
-                display_name=item["displayName"]["S"],
-                description=description["S"] if description else None,
-                fingerprint=item["fingerprint"]["S"],
-            )
+        users = {item["sk"]["S"]: _owned_user(item) for item in self._partition(_USER)}
+        groups = {item["sk"]["S"]: _owned_group(item) for item in self._partition(_GROUP)}
         memberships = {}
         for item in self._partition(_MEMBERSHIP):
-            owned = OwnedMembership(item["group"]["S"], item["user"]["S"], item["membershipId"]["S"])
+            owned = _owned_membership(item)
             memberships[(owned.group_source_id, owned.user_source_id)] = owned
         return Ownership(users=users, groups=groups, memberships=memberships)
 
@@ -269,6 +254,51 @@ class DynamoDbStateStore:
             params["ExpressionAttributeValues"][":status"] = _s(str(status))
         return [json.loads(item["doc"]["S"]) for item in self._query(params, limit)]
 
+    # ------------------------------------------------------------------ JIT (ports.GrantStore)
+
+    def owned_user(self, source_id: str) -> OwnedUser | None:
+        """One owned user (strongly consistent GetItem), or None. Raises StateError."""
+        item = self._get_item(_key(_USER, source_id))
+        return _owned_user(item) if item else None
+
+    def owned_group(self, source_id: str) -> OwnedGroup | None:
+        item = self._get_item(_key(_GROUP, source_id))
+        return _owned_group(item) if item else None
+
+    def owned_memberships(self, group_source_id: str) -> dict[str, OwnedMembership]:
+        """The group's owned memberships by user source id: one Query on a sort-key prefix. Raises StateError."""
+        items = self._query(
+            {
+                "KeyConditionExpression": "pk = :pk AND begins_with(sk, :group)",
+                "ExpressionAttributeValues": {":pk": _s(_MEMBERSHIP), ":group": _s(f"{group_source_id}#")},
+                "ConsistentRead": True,
+            }
+        )
+        return {owned.user_source_id: owned for owned in map(_owned_membership, items)}
+
+    def grants(self, group_id: str) -> dict[str, AccessGrant]:
+        """The group's grants by user id. Raises StateError, ValueError for a malformed stored grant."""
+        return {item["sk"]["S"]: _grant(item) for item in self._partition(f"{_GRANT}{group_id}")}
+
+    def grant(self, group_id: str, user_id: str) -> AccessGrant | None:
+        item = self._get_item(_key(f"{_GRANT}{group_id}", user_id))
+        return _grant(item) if item else None
+
+    def record_grant(self, grant: AccessGrant) -> None:
+        item = _key(f"{_GRANT}{grant.group_id}", grant.user_id) | {
+            "doc": _s(_encode(grant.to_document(), f"grant {grant.group_id}/{grant.user_id}"))
+        }
+        self._call("put_item", TableName=self._table, Item=item)
+
+    def forget_grant(self, group_id: str, user_id: str) -> None:
+        self._call("delete_item", TableName=self._table, Key=_key(f"{_GRANT}{group_id}", user_id))
+
+    def _get_item(self, key: dict[str, Any]) -> dict[str, Any] | None:
+        item: dict[str, Any] | None = self._call("get_item", TableName=self._table, Key=key, ConsistentRead=True).get(
+            "Item"
+        )
+        return item
+
     # ------------------------------------------------------------------ leases
 
     def acquire_lease(self, name: str, owner: str, now: datetime, ttl_seconds: int) -> bool:
@@ -354,6 +384,37 @@ class DynamoDbStateStore:
             f"DynamoDB table {self._table}: batch_write_item left {len(pending)} log items unprocessed "
             f"after {_BATCH_ATTEMPTS} attempts"
         )
+
+
+def _owned_user(item: Mapping[str, Any]) -> OwnedUser:
+    manager = item.get("managerSourceId")
+    return OwnedUser(
+        source_id=item["sk"]["S"],
+        target_id=item["targetId"]["S"],
+        user_name=item["userName"]["S"],
+        doc=json.loads(item["doc"]["S"]),
+        manager_source_id=manager["S"] if manager else None,
+        fingerprint=item["fingerprint"]["S"],
+    )
+
+
+def _owned_group(item: Mapping[str, Any]) -> OwnedGroup:
+    description = item.get("description")
+    return OwnedGroup(
+        source_id=item["sk"]["S"],
+        target_id=item["targetId"]["S"],
+        display_name=item["displayName"]["S"],
+        description=description["S"] if description else None,
+        fingerprint=item["fingerprint"]["S"],
+    )
+
+
+def _owned_membership(item: Mapping[str, Any]) -> OwnedMembership:
+    return OwnedMembership(item["group"]["S"], item["user"]["S"], item["membershipId"]["S"])
+
+
+def _grant(item: Mapping[str, Any]) -> AccessGrant:
+    return AccessGrant.from_document(json.loads(item["doc"]["S"]))
 
 
 def _s(value: str) -> dict[str, str]:

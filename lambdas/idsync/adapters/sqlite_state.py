@@ -7,8 +7,9 @@ a crash of the process) when the call returns, without an fsync per call. Leases
 
 Tables: ``owned_users``, ``owned_groups``, ``owned_memberships`` (ownership), ``items`` (named JSON
 documents), ``logs`` (provisioning log, keyed ``<UTC time>#<change id>`` so text order is time
-order; entries older than the retention are hidden, and deleted whenever logs are appended) and
-``leases``. ``PRAGMA user_version`` holds the schema version.
+order; entries older than the retention are hidden, and deleted whenever logs are appended),
+``leases`` and ``grants`` (active JIT grants, one JSON document per group and user). ``PRAGMA
+user_version`` holds the schema version.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from idsync.adapters.state_codec import log_time as _log_time
 from idsync.adapters.state_codec import time_key as _time_key
 from idsync.errors import StateError
 from idsync.model import LogEntry, OwnedGroup, OwnedMembership, OwnedUser, Ownership
+from idsync.ports import AccessGrant
 
 SCHEMA_VERSION = 1
 
@@ -71,6 +73,12 @@ CREATE TABLE IF NOT EXISTS leases (
     owner TEXT NOT NULL,
     expires REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS grants (
+    group_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    doc TEXT NOT NULL,
+    PRIMARY KEY (group_id, user_id)
+) WITHOUT ROWID;
 """
 
 
@@ -238,6 +246,55 @@ class SqliteStateStore:
     def release_lease(self, name: str, owner: str) -> None:
         """Give the lease up; a lease held by another owner is left alone."""
         self._execute("DELETE FROM leases WHERE name = ? AND owner = ?", (name, owner))
+
+    # ------------------------------------------------------------------ JIT (ports.GrantStore)
+
+    def owned_user(self, source_id: str) -> OwnedUser | None:
+        with self._connection() as conn:
+            row = conn.execute(
+                "SELECT source_id, target_id, user_name, doc, manager_source_id, fingerprint FROM owned_users "
+                "WHERE source_id = ?",
+                (source_id,),
+            ).fetchone()
+        return OwnedUser(row[0], row[1], row[2], json.loads(row[3]), row[4], row[5]) if row else None
+
+    def owned_group(self, source_id: str) -> OwnedGroup | None:
+        with self._connection() as conn:
+            row = conn.execute(
+                "SELECT source_id, target_id, display_name, description, fingerprint FROM owned_groups "
+                "WHERE source_id = ?",
+                (source_id,),
+            ).fetchone()
+        return OwnedGroup(*row) if row else None
+
+    def owned_memberships(self, group_source_id: str) -> dict[str, OwnedMembership]:
+        with self._connection() as conn:
+            rows = conn.execute(
+                "SELECT group_source_id, user_source_id, membership_id FROM owned_memberships "
+                "WHERE group_source_id = ?",
+                (group_source_id,),
+            ).fetchall()
+        return {row[1]: OwnedMembership(*row) for row in rows}
+
+    def grants(self, group_id: str) -> dict[str, AccessGrant]:
+        """The group's grants by user id. Raises StateError, ValueError for a malformed stored grant."""
+        with self._connection() as conn:
+            rows = conn.execute("SELECT user_id, doc FROM grants WHERE group_id = ?", (group_id,)).fetchall()
+        return {row[0]: AccessGrant.from_document(json.loads(row[1])) for row in rows}
+
+    def grant(self, group_id: str, user_id: str) -> AccessGrant | None:
+        with self._connection() as conn:
+            row = conn.execute(
+                "SELECT doc FROM grants WHERE group_id = ? AND user_id = ?", (group_id, user_id)
+            ).fetchone()
+        return AccessGrant.from_document(json.loads(row[0])) if row else None
+
+    def record_grant(self, grant: AccessGrant) -> None:
+        doc = _encode(grant.to_document(), f"grant {grant.group_id}/{grant.user_id}")
+        self._execute("INSERT OR REPLACE INTO grants VALUES (?, ?, ?)", (grant.group_id, grant.user_id, doc))
+
+    def forget_grant(self, group_id: str, user_id: str) -> None:
+        self._execute("DELETE FROM grants WHERE group_id = ? AND user_id = ?", (group_id, user_id))
 
     # ------------------------------------------------------------------ plumbing
 

@@ -113,9 +113,7 @@ class Applier:
                 continue
             doc = with_manager(owned.doc, manager)
             change = AttributeChange(EXTENSIONS, owned.doc.get(EXTENSIONS), doc.get(EXTENSIONS))
-            op = Operation(
-                Kind.USER, Action.UPDATE, user.source_id, user.user_name, owned.target_id, (change,), user
-            )
+            op = Operation(Kind.USER, Action.UPDATE, user.source_id, user.user_name, owned.target_id, (change,), user)
             started = time.perf_counter()
             try:
                 status, target_id, changes, note = self._update_user(op)
@@ -154,9 +152,7 @@ class Applier:
         self.users[user.source_id] = owned
         self.user_targets[user.source_id] = target_id
 
-    def _create_user(
-        self, op: Operation
-    ) -> tuple[Status, str | None, tuple[AttributeChange, ...], str | None]:
+    def _create_user(self, op: Operation) -> tuple[Status, str | None, tuple[AttributeChange, ...], str | None]:
         assert op.user is not None
         user = op.user
         doc = desired_doc_for_create(user, self.user_targets)
@@ -177,9 +173,7 @@ class Applier:
         self._record_user(user, target_id, doc)
         return Status.SUCCESS, target_id, changes, None
 
-    def _adopt_user(
-        self, op: Operation
-    ) -> tuple[Status, str | None, tuple[AttributeChange, ...], str | None]:
+    def _adopt_user(self, op: Operation) -> tuple[Status, str | None, tuple[AttributeChange, ...], str | None]:
         assert op.user is not None
         assert op.target_id is not None
         current = self.current.users.get(op.target_id)
@@ -187,14 +181,10 @@ class Applier:
         self._record_user(op.user, op.target_id, doc)
         return Status.SUCCESS, op.target_id, (), op.reason
 
-    def _update_user(
-        self, op: Operation
-    ) -> tuple[Status, str | None, tuple[AttributeChange, ...], str | None]:
+    def _update_user(self, op: Operation) -> tuple[Status, str | None, tuple[AttributeChange, ...], str | None]:
         assert op.user is not None
         assert op.target_id is not None
-        changes = tuple(
-            AttributeChange(c.attribute, c.old, resolve_refs(c.new, self.user_targets)) for c in op.changes
-        )
+        changes = tuple(AttributeChange(c.attribute, c.old, resolve_refs(c.new, self.user_targets)) for c in op.changes)
         try:
             self.target.update_user(op.target_id, changes)
         except TargetNotFound:
@@ -216,9 +206,7 @@ class Applier:
         self._record_user(op.user, op.target_id, doc)
         return Status.SUCCESS, op.target_id, changes, None
 
-    def _delete_user(
-        self, op: Operation
-    ) -> tuple[Status, str | None, tuple[AttributeChange, ...], str | None]:
+    def _delete_user(self, op: Operation) -> tuple[Status, str | None, tuple[AttributeChange, ...], str | None]:
         assert op.target_id is not None
         self.target.delete_user(op.target_id)
         self.writes += 1
@@ -233,16 +221,12 @@ class Applier:
     # ------------------------------------------------------------------ groups
 
     def _record_group(self, group: Group, target_id: str) -> None:
-        owned = OwnedGroup(
-            group.source_id, target_id, group.display_name, group.description, group.fingerprint()
-        )
+        owned = OwnedGroup(group.source_id, target_id, group.display_name, group.description, group.fingerprint())
         self.state.record_group(owned)
         self.groups[group.source_id] = owned
         self.group_targets[group.source_id] = target_id
 
-    def _create_group(
-        self, op: Operation
-    ) -> tuple[Status, str | None, tuple[AttributeChange, ...], str | None]:
+    def _create_group(self, op: Operation) -> tuple[Status, str | None, tuple[AttributeChange, ...], str | None]:
         assert op.group is not None
         group = op.group
         changes: tuple[AttributeChange, ...] = (AttributeChange("DisplayName", None, group.display_name),)
@@ -259,21 +243,15 @@ class Applier:
         self._record_group(group, target_id)
         return Status.SUCCESS, target_id, changes, None
 
-    def _adopt_group(
-        self, op: Operation
-    ) -> tuple[Status, str | None, tuple[AttributeChange, ...], str | None]:
+    def _adopt_group(self, op: Operation) -> tuple[Status, str | None, tuple[AttributeChange, ...], str | None]:
         assert op.group is not None
         assert op.target_id is not None
         current = self.current.groups.get(op.target_id)
-        adopted = (
-            Group(op.group.source_id, current.display_name, current.description) if current else op.group
-        )
+        adopted = Group(op.group.source_id, current.display_name, current.description) if current else op.group
         self._record_group(adopted, op.target_id)
         return Status.SUCCESS, op.target_id, (), op.reason
 
-    def _update_group(
-        self, op: Operation
-    ) -> tuple[Status, str | None, tuple[AttributeChange, ...], str | None]:
+    def _update_group(self, op: Operation) -> tuple[Status, str | None, tuple[AttributeChange, ...], str | None]:
         assert op.group is not None
         assert op.target_id is not None
         self.target.update_group(op.target_id, op.changes)
@@ -281,9 +259,7 @@ class Applier:
         self._record_group(op.group, op.target_id)
         return Status.SUCCESS, op.target_id, op.changes, None
 
-    def _delete_group(
-        self, op: Operation
-    ) -> tuple[Status, str | None, tuple[AttributeChange, ...], str | None]:
+    def _delete_group(self, op: Operation) -> tuple[Status, str | None, tuple[AttributeChange, ...], str | None]:
         assert op.target_id is not None
         self.target.delete_group(op.target_id)
         self.writes += 1
@@ -307,9 +283,7 @@ class Applier:
             return f"user {op.member_source_id} is not provisioned (see its own log entry)"
         return group_target, user_target
 
-    def _add_member(
-        self, op: Operation
-    ) -> tuple[Status, str | None, tuple[AttributeChange, ...], str | None]:
+    def _add_member(self, op: Operation) -> tuple[Status, str | None, tuple[AttributeChange, ...], str | None]:
         assert op.member_source_id is not None
         targets = self._member_targets(op)
         if isinstance(targets, str):
@@ -326,9 +300,7 @@ class Applier:
         self._record_member(op, membership_id)
         return Status.SUCCESS, membership_id, (AttributeChange("members", None, user_target),), None
 
-    def _adopt_member(
-        self, op: Operation
-    ) -> tuple[Status, str | None, tuple[AttributeChange, ...], str | None]:
+    def _adopt_member(self, op: Operation) -> tuple[Status, str | None, tuple[AttributeChange, ...], str | None]:
         assert op.membership_id is not None
         self._record_member(op, op.membership_id)
         return Status.SUCCESS, op.membership_id, (), op.reason
@@ -338,9 +310,7 @@ class Applier:
         self.state.record_membership(OwnedMembership(op.source_id, op.member_source_id, membership_id))
         self.memberships.add((op.source_id, op.member_source_id))
 
-    def _remove_member(
-        self, op: Operation
-    ) -> tuple[Status, str | None, tuple[AttributeChange, ...], str | None]:
+    def _remove_member(self, op: Operation) -> tuple[Status, str | None, tuple[AttributeChange, ...], str | None]:
         assert op.member_source_id is not None
         assert op.membership_id is not None
         self.target.delete_membership(op.membership_id)
@@ -390,9 +360,7 @@ class Applier:
     ) -> None:
         source = op.key.split(":", 1)[1] if op.kind is Kind.MEMBERSHIP else op.source_id
         error = note if status is not Status.SUCCESS else None
-        entry = self._entry(
-            op.kind.value, op.action.value, status, source, op.name, target_id, changes, error, seconds
-        )
+        entry = self._entry(op.kind.value, op.action.value, status, source, op.name, target_id, changes, error, seconds)
         self.pending.append(entry)
         if op.is_write and status is not Status.SKIPPED:
             self.attempted += 1
