@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from idsync.adapters.notify import ConsoleNotifier
-from idsync.model import PlanPolicy
+from idsync.model import DeprovisionMode, PlanPolicy
 from idsync.services.cycle import CycleOptions, CycleService, Scoping
 from idsync.services.escrow import load_quarantine
 from tests.fakes import FakeClock, FakeIdentityStore, FakeSource, FakeState
@@ -244,3 +244,13 @@ def test_skip_out_of_scope_deletions_keeps_users_who_left_scope_but_not_disabled
     # Then the one out of scope is kept, the disabled one is removed
     assert world.store.find_user("u7@example.com") is not None
     assert world.store.find_user("u8@example.com") is None
+
+
+def test_deprovision_keep_leaves_the_user_but_takes_group_access_away() -> None:
+    world = World(deprovision=DeprovisionMode.KEEP)
+    world.run()
+    world.source.users[3]["accountEnabled"] = False
+    report = world.run().report
+    assert world.store.find_user("u3@example.com") is not None
+    assert "u3@example.com" not in world.store.members_of("Team 0")
+    assert report.counts == {"membership": {"delete": 1}}
