@@ -184,6 +184,8 @@ class _UserPlanner:
                 free_by_name.setdefault(target.user_name.casefold(), target)
         taken_names: dict[str, str] = {}
         live = {sid for sid, u in self.desired.users.items() if u.active}
+        if self.policy.deprovision is DeprovisionMode.KEEP:
+            live |= set(self.owned.users)  # kept users stay valid manager references
         for sid in sorted(self.desired.users):
             user = self.desired.users[sid]
             if not user.active:
