@@ -9,7 +9,9 @@ Serves, over HTTPS on 127.0.0.1 (a throwaway CA signs its certificate; clients t
   organization, and the users/groups delta functions, with $select, $top, $filter, $expand=manager,
   ``@odata.nextLink`` paging and Graph's error envelope;
 * fault injection (429 with Retry-After, 503, 504), per-path request counters, and an admin API under
-  ``/_emulator`` for out-of-process control.
+  ``/_emulator`` for out-of-process control;
+* PIM for Groups assignment schedule instances, /subscriptions with the validation handshake, and
+  change notifications delivered to subscribers (``sandbox.graph_pim``, as ``GraphApp.pim``).
 
 Usage in tests::
 

@@ -1,0 +1,587 @@
+"""The JIT service over in-memory ports: activations, early deactivation, expiry, extension, overlapping
+grants, duplicate and forged hints, refusals. Graph's truth is set explicitly in each test."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from idsync.config import MappingSettings, ScopeSettings
+from idsync.mapping import build_mappers
+from idsync.model import OwnedGroup, OwnedMembership, OwnedUser, User, freeze_doc
+from idsync.plan import desired_doc_for_create
+from idsync.ports import AccessGrant, AssignmentInstance
+from idsync.scope import build_scope
+from idsync.services.jit import JitService, Step, decide
+from idsync.services.token_bucket import BucketPolicy, TokenBucket, Wait
+from sandbox.jit_local import MemoryBucketStore
+from tests.fakes import FakeClock, FakeIdentityStore, FakeState
+
+T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+GROUP = "0e6a1f3c-8d2b-4a7e-b5c9-2f4d6e8a0b1c"
+OTHER_GROUP = "9b2c4d6e-1f3a-4b5c-8d7e-6f5a4b3c2d1e"
+ADA = "6d1e3f5a-7b9c-4d2e-8f0a-3c5e7a9b1d2f"
+BOB = "1a2b3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d"
+
+
+# --------------------------------------------------------------------------- fakes
+
+
+class FakeGraph:
+    """Entra as the JIT worker reads it: direct members, assignment instances, users."""
+
+    def __init__(self) -> None:
+        self.listed: dict[str, set[str]] = {}
+        self.current: list[AssignmentInstance] = []
+        self.users: dict[str, dict[str, Any]] = {}
+        self.reads = 0
+
+    def add_user(self, user_id: str, name: str, **extra: Any) -> None:
+        first, last = name.split(" ")
+        self.users[user_id] = {
+            "id": user_id,
+            "userPrincipalName": f"{first.lower()}@contoso.example",
+            "displayName": name,
+            "givenName": first,
+            "surname": last,
+            "mail": f"{first.lower()}@contoso.example",
+            "accountEnabled": True,
+            **extra,
+        }
+
+    def grant(
+        self, instance_id: str, user_id: str, start: datetime, minutes: float | None, group: str = GROUP
+    ) -> AssignmentInstance:
+        """PIM activates: an instance, and the user listed among the members."""
+        end = start + timedelta(minutes=minutes) if minutes is not None else None
+        instance = AssignmentInstance(instance_id, user_id, group, "member", "activated", "direct", start, end)
+        self.current.append(instance)
+        self.listed.setdefault(group, set()).add(user_id)
+        return instance
+
+    def end(self, instance_id: str, unlist: bool = True) -> None:
+        """The instance is gone (deactivated or expired); ``unlist``: Graph already dropped the member."""
+        instance = next(i for i in self.current if i.id == instance_id)
+        self.current.remove(instance)
+        if unlist and not any(i.principal_id == instance.principal_id for i in self.current):
+            self.listed[instance.group_id].discard(instance.principal_id)
+
+    def extend(self, instance_id: str, minutes: float) -> None:
+        index = next(n for n, i in enumerate(self.current) if i.id == instance_id)
+        old = self.current[index]
+        assert old.end is not None
+        self.current[index] = AssignmentInstance(
+            old.id, old.principal_id, old.group_id, old.access_id, old.assignment_type, old.member_type,
+            old.start, old.end + timedelta(minutes=minutes),
+        )  # fmt: skip
+
+    # ports.PimDirectory
+    def members(self, group_id: str) -> set[str]:
+        self.reads += 1
+        return set(self.listed.get(group_id, set()))
+
+    def instances(self, group_id: str, user_id: str | None = None) -> list[AssignmentInstance]:
+        self.reads += 1
+        return [i for i in self.current if i.group_id == group_id and user_id in (None, i.principal_id)]
+
+    def user(self, user_id: str) -> dict[str, Any] | None:
+        return self.users.get(user_id)
+
+
+@dataclass
+class JitState(FakeState):
+    """FakeState plus ``ports.GrantStore``."""
+
+    granted: dict[tuple[str, str], AccessGrant] = field(default_factory=dict)
+    grant_writes: int = 0
+
+    def owned_user(self, source_id: str) -> OwnedUser | None:
+        return self.users.get(source_id)
+
+    def owned_group(self, source_id: str) -> OwnedGroup | None:
+        return self.groups.get(source_id)
+
+    def owned_memberships(self, group_source_id: str) -> dict[str, OwnedMembership]:
+        return {u: m for (g, u), m in self.memberships.items() if g == group_source_id}
+
+    def grants(self, group_id: str) -> dict[str, AccessGrant]:
+        return {u: grant for (g, u), grant in self.granted.items() if g == group_id}
+
+    def grant(self, group_id: str, user_id: str) -> AccessGrant | None:
+        return self.granted.get((group_id, user_id))
+
+    def record_grant(self, grant: AccessGrant) -> None:
+        self.grant_writes += 1
+        self.granted[(grant.group_id, grant.user_id)] = grant
+
+    def forget_grant(self, group_id: str, user_id: str) -> None:
+        self.grant_writes += 1
+        self.granted.pop((group_id, user_id), None)
+
+
+class FakeScheduler:
+    """One-time expiry schedules by (group, user, end)."""
+
+    def __init__(self) -> None:
+        self.schedules: set[tuple[str, str, datetime]] = set()
+        self.calls: list[str] = []
+
+    def set(self, group_id: str, user_id: str, end: datetime, previous: datetime | None = None) -> None:
+        self.calls.append("set")
+        self.schedules.add((group_id, user_id, end))
+        if previous is not None and previous != end:
+            self.schedules.discard((group_id, user_id, previous))
+
+    def clear(self, group_id: str, user_id: str, end: datetime) -> None:
+        self.calls.append("clear")
+        self.schedules.discard((group_id, user_id, end))
+
+    def of(self, user_id: str) -> list[datetime]:
+        return sorted(end for _, u, end in self.schedules if u == user_id)
+
+
+@dataclass
+class World:
+    graph: FakeGraph
+    identity: FakeIdentityStore
+    state: JitState
+    scheduler: FakeScheduler
+    clock: FakeClock
+    bucket_store: MemoryBucketStore
+    service: JitService
+    group_target: str
+
+    def members_in_identity_center(self) -> set[str]:
+        return self.identity.members_of("AWS PIM Production Admin")
+
+    def writes(self) -> list[str]:
+        return list(self.identity.writes)
+
+    def drain_bucket(self) -> None:
+        while not isinstance(self.service.bucket.try_take(), Wait):
+            pass
+
+
+def make_world(scope: dict[str, Any] | None = None, groups: tuple[str, ...] = (GROUP,)) -> World:
+    graph = FakeGraph()
+    graph.add_user(ADA, "Ada Lovelace", department="Engineering")
+    graph.add_user(BOB, "Bob Dylan", department="Engineering")
+    identity = FakeIdentityStore()
+    group_target = identity.create_group("AWS PIM Production Admin", None)
+    identity.writes.clear()
+    state = JitState()
+    state.record_group(OwnedGroup(GROUP, group_target, "AWS PIM Production Admin", None, ""))
+    clock = FakeClock(T0)
+    user_mapper, _ = build_mappers(MappingSettings())
+    store = MemoryBucketStore()
+    scheduler = FakeScheduler()
+    service = JitService(
+        graph,
+        identity,
+        state,
+        state,
+        TokenBucket(store, clock, BucketPolicy()),
+        scheduler,
+        user_mapper,
+        build_scope(ScopeSettings.model_validate(scope or {"mode": "all"})),
+        clock,
+        groups,
+    )
+    return World(graph, identity, state, scheduler, clock, store, service, group_target)
+
+
+@pytest.fixture
+def world() -> World:
+    return make_world()
+
+
+def present(world: World, user_id: str) -> bool:
+    return (GROUP, user_id) in world.state.memberships and world.graph.users[user_id][
+        "userPrincipalName"
+    ] in world.members_in_identity_center()
+
+
+# --------------------------------------------------------------------------- decide (pure)
+
+
+def instance(instance_id: str, user_id: str, minutes: float | None) -> AssignmentInstance:
+    end = T0 + timedelta(minutes=minutes) if minutes is not None else None
+    return AssignmentInstance(instance_id, user_id, GROUP, "member", "activated", "direct", T0, end)
+
+
+def grant_of(*ids: str, end_minutes: float | None = 60, standing: bool = False) -> AccessGrant:
+    end = T0 + timedelta(minutes=end_minutes) if end_minutes is not None else None
+    return AccessGrant(GROUP, ADA, tuple(ids), end, standing, T0.isoformat())
+
+
+@pytest.mark.parametrize(
+    ("listed", "active", "grant", "member", "step"),
+    [
+        # a new activation, and a new plain member: both are memberships to add
+        (True, [instance("i1", ADA, 60)], None, False, Step.ADD),
+        (True, [], None, False, Step.ADD),
+        # nothing grants, nothing held: nothing; a stale grant without a membership is forgotten
+        (False, [], None, False, Step.NOTHING),
+        (False, [], grant_of("i1"), False, Step.FORGET),
+        # held and unchanged: nothing (a duplicate or forged hint)
+        (True, [instance("i1", ADA, 60)], grant_of("i1"), True, Step.NOTHING),
+        # held, a second instance or an extension: record
+        (True, [instance("i1", ADA, 60), instance("i2", ADA, 90)], grant_of("i1"), True, Step.RECORD),
+        (True, [instance("i1", ADA, 90)], grant_of("i1"), True, Step.RECORD),
+        # held with no grant: the sync cycle's membership, left alone; adopted as standing when an instance appears
+        (True, [], None, True, Step.NOTHING),
+        (False, [], None, True, Step.NOTHING),
+        (True, [instance("i1", ADA, 60)], None, True, Step.RECORD),
+        # instances gone: removed (even while Graph still lists the user) unless the membership was standing
+        (False, [], grant_of("i1"), True, Step.REMOVE),
+        (True, [], grant_of("i1"), True, Step.REMOVE),
+        (True, [], grant_of("i1", standing=True), True, Step.FORGET),
+        (False, [], grant_of("i1", standing=True), True, Step.REMOVE),
+    ],
+)
+def test_decide(
+    listed: bool, active: list[AssignmentInstance], grant: AccessGrant | None, member: bool, step: Step
+) -> None:
+    assert decide(GROUP, ADA, listed, active, grant, member, T0).step is step
+
+
+def test_a_grant_ends_with_its_last_instance_and_never_when_one_is_permanent() -> None:
+    two = decide(GROUP, ADA, True, [instance("b", ADA, 90), instance("a", ADA, 30)], None, False, T0)
+    assert two.grant is not None
+    assert two.grant.instance_ids == ("a", "b")
+    assert two.grant.end == T0 + timedelta(minutes=90)
+    permanent = decide(GROUP, ADA, True, [instance("a", ADA, 30), instance("p", ADA, None)], None, False, T0)
+    assert permanent.grant is not None
+    assert permanent.grant.end is None
+
+
+# --------------------------------------------------------------------------- activations
+
+
+def test_an_activation_provisions_the_user_adds_the_membership_and_schedules_the_expiry(world: World) -> None:
+    # Given Ada activated for an hour 3 seconds ago and is not in IAM Identity Center
+    world.graph.grant("i1", ADA, T0 - timedelta(seconds=3), 60)
+
+    # When the worker looks at the group
+    outcome = world.service.look(GROUP)
+
+    # Then Ada exists and is a member, recorded exactly as a sync cycle records a created user
+    assert world.writes() == ["CreateUser", "CreateGroupMembership"]
+    assert present(world, ADA)
+    owned = world.state.users[ADA]
+    user = world.service.user_mapper.map(world.graph.users[ADA])
+    assert isinstance(user, User)
+    assert owned.doc == freeze_doc(desired_doc_for_create(user, {}))
+    assert owned.fingerprint == user.fingerprint()
+    assert owned.user_name == "ada@contoso.example"
+    # and the grant and its expiry (at the instance's end) are recorded
+    end = T0 - timedelta(seconds=3) + timedelta(minutes=60)
+    assert world.state.granted[(GROUP, ADA)].instance_ids == ("i1",)
+    assert world.state.granted[(GROUP, ADA)].end == end
+    assert world.state.granted[(GROUP, ADA)].standing is False
+    assert world.scheduler.of(ADA) == [end]
+    # and the outcome and the provisioning log say so, under a jit cycle id
+    assert [a.user_id for a in outcome.activations] == [ADA]
+    assert outcome.activations[0].latency_seconds == pytest.approx(3.0)
+    assert outcome.activations[0].provisioned_user
+    logged = [(e.kind, e.action, e.cycle_id) for e in world.state.logs]
+    assert logged == [("user", "create", outcome.cycle_id), ("membership", "create", outcome.cycle_id)]
+    assert outcome.cycle_id.startswith("jit-")
+    assert world.state.logs[1].name == "AWS PIM Production Admin <- ada@contoso.example"
+
+
+def test_a_user_already_provisioned_only_gets_the_membership(world: World) -> None:
+    # Given Bob is already provisioned by the sync cycle
+    bob_target = world.identity.create_user("bob@contoso.example", {"DisplayName": "Bob Dylan"})
+    world.identity.writes.clear()
+    world.state.record_user(OwnedUser(BOB, bob_target, "bob@contoso.example", {"DisplayName": "Bob Dylan"}))
+    world.graph.grant("i1", BOB, T0, 30)
+
+    world.service.look(GROUP)
+
+    assert world.writes() == ["CreateGroupMembership"]
+    assert present(world, BOB)
+
+
+def test_a_user_holding_the_username_is_adopted_and_left_for_the_cycle_to_update(world: World) -> None:
+    # Given IAM Identity Center already holds Ada's userName (made by hand), and the membership too
+    existing = world.identity.create_user("ada@contoso.example", {"DisplayName": "Old Name"})
+    world.identity.create_membership(world.group_target, existing)
+    world.identity.writes.clear()
+    world.graph.grant("i1", ADA, T0, 30)
+
+    world.service.look(GROUP)
+
+    # Then both are adopted without a write; the user's document is recorded empty so the next cycle rewrites it
+    assert world.writes() == []
+    assert world.state.users[ADA].target_id == existing
+    assert world.state.users[ADA].doc == {}
+    assert [(e.kind, e.action) for e in world.state.logs] == [("user", "adopt"), ("membership", "adopt")]
+    assert (GROUP, ADA) in world.state.memberships
+
+
+@pytest.mark.parametrize(
+    ("change", "scope", "reason"),
+    [
+        ({"accountEnabled": False}, None, "the account is disabled in Entra"),
+        ({"givenName": None}, None, "attribute name.givenName: is required by IAM Identity Center"),
+        (
+            {},
+            {"mode": "all", "user_filters": [[{"attribute": "department", "operator": "EQUALS", "value": "Sales"}]]},
+            "out of scope",
+        ),
+    ],
+)
+def test_a_user_who_cannot_be_provisioned_is_refused_without_spending_a_token(
+    change: dict[str, Any], scope: dict[str, Any] | None, reason: str
+) -> None:
+    world = make_world(scope)
+    world.graph.users[ADA].update(change)
+    world.graph.grant("i1", ADA, T0, 30)
+
+    outcome = world.service.look(GROUP)
+
+    # Then nothing is written, the refusal is logged with its reason, and every token is still there
+    assert world.writes() == []
+    assert outcome.refused[0][0] == ADA
+    assert reason in outcome.refused[0][1]
+    assert [(e.kind, e.action, e.status.value) for e in world.state.logs] == [("user", "skip", "skipped")]
+    assert world.state.logs[0].error is not None
+    assert reason in world.state.logs[0].error
+    assert world.bucket_store.load("activations") is None  # never taken from
+
+
+def test_a_group_not_provisioned_yet_is_left_to_the_sync_cycle() -> None:
+    world = make_world()
+    world.state.groups.clear()
+    world.graph.grant("i1", ADA, T0, 30)
+
+    outcome = world.service.look(GROUP)
+
+    assert outcome.ignored is not None
+    assert "not provisioned" in outcome.ignored
+    assert world.writes() == []
+    assert world.bucket_store.load("activations") is None
+
+
+def test_a_hint_for_a_group_that_is_not_a_pim_group_is_ignored(world: World) -> None:
+    world.graph.grant("i1", ADA, T0, 30, group=OTHER_GROUP)
+
+    outcome = world.service.look(OTHER_GROUP)
+
+    assert outcome.ignored == "not a configured PIM group"
+    assert world.graph.reads == 0
+    assert world.writes() == []
+
+
+def test_without_a_token_the_activation_waits_exactly_until_the_next_one(world: World) -> None:
+    # Given every token was spent just now
+    world.drain_bucket()
+    world.graph.grant("i1", ADA, T0, 30)
+
+    # When the worker looks
+    outcome = world.service.look(GROUP)
+
+    # Then nothing is written and the hint must come back when the next token is due (2 s at 5 per 10 s)
+    assert world.writes() == []
+    assert outcome.wait_seconds == pytest.approx(2.0)
+    # and two seconds later the same look applies it
+    world.clock.advance(2.0)
+    assert [a.user_id for a in world.service.look(GROUP).activations] == [ADA]
+    assert present(world, ADA)
+
+
+# --------------------------------------------------------------------------- duplicates and forgeries
+
+
+def test_a_duplicate_notification_applies_once(world: World) -> None:
+    world.graph.grant("i1", ADA, T0, 30)
+    world.service.look(GROUP)
+    writes, logs, grant_writes, calls = (
+        world.writes(),
+        len(world.state.logs),
+        world.state.grant_writes,
+        world.scheduler.calls[:],
+    )
+
+    # When the same notification arrives again
+    second = world.service.look(GROUP)
+
+    # Then it finds nothing to do: no write anywhere
+    assert second.activations == []
+    assert second.moved == 0
+    assert world.writes() == writes
+    assert len(world.state.logs) == logs
+    assert world.state.grant_writes == grant_writes
+    assert world.scheduler.calls == calls
+
+
+def test_a_forged_notification_only_causes_a_re_read(world: World) -> None:
+    # Given a group with an applied activation and a permanent member the cycle manages
+    world.graph.grant("i1", ADA, T0, 30)
+    world.service.look(GROUP)
+    bob_target = world.identity.create_user("bob@contoso.example", {"DisplayName": "Bob Dylan"})
+    membership = world.identity.create_membership(world.group_target, bob_target)
+    world.state.record_user(OwnedUser(BOB, bob_target, "bob@contoso.example", {}))
+    world.state.record_membership(OwnedMembership(GROUP, BOB, membership))
+    world.graph.listed[GROUP].add(BOB)
+    world.identity.writes.clear()
+    reads, logs, grant_writes = world.graph.reads, len(world.state.logs), world.state.grant_writes
+
+    # When a forged hint for the group arrives (nothing changed in Entra)
+    outcome = world.service.look(GROUP)
+
+    # Then Graph was read again, and nothing was written
+    assert world.graph.reads > reads
+    assert outcome.activations == outcome.removals == []
+    assert world.writes() == []
+    assert len(world.state.logs) == logs
+    assert world.state.grant_writes == grant_writes
+
+
+# --------------------------------------------------------------------------- removals
+
+
+def test_an_early_deactivation_is_removed_at_once_without_a_token(world: World) -> None:
+    world.graph.grant("i1", ADA, T0, 60)
+    world.service.look(GROUP)
+    world.drain_bucket()
+
+    # When Ada deactivates after ten minutes (Graph drops the instance and the member)
+    world.clock.advance(600)
+    world.graph.end("i1")
+    outcome = world.service.look(GROUP)
+
+    # Then the membership is gone at once, its expiry cancelled and the grant forgotten
+    assert outcome.removals == [ADA]
+    assert not present(world, ADA)
+    assert world.writes()[-1] == "DeleteGroupMembership"
+    assert world.scheduler.of(ADA) == []
+    assert (GROUP, ADA) not in world.state.granted
+    assert [(e.kind, e.action) for e in world.state.logs][-1] == ("membership", "delete")
+
+
+def test_an_expiry_on_time_removes_the_membership(world: World) -> None:
+    world.graph.grant("i1", ADA, T0, 60)
+    world.service.look(GROUP)
+    end = T0 + timedelta(minutes=60)
+
+    # When the schedule fires at the end (Graph has not even dropped the member yet)
+    world.clock.current = end
+    outcome = world.service.expire(GROUP, ADA)
+
+    # Then the membership is removed, logged under an expiry cycle id, and nothing is left scheduled
+    assert outcome.removals == [ADA]
+    assert not present(world, ADA)
+    assert outcome.cycle_id.startswith("jit-expiry-")
+    assert world.state.logs[-1].cycle_id == outcome.cycle_id
+    assert world.scheduler.of(ADA) == []
+    assert world.state.granted == {}
+
+
+def test_an_expiry_that_fires_early_removes_nothing(world: World) -> None:
+    world.graph.grant("i1", ADA, T0, 60)
+    world.service.look(GROUP)
+    world.clock.advance(59 * 60)
+
+    outcome = world.service.expire(GROUP, ADA)
+
+    assert outcome.removals == []
+    assert present(world, ADA)
+    assert world.scheduler.of(ADA) == [T0 + timedelta(minutes=60)]
+
+
+def test_an_extension_moves_the_expiry_and_access_ends_at_the_new_end(world: World) -> None:
+    world.graph.grant("i1", ADA, T0, 60)
+    world.service.look(GROUP)
+    # Given the activation was extended by 30 minutes (no member change, so no notification)
+    world.graph.extend("i1", 30)
+
+    # When the original expiry fires
+    world.clock.advance(60 * 60)
+    first = world.service.expire(GROUP, ADA)
+
+    # Then access stays and the expiry moved to the new end
+    assert first.removals == []
+    assert first.moved == 1
+    assert present(world, ADA)
+    assert world.scheduler.of(ADA) == [T0 + timedelta(minutes=90)]
+    assert world.state.granted[(GROUP, ADA)].end == T0 + timedelta(minutes=90)
+
+    # When the moved expiry fires
+    world.clock.advance(30 * 60)
+    assert world.service.expire(GROUP, ADA).removals == [ADA]
+    assert not present(world, ADA)
+
+
+def test_two_overlapping_activations_keep_access_until_the_last_one_ends(world: World) -> None:
+    # Given Ada activated for 60 minutes, then again (an admin assignment) for 120
+    world.graph.grant("i1", ADA, T0, 60)
+    world.service.look(GROUP)
+    world.graph.grant("i2", ADA, T0 + timedelta(minutes=5), 115)
+    world.clock.advance(5 * 60)
+    world.service.look(GROUP)
+    assert world.state.granted[(GROUP, ADA)].instance_ids == ("i1", "i2")
+
+    # When the first instance ends
+    world.clock.current = T0 + timedelta(minutes=60)
+    world.graph.end("i1")
+    assert world.service.look(GROUP).removals == []
+    assert world.service.expire(GROUP, ADA).removals == []
+
+    # Then access stays until the second ends
+    assert present(world, ADA)
+    assert world.state.granted[(GROUP, ADA)].instance_ids == ("i2",)
+    world.clock.current = T0 + timedelta(minutes=120)
+    world.graph.end("i2")
+    assert world.service.expire(GROUP, ADA).removals == [ADA]
+    assert not present(world, ADA)
+
+
+def test_an_activation_by_a_permanent_member_never_removes_the_permanent_membership(world: World) -> None:
+    # Given Bob is a permanent member the sync cycle provisioned
+    bob_target = world.identity.create_user("bob@contoso.example", {"DisplayName": "Bob Dylan"})
+    membership = world.identity.create_membership(world.group_target, bob_target)
+    world.state.record_user(OwnedUser(BOB, bob_target, "bob@contoso.example", {}))
+    world.state.record_membership(OwnedMembership(GROUP, BOB, membership))
+    world.graph.listed[GROUP] = {BOB}
+    world.identity.writes.clear()
+
+    # When he also activates for an hour
+    world.graph.grant("i1", BOB, T0, 60)
+    world.service.look(GROUP)
+
+    # Then the grant is recorded as standing, with its expiry, without a write
+    assert world.writes() == []
+    assert world.state.granted[(GROUP, BOB)].standing is True
+    assert world.scheduler.of(BOB) == [T0 + timedelta(minutes=60)]
+
+    # When the activation ends and Graph still lists him (his permanent membership)
+    world.clock.advance(60 * 60)
+    world.graph.end("i1", unlist=False)
+    outcome = world.service.expire(GROUP, BOB)
+
+    # Then he keeps the membership and the grant is forgotten
+    assert outcome.removals == []
+    assert (GROUP, BOB) in world.state.memberships
+    assert world.writes() == []
+    assert (GROUP, BOB) not in world.state.granted
+
+
+def test_removals_are_applied_even_when_activations_must_wait(world: World) -> None:
+    world.graph.grant("i1", ADA, T0, 60)
+    world.service.look(GROUP)
+    world.drain_bucket()
+    # Ada deactivates while Bob activates, with no token left
+    world.graph.end("i1")
+    world.graph.grant("i2", BOB, T0, 60)
+
+    outcome = world.service.look(GROUP)
+
+    assert outcome.removals == [ADA]
+    assert outcome.activations == []
+    assert outcome.wait_seconds is not None
+    assert not present(world, ADA)
