@@ -55,7 +55,8 @@ class AlarmSettings(_Strict):
     lambda_errors: int = Field(default=1, ge=1)  # errors per function in 5 minutes
     dlq_messages: int = Field(default=1, ge=1)  # messages waiting in the JIT dead-letter queue
     quarantine_cycles: int = Field(default=1, ge=1)  # quarantined cycles in an hour
-    jit_latency_seconds: float = Field(default=30.0, gt=0)  # p99 notification-to-membership latency
+    # p99 activation-to-membership latency; it includes Entra's own (undocumented) notification delay
+    jit_latency_seconds: float = Field(default=120.0, gt=0)
     throttles: int = Field(default=5, ge=1)  # throttled invocations (all functions) in 5 minutes
 
 

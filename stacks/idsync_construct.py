@@ -81,19 +81,19 @@ EXPIRY_IDENTITY_STORE_ACTIONS = [
     "identitystore:GetUserId",
     "identitystore:ListGroupMemberships",
 ]
-# Schedules are created, moved (a grant extended) and removed (a grant ended early).
+# A grant's expiry is a one-time schedule; a moved grant gets a new one and the old one is deleted.
 SCHEDULE_ACTIONS = [
     "scheduler:CreateSchedule",
     "scheduler:DeleteSchedule",
-    "scheduler:GetSchedule",
-    "scheduler:UpdateSchedule",
 ]
-# The event source mapping polls with the function's role.
+# The event source mapping polls with the function's role; the worker also sends a long-waiting
+# activation afresh (SendMessage) so that waiting for tokens never counts it towards the dead-letter queue.
 CONSUME_ACTIONS = [
     "sqs:ChangeMessageVisibility",
     "sqs:DeleteMessage",
     "sqs:GetQueueAttributes",
     "sqs:ReceiveMessage",
+    "sqs:SendMessage",
 ]
 
 

@@ -48,7 +48,7 @@ def change_metric(kind: str, action: str) -> str:
 
 # JIT worker
 ACTIVATIONS_APPLIED = "ActivationsApplied"
-ACTIVATION_LATENCY = "ActivationLatency"  # seconds from notification received to membership present
+ACTIVATION_LATENCY = "ActivationLatency"  # seconds from the PIM activation starting to membership present
 
 # webhook
 NOTIFICATIONS_ACCEPTED = "NotificationsAccepted"

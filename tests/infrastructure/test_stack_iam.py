@@ -25,8 +25,6 @@ SECRET = {"secretsmanager:GetSecretValue"}
 SCHEDULES = {
     "scheduler:CreateSchedule",
     "scheduler:DeleteSchedule",
-    "scheduler:GetSchedule",
-    "scheduler:UpdateSchedule",
     "iam:PassRole",
 }
 MEMBERSHIP_LOOKUPS = {
@@ -69,7 +67,13 @@ ALLOWED: dict[str, set[str]] = {
     | SCHEDULES
     | MEMBERSHIP_LOOKUPS
     | {"identitystore:CreateUser", "identitystore:CreateGroupMembership", "identitystore:DeleteGroupMembership"}
-    | {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:GetQueueAttributes"},
+    | {
+        "sqs:ReceiveMessage",
+        "sqs:DeleteMessage",
+        "sqs:ChangeMessageVisibility",
+        "sqs:GetQueueAttributes",
+        "sqs:SendMessage",
+    },
     "jit_expiry": LOGS
     | XRAY
     | STATE

@@ -319,7 +319,7 @@ ALARMS = {
         "GreaterThanOrEqualToThreshold",
     ),
     "quarantine": ("idsync", "Quarantined", "Sum", 1, "GreaterThanOrEqualToThreshold"),
-    "activation latency": ("idsync", "ActivationLatency", "p99", 30, "GreaterThanThreshold"),
+    "activation latency": ("idsync", "ActivationLatency", "p99", 120, "GreaterThanThreshold"),
 }
 
 
