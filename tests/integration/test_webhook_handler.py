@@ -22,6 +22,8 @@ from idsync.adapters.sqs_queue import SqsHintQueue
 from idsync.errors import QueueError, SecretError
 from idsync.handlers import webhook
 from idsync.ports import Hint
+from sandbox.graph_emulator import GraphEmulator
+from sandbox.tenant import CLIENT_SECRET, sample_tenant
 
 CORPUS = Path(__file__).parents[1] / "fixtures" / "graph_notifications"
 TENANT = "5f8c2a1e-3b4d-4c6e-9f0a-1b2c3d4e5f60"
@@ -246,14 +248,39 @@ def test_every_malformed_request_is_refused_and_nothing_is_queued(
     assert emitted_metrics(capsys.readouterr().out) == {"RequestsRejected": len(cases)}
 
 
-def test_reauthorization_required_is_answered_and_counted(deployed: Aws, capsys: pytest.CaptureFixture[str]) -> None:
-    body = (CORPUS / "valid" / "lifecycle-reauthorizationRequired.json").read_text(encoding="utf-8")
+def test_reauthorization_required_renews_the_subscription_in_graph(
+    deployed: Aws, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with GraphEmulator(sample_tenant()) as emu:
+        # Given a subscription close to its end, and the webhook pointed at Graph (the emulator)
+        soon = datetime.now(UTC) + timedelta(minutes=30)
+        emu.app.pim.subscriptions[SUBSCRIPTION] = {
+            "id": SUBSCRIPTION,
+            "resource": f"/groups/{GROUP_A}/members",
+            "group": GROUP_A,
+            "changeType": "updated,deleted",
+            "clientState": CLIENT_STATE,
+            "notificationUrl": "https://example.invalid/graph/notifications",
+            "lifecycleNotificationUrl": None,
+            "expiration": soon,
+            "since": emu.tenant.seq,
+        }
+        settings = {"graph": {**emu.graph_config(), "max_retries": 1}, "pim": {"groups": [GROUP_A, GROUP_B]}}
+        monkeypatch.setenv("IDSYNC_SETTINGS", json.dumps(settings))
+        monkeypatch.setenv("IDSYNC_CLIENT_SECRET", CLIENT_SECRET)
+        webhook.service.cache_clear()
+        body = json.loads((CORPUS / "valid" / "lifecycle-reauthorizationRequired.json").read_text(encoding="utf-8"))
+        body["value"][0]["tenantId"] = emu.tenant.tenant_id
 
-    response = invoke(api_event("/graph/lifecycle", body))
+        # When Graph asks for reauthorization
+        response = invoke(api_event("/graph/lifecycle", json.dumps(body)))
 
-    assert response["statusCode"] == 202
-    assert queued(deployed) == []
-    assert emitted_metrics(capsys.readouterr().out) == {"LifecycleReauthorizationRequired": 1}
+        # Then the webhook answers 202, queues nothing, and the subscription now runs for about 29 days
+        assert response["statusCode"] == 202
+        assert queued(deployed) == []
+        renewed = emu.app.pim.subscriptions[SUBSCRIPTION]["expiration"]
+        assert renewed - datetime.now(UTC) > timedelta(days=28)
+        assert emitted_metrics(capsys.readouterr().out)["LifecycleReauthorizationRequired"] == 1
 
 
 def test_a_queue_outage_answers_503_so_graph_delivers_again(deployed: Aws, capsys: pytest.CaptureFixture[str]) -> None:

@@ -76,6 +76,11 @@ class EnsureReport:
         }
 
 
+def subscription_expiration(now: datetime) -> datetime:
+    """The longest expiration Graph accepts for a directory subscription made at ``now``, less a margin."""
+    return now + MAX_LIFETIME - LIFETIME_MARGIN
+
+
 class SubscriptionsService:
     """Keeps one Graph subscription per configured PIM group alive; implements ``ports.SubscriptionRenewer``."""
 
@@ -101,7 +106,7 @@ class SubscriptionsService:
 
     def expiration(self) -> datetime:
         """The longest expiration Graph accepts now, less a margin for clock skew."""
-        return self.clock.now() + MAX_LIFETIME - LIFETIME_MARGIN
+        return subscription_expiration(self.clock.now())
 
     def _url(self) -> str:
         if not self.notification_url:
