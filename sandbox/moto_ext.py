@@ -344,9 +344,27 @@ class _BackendGaps:
 
     @staticmethod
     def _unique_user_name(store: IdentityStoreData, user_name: str, user_id: str | None) -> None:
-        for other in store.users.values():
-            if other.UserName == user_name and other.UserId != user_id:
-                raise ConflictException(message="Duplicate UserName", reason="UNIQUENESS_CONSTRAINT_VIOLATION")
+        # an index (rebuilt whenever the store changed size or a user was renamed) keeps 10,000 creates linear
+        index: dict[str, str] | None = getattr(store, "_idsync_user_names", None)
+        if index is None or len(index) != len(store.users):
+            index = {u.UserName: u.UserId for u in store.users.values() if isinstance(u, StoredUser)}
+            store._idsync_user_names = index  # type: ignore[attr-defined]
+        holder = index.get(user_name)
+        if holder is not None and holder != user_id and holder in store.users:
+            raise ConflictException(message="Duplicate UserName", reason="UNIQUENESS_CONSTRAINT_VIOLATION")
+
+    @staticmethod
+    def _forget_indexes(store: IdentityStoreData) -> None:
+        store._idsync_user_names = None  # type: ignore[attr-defined]
+        store._idsync_memberships = None  # type: ignore[attr-defined]
+
+    @staticmethod
+    def _membership_index(store: IdentityStoreData) -> dict[tuple[str, str], str]:
+        index: dict[tuple[str, str], str] | None = getattr(store, "_idsync_memberships", None)
+        if index is None or len(index) != len(store.group_memberships):
+            index = {(m["GroupId"], m["MemberId"].get("UserId", "")): key for key, m in store.group_memberships.items()}
+            store._idsync_memberships = index  # type: ignore[attr-defined]
+        return index
 
     def create_user(self, identity_store_id: str, attributes: dict[str, Any], extensions: Any) -> tuple[str, str]:
         checked = {
@@ -360,6 +378,9 @@ class _BackendGaps:
         self._unique_user_name(store, checked["UserName"], None)
         user_id = str(mock_random.uuid4())
         store.users[user_id] = StoredUser(user_id, identity_store_id, checked, checked_extensions)
+        names = getattr(store, "_idsync_user_names", None)
+        if names is not None:
+            names[checked["UserName"]] = user_id
         return user_id, identity_store_id
 
     @paginate(pagination_model=IdentityStoreBackend.PAGINATION_MODEL)
@@ -385,7 +406,10 @@ class _BackendGaps:
         for operation in operations:
             _apply_user_operation(attributes, extensions, operation)
         _check_required(attributes)
-        self._unique_user_name(self._store(identity_store_id), attributes["UserName"], user_id)
+        store = self._store(identity_store_id)
+        self._unique_user_name(store, attributes["UserName"], user_id)
+        if attributes["UserName"] != user.UserName:
+            self._forget_indexes(store)
         user.attributes, user.extensions = attributes, extensions
         user.revision += 1
         user.updated_at = unix_time()
@@ -395,6 +419,7 @@ class _BackendGaps:
         store = self._store(identity_store_id)
         if store.users.pop(user_id, None) is None:
             raise ResourceNotFoundException(message="USER not found.", resource_type="USER")
+        self._forget_indexes(store)
         store.group_memberships = {
             key: m for key, m in store.group_memberships.items() if m["MemberId"].get("UserId") != user_id
         }
@@ -426,6 +451,7 @@ class _BackendGaps:
         store = self._store(identity_store_id)
         if store.groups.pop(group_id, None) is None:
             raise ResourceNotFoundException(message="GROUP not found.", resource_type="GROUP")
+        self._forget_indexes(store)
         store.group_memberships = {key: m for key, m in store.group_memberships.items() if m["GroupId"] != group_id}
 
     def create_group_membership(
@@ -437,13 +463,14 @@ class _BackendGaps:
             raise ResourceNotFoundException(message="Member does not exist", resource_type="USER")
         if group_id not in store.groups:
             raise ResourceNotFoundException(message="Group does not exist", resource_type="GROUP")
-        for membership in store.group_memberships.values():
-            if membership["GroupId"] == group_id and membership["MemberId"].get("UserId") == user_id:
-                raise ConflictException(
-                    message="Member and Group relationship already exists",
-                    reason="UNIQUENESS_CONSTRAINT_VIOLATION",
-                )
+        index = self._membership_index(store)
+        if index.get((group_id, user_id)) in store.group_memberships:
+            raise ConflictException(
+                message="Member and Group relationship already exists",
+                reason="UNIQUENESS_CONSTRAINT_VIOLATION",
+            )
         membership_id = str(mock_random.uuid4())
+        index[(group_id, user_id)] = membership_id
         store.group_memberships[membership_id] = {
             "IdentityStoreId": identity_store_id,
             "MembershipId": membership_id,
@@ -453,8 +480,13 @@ class _BackendGaps:
         return membership_id, identity_store_id
 
     def delete_group_membership(self, identity_store_id: str, membership_id: str) -> None:
-        if self._store(identity_store_id).group_memberships.pop(membership_id, None) is None:
+        store = self._store(identity_store_id)
+        removed = store.group_memberships.pop(membership_id, None)
+        if removed is None:
             raise ResourceNotFoundException(message="GROUP_MEMBERSHIP not found.", resource_type="GROUP_MEMBERSHIP")
+        index = getattr(store, "_idsync_memberships", None)
+        if index is not None:
+            index.pop((removed["GroupId"], removed["MemberId"].get("UserId", "")), None)
 
 
 # --------------------------------------------------------------------------- responses
