@@ -58,7 +58,14 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("test-connection", help="check Graph and Identity Store credentials and permissions")
     check.add_argument("--json", action="store_true", help="machine-readable output")
 
-    status = sub.add_parser("status", help="the current and last cycles, quarantine and escrow")
+    # the commands an operator runs against a deployment's state table
+    deployed = argparse.ArgumentParser(add_help=False)
+    deployed.add_argument("--table", help="a deployment's state table (stack output TableName) instead of state:")
+    deployed.add_argument("--region", help="the table's region (default: state.region, then identity_store.region)")
+
+    status = sub.add_parser(
+        "status", parents=[deployed], help="the current and last cycles, pause, quarantine and escrow"
+    )
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
     logs = sub.add_parser("logs", help="provisioning logs, newest first")
@@ -79,9 +86,27 @@ def _parser() -> argparse.ArgumentParser:
     subscriptions.add_argument("action", nargs="?", choices=["list", "ensure"], default="list")
     subscriptions.add_argument("--json", action="store_true", help="machine-readable output")
 
-    quarantine = sub.add_parser("quarantine", help="leave quarantine after fixing its cause")
+    quarantine = sub.add_parser("quarantine", parents=[deployed], help="leave quarantine after fixing its cause")
     quarantine.add_argument("action", choices=["clear"])
+
+    pause = sub.add_parser(
+        "pause", parents=[deployed], help="stop syncing and granting (removals and expiries go on) until resume"
+    )
+    pause.add_argument("--reason", default="paused by an operator", help="why (shown by status and in skips)")
+    sub.add_parser("resume", parents=[deployed], help="end a pause: the next tick syncs again")
     return parser
+
+
+def _state(settings: Settings, args: argparse.Namespace) -> Any:
+    """The state store: ``--table`` (a deployment's DynamoDB table) or the configuration's ``state:``."""
+    from idsync.config import StateSettings
+    from idsync.wiring import build_state
+
+    if getattr(args, "table", None):
+        region = args.region or settings.state.region or settings.identity_store.region
+        table = StateSettings(backend="dynamodb", table_name=args.table, region=region)
+        settings = settings.model_copy(update={"state": table})
+    return build_state(settings)
 
 
 def _operation_json(op: Operation) -> dict[str, Any]:
@@ -271,16 +296,20 @@ def cmd_test_connection(settings: Settings, args: argparse.Namespace, console: C
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace, console: Console) -> int:
+    from idsync.services.control import load_not_configured, load_pause
     from idsync.services.cycle import RUN_CURRENT, RUN_LAST
     from idsync.services.escrow import ESCROW_KEY, load_quarantine
-    from idsync.wiring import build_state
 
-    state = build_state(settings)
+    state = _state(settings, args)
     current = state.get_item(RUN_CURRENT)
     last = state.get_item(RUN_LAST)
     quarantine = load_quarantine(state)
+    paused = load_pause(state)
+    not_configured = load_not_configured(state)
     escrow = (state.get_item(ESCROW_KEY) or {}).get("entries", {})
     payload: dict[str, Any] = {
+        "paused": paused.as_dict() if paused else None,
+        "notConfigured": not_configured,
         "running": current,
         "last": last,
         "quarantine": None
@@ -296,6 +325,12 @@ def cmd_status(settings: Settings, args: argparse.Namespace, console: Console) -
     if args.json:
         print(json.dumps(payload, indent=2, default=str))
         return EXIT_OK
+    if paused is not None:
+        console.print(f"[bold yellow]paused[/] since {paused.since.isoformat()} by {paused.by}: {paused.reason}")
+        console.print("  to go on: idsync resume")
+    if not_configured is not None:
+        since, reason = not_configured["since"], not_configured["reason"]
+        console.print(f"[bold yellow]not configured yet[/] (since {since}): {reason}", highlight=False)
     if quarantine is not None:
         console.print(f"[bold red]in quarantine[/] since {quarantine.since.isoformat()}: {quarantine.reason}")
         console.print(f"  to leave it: {quarantine.how_to_leave}")
@@ -398,10 +433,33 @@ def cmd_config(settings: Settings, args: argparse.Namespace, console: Console) -
 
 def cmd_quarantine(settings: Settings, args: argparse.Namespace, console: Console) -> int:
     from idsync.services.escrow import clear_quarantine
-    from idsync.wiring import build_state
 
-    was = clear_quarantine(build_state(settings))
+    was = clear_quarantine(_state(settings, args))
     console.print("left quarantine: the next cycle runs on schedule" if was else "idsync was not in quarantine")
+    return EXIT_OK
+
+
+def cmd_pause(settings: Settings, args: argparse.Namespace, console: Console) -> int:
+    from datetime import UTC, datetime
+
+    from idsync.services.control import pause
+    from idsync.services.cycle import RUN_CURRENT
+
+    state = _state(settings, args)
+    paused = pause(state, datetime.now(UTC), args.reason, os.environ.get("USER") or "idsync cli")
+    console.print(f"paused since {paused.since.isoformat()}: no cycle starts and no access is granted until resume")
+    console.print("removals of ended activations and scheduled expiries go on")
+    running = state.get_item(RUN_CURRENT)
+    if running:
+        console.print(f"a cycle is running ({running['cycleId']}): it finishes; `idsync status` shows when")
+    return EXIT_OK
+
+
+def cmd_resume(settings: Settings, args: argparse.Namespace, console: Console) -> int:
+    from idsync.services.control import resume
+
+    was = resume(_state(settings, args))
+    console.print("resumed: the next tick syncs and held activations apply" if was else "idsync was not paused")
     return EXIT_OK
 
 
@@ -451,6 +509,8 @@ COMMANDS = {
     "status": cmd_status,
     "logs": cmd_logs,
     "quarantine": cmd_quarantine,
+    "pause": cmd_pause,
+    "resume": cmd_resume,
     "provision": cmd_provision,
     "config": cmd_config,
     "subscriptions": cmd_subscriptions,

@@ -22,6 +22,8 @@ from idsync.errors import ConfigError
 ENV_PREFIX = "IDSYNC__"
 STACK_SECTION = "stack"  # the deployment's own settings, read by the CDK stack; skipped here
 SETTINGS_ENV = "IDSYNC_SETTINGS"  # the whole configuration as JSON (how the Lambda functions get it)
+# The stack creates the Graph secret as {"idsync-placeholder": "...", "random": "..."}: no Entra secret is JSON.
+PLACEHOLDER_SECRET_KEY = "idsync-placeholder"
 
 
 class _Strict(BaseModel):

@@ -11,6 +11,11 @@ class ConfigError(IdsyncError):
     """The configuration is invalid; the message names the field and the rule."""
 
 
+class NotConfigured(ConfigError):
+    """A deployment is not set up yet (the Graph secret still holds the stack's placeholder, or no value):
+    reported as such, never as rejected credentials."""
+
+
 class DirectoryError(IdsyncError):
     """Microsoft Graph could not be read."""
 

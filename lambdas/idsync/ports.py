@@ -231,6 +231,14 @@ class SecretSource(Protocol):
         ...
 
 
+class Credential(Protocol):
+    """A secret that can change while a function is warm (the Graph client secret)."""
+
+    def current(self, fresh: bool = False) -> str:
+        """The value, cached for a while; ``fresh`` reads it again now. Raises NotConfigured, SecretError."""
+        ...
+
+
 class SubscriptionRenewer(Protocol):
     """Renews (and so reauthorizes) a Graph subscription after a reauthorizationRequired event."""
 

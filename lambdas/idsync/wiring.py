@@ -14,6 +14,7 @@ from idsync.ports import (
     BucketStore,
     CallCounter,
     Clock,
+    Credential,
     ExpiryScheduler,
     GrantStore,
     HintRetry,
@@ -37,15 +38,16 @@ class Counters:
     aws: CallCounter = field(default_factory=CallCounter)
 
 
-def graph_secret(settings: Settings) -> str | None:
-    """The Graph client secret: from the settings (CLI, environment) or Secrets Manager (Lambda)."""
+def graph_secret(settings: Settings) -> str | Credential | None:
+    """The Graph client secret: a value from the settings (CLI, environment), or the Secrets Manager
+    secret (Lambda), read when signing in and cached five minutes, so a rotation reaches warm functions.
+    Raises ConfigError when no credential is configured."""
     if settings.graph.client_secret:
         return settings.graph.client_secret
     if settings.graph.client_secret_arn:
-        from aws_lambda_powertools.utilities import parameters
+        from idsync.adapters.secrets import GraphSecret
 
-        value = parameters.get_secret(settings.graph.client_secret_arn, max_age=300)
-        return str(value)
+        return GraphSecret(settings.graph.client_secret_arn)
     if settings.graph.certificate_path:
         return None
     raise ConfigError(

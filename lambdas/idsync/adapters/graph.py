@@ -22,7 +22,7 @@ from urllib3.util.retry import Retry
 from idsync.config import GraphSettings, ScopeSettings
 from idsync.errors import ConfigError, DeltaExpired, DirectoryAuthError, DirectoryError
 from idsync.mirror import GROUP, USER, MemberChange
-from idsync.ports import CallCounter, Check, DirectoryChanges, DirectorySnapshot, GraphObject
+from idsync.ports import CallCounter, Check, Credential, DirectoryChanges, DirectorySnapshot, GraphObject
 
 logger = logging.getLogger(__name__)
 
@@ -147,13 +147,14 @@ class GraphClient:
     def __init__(
         self,
         settings: GraphSettings,
-        secret: str | None = None,
+        secret: str | Credential | None = None,
         counter: CallCounter | None = None,
         session: requests.Session | None = None,
     ) -> None:
         self.settings = settings
         self.counter = counter if counter is not None else CallCounter()
-        self._secret = secret
+        self._source: Credential | None = None if secret is None or isinstance(secret, str) else secret
+        self._secret: str | None = secret if isinstance(secret, str) else None
         self._origin = _origin(settings.base_url)
         self._scope = f"{self._origin}/.default"
         self._verify: str | bool = settings.ca_bundle or True
@@ -204,7 +205,19 @@ class GraphClient:
             "no Graph credential: set IDSYNC_CLIENT_SECRET, graph.client_secret_arn, or graph.certificate_path"
         )
 
+    def _refresh_secret(self, fresh: bool) -> bool:
+        """Read the secret from its source; True when it changed (the msal app is then dropped)."""
+        if self._source is None:
+            return False
+        value = self._source.current(fresh=fresh)
+        if value == self._secret:
+            return False
+        with self._app_lock:
+            self._secret, self._app = value, None
+        return True
+
     def _msal(self) -> Any:
+        self._refresh_secret(fresh=False)
         with self._app_lock:
             if self._app is None:
                 host = urlsplit(self.settings.authority_host).hostname or ""
@@ -229,11 +242,15 @@ class GraphClient:
             return self._app
 
     def token(self) -> str:
-        """A valid access token (cached by msal). Raises DirectoryAuthError when Entra refuses."""
-        try:
-            result = self._msal().acquire_token_for_client(scopes=[self._scope])
-        except requests.RequestException as error:
-            raise DirectoryError(f"Entra sign-in at {self.settings.authority_host} is unreachable: {error}") from None
+        """A valid access token (cached by msal).
+
+        Raises DirectoryAuthError when Entra refuses (after one fresh read of a rotated secret),
+        NotConfigured while the secret holds no real value, SecretError when it cannot be read.
+        """
+        result = self._acquire()
+        if result.get("error") == "invalid_client" and self._refresh_secret(fresh=True):
+            # the cached secret was rotated away in Entra: sign in again with the value stored now
+            result = self._acquire()
         if "access_token" not in result:
             description = str(result.get("error_description", "")).split(" Trace ID:")[0].strip()
             raise DirectoryAuthError(
@@ -241,6 +258,13 @@ class GraphClient:
                 f"{self.settings.tenant_id}: {result.get('error')}: {description}"
             )
         return str(result["access_token"])
+
+    def _acquire(self) -> dict[str, Any]:
+        try:
+            result: dict[str, Any] = self._msal().acquire_token_for_client(scopes=[self._scope])
+        except requests.RequestException as error:
+            raise DirectoryError(f"Entra sign-in at {self.settings.authority_host} is unreachable: {error}") from None
+        return result
 
     # ------------------------------------------------------------------ requests
 

@@ -42,6 +42,7 @@ from idsync.model import (
 from idsync.plan import EXTENSIONS, build_desired, make_plan, restrict
 from idsync.ports import ChangeSource, Clock, IdentityStore, Notifier, StateStore
 from idsync.services.blobs import load_blob, save_blob
+from idsync.services.control import load_pause
 from idsync.services.escrow import (
     Escrow,
     Quarantine,
@@ -223,13 +224,19 @@ class CycleService:
     # ------------------------------------------------------------------ the cycle
 
     def run(self, options: CycleOptions | None = None) -> CycleOutcome:
-        """Run one cycle unless quarantined or another cycle holds the lease.
+        """Run one cycle unless paused, quarantined or another cycle holds the lease.
+
+        A pause holds every cycle but a dry run (nothing is written); ``ignore_quarantine`` does not
+        override it.
 
         Raises DirectoryError / TargetError when Entra or AWS cannot be reached (after
         recording quarantine when credentials were rejected).
         """
         opts = options or CycleOptions()
         now = self.clock.now()
+        paused = load_pause(self.state)
+        if paused is not None and not opts.dry_run:
+            return CycleOutcome(None, skipped=paused.describe())
         quarantine = load_quarantine(self.state)
         if quarantine and not quarantine.due(now) and not opts.ignore_quarantine and not opts.dry_run:
             return CycleOutcome(

@@ -58,6 +58,7 @@ from idsync.ports import (
     PimDirectory,
     StateStore,
 )
+from idsync.services.control import PAUSE_RECHECK_SECONDS, load_pause
 from idsync.services.token_bucket import TokenBucket, Wait
 
 logger = logging.getLogger(__name__)
@@ -177,7 +178,8 @@ class JitOutcome:
     removals: list[str] = field(default_factory=list)  # user ids whose membership was removed
     moved: int = 0  # grants recorded, moved or forgotten without touching Identity Center
     refused: list[tuple[str, str]] = field(default_factory=list)  # (user id, why)
-    wait_seconds: float | None = None  # an activation waits for the next token
+    wait_seconds: float | None = None  # an activation waits for the next token (or for the pause to end)
+    held: int = 0  # activations not applied because idsync is paused
     ignored: str | None = None
 
     def summary(self) -> dict[str, Any]:
@@ -189,6 +191,7 @@ class JitOutcome:
             "moved": self.moved,
             "refused": [{"userId": u, "reason": r} for u, r in self.refused],
             "waitSeconds": self.wait_seconds,
+            "held": self.held,
             "ignored": self.ignored,
         }
 
@@ -227,9 +230,10 @@ class JitService:
         """The configured PIM group id matching ``group_id`` (any case), or None."""
         return self._groups.get(group_id.lower())
 
-    def look(self, group_id: str) -> JitOutcome:
+    def look(self, group_id: str, paused: bool = False) -> JitOutcome:
         """Bring IAM Identity Center in line with Graph for one PIM group: removals first, then activations
-        while tokens last (``wait_seconds`` tells when the next is due).
+        while tokens last (``wait_seconds`` tells when the next is due). While ``paused``, removals still
+        apply and activations are held (``held``; ``wait_seconds`` asks to look again later).
 
         Raises DirectoryError, TargetError, StateError, SchedulerError (the hint is then retried).
         """
@@ -239,7 +243,10 @@ class JitService:
             return JitOutcome(group_id, ignored="not a configured PIM group")
         run = _Run(self, group, "jit")
         members = self.directory.members(group)
-        active = _active_by_user(self.directory.instances(group), run.now)
+        instances = self.directory.instances(group)
+        active = _active_by_user(instances, run.now)
+        # listed only through activations that have ended: Graph has not dropped the member yet
+        lagging = {i.principal_id for i in instances if i.end is not None and i.end <= run.now} - set(active)
         grants = self.grants.grants(group)
         owned = self.grants.owned_memberships(group)
         adds: list[tuple[str, Decision, list[AssignmentInstance]]] = []
@@ -249,10 +256,17 @@ class JitService:
                 decision = decide(
                     group, user_id, user_id in members, mine, grants.get(user_id), user_id in owned, run.now
                 )
+                if decision.step is Step.ADD and user_id in lagging:
+                    continue  # an ended activation is never added back; plain members are the sync cycle's
                 if decision.step is Step.ADD:
                     adds.append((user_id, decision, mine))
                 else:
                     run.apply(user_id, decision, grants.get(user_id), owned.get(user_id))
+            if paused and adds:
+                run.outcome.held = len(adds)
+                run.outcome.wait_seconds = PAUSE_RECHECK_SECONDS
+                logger.info("activations held: idsync is paused", extra={"group_id": group, "held": len(adds)})
+                adds = []
             # the longest-waiting activation first
             adds.sort(key=lambda a: (_latest_start(a[2]) or run.now, a[0]))
             for user_id, decision, mine in adds:
@@ -577,6 +591,8 @@ class WorkerBatch:
     def __init__(self, worker: JitWorker) -> None:
         self._worker = worker
         self._seen: set[str] = set()
+        # read once per batch: a pause set during a batch holds activations from the next one on
+        self._paused = load_pause(worker.service.state) is not None
 
     def handle(self, body: str, receipt_handle: str, receive_count: int) -> MessageOutcome:
         """Process one message. Raises what ``JitService.look`` raises (the message is then retried)."""
@@ -589,7 +605,7 @@ class WorkerBatch:
         if group in self._seen:
             return MessageOutcome(MessageFate.DUPLICATE)
         self._seen.add(group)
-        outcome = self._worker.service.look(hint.group_id)
+        outcome = self._worker.service.look(hint.group_id, paused=self._paused)
         if outcome.wait_seconds is None:
             return MessageOutcome(MessageFate.DONE, outcome)
         seconds = max(1, math.ceil(outcome.wait_seconds))
