@@ -69,10 +69,13 @@ class GraphSecret:
         self.arn = arn
         self._provider = _provider(client)
         self._max_age = max_age
+        self._configured = True
 
     def current(self, fresh: bool = False) -> str:
+        # until a real value was seen, every read goes to Secrets Manager: the first cycle runs at once
+        self._configured, was_configured = False, self._configured
         try:
-            value = self._provider.get(self.arn, max_age=self._max_age, force_fetch=fresh)
+            value = self._provider.get(self.arn, max_age=self._max_age, force_fetch=fresh or not was_configured)
         except GetParameterError as error:
             if "ResourceNotFoundException" in str(error) and "AWSCURRENT" in str(error):
                 raise NotConfigured(f"the Graph client secret {self.arn} has no value yet") from error
@@ -84,6 +87,7 @@ class GraphSecret:
                 f"the Graph client secret {self.arn} still holds the placeholder the stack generated "
                 "(put the Entra client secret in it)"
             )
+        self._configured = True
         return value
 
 
