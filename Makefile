@@ -30,12 +30,14 @@ unit: venv
 
 test: lint typecheck unit synth
 
-# The CDK app synthesized with the example configuration into cdk.out/, offline (no AWS credentials;
+# The CDK app synthesized with the example configuration (given explicitly, as `cdk deploy -c config=`
+# must be) into cdk.out/, offline (no AWS credentials;
 # the Lambda dependencies are fetched once into build/lambda-deps/ and reused). Fails on a wrong
 # configuration value or on any unacknowledged cdk-nag finding.
 synth: venv
 	rm -rf cdk.out
-	JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION=20 CDK_OUTDIR=cdk.out $(BIN)/python app.py
+	JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION=20 CDK_OUTDIR=cdk.out \
+	  CDK_CONTEXT_JSON='{"config": "config/example.yaml"}' $(BIN)/python app.py
 
 bench: venv
 	$(BIN)/python -m bench

@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """The idsync CDK app.
 
-    cdk deploy -c config=path/to/idsync.yaml      (default: config/example.yaml)
-    cdk synth -c asset_path=dir                   (a prebuilt Lambda asset instead of bundling)
+    cdk deploy -c config=path/to/idsync.yaml      (required: there is no default configuration)
+    cdk synth -c config=config/example.yaml -c asset_path=dir   (a prebuilt Lambda asset instead of bundling)
 
 The configuration is validated with the runtime's own Settings model; a missing or wrong value
-stops the synth with a message naming the field.
+stops the synth with a message naming the field. Without ``-c config=`` nothing is synthesized, so
+a deploy can never pick up the example's placeholders.
 """
 
 from __future__ import annotations
@@ -20,17 +21,23 @@ from idsync.errors import ConfigError
 from stacks.deployment import load_deployment_config
 from stacks.idsync_stack import build
 from stacks.packaging import bundled_code, prebuilt_code
+from stacks.support import feature_flags
 
 ROOT = Path(__file__).resolve().parent
-DEFAULT_CONFIG = "config/example.yaml"
 DEPENDENCY_CACHE = ROOT / "build" / "lambda-deps"
 
 
 def main() -> None:
     """Synthesize the stack into the cloud assembly (cdk.out, or CDK_OUTDIR)."""
-    app = App()
+    app = App(context=feature_flags())
+    path = app.node.try_get_context("config")
+    if not path:
+        sys.exit(
+            "idsync: no configuration given: run `cdk deploy -c config=path/to/idsync.yaml` "
+            "(config/example.yaml shows every field; its ids are placeholders)"
+        )
     try:
-        config = load_deployment_config(app.node.try_get_context("config") or DEFAULT_CONFIG)
+        config = load_deployment_config(path)
     except ConfigError as error:
         sys.exit(f"idsync: {error}")
     asset_path = app.node.try_get_context("asset_path")

@@ -73,6 +73,12 @@ class StackSettings(_Strict):
     api_max_items: int = Field(default=1000, ge=1)  # notification items accepted in one request
     jit_max_receive_count: int = Field(default=50, ge=10)  # receives before a JIT message goes to the DLQ
     architecture: Literal["arm64", "x86_64"] = "arm64"
+    # The retained state table of an earlier deployment to adopt (ownership, escrow, grants and delta links
+    # carry over); unset, the stack creates its own (and retains it when the stack is deleted).
+    existing_table_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{3,255}$")
+    # API Gateway writes the stage's access logs through the account's CloudWatch role (one per account and
+    # region): "create" makes and sets one (kept when the stack is deleted); "existing" uses the one set.
+    api_gateway_cloudwatch_role: Literal["create", "existing"] = "create"
     log_retention_days: int = 90
     alarms: AlarmSettings = Field(default_factory=AlarmSettings)
 

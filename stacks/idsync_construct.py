@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import cast
 
@@ -27,7 +28,7 @@ from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from idsync.adapters.dynamodb_state import TABLE_SCHEMA
-from idsync.config import ENV_PREFIX, SETTINGS_ENV
+from idsync.config import ENV_PREFIX, PLACEHOLDER_SECRET_KEY, SETTINGS_ENV
 from stacks.deployment import DeploymentConfig
 from stacks.metrics import JIT_EXPIRY, JIT_WORKER, NAMESPACE, SERVICE, SUBSCRIPTIONS, SYNC, WEBHOOK, Function
 from stacks.observability import Observability
@@ -37,15 +38,16 @@ from stacks.webhook_api import WebhookApi
 
 WORKER_TIMEOUT = Duration.seconds(60)
 
-# The state store's calls (GetItem, PutItem, UpdateItem for the token bucket, DeleteItem, Query, BatchWriteItem).
+# The state store's calls (idsync.adapters.dynamodb_state).
 STATE_ACTIONS = [
     "dynamodb:BatchWriteItem",
     "dynamodb:DeleteItem",
     "dynamodb:GetItem",
     "dynamodb:PutItem",
     "dynamodb:Query",
-    "dynamodb:UpdateItem",
 ]
+# The JIT token bucket's conditional update (idsync.adapters.dynamodb_bucket): the worker and the expiry only.
+BUCKET_ACTIONS = ["dynamodb:UpdateItem"]
 # The calls idsync.adapters.identitystore makes: users, groups and memberships, read and written.
 SYNC_IDENTITY_STORE_ACTIONS = [
     "identitystore:CreateGroup",
@@ -63,23 +65,18 @@ SYNC_IDENTITY_STORE_ACTIONS = [
     "identitystore:UpdateGroup",
     "identitystore:UpdateUser",
 ]
-# An activation provisions a missing user and adds a membership; an early deactivation removes it.
+# An activation provisions a missing user (or adopts the one holding its userName) and adds a membership
+# (or adopts the one already there); an early deactivation removes it.
 WORKER_IDENTITY_STORE_ACTIONS = [
     "identitystore:CreateGroupMembership",
     "identitystore:CreateUser",
     "identitystore:DeleteGroupMembership",
-    "identitystore:GetGroupId",
     "identitystore:GetGroupMembershipId",
     "identitystore:GetUserId",
-    "identitystore:ListGroupMemberships",
 ]
-# An expiry only ever removes a membership.
+# An expiry only ever removes a membership idsync recorded (by its id).
 EXPIRY_IDENTITY_STORE_ACTIONS = [
     "identitystore:DeleteGroupMembership",
-    "identitystore:GetGroupId",
-    "identitystore:GetGroupMembershipId",
-    "identitystore:GetUserId",
-    "identitystore:ListGroupMemberships",
 ]
 # A grant's expiry is a one-time schedule; a moved grant gets a new one and the old one is deleted.
 SCHEDULE_ACTIONS = [
@@ -128,11 +125,21 @@ class IdsyncConstruct(Construct):
         base_name = Names.unique_resource_name(self, max_length=52, separator="-")
 
         self.table = self._state_table()
+        # an adopted table's name as given (the imported ARN holds it only as a token expression)
+        self.table_name = config.stack.existing_table_name or self.table.table_name
         self.graph_secret = secretsmanager.Secret(
             self,
             "GraphClientSecret",
             description="Client secret of the Entra app registration idsync signs in with "
             "(replace the generated placeholder with the real value)",
+            # A placeholder the functions recognise: until it is replaced they report "not configured yet".
+            generate_secret_string=secretsmanager.SecretStringGenerator(
+                secret_string_template=json.dumps(
+                    {PLACEHOLDER_SECRET_KEY: "replace this whole value with the Entra client secret"}
+                ),
+                generate_string_key="random",
+                exclude_punctuation=True,
+            ),
         )
         self.client_state_secret = secretsmanager.Secret(
             self,
@@ -153,6 +160,9 @@ class IdsyncConstruct(Construct):
             "NotificationsKey",
             description="Encrypts the idsync notifications topic",
             enable_key_rotation=True,
+            # Only the topic uses it and the topic goes with the stack: no key left billed after a destroy.
+            removal_policy=RemovalPolicy.DESTROY,
+            pending_window=Duration.days(7),
         )
         self.topic = sns.Topic(
             self, "Notifications", display_name="idsync", master_key=self.topic_key, enforce_ssl=True
@@ -203,11 +213,9 @@ class IdsyncConstruct(Construct):
             ),
         )
 
-        self.schedule_group = scheduler.ScheduleGroup(
-            self,
-            "ExpirySchedules",
-            schedule_group_name=f"{base_name}-expiry",
-        )
+        # Named by CloudFormation (a fixed name collides after a failed create or a destroy); deleted with
+        # the stack, since its schedules could only invoke this stack's expiry function.
+        self.schedule_group = scheduler.ScheduleGroup(self, "ExpirySchedules", removal_policy=RemovalPolicy.DESTROY)
         # The expiry function's own ARN is in its environment (a moved grant reschedules itself),
         # so it is built from a fixed name rather than read back from the function.
         expiry_name = f"{base_name}-jit-expiry"
@@ -257,7 +265,14 @@ class IdsyncConstruct(Construct):
 
     # -- resources ---------------------------------------------------------------------------
 
-    def _state_table(self) -> dynamodb.Table:
+    def _state_table(self) -> dynamodb.ITable:
+        """The state table: created (and retained when the stack is deleted), or the retained table of an
+        earlier deployment when ``stack.existing_table_name`` names it."""
+        existing = self._config.stack.existing_table_name
+        if existing:
+            arn = f"arn:{Aws.PARTITION}:dynamodb:{Aws.REGION}:{Aws.ACCOUNT_ID}:table/{existing}"
+            return dynamodb.Table.from_table_arn(self, "StateTable", arn)
+
         def key(name: str) -> dynamodb.Attribute:
             return dynamodb.Attribute(name=name, type=dynamodb.AttributeType.STRING)
 
@@ -340,7 +355,7 @@ class IdsyncConstruct(Construct):
         return function
 
     def _state_environment(self) -> dict[str, str]:
-        return {override("state", "backend"): "dynamodb", override("state", "table_name"): self.table.table_name}
+        return {override("state", "backend"): "dynamodb", override("state", "table_name"): self.table_name}
 
     def _scheduler_environment(self) -> dict[str, str]:
         return {
@@ -402,7 +417,7 @@ class IdsyncConstruct(Construct):
                 override("pim", "queue_url"): self.queue.queue_url,
             },
         )
-        self._allow_state(function)
+        self._allow_state(function, bucket=True)
         self._allow_secrets(function, self.graph_secret)
         self._allow_identity_store(function, WORKER_IDENTITY_STORE_ACTIONS)
         self._allow_schedules(function)
@@ -464,11 +479,16 @@ class IdsyncConstruct(Construct):
     def _acknowledge_wildcard(self, scope: Construct, resource: str, reason: str) -> None:
         acknowledge(scope, f"AwsSolutions-IAM5[Resource::{resource}]", reason)
 
-    def _allow_state(self, function: lambda_.Function) -> None:
-        self._allow(function, STATE_ACTIONS, [self.table.table_arn, f"{self.table.table_arn}/index/*"])
-        table = self._stack.get_logical_id(cast(dynamodb.CfnTable, self.table.node.default_child))
+    def _allow_state(self, function: lambda_.Function, bucket: bool = False) -> None:
+        actions = sorted(STATE_ACTIONS + BUCKET_ACTIONS) if bucket else STATE_ACTIONS
+        self._allow(function, actions, [self.table.table_arn, f"{self.table.table_arn}/index/*"])
+        existing = self._config.stack.existing_table_name
+        if existing:
+            arn = f"arn:<AWS::Partition>:dynamodb:<AWS::Region>:<AWS::AccountId>:table/{existing}"
+        else:
+            arn = f"<{self._stack.get_logical_id(cast(dynamodb.CfnTable, self.table.node.default_child))}.Arn>"
         self._acknowledge_wildcard(
-            cast(iam.Role, function.role), f"<{table}.Arn>/index/*", "Queries by the state table's own indexes"
+            cast(iam.Role, function.role), f"{arn}/index/*", "Queries by the state table's own indexes"
         )
 
     def _allow_secrets(self, function: lambda_.Function, *secrets: secretsmanager.Secret) -> None:

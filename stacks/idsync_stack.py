@@ -30,7 +30,10 @@ class IdsyncStack(Stack):
         outputs = {
             "NotificationUrl": (self.idsync.notification_url, "Graph change notification URL (webhook)"),
             "LifecycleUrl": (self.idsync.lifecycle_url, "Graph lifecycle notification URL"),
-            "TableName": (self.idsync.table.table_name, "DynamoDB state table"),
+            "TableName": (
+                self.idsync.table_name,
+                "DynamoDB state table (retained; stack.existing_table_name adopts it)",
+            ),
             "TopicArn": (self.idsync.topic.topic_arn, "SNS topic for failures, quarantine and alarms"),
             "GraphSecretName": (
                 self.idsync.graph_secret.secret_name,

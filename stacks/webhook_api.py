@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from aws_cdk import RemovalPolicy, Stack
 from aws_cdk import aws_apigateway as apigw
 from aws_cdk import aws_lambda as lambda_
 from constructs import Construct
@@ -49,12 +50,17 @@ class WebhookApi(Construct):
     ) -> None:
         super().__init__(scope, construct_id)
         access_logs = log_group(self, "AccessLogs", settings.log_retention_days)
+        create_role = settings.api_gateway_cloudwatch_role == "create"
         self.rest_api = apigw.RestApi(
             self,
             "Api",
+            rest_api_name=f"{Stack.of(self).stack_name}-graph-webhook",
             description="Microsoft Graph change and lifecycle notifications for idsync",
             endpoint_configuration=apigw.EndpointConfiguration(types=[apigw.EndpointType.REGIONAL]),
-            cloud_watch_role=False,
+            # Access logging needs the account's API Gateway CloudWatch role; a fresh account has none.
+            cloud_watch_role=create_role,
+            # Other APIs of the account log through it too: it stays when this stack is deleted.
+            cloud_watch_role_removal_policy=RemovalPolicy.RETAIN if create_role else None,
             deploy_options=apigw.StageOptions(
                 stage_name=STAGE_NAME,
                 throttling_rate_limit=settings.api_rate_limit,
@@ -110,6 +116,14 @@ class WebhookApi(Construct):
             "The stage is throttled, bodies are bounded by a request validator and by the "
             "webhook itself; a WAF web ACL is left to the account's own perimeter",
         )
+        if create_role:
+            acknowledge(
+                self.rest_api,
+                "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
+                "AmazonAPIGatewayPushToCloudWatchLogs]",
+                "API Gateway's account-level CloudWatch role uses the AWS managed policy made for it "
+                "(AmazonAPIGatewayPushToCloudWatchLogs), as AWS documents",
+            )
         acknowledge(
             self.rest_api,
             "AwsSolutions-APIG6",

@@ -13,6 +13,7 @@ from stacks.deployment import DeploymentConfig
 from stacks.idsync_stack import IdsyncStack, build
 from stacks.metrics import FUNCTIONS
 from stacks.packaging import prebuilt_code
+from stacks.support import feature_flags
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,7 +58,7 @@ class Synthesized:
 
 def synthesize(config: DeploymentConfig, outdir: Path) -> Synthesized:
     """Synthesize the stack as `make synth` does (cdk-nag included), with the plain lambdas/ asset."""
-    app = App(outdir=str(outdir))
+    app = App(outdir=str(outdir), context=feature_flags())
     stack = build(app, config, prebuilt_code(ROOT / "lambdas"))
     app.synth()
     return Synthesized(stack=stack, template=Template.from_stack(stack), outdir=outdir)

@@ -19,20 +19,16 @@ STATE = {
     "dynamodb:GetItem",
     "dynamodb:PutItem",
     "dynamodb:Query",
-    "dynamodb:UpdateItem",
 }
+BUCKET = {"dynamodb:UpdateItem"}  # the JIT token bucket
 SECRET = {"secretsmanager:GetSecretValue"}
 SCHEDULES = {
     "scheduler:CreateSchedule",
     "scheduler:DeleteSchedule",
     "iam:PassRole",
 }
-MEMBERSHIP_LOOKUPS = {
-    "identitystore:GetGroupId",
-    "identitystore:GetGroupMembershipId",
-    "identitystore:GetUserId",
-    "identitystore:ListGroupMemberships",
-}
+# an activation adopts the user holding its userName, or the membership already there
+ADOPTION_LOOKUPS = {"identitystore:GetGroupMembershipId", "identitystore:GetUserId"}
 
 ALLOWED: dict[str, set[str]] = {
     "sync": LOGS
@@ -63,9 +59,10 @@ ALLOWED: dict[str, set[str]] = {
     "jit_worker": LOGS
     | XRAY
     | STATE
+    | BUCKET
     | SECRET
     | SCHEDULES
-    | MEMBERSHIP_LOOKUPS
+    | ADOPTION_LOOKUPS
     | {"identitystore:CreateUser", "identitystore:CreateGroupMembership", "identitystore:DeleteGroupMembership"}
     | {
         "sqs:ReceiveMessage",
@@ -74,13 +71,7 @@ ALLOWED: dict[str, set[str]] = {
         "sqs:GetQueueAttributes",
         "sqs:SendMessage",
     },
-    "jit_expiry": LOGS
-    | XRAY
-    | STATE
-    | SECRET
-    | SCHEDULES
-    | MEMBERSHIP_LOOKUPS
-    | {"identitystore:DeleteGroupMembership"},
+    "jit_expiry": LOGS | XRAY | STATE | SECRET | SCHEDULES | {"identitystore:DeleteGroupMembership"},
     "subscriptions": LOGS | XRAY | STATE | SECRET,
 }
 
@@ -211,7 +202,16 @@ def test_no_other_roles_or_policies_exist(synthesized: Synthesized) -> None:
         render(properties["Role"]).strip("${}").removesuffix(".Arn")
         for _, properties in synthesized.functions().values()
     }
-    assert roles == function_roles | {synthesized.logical_id("AWS::IAM::Role", "SchedulerRole")}
+    api_role = synthesized.logical_id("AWS::IAM::Role", "CloudWatchRole")
+    assert roles == function_roles | {synthesized.logical_id("AWS::IAM::Role", "SchedulerRole"), api_role}
+    # API Gateway's account-level logging role: trusted by API Gateway only, AWS's policy made for it, nothing else
+    role = synthesized.json["Resources"][api_role]["Properties"]
+    (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"Service": "apigateway.amazonaws.com"}
+    assert [render(arn) for arn in role["ManagedPolicyArns"]] == [
+        "arn:${AWS::Partition}:iam::aws:policy/service-role/AmazonAPIGatewayPushToCloudWatchLogs"
+    ]
+    assert "Policies" not in role
     for policy in synthesized.resources("AWS::IAM::Policy").values():
         (attached,) = policy["Properties"]["Roles"]
         assert attached["Ref"] in roles

@@ -1,0 +1,207 @@
+"""Least privilege, derived from the code: every AWS action a function's role holds is one a code path
+of that function calls, and every call the code makes is granted.
+
+The calls are read from the source (ast): each adapter's client calls (``client.<method>(...)``, and
+the operation names handed to its ``_call``/``_pages``/``_update``/``get_paginator`` plumbing), turned
+into API names with botocore's own service model. For the Identity Store, the operations are followed
+from each function's entry point through its service (``*.target.<method>(...)`` calls reachable from
+``CycleService.run``, ``WorkerBatch.handle`` or ``JitService.expire``) into the adapter's methods.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterable
+
+import boto3
+import pytest
+from stack_helpers import ROOT, Synthesized, as_list
+from test_stack_iam import function_statements
+
+from stacks.idsync_construct import (
+    EXPIRY_IDENTITY_STORE_ACTIONS,
+    SYNC_IDENTITY_STORE_ACTIONS,
+    WORKER_IDENTITY_STORE_ACTIONS,
+)
+
+RUNTIME = ROOT / "lambdas" / "idsync"
+ADAPTERS = RUNTIME / "adapters"
+SERVICE_OF = {
+    "dynamodb_state": "dynamodb",
+    "dynamodb_bucket": "dynamodb",
+    "identitystore": "identitystore",
+    "scheduler": "scheduler",
+    "sqs_queue": "sqs",
+    "sqs_requeue": "sqs",
+    "notify": "sns",
+}
+PLUMBING = {"_call", "_pages", "_update", "get_paginator"}
+# IAM authorizes some APIs under another action's name.
+IAM_ACTION_OF = {"sqs:SendMessageBatch": "sqs:SendMessage"}
+# Calls made with the function's role by the platform, not by idsync's code, and why.
+PLATFORM = {
+    "logs:CreateLogStream": "Lambda writes the function's logs",
+    "logs:PutLogEvents": "Lambda writes the function's logs",
+    "xray:PutTraceSegments": "Lambda's active tracing",
+    "xray:PutTelemetryRecords": "Lambda's active tracing",
+    "sqs:ReceiveMessage": "the event source mapping polls the JIT queue",
+    "sqs:DeleteMessage": "the event source mapping deletes what the worker handled",
+    "sqs:GetQueueAttributes": "the event source mapping reads the queue",
+    "kms:Decrypt": "SNS encrypts what sns:Publish sends with the topic's key",
+    "kms:GenerateDataKey": "SNS encrypts what sns:Publish sends with the topic's key",
+    "iam:PassRole": "scheduler:CreateSchedule hands EventBridge Scheduler its role",
+}
+# Which adapters each function's wiring builds (idsync.wiring); the Graph secret comes through Powertools.
+ADAPTERS_OF = {
+    "sync": ["dynamodb_state", "notify"],
+    "jit_worker": ["dynamodb_state", "dynamodb_bucket", "scheduler", "sqs_requeue"],
+    "jit_expiry": ["dynamodb_state", "scheduler"],  # an expiry never takes a token
+    "webhook": ["sqs_queue"],
+    "subscriptions": ["dynamodb_state"],
+}
+SECRETS = {"secretsmanager:GetSecretValue"}  # Powertools' SecretsProvider.get
+ENTRY = {
+    "sync": (["services/cycle.py", "services/sync.py"], "run"),
+    "jit_worker": (["services/jit.py"], "handle"),
+    "jit_expiry": (["services/jit.py"], "expire"),
+}
+TABLE = {
+    "sync": SYNC_IDENTITY_STORE_ACTIONS,
+    "jit_worker": WORKER_IDENTITY_STORE_ACTIONS,
+    "jit_expiry": EXPIRY_IDENTITY_STORE_ACTIONS,
+}
+
+
+def _api_name(service: str, name: str) -> str:
+    if name[0].isupper():
+        return name
+    mapping: dict[str, str] = boto3.client(service, region_name="us-east-1").meta.method_to_api_mapping
+    assert name in mapping, f"{service} has no operation {name}"
+    return mapping[name]
+
+
+def _receiver(node: ast.Call) -> str:
+    return ast.unparse(node.func.value) if isinstance(node.func, ast.Attribute) else ""
+
+
+def _calls(tree: ast.AST) -> Iterable[ast.Call]:
+    return (node for node in ast.walk(tree) if isinstance(node, ast.Call))
+
+
+def _operations(tree: ast.AST, service: str) -> set[str]:
+    """The API operations a piece of adapter code calls."""
+    found = set()
+    for call in _calls(tree):
+        if not isinstance(call.func, ast.Attribute):
+            continue
+        name = call.func.attr
+        if name in PLUMBING:
+            if call.args and isinstance(call.args[0], ast.Constant) and isinstance(call.args[0].value, str):
+                found.add(_api_name(service, call.args[0].value))
+        elif _receiver(call).split(".")[-1] in ("client", "_client"):
+            found.add(_api_name(service, name))
+    return found
+
+
+def adapter_actions(module: str) -> set[str]:
+    service = SERVICE_OF[module]
+    tree = ast.parse((ADAPTERS / f"{module}.py").read_text(encoding="utf-8"))
+    return {IAM_ACTION_OF.get(f"{service}:{op}", f"{service}:{op}") for op in _operations(tree, service)}
+
+
+def identity_store_methods() -> dict[str, set[str]]:
+    """IdentityStoreTarget method -> the Identity Store operations it calls (through its own helpers)."""
+    tree = ast.parse((ADAPTERS / "identitystore.py").read_text(encoding="utf-8"))
+    (target,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "IdentityStoreTarget"]
+    methods = {n.name: n for n in target.body if isinstance(n, ast.FunctionDef)}
+    direct = {name: _operations(node, "identitystore") for name, node in methods.items()}
+    helpers = {
+        name: {c.func.attr for c in _calls(node) if isinstance(c.func, ast.Attribute) and _receiver(c) == "self"}
+        for name, node in methods.items()
+    }
+
+    def closure(name: str, seen: set[str]) -> set[str]:
+        seen.add(name)
+        ops = set(direct[name])
+        for helper in helpers[name] & set(methods) - seen:
+            ops |= closure(helper, seen)
+        return ops
+
+    return {name: closure(name, set()) for name in methods}
+
+
+def reachable_target_calls(files: list[str], entry: str) -> set[str]:
+    """``*.target.<method>`` calls reachable from ``entry`` (functions and methods joined by name)."""
+    bodies: dict[str, list[ast.AST]] = {}
+    for file in files:
+        for node in ast.walk(ast.parse((RUNTIME / file).read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef):
+                bodies.setdefault(node.name, []).append(node)
+    seen, pending, found = set(), [entry], set()
+    while pending:
+        name = pending.pop()
+        if name in seen or name not in bodies:
+            continue
+        seen.add(name)
+        for body in bodies[name]:
+            for call in _calls(body):
+                if isinstance(call.func, ast.Attribute) and _receiver(call).endswith("target"):
+                    found.add(call.func.attr)
+            # a method referenced without a call (a dispatch table of bound methods) is reachable too
+            for node in ast.walk(body):
+                if isinstance(node, ast.Attribute):
+                    pending.append(node.attr)
+                elif isinstance(node, ast.Name):
+                    pending.append(node.id)
+    return found
+
+
+def code_identity_store_actions(key: str) -> set[str]:
+    files, entry = ENTRY[key]
+    methods = identity_store_methods()
+    calls = reachable_target_calls(files, entry)
+    assert calls <= set(methods), f"{key} calls {calls - set(methods)} the adapter does not have"
+    return {f"identitystore:{op}" for call in calls for op in methods[call]}
+
+
+def granted(synthesized: Synthesized, key: str) -> set[str]:
+    return {action for s in function_statements(synthesized, key) for action in as_list(s["Action"])}
+
+
+@pytest.mark.parametrize("key", sorted(TABLE))
+def test_identity_store_actions_are_exactly_those_the_functions_code_path_calls(
+    synthesized: Synthesized, key: str
+) -> None:
+    from_code = code_identity_store_actions(key)
+    assert set(TABLE[key]) == from_code, f"{key}: the stack's table differs from the code's calls"
+    in_template = {a for a in granted(synthesized, key) if a.startswith("identitystore:")}
+    assert in_template == from_code
+
+
+def test_the_expiry_only_ever_removes_and_the_worker_never_reads_whole_groups() -> None:
+    assert code_identity_store_actions("jit_expiry") == {"identitystore:DeleteGroupMembership"}
+    worker = code_identity_store_actions("jit_worker")
+    assert not {"identitystore:ListGroupMemberships", "identitystore:GetGroupId"} & worker
+
+
+@pytest.mark.parametrize("key", sorted(ADAPTERS_OF))
+def test_every_granted_action_is_called_by_the_functions_code_or_its_platform(
+    synthesized: Synthesized, key: str
+) -> None:
+    from_code = set().union(*(adapter_actions(module) for module in ADAPTERS_OF[key])) | SECRETS
+    if key in TABLE:
+        from_code |= code_identity_store_actions(key)
+    actions = granted(synthesized, key)
+    unused = actions - from_code - set(PLATFORM)
+    assert unused == set(), f"{key} holds actions no code path calls: {sorted(unused)}"
+    missing = from_code - actions
+    assert missing == set(), f"{key} calls actions its role lacks: {sorted(missing)}"
+
+
+def test_the_scan_sees_the_adapters_calls() -> None:
+    # the scan itself must find what is plainly there, or the tests above prove nothing
+    assert adapter_actions("scheduler") == {"scheduler:CreateSchedule", "scheduler:DeleteSchedule"}
+    assert "dynamodb:BatchWriteItem" in adapter_actions("dynamodb_state")
+    assert adapter_actions("sqs_queue") == {"sqs:SendMessage"}
+    assert identity_store_methods()["find_membership"] == {"GetGroupMembershipId"}
+    assert identity_store_methods()["update_user"] == {"UpdateUser"}
