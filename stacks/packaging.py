@@ -1,8 +1,15 @@
-"""The Lambda asset, built without Docker: pinned wheels for the Lambda platform plus the idsync package.
+"""The Lambda asset, built without Docker: locked wheels for the Lambda platform plus the idsync package.
 
-pip fetches manylinux wheels for the target architecture and Python version (``--only-binary``, so
-nothing is compiled on this machine) into a cache directory keyed by the requirements' content and
-the target; a second synth copies from the cache instead of downloading again.
+``lambdas/requirements.lock`` holds the whole dependency closure with every distribution's hash
+(``uv pip compile --universal --generate-hashes`` from ``lambdas/requirements.txt``). pip installs
+exactly it (``--require-hashes``: an unpinned, unlisted or altered file fails the build) as manylinux
+wheels for the target architecture and Python version (``--only-binary``, so nothing is compiled on
+this machine) into a cache directory keyed by the lock's content and the target; a second synth
+copies from the cache instead of downloading again.
+
+boto3 and botocore ship in the bundle, pinned like the rest, rather than taken from the Lambda
+runtime: the runtime's copy changes when AWS updates it, so the function would run an SDK (and
+service models, which botocore uses to validate every request) that no test ran against.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ PYTHON_VERSION = "3.14"
 RUNTIME = lambda_.Runtime.PYTHON_3_14
 PLATFORMS = {"arm64": "manylinux2014_aarch64", "x86_64": "manylinux2014_x86_64"}
 PACKAGE = "idsync"
+LOCK_FILE = "requirements.lock"
 # Never shipped from a prebuilt or plain source directory: caches and build metadata.
 EXCLUDE = ["**/__pycache__", "**/*.pyc", "*.egg-info", "**/.mypy_cache", "**/.pytest_cache"]
 
@@ -30,9 +38,10 @@ Installer = Callable[[Path, Path, str], None]
 
 
 def pip_install(requirements: Path, target: Path, platform: str) -> None:
-    """Install the pinned requirements as Lambda wheels into ``target``. Raises RuntimeError."""
+    """Install the locked requirements (hashes checked) as Lambda wheels into ``target``. Raises RuntimeError."""
     command = [
         sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+        "--require-hashes", "--no-deps",
         "--requirement", str(requirements), "--target", str(target),
         "--platform", platform, "--only-binary=:all:", "--implementation", "cp",
         "--python-version", PYTHON_VERSION, "--no-compile",
@@ -43,7 +52,7 @@ def pip_install(requirements: Path, target: Path, platform: str) -> None:
 
 
 def dependency_key(requirements: Path, platform: str) -> str:
-    """The cache key of a dependency build: the requirements' content and the target."""
+    """The cache key of a dependency build: the lock file's content (every pin and hash) and the target."""
     digest = hashlib.sha256(requirements.read_bytes())
     digest.update(f"|{platform}|{PYTHON_VERSION}".encode())
     return digest.hexdigest()[:16]
@@ -60,8 +69,8 @@ class LocalBundler:
         self._installer = installer
 
     def dependencies(self) -> Path:
-        """The cached dependency directory for this source's requirements, built if missing."""
-        requirements = self._source / "requirements.txt"
+        """The cached dependency directory for this source's lock file, built if missing."""
+        requirements = self._source / LOCK_FILE
         cached = self._cache_root / dependency_key(requirements, self._platform)
         if not cached.is_dir():
             partial = cached.with_name(cached.name + ".partial")
@@ -85,7 +94,8 @@ class LocalBundler:
 
 
 def bundled_code(source: Path, cache_root: Path, architecture: str) -> lambda_.Code:
-    """The Lambda code asset: ``source``/idsync plus ``source``/requirements.txt, bundled locally."""
+    """The Lambda code asset: ``source``/idsync plus the dependencies ``source``/requirements.lock holds,
+    bundled locally."""
     return lambda_.Code.from_asset(
         str(source),
         # Hash what is shipped, so a new architecture or Python version is a new asset too.

@@ -169,3 +169,28 @@ def test_cdk_json_pins_the_feature_flags_cdk_init_writes_for_this_aws_cdk_lib() 
         assert member is not None
         recommended = json.load(member)
     assert json.loads((ROOT / "cdk.json").read_text())["context"] == recommended
+
+
+def test_cfn_lint_finds_nothing_in_the_template(synthesized: Synthesized) -> None:
+    # the same check `make test` runs on the bundled synth, here on the template the tests synthesize
+    ignore = next(
+        line.split(":=", 1)[1].strip()
+        for line in (ROOT / "Makefile").read_text().splitlines()
+        if line.startswith("CFN_LINT_IGNORE")
+    )
+    (template,) = synthesized.outdir.glob("*.template.json")
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "cfn-lint"),
+            "--format",
+            "parseable",
+            "--ignore-checks",
+            ignore,
+            "--",
+            str(template),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (result.returncode, result.stdout) == (0, "")

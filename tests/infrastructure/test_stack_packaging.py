@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
+from importlib.metadata import requires, version
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from stack_helpers import ROOT
 
 from stacks.packaging import LocalBundler, dependency_key, pip_install
@@ -34,7 +38,7 @@ def source(tmp_path: Path) -> Path:
     (lambdas / "idsync" / "__pycache__").mkdir()
     (lambdas / "idsync" / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"\0")
     (lambdas / "idsync.egg-info").mkdir()
-    (lambdas / "requirements.txt").write_text("boto3==1.44.5\n")
+    (lambdas / "requirements.lock").write_text("boto3==1.44.5 --hash=sha256:" + "0" * 64 + "\n")
     return lambdas
 
 
@@ -49,7 +53,7 @@ def test_bundle_holds_the_dependencies_and_the_package_without_caches(source: Pa
     output.mkdir()
     assert bundler.try_bundle(str(output), None) is True  # jsii passes the options positionally
     assert shipped(output) == {"dependency.py", "idsync/__init__.py", "idsync/handlers/sync.py"}
-    assert pip.calls == [(source / "requirements.txt", "manylinux2014_aarch64")]
+    assert pip.calls == [(source / "requirements.lock", "manylinux2014_aarch64")]
 
 
 def test_dependencies_are_fetched_once_per_requirements_and_target(source: Path, tmp_path: Path) -> None:
@@ -62,7 +66,8 @@ def test_dependencies_are_fetched_once_per_requirements_and_target(source: Path,
         LocalBundler(source, cache, "arm64", installer=pip).try_bundle(str(output))
     # Then pip ran once; a new pin or another architecture is a new build
     assert len(pip.calls) == 1
-    (source / "requirements.txt").write_text("boto3==1.44.6\n")
+    # a new pin or hash anywhere in the closure (not only a top-level one) is a new build
+    (source / "requirements.lock").write_text("boto3==1.44.5 --hash=sha256:" + "1" * 64 + "\n")
     LocalBundler(source, cache, "arm64", installer=pip).dependencies()
     LocalBundler(source, cache, "x86_64", installer=pip).dependencies()
     assert [platform for _, platform in pip.calls] == [
@@ -112,3 +117,49 @@ def test_runtime_requirements_are_all_pinned() -> None:
     ]
     assert lines
     assert all("==" in line for line in lines), lines
+
+
+def locked() -> dict[str, tuple[str, list[str], str]]:
+    """name -> (version, hashes, marker) from lambdas/requirements.lock."""
+    text = (ROOT / "lambdas" / "requirements.lock").read_text().replace("\\\n", " ")
+    pins = {}
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        requirement, *options = line.split(" --hash=")
+        parsed = Requirement(requirement.strip())
+        (specifier,) = parsed.specifier
+        assert specifier.operator == "==", line
+        hashes = [option.split()[0] for option in options]
+        pins[canonicalize_name(parsed.name)] = (specifier.version, hashes, str(parsed.marker or ""))
+    return pins
+
+
+def test_the_lock_holds_every_dependency_of_the_lambda_runtime_pinned_with_hashes() -> None:
+    pins = locked()
+    assert all(
+        hashes and all(re.fullmatch(r"sha256:[0-9a-f]{64}", h) for h in hashes) for _, hashes, _ in pins.values()
+    )
+    # the top-level pins are the lock's
+    for line in (ROOT / "lambdas" / "requirements.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            top = Requirement(line)
+            assert pins[canonicalize_name(top.name)][0] == next(iter(top.specifier)).version, line
+    # and every dependency of a locked package (as Lambda's Python 3.14 on Linux evaluates markers, with the
+    # extras requirements.txt asks for) is locked too
+    target = {"python_version": "3.14", "python_full_version": "3.14.0", "sys_platform": "linux"}
+    extras = {"aws-lambda-powertools": ("tracer", "parser")}
+    for name, (pinned, _, _) in pins.items():
+        assert version(name) == pinned, f"the test environment has {name} {version(name)}, the lock {pinned}"
+        for dependency in requires(name) or []:
+            parsed = Requirement(dependency)
+            wanted = ("", *extras.get(name, ()))
+            if parsed.marker is None or any(parsed.marker.evaluate({**target, "extra": e}) for e in wanted):
+                assert canonicalize_name(parsed.name) in pins, f"{name} needs {parsed.name}, which the lock lacks"
+
+
+def test_an_unhashed_requirement_fails_the_build_before_any_download(tmp_path: Path) -> None:
+    lock = tmp_path / "requirements.lock"
+    lock.write_text("msal==1.39.0\n")
+    with pytest.raises(RuntimeError, match=r"[Hh]ashes are required"):
+        pip_install(lock, tmp_path / "target", "manylinux2014_aarch64")
