@@ -1,7 +1,9 @@
 """Large documents (the Entra mirror) stored as chunks of small state items.
 
 A blob is written chunk by chunk under a new generation, then a manifest naming that generation
-is written last: a crash mid-write leaves the previous blob readable, never a torn one.
+is written last: a crash mid-write leaves the previous blob readable, never a torn one. A blob equal
+to the stored one (same SHA-256) is not written again: a cycle with no change costs no write units
+for the mirror, which is most of a deployment's DynamoDB bill otherwise.
 """
 
 from __future__ import annotations
@@ -16,16 +18,17 @@ CHUNK_CHARS = 300_000  # base64 characters per item: under DynamoDB's 400 KB ite
 
 
 def save_blob(state: StateStore, key: str, blob: bytes) -> None:
+    """Store ``blob`` under ``key``, unless the stored blob is the same. Raises StateError."""
+    digest = hashlib.sha256(blob).hexdigest()
+    previous = state.get_item(key)
+    if previous and previous.get("sha256") == digest:
+        return
     text = base64.b64encode(blob).decode("ascii")
     generation = uuid.uuid4().hex[:12]
     chunks = [text[i : i + CHUNK_CHARS] for i in range(0, len(text), CHUNK_CHARS)] or [""]
     for index, chunk in enumerate(chunks):
         state.put_item(f"{key}@{generation}#{index}", {"data": chunk})
-    previous = state.get_item(key)
-    state.put_item(
-        key,
-        {"generation": generation, "chunks": len(chunks), "sha256": hashlib.sha256(blob).hexdigest()},
-    )
+    state.put_item(key, {"generation": generation, "chunks": len(chunks), "sha256": digest})
     if previous:
         for index in range(int(previous["chunks"])):
             state.delete_item(f"{key}@{previous['generation']}#{index}")
@@ -40,12 +43,17 @@ def load_blob(state: StateStore, key: str) -> bytes | None:
     for index in range(int(manifest["chunks"])):
         item = state.get_item(f"{key}@{manifest['generation']}#{index}")
         if item is None:
-            return None
+            return _damaged(state, key)
         parts.append(str(item["data"]))
     blob = base64.b64decode("".join(parts))
     if hashlib.sha256(blob).hexdigest() != manifest["sha256"]:
-        return None
+        return _damaged(state, key)
     return blob
+
+
+def _damaged(state: StateStore, key: str) -> None:
+    # forget the manifest, so the rebuilt blob is written even when its content is the same
+    state.delete_item(key)
 
 
 def delete_blob(state: StateStore, key: str) -> None:

@@ -1,0 +1,49 @@
+"""The mirror's blob: unchanged content costs no write, a damaged blob is rebuilt and written again."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from idsync.services.blobs import load_blob, save_blob
+from tests.fakes import FakeState
+
+
+@dataclass
+class CountingState(FakeState):
+    """FakeState counting the item writes (each a billed write in DynamoDB)."""
+
+    puts: int = 0
+
+    def put_item(self, key: str, value: dict[str, Any]) -> None:
+        self.puts += 1
+        super().put_item(key, value)
+
+
+def test_saving_the_same_blob_again_writes_nothing() -> None:
+    state = CountingState()
+    blob = b"x" * 500_000  # three chunks of base64
+    save_blob(state, "mirror", blob)
+    written = state.puts
+    assert written == 4  # three chunks and the manifest
+
+    save_blob(state, "mirror", blob)
+    assert state.puts == written
+    assert load_blob(state, "mirror") == blob
+
+    save_blob(state, "mirror", blob + b"y")
+    assert state.puts == written + 4
+    assert load_blob(state, "mirror") == blob + b"y"
+
+
+def test_a_damaged_blob_reads_as_absent_and_the_same_content_is_written_again() -> None:
+    state = CountingState()
+    blob = b"mirror" * 100_000
+    save_blob(state, "mirror", blob)
+    manifest = state.get_item("mirror")
+    assert manifest is not None
+    state.delete_item(f"mirror@{manifest['generation']}#1")  # a chunk lost
+
+    assert load_blob(state, "mirror") is None
+    save_blob(state, "mirror", blob)
+    assert load_blob(state, "mirror") == blob
