@@ -43,15 +43,17 @@ def load_blob(state: StateStore, key: str) -> bytes | None:
     for index in range(int(manifest["chunks"])):
         item = state.get_item(f"{key}@{manifest['generation']}#{index}")
         if item is None:
-            return _damaged(state, key)
+            _forget(state, key)
+            return None
         parts.append(str(item["data"]))
     blob = base64.b64decode("".join(parts))
     if hashlib.sha256(blob).hexdigest() != manifest["sha256"]:
-        return _damaged(state, key)
+        _forget(state, key)
+        return None
     return blob
 
 
-def _damaged(state: StateStore, key: str) -> None:
+def _forget(state: StateStore, key: str) -> None:
     # forget the manifest, so the rebuilt blob is written even when its content is the same
     state.delete_item(key)
 
