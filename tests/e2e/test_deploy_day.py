@@ -256,3 +256,22 @@ def test_the_cli_pauses_resumes_and_clears_quarantine_in_a_deployments_table(
     assert main(["--config", str(config), "quarantine", "clear", *where]) == 0
     assert load_quarantine(state) is None
     assert invoke()["mode"] == "delta"
+
+
+def test_the_daily_subscriptions_run_before_the_secret_is_put_reports_not_configured(
+    deployed: Callable[[str | None], str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from idsync.handlers import subscriptions as subscriptions_handler
+
+    deployed(PLACEHOLDER)
+    monkeypatch.setenv("IDSYNC__PIM__CLIENT_STATE", "client-state-from-the-stack")
+    monkeypatch.setenv("IDSYNC__PIM__GROUPS", '["0e6a1f3c-8d2b-4a7e-b5c9-2f4d6e8a0b1c"]')
+    monkeypatch.setenv("IDSYNC__PIM__NOTIFICATION_URL", "https://example.invalid/graph/notifications")
+    monkeypatch.setenv("IDSYNC__PIM__LIFECYCLE_URL", "https://example.invalid/graph/lifecycle")
+    subscriptions_handler.service.cache_clear()
+
+    result = subscriptions_handler.lambda_handler({}, FakeContext(function_name="idsync-subscriptions"))
+
+    assert result["skipped"].startswith("not configured yet: ")
+    assert '"NotConfigured":[1.0]' in capsys.readouterr().out
+    subscriptions_handler.service.cache_clear()
