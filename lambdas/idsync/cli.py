@@ -384,7 +384,8 @@ def cmd_test_connection(settings: Settings, args: argparse.Namespace, console: C
     from idsync.wiring import build_engine
 
     engine = build_engine(settings, local=True)
-    checks = list(engine.source.check()) + list(engine.target.check())  # type: ignore[attr-defined]
+    source_checks = engine.source.check(settings.pim.groups)  # type: ignore[attr-defined]
+    checks = list(source_checks) + list(engine.target.check())  # type: ignore[attr-defined]
     ok = all(c.ok for c in checks)
     if args.json:
         print(json.dumps({"ok": ok, "checks": [dataclasses.asdict(c) for c in checks]}, indent=2))
