@@ -290,9 +290,14 @@ class GraphClient:
             raise DirectoryError(f"Entra sign-in at {self.settings.authority_host} is unreachable: {error}") from None
         if "access_token" not in result:
             description = str(result.get("error_description", "")).split(" Trace ID:")[0].strip()
+            hint = (
+                f" (the token is asked for {self._scope}: is graph.base_url a Microsoft Graph host?)"
+                if result.get("error") in ("invalid_scope", "invalid_resource")
+                else ""
+            )
             raise DirectoryAuthError(
                 f"Entra refused a token to client {self.settings.client_id} in tenant "
-                f"{self.settings.tenant_id}: {result.get('error')}: {description}"
+                f"{self.settings.tenant_id}: {result.get('error')}: {description}{hint}"
             )
         return str(result["access_token"])
 
@@ -331,6 +336,11 @@ class GraphClient:
             sent = {"Authorization": f"Bearer {self.token()}", "Accept": "application/json", **(headers or {})}
             try:
                 response = self.send(method, url, params=params, json=json, headers=sent)
+            except requests.ConnectionError as error:
+                raise DirectoryError(
+                    f"{method} {_short(url)} failed: Microsoft Graph at {_origin(url)} (graph.base_url) is "
+                    f"unreachable: {error}"
+                ) from None
             except requests.RequestException as error:
                 raise DirectoryError(f"{method} {_short(url)} failed: {error}") from None
             if response.status_code == 401 and attempt == 1:
@@ -368,13 +378,19 @@ class GraphClient:
 
     def _error(self, method: str, url: str, response: requests.Response) -> DirectoryError:
         code, message = "", response.text[:300]
+        where = f"{method} {_short(url)}"
         try:
             error = response.json().get("error", {})
             if isinstance(error, dict):
                 code, message = str(error.get("code", "")), str(error.get("message", message))
-        except ValueError:
-            pass
-        where = f"{method} {_short(url)}"
+        except (ValueError, AttributeError):
+            return GraphRequestError(
+                f"{where} failed: {_origin(url)} (graph.base_url) does not answer like Microsoft Graph "
+                f"(HTTP {response.status_code}, {response.headers.get('Content-Type') or 'no content type'}); "
+                "check the host",
+                response.status_code,
+                "",
+            )
         what = f"HTTP {response.status_code} {code}: {message}".replace(" :", ":")
         if response.status_code == 410 or code in _EXPIRED_CODES:
             return DeltaExpired(f"{where}: the delta link is no longer valid ({what}); a full read is needed")
