@@ -596,6 +596,10 @@ def _audit(settings: Settings, state: Any, action: str, target: str) -> str:
 def cmd_subscriptions(settings: Settings, args: argparse.Namespace, console: Console) -> int:
     from idsync.wiring import build_subscriptions_service
 
+    if args.action == "list" and not (settings.pim.client_state or settings.pim.client_state_arn):
+        # listing never reads the clientState: a laptop needs only the groups and the webhook's URL
+        pim = settings.pim.model_copy(update={"client_state": "not-read-when-listing"})
+        settings = settings.model_copy(update={"pim": pim})
     service = build_subscriptions_service(settings)
     if args.action == "ensure":
         report = service.ensure()
