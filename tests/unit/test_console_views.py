@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import getpass
+import socket
 from datetime import UTC, datetime, timedelta
 
+import boto3
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from moto import mock_aws
 
 from idsync.console.report import chart
-from idsync.console.views import LogFilter, cycles_from_logs, next_cycle, query_logs
+from idsync.console.views import LogFilter, cycles_from_logs, next_cycle, operator_identity, query_logs
 from idsync.model import AttributeChange, LogEntry, Status
 from tests.fakes import FakeState
 
@@ -102,3 +107,20 @@ def test_the_next_cycle_is_one_interval_after_the_last_start_and_never_in_the_pa
     }
     assert next_cycle(None, 10, now) == {"intervalMinutes": 10, "dueBy": (now + timedelta(minutes=10)).isoformat()}
     assert next_cycle({"started": START.isoformat()}, None, now) is None
+
+
+def test_who_ran_it_is_the_aws_principal_with_aws_state_else_the_local_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with mock_aws():
+        arn = boto3.client("sts", region_name="us-east-1").get_caller_identity()["Arn"]
+        assert operator_identity("dynamodb", "us-east-1") == arn
+    assert arn.startswith("arn:aws:")
+    assert operator_identity("sqlite") == f"local user {getpass.getuser()}@{socket.gethostname()}"
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/dev/null")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    unknown = operator_identity("dynamodb", "us-east-1", endpoint_url="http://127.0.0.1:9")
+    assert unknown.startswith(f"local user {getpass.getuser()}@{socket.gethostname()} (AWS principal unknown: ")
