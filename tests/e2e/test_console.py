@@ -318,11 +318,15 @@ def test_logs_show_changes_as_attribute_old_to_new(
     user = tenant.find_user(upn)
     old_title = user.get("jobTitle")
     tenant.update_user(user["id"], jobTitle="Staff Engineer")
+    capsys.readouterr()
+    shown = old_title if old_title else "(none)"
+    code, planned, _ = run(capsys, "--config", str(config), "plan")
+    assert code == EXIT_OK
+    assert f"  update user       {upn}  (Title: {shown} -> Staff Engineer)\n" in planned
     main(["--config", str(config), "sync", "--json"])
     capsys.readouterr()
     code, out, _ = run(capsys, "--config", str(config), "logs", "--action", "update", "--object", upn)
     assert code == EXIT_OK
-    shown = old_title if old_title else "(none)"
     assert f"    Title: {shown} -> Staff Engineer" in out
 
 
