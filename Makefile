@@ -4,18 +4,28 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test lint typecheck unit bench synth cfn-lint lock clean
+.PHONY: venv demo-venv demo test lint typecheck unit bench synth cfn-lint lock clean
+
+# Two installs into the same .venv: the demo's (runtime, command, emulators; no CDK libraries) and,
+# for tests, synth and benchmarks, everything (the demo's plus the CDK libraries and the tools).
+DEMO_STAMP := $(VENV)/.demo-installed
+
+demo-venv: $(DEMO_STAMP)
+
+$(DEMO_STAMP): requirements-sandbox.txt lambdas/requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-sandbox.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $(DEMO_STAMP)
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt lambdas/requirements.txt lambdas/requirements.lock pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+$(STAMP): $(DEMO_STAMP) requirements.txt requirements-dev.txt
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
-	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
-demo: venv
+demo: demo-venv
 	$(BIN)/python -m sandbox.demo
 
 lint: venv

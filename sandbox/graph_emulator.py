@@ -239,6 +239,16 @@ def _not_found(key: str) -> GraphFault:
     )
 
 
+def _access_token(client_id: str, tenant_id: str, roles: frozenset[str]) -> str:
+    """A JWT-shaped access token like Entra's: the granted application permissions in ``roles``, unsigned."""
+
+    def part(value: Mapping[str, object]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+    claims = {"appid": client_id, "tid": tenant_id, "roles": sorted(roles), "jti": secrets.token_urlsafe(16)}
+    return f"{part({'typ': 'JWT', 'alg': 'none'})}.{part(claims)}.{secrets.token_urlsafe(32)}"
+
+
 def _json(body: Mapping[str, Any], status: int = 200) -> Response:
     response = Response(json.dumps(body, separators=(",", ":")), status=status, content_type="application/json")
     response.headers["request-id"] = str(uuid.uuid4())
@@ -498,7 +508,7 @@ class GraphApp:
                 f"The provided value for scope {scope} is not valid. Client credential flows must have "
                 "a scope value with /.default suffixed to the resource identifier (application ID URI).",
             )
-        token = "eyJ0eXAiOiJKV1Qi." + secrets.token_urlsafe(48)  # opaque to clients, like Graph's
+        token = _access_token(client_id, self.tenant.tenant_id, roles)
         with self._lock:
             self._access_tokens[token] = _Token(client_id, roles, time.time() + self.token_lifetime)
         return _json(

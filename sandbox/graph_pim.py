@@ -53,9 +53,8 @@ READ_PIM = frozenset(
         "PrivilegedAccess.ReadWrite.AzureADGroup",
     }
 )
-SUBSCRIBE = frozenset(
-    {"GroupMember.Read.All", "Group.Read.All", "Group.ReadWrite.All", "Directory.Read.All", "User.Read.All"}
-)
+# Graph's subscription reference: change notifications on a group's members need Group.Read.All (or broader)
+SUBSCRIBE = frozenset({"Group.Read.All", "Group.ReadWrite.All", "Directory.Read.All", "Directory.ReadWrite.All"})
 INSTANCES_PATH = "/v1.0/identityGovernance/privilegedAccess/group/assignmentScheduleInstances"
 INSTANCE_TYPE = "privilegedAccessGroupAssignmentScheduleInstance"
 INSTANCE_PROPERTIES = frozenset(

@@ -42,6 +42,7 @@ IDSYNC_PERMISSIONS = frozenset(
         "GroupMember.Read.All",
         "Application.Read.All",
         "PrivilegedAssignmentSchedule.Read.AzureADGroup",
+        "Group.Read.All",  # the PIM groups' membership change subscriptions
     }
 )
 

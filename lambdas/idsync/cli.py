@@ -7,17 +7,21 @@ deletions back; 4 Entra or AWS could not be reached or refused the credentials.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from idsync.config import Settings, load_settings
+from idsync.console.output import change_text, counts_sentence, make_console, plan_lines
 from idsync.errors import ConfigError, DirectoryAuthError, DirectoryError, TargetAuthError, TargetError
 from idsync.model import CycleReport, Operation, Plan, Refusal
 
@@ -25,75 +29,188 @@ EXIT_OK, EXIT_FAILURES, EXIT_CONFIG, EXIT_GUARD, EXIT_UNREACHABLE = 0, 1, 2, 3, 
 DEFAULT_CONFIG = "idsync.yaml"
 
 
+EXIT_CODES_HELP = """exit codes:
+  0  success
+  1  some objects failed (they are retried, see escrow), or nothing could be provisioned on demand
+  2  configuration error (or a wrong command line)
+  3  the deletion guard held deletions back
+  4  Entra or AWS could not be reached or rejected the credentials"""
+
+
+def _positive(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be at least 1")
+    return value
+
+
+def _instant(text: str) -> datetime:
+    """An argparse type: an ISO 8601 date (2026-11-27) or date-time; without a zone, UTC."""
+    from idsync.console.views import parse_time
+
+    value = parse_time(text)
+    if value is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 date or date-time (e.g. 2026-11-27T08:00)")
+    return value
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("idsync")
+    except PackageNotFoundError:
+        return "unknown (not installed as a package)"
+
+
+def _sub(
+    sub: Any, name: str, summary: str, description: str = "", parents: list[argparse.ArgumentParser] | None = None
+) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name,
+        parents=parents or [],
+        help=summary,
+        description=description or summary,
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="idsync",
         description="Provision Microsoft Entra ID users and groups into AWS IAM Identity Center.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"idsync {_version()}")
     parser.add_argument(
         "--config",
         default=os.environ.get("IDSYNC_CONFIG", DEFAULT_CONFIG),
         help="configuration file (default: $IDSYNC_CONFIG or ./idsync.yaml)",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument(
+        "--json", dest="global_json", action="store_true", help="machine-readable output (also after the command)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    plan = sub.add_parser("plan", help="show what a sync would change, without changing anything")
-    plan.add_argument("--json", action="store_true", help="machine-readable output")
+    plan = _sub(
+        sub,
+        "plan",
+        "show what a sync would change, without changing anything",
+        "Show what the next sync would change, without writing: every create, update, delete and adoption\n"
+        "by name, and every deletion the deletion guard would hold back.",
+    )
     plan.add_argument("--all", action="store_true", help="list every operation (default: the first 20)")
     plan.add_argument("--explain", metavar="ID", help="why one user or group (id, UPN or name) gets what it gets")
 
-    config = sub.add_parser("config", help="check the configuration and show the effective mapping")
-    config.add_argument("action", choices=["check"])
-    config.add_argument("--json", action="store_true", help="machine-readable output")
-
-    sync = sub.add_parser("sync", help="run one provisioning cycle now")
-    sync.add_argument("--json", action="store_true", help="machine-readable output")
-    sync.add_argument("--dry-run", action="store_true", help="plan only (same as `idsync plan`)")
-    sync.add_argument(
-        "--allow-deletions", action="store_true", help="apply deletions even above the deletion guard, once"
+    config = _sub(sub, "config", "check the configuration and show the effective mapping")
+    config.add_argument(
+        "action", choices=["check"], help="check: validate the file and print the effective attribute mapping"
     )
 
+    sync = _sub(sub, "sync", "run one provisioning cycle now")
+    sync.add_argument("--dry-run", action="store_true", help="plan only: say what would be written (as `idsync plan`)")
+    sync.add_argument(
+        "--allow-deletions",
+        action="store_true",
+        help="apply deletions even above the deletion guard, once (recorded in the log with who ran it)",
+    )
     sync.add_argument("--full", action="store_true", help="force a full reconcile (re-read both sides)")
 
-    check = sub.add_parser("test-connection", help="check Graph and Identity Store credentials and permissions")
-    check.add_argument("--json", action="store_true", help="machine-readable output")
+    _sub(
+        sub,
+        "test-connection",
+        "check Graph and Identity Store credentials and permissions",
+        "Entra's Test Connection: a Graph token, then one read per Graph application permission idsync needs\n"
+        "(each failure names the missing permission), and the Identity Store reachable.",
+    )
 
     # the commands an operator runs against a deployment's state table
     deployed = argparse.ArgumentParser(add_help=False)
     deployed.add_argument("--table", help="a deployment's state table (stack output TableName) instead of state:")
     deployed.add_argument("--region", help="the table's region (default: state.region, then identity_store.region)")
 
-    status = sub.add_parser(
-        "status", parents=[deployed], help="the current and last cycles, pause, quarantine and escrow"
+    _sub(
+        sub,
+        "status",
+        "the current and last cycles, totals, next cycle, pause, PIM grants, quarantine and escrow",
+        parents=[deployed],
     )
-    status.add_argument("--json", action="store_true", help="machine-readable output")
 
-    logs = sub.add_parser("logs", help="provisioning logs, newest first")
+    logs = _sub(sub, "logs", "provisioning logs, newest first (filter by object, date, action; CSV export)")
     logs.add_argument("--cycle", help="only this cycle id")
-    logs.add_argument("--status", choices=["success", "failure", "skipped"], help="only this outcome")
-    logs.add_argument("--limit", type=int, default=100, help="at most this many entries (default 100)")
-    logs.add_argument("--json", action="store_true", help="machine-readable output")
+    logs.add_argument(
+        "--status",
+        choices=["success", "failure", "skipped"],
+        help="only this outcome: success (applied), failure (failed, retried), skipped (refused or held back)",
+    )
+    logs.add_argument(
+        "--action",
+        choices=[
+            "create",
+            "update",
+            "delete",
+            "adopt",
+            "skip",
+            "quarantine clear",
+            "allow deletions",
+            "provision",
+            "pause",
+            "resume",
+        ],
+        help="only this action (operator actions: quarantine clear, allow deletions, provision, pause, resume)",
+    )
+    logs.add_argument("--object", dest="obj", metavar="NAME|ID", help="only this object: a UPN, group name or id")
+    logs.add_argument("--since", type=_instant, metavar="WHEN", help="only entries at or after (ISO 8601, UTC)")
+    logs.add_argument("--until", type=_instant, metavar="WHEN", help="only entries before (ISO 8601, UTC)")
+    logs.add_argument("--limit", type=_positive, default=100, help="at most this many entries (default 100)")
+    logs.add_argument("--csv", action="store_true", help="CSV (one header line, one row per entry)")
 
-    provision = sub.add_parser("provision", help="provision one user or one group (and its members) now")
+    provision = _sub(sub, "provision", "provision one user or one group (and its members) now")
     target = provision.add_mutually_exclusive_group(required=True)
     target.add_argument("--user", help="userPrincipalName or object id")
     target.add_argument("--group", help="displayName or object id")
-    provision.add_argument("--json", action="store_true", help="machine-readable output")
 
-    subscriptions = sub.add_parser(
-        "subscriptions", help="the PIM groups' Graph subscriptions: list them, or create and renew them now"
+    _sub(sub, "grants", "the PIM for Groups grants in force now, with their end times")
+
+    report = _sub(
+        sub,
+        "report",
+        "write a self-contained HTML page of the last cycles, totals, refusals, escrow and grants",
     )
-    subscriptions.add_argument("action", nargs="?", choices=["list", "ensure"], default="list")
-    subscriptions.add_argument("--json", action="store_true", help="machine-readable output")
+    report.add_argument("--html", metavar="FILE", required=True, help="where to write the page")
 
-    quarantine = sub.add_parser("quarantine", parents=[deployed], help="leave quarantine after fixing its cause")
-    quarantine.add_argument("action", choices=["clear"])
+    subscriptions = _sub(
+        sub, "subscriptions", "the PIM groups' Graph subscriptions: list them, or create and renew them now"
+    )
+    subscriptions.add_argument(
+        "action",
+        nargs="?",
+        choices=["list", "ensure"],
+        default="list",
+        help="list: what Graph holds (default); ensure: create the missing ones and renew those due",
+    )
 
-    pause = sub.add_parser(
-        "pause", parents=[deployed], help="stop syncing and granting (removals and expiries go on) until resume"
+    quarantine = _sub(sub, "quarantine", "leave quarantine after fixing its cause", parents=[deployed])
+    quarantine.add_argument(
+        "action", choices=["clear"], help="clear: leave quarantine now (recorded in the log with who ran it)"
+    )
+
+    pause = _sub(
+        sub,
+        "pause",
+        "stop syncing and granting (removals and expiries go on) until resume",
+        parents=[deployed],
     )
     pause.add_argument("--reason", default="paused by an operator", help="why (shown by status and in skips)")
-    sub.add_parser("resume", parents=[deployed], help="end a pause: the next tick syncs again")
+    _sub(sub, "resume", "end a pause: the next tick syncs again", parents=[deployed])
     return parser
 
 
@@ -150,23 +267,17 @@ def _print_refusals(console: Console, refusals: Sequence[Refusal]) -> None:
     for column in ("object", "attribute", "rule"):
         table.add_column(column, overflow="fold")
     for refusal in refusals:
-        table.add_row(f"{refusal.kind} {refusal.name}", refusal.attribute, refusal.rule)
+        table.add_row(escape(f"{refusal.kind} {refusal.name}"), escape(refusal.attribute), escape(refusal.rule))
     console.print(table)
 
 
 def _show_plan(console: Console, plan: Plan, show_all: bool) -> None:
     console.print(_summary_table("Plan", plan.summary()))
-    shown = plan.operations if show_all else plan.operations[:20]
-    for op in shown:
-        if not op.is_write:
-            continue
-        detail = ", ".join(c.attribute for c in op.changes) if op.action.value == "update" else op.reason
-        console.print(f"  {op.action.value:>6} {op.kind.value:<10} {op.name}" + (f"  ({detail})" if detail else ""))
-    if len(plan.operations) > len(shown):
-        console.print(f"  ... and {len(plan.operations) - len(shown)} more (use --all)")
+    for line in plan_lines(plan, show_all):
+        console.print(line)
     _print_refusals(console, plan.refusals)
     if plan.guard is not None:
-        console.print(f"[bold red]{plan.guard.message}[/]")
+        console.print(f"[bold red]{escape(plan.guard.message)}[/]")
 
 
 def _report_json(report: CycleReport) -> dict[str, Any]:
@@ -185,19 +296,26 @@ def _report_json(report: CycleReport) -> dict[str, Any]:
     }
 
 
-def _show_report(console: Console, report: CycleReport) -> None:
-    console.print(_summary_table(f"Cycle {report.cycle_id}", report.counts))
-    console.print(f"writes to IAM Identity Center: {report.writes}")
+def _show_report(console: Console, report: CycleReport, show_refusals: bool = True) -> None:
+    title = f"Dry run {report.cycle_id}: nothing written" if report.dry_run else f"Cycle {report.cycle_id}"
+    console.print(_summary_table(title, report.counts))
+    if report.dry_run:
+        console.print(f"would write to IAM Identity Center: {report.writes}")
+    else:
+        console.print(f"writes to IAM Identity Center: {report.writes} ({counts_sentence(report.counts)})")
     if report.failures:
         table = Table(title=f"Failed: {len(report.failures)} operation(s) (retried next cycle)")
         for column in ("object", "action", "error"):
             table.add_column(column, overflow="fold")
         for entry in report.failures:
-            table.add_row(f"{entry.kind} {entry.name}", entry.action, entry.error or "")
+            table.add_row(escape(f"{entry.kind} {entry.name}"), escape(entry.action), escape(entry.error or ""))
         console.print(table)
-    _print_refusals(console, report.refusals)
+    if show_refusals:
+        _print_refusals(console, report.refusals)
+    elif report.refusals:
+        console.print(f"refused: {len(report.refusals)} object(s), unchanged since they were reported (idsync status)")
     if report.guard is not None:
-        console.print(f"[bold red]{report.guard.message}[/]")
+        console.print(f"[bold red]{escape(report.guard.message)}[/]")
 
 
 def _exit_code(report: CycleReport) -> int:
@@ -215,13 +333,13 @@ def cmd_plan(settings: Settings, args: argparse.Namespace, console: Console) -> 
         try:
             explained = engine.cycle.explain(args.explain)
         except LookupError as error:
-            console.print(f"[red]{error}[/]")
+            console.print(f"[red]{escape(str(error))}[/]")
             return EXIT_FAILURES
         if args.json:
             print(json.dumps(explained, indent=2, default=str))
         else:
             for key, value in explained.items():
-                console.print(f"[bold]{key}[/]: {json.dumps(value, indent=2, default=str)}", highlight=False)
+                console.print(f"[bold]{key}[/]: {escape(json.dumps(value, indent=2, default=str))}")
         return EXIT_OK
     outcome = engine.cycle.run(CycleOptions(dry_run=True))
     assert outcome.plan is not None
@@ -247,6 +365,8 @@ def cmd_sync(settings: Settings, args: argparse.Namespace, console: Console) -> 
     from idsync.wiring import build_engine
 
     engine = build_engine(settings, local=True)
+    if args.allow_deletions and not args.dry_run:
+        _audit(settings, engine.state, "allow deletions", "the next cycle's deletions, above the deletion guard")
     options = CycleOptions(
         dry_run=args.dry_run,
         allow_deletions=args.allow_deletions,
@@ -275,111 +395,162 @@ def cmd_sync(settings: Settings, args: argparse.Namespace, console: Console) -> 
         print(json.dumps(payload, indent=2, default=str))
     else:
         console.print(f"read mode: {outcome.mode}")
-        _show_report(console, report)
+        if report.dry_run and outcome.plan is not None:
+            _show_plan(console, outcome.plan, show_all=True)
+            console.print(f"would write to IAM Identity Center: {report.writes}")
+        else:
+            _show_report(console, report, show_refusals=_refusals_changed(engine.state, report))
     return _exit_code(report)
+
+
+def _refusals_changed(state: Any, report: CycleReport) -> bool:
+    """True when this cycle logged a new or changed refusal (so the table is worth printing again)."""
+    return any(
+        row["action"] == "skip" for row in state.query_logs(cycle_id=report.cycle_id, status="skipped", limit=1000)
+    )
 
 
 def cmd_test_connection(settings: Settings, args: argparse.Namespace, console: Console) -> int:
     from idsync.wiring import build_engine
 
     engine = build_engine(settings, local=True)
-    checks = list(engine.source.check()) + list(engine.target.check())  # type: ignore[attr-defined]
+    source_checks = engine.source.check(settings.pim.groups)  # type: ignore[attr-defined]
+    checks = list(source_checks) + list(engine.target.check())  # type: ignore[attr-defined]
     ok = all(c.ok for c in checks)
     if args.json:
-        print(json.dumps({"ok": ok, "checks": [c.__dict__ for c in checks]}, indent=2))
+        print(json.dumps({"ok": ok, "checks": [dataclasses.asdict(c) for c in checks]}, indent=2))
     else:
         for c in checks:
             mark = "[green]ok[/]  " if c.ok else "[red]FAIL[/]"
-            console.print(f"{mark} {c.name}: {c.detail}")
+            console.print(f"{mark} {escape(c.name)}: {escape(c.detail)}")
         console.print("connection test passed" if ok else "[bold red]connection test failed[/]")
     return EXIT_OK if ok else EXIT_UNREACHABLE
 
 
-def cmd_status(settings: Settings, args: argparse.Namespace, console: Console) -> int:
-    from idsync.services.control import load_not_configured, load_pause
-    from idsync.services.cycle import RUN_CURRENT, RUN_LAST
-    from idsync.services.escrow import ESCROW_KEY, load_quarantine
+def _status_payload(settings: Settings, state: Any, config_path: str) -> dict[str, Any]:
+    from idsync.console.views import interval_minutes, status_payload
 
+    return status_payload(state, settings.pim.groups, interval_minutes(config_path), datetime.now(UTC))
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace, console: Console) -> int:
     state = _state(settings, args)
-    current = state.get_item(RUN_CURRENT)
-    last = state.get_item(RUN_LAST)
-    quarantine = load_quarantine(state)
-    paused = load_pause(state)
-    not_configured = load_not_configured(state)
-    escrow = (state.get_item(ESCROW_KEY) or {}).get("entries", {})
-    payload: dict[str, Any] = {
-        "paused": paused.as_dict() if paused else None,
-        "notConfigured": not_configured,
-        "running": current,
-        "last": last,
-        "quarantine": None
-        if quarantine is None
-        else {
-            "since": quarantine.since.isoformat(),
-            "reason": quarantine.reason,
-            "lastAttempt": quarantine.last_attempt.isoformat(),
-            "howToLeave": quarantine.how_to_leave,
-        },
-        "escrow": len(escrow),
-    }
+    payload = _status_payload(settings, state, args.config)
     if args.json:
         print(json.dumps(payload, indent=2, default=str))
         return EXIT_OK
+    current, last, quarantine = payload["running"], payload["last"], payload["quarantine"]
+    paused, not_configured = payload["paused"], payload["notConfigured"]
     if paused is not None:
-        console.print(f"[bold yellow]paused[/] since {paused.since.isoformat()} by {paused.by}: {paused.reason}")
+        console.print(
+            f"[bold yellow]paused[/] since {paused['since']} by {escape(str(paused['by']))}: "
+            f"{escape(str(paused['reason']))}"
+        )
         console.print("  to go on: idsync resume")
     if not_configured is not None:
         since, reason = not_configured["since"], not_configured["reason"]
-        console.print(f"[bold yellow]not configured yet[/] (since {since}): {reason}", highlight=False)
+        console.print(f"[bold yellow]not configured yet[/] (since {since}): {escape(str(reason))}", highlight=False)
     if quarantine is not None:
-        console.print(f"[bold red]in quarantine[/] since {quarantine.since.isoformat()}: {quarantine.reason}")
-        console.print(f"  to leave it: {quarantine.how_to_leave}")
+        console.print(f"[bold red]in quarantine[/] since {quarantine['since']}: {escape(quarantine['reason'])}")
+        console.print(f"  to leave it: {escape(quarantine['howToLeave'])}")
+    totals = payload["totals"]
+    console.print(
+        f"managed in IAM Identity Center: {totals['users']} users, {totals['groups']} groups, "
+        f"{totals['memberships']} memberships"
+    )
     if current:
         total = current.get("total") or 0
         done = current.get("processed") or 0
         width = 30
         filled = int(width * done / total) if total else 0
         console.print(
-            f"running: cycle {current['cycleId']} ({current['mode']}) "
-            f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total}"
+            escape(
+                f"running: cycle {current['cycleId']} ({current['mode']}) "
+                f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total}"
+            )
         )
     if last:
         console.print(
-            f"last cycle: {last['cycleId']} ({last.get('mode')}) {last['status']}, finished {last.get('finished')}"
+            escape(
+                f"last cycle: {last['cycleId']} ({last.get('mode')}) {last['status']}, finished {last.get('finished')}"
+            )
         )
         console.print(_summary_table("changes", last.get("counts") or {}))
         console.print(
             f"failures: {last.get('failures', 0)}  refused: {last.get('refusals', 0)}  "
-            f"writes: {last.get('writes', 0)}  in escrow: {len(escrow)}"
+            f"writes: {last.get('writes', 0)}  in escrow: {payload['escrow']}"
         )
         if last.get("deletionGuard"):
-            console.print(f"[bold red]{last['deletionGuard']}[/]")
+            console.print(f"[bold red]{escape(last['deletionGuard'])}[/]")
     if not current and not last:
         console.print("no cycle has run yet")
+    due = payload["nextCycle"]
+    console.print(
+        f"next cycle: due by {due['dueBy']} (every {due['intervalMinutes']:g} minutes)"
+        if due
+        else "next cycle: no schedule in this configuration (stack.sync_interval_minutes); run `idsync sync`"
+    )
+    _print_grants(console, payload["grants"])
+    return EXIT_OK
+
+
+def _print_grants(console: Console, grants: Sequence[dict[str, Any]]) -> None:
+    if not grants:
+        console.print("active PIM grants: none")
+        return
+    table = Table(title=f"active PIM grants: {len(grants)}")
+    for column in ("group", "user", "ends", "standing member"):
+        table.add_column(column, overflow="fold")
+    for grant in grants:
+        table.add_row(
+            escape(grant["group"]),
+            escape(grant["user"]),
+            grant["end"] or "never",
+            "yes" if grant["standing"] else "no",
+        )
+    console.print(table)
+
+
+def cmd_grants(settings: Settings, args: argparse.Namespace, console: Console) -> int:
+    from idsync.console.views import active_grants
+    from idsync.wiring import build_state
+
+    grants = active_grants(build_state(settings), settings.pim.groups, datetime.now(UTC))
+    if args.json:
+        print(json.dumps(grants, indent=2))
+        return EXIT_OK
+    if not settings.pim.groups:
+        console.print("no PIM groups configured (pim.groups)")
+    _print_grants(console, grants)
     return EXIT_OK
 
 
 def cmd_logs(settings: Settings, args: argparse.Namespace, console: Console) -> int:
+    from idsync.console.views import OPERATOR_KIND, LogFilter, logs_csv, query_logs
     from idsync.wiring import build_state
 
-    rows = build_state(settings).query_logs(cycle_id=args.cycle, status=args.status, limit=args.limit)
+    wanted = LogFilter(args.cycle, args.status, args.action, args.obj, args.since, args.until, args.limit)
+    rows = query_logs(build_state(settings), wanted)
+    if args.csv:
+        sys.stdout.write(logs_csv(rows))
+        return EXIT_OK
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
         return EXIT_OK
     console.print(f"provisioning log: {len(rows)} entries, newest first")
     for row in rows:
-        changes = ", ".join(
-            f"{m['attribute']}: {m['oldValue']!r} -> {m['newValue']!r}" for m in row.get("modifiedProperties", [])
-        )
         colour = {"success": "green", "failure": "red"}.get(row["status"], "yellow")
+        if row["kind"] == OPERATOR_KIND:
+            what = f"{row['action']} {row['name']} (by {row['sourceIdentity']})"
+        else:
+            what = f"{row['action']:<6} {row['kind']} {row['name']}"
         console.print(
-            f"{row['activityDateTime'][:19]}  {row['cycleId']}  [{colour}]{row['status']:<7}[/]  "
-            f"{row['action']:<6} {row['kind']} {row['name']}",
-            highlight=False,
+            f"{escape(row['activityDateTime'][:19])}  {escape(row['cycleId'])}  "
+            f"[{colour}]{row['status']:<7}[/]  {escape(what)}"
         )
-        detail = row.get("error") or changes
-        if detail:
-            console.print(f"    {detail}", highlight=False, markup=False)
+        changes = [change_text(m["attribute"], m["oldValue"], m["newValue"]) for m in row.get("modifiedProperties", [])]
+        for detail in [row["error"]] if row.get("error") else changes:
+            console.print(f"    {escape(detail)}")
     return EXIT_OK
 
 
@@ -388,13 +559,20 @@ def cmd_provision(settings: Settings, args: argparse.Namespace, console: Console
 
     engine = build_engine(settings, local=True)
     kind, key = ("user", args.user) if args.user else ("group", args.group)
+    _audit(settings, engine.state, "provision", f"{kind} {key}")
     try:
         outcome = engine.cycle.provision(kind, key)
     except LookupError as error:
-        console.print(f"[red]{error}[/]")
+        if args.json:
+            print(json.dumps({"provisioned": False, "reason": str(error)}))
+        else:
+            console.print(f"[red]{escape(str(error))}[/]")
         return EXIT_FAILURES
     if outcome.report is None:
-        console.print(f"[yellow]nothing provisioned:[/] {outcome.skipped}")
+        if args.json:
+            print(json.dumps({"provisioned": False, "reason": outcome.skipped}))
+        else:
+            console.print(f"[yellow]nothing provisioned:[/] {escape(outcome.skipped or '')}")
         return EXIT_FAILURES
     if args.json:
         print(json.dumps(_report_json(outcome.report), indent=2, default=str))
@@ -415,13 +593,13 @@ def cmd_config(settings: Settings, args: argparse.Namespace, console: Console) -
         payload["scope"] = settings.scope.model_dump(mode="json")  # type: ignore[assignment]
         print(json.dumps(payload, indent=2))
         return EXIT_OK
-    console.print(f"configuration {args.config}: valid")
+    console.print(f"configuration {escape(args.config)}: valid")
     for kind, table_rows in rows.items():
         table = Table(title=f"effective {kind[:-1]} mapping")
         for column in ("target attribute", "source", "apply"):
             table.add_column(column, overflow="fold")
         for row in table_rows:
-            table.add_row(*row)
+            table.add_row(*(escape(cell) for cell in row))
         console.print(table)
     scope = settings.scope
     console.print(
@@ -434,22 +612,29 @@ def cmd_config(settings: Settings, args: argparse.Namespace, console: Console) -
 def cmd_quarantine(settings: Settings, args: argparse.Namespace, console: Console) -> int:
     from idsync.services.escrow import clear_quarantine
 
-    was = clear_quarantine(_state(settings, args))
-    console.print("left quarantine: the next cycle runs on schedule" if was else "idsync was not in quarantine")
+    state = _state(settings, args)
+    was = clear_quarantine(state)
+    who = _audit(settings, state, "quarantine clear", "quarantine" if was else "quarantine (was not in it)", args)
+    if args.json:
+        print(json.dumps({"wasInQuarantine": was, "by": who}))
+    else:
+        console.print("left quarantine: the next cycle runs on schedule" if was else "idsync was not in quarantine")
     return EXIT_OK
 
 
 def cmd_pause(settings: Settings, args: argparse.Namespace, console: Console) -> int:
-    from datetime import UTC, datetime
-
     from idsync.services.control import pause
     from idsync.services.cycle import RUN_CURRENT
 
     state = _state(settings, args)
-    paused = pause(state, datetime.now(UTC), args.reason, os.environ.get("USER") or "idsync cli")
+    who = _audit(settings, state, "pause", args.reason, args)
+    paused = pause(state, datetime.now(UTC), args.reason, who)
+    running = state.get_item(RUN_CURRENT)
+    if args.json:
+        print(json.dumps({**paused.as_dict(), "runningCycle": running["cycleId"] if running else None}, default=str))
+        return EXIT_OK
     console.print(f"paused since {paused.since.isoformat()}: no cycle starts and no access is granted until resume")
     console.print("removals of ended activations and scheduled expiries go on")
-    running = state.get_item(RUN_CURRENT)
     if running:
         console.print(f"a cycle is running ({running['cycleId']}): it finishes; `idsync status` shows when")
     return EXIT_OK
@@ -458,14 +643,36 @@ def cmd_pause(settings: Settings, args: argparse.Namespace, console: Console) ->
 def cmd_resume(settings: Settings, args: argparse.Namespace, console: Console) -> int:
     from idsync.services.control import resume
 
-    was = resume(_state(settings, args))
+    state = _state(settings, args)
+    was = resume(state)
+    who = _audit(settings, state, "resume", "pause" if was else "pause (was not paused)", args)
+    if args.json:
+        print(json.dumps({"wasPaused": was, "by": who}))
+        return EXIT_OK
     console.print("resumed: the next tick syncs and held activations apply" if was else "idsync was not paused")
     return EXIT_OK
+
+
+def _audit(settings: Settings, state: Any, action: str, target: str, args: argparse.Namespace | None = None) -> str:
+    """Record an operator action in the provisioning log with who ran it; returns who."""
+    from idsync.console.views import operator_identity, record_operator_action
+
+    if args is not None and getattr(args, "table", None):  # a deployment's table named on the command line
+        region = args.region or settings.state.region or settings.identity_store.region
+        who = operator_identity("dynamodb", region)
+    else:
+        who = operator_identity(settings.state.backend, settings.state.region, settings.state.endpoint_url)
+    record_operator_action(state, who, action, target, datetime.now(UTC))
+    return who
 
 
 def cmd_subscriptions(settings: Settings, args: argparse.Namespace, console: Console) -> int:
     from idsync.wiring import build_subscriptions_service
 
+    if args.action == "list" and not (settings.pim.client_state or settings.pim.client_state_arn):
+        # listing never reads the clientState: a laptop needs only the groups and the webhook's URL
+        pim = settings.pim.model_copy(update={"client_state": "not-read-when-listing"})
+        settings = settings.model_copy(update={"pim": pim})
     service = build_subscriptions_service(settings)
     if args.action == "ensure":
         report = service.ensure()
@@ -479,9 +686,9 @@ def cmd_subscriptions(settings: Settings, args: argparse.Namespace, console: Con
                 ("unchanged", report.unchanged),
                 ("deleted", report.deleted),
             ):
-                console.print(f"{label}: {', '.join(groups) or '-'}")
+                console.print(f"{label}: {escape(', '.join(groups) or '-')}")
             for group, error in report.failed.items():
-                console.print(f"[red]failed[/] {group}: {error}", highlight=False)
+                console.print(f"[red]failed[/] {escape(group)}: {escape(error)}")
         return EXIT_FAILURES if report.failed else EXIT_OK
     rows = service.status()
     if args.json:
@@ -493,12 +700,36 @@ def cmd_subscriptions(settings: Settings, args: argparse.Namespace, console: Con
     for row in rows:
         sub = row.subscription
         table.add_row(
-            row.group_id,
-            sub.id if sub else "[red]none[/]",
+            escape(row.group_id),
+            escape(sub.id) if sub else "[red]none[/]",
             sub.expiration.isoformat() if sub else "-",
             "yes" if row.renew_due else "no",
         )
     console.print(table)
+    return EXIT_OK
+
+
+def cmd_report(settings: Settings, args: argparse.Namespace, console: Console) -> int:
+    from pathlib import Path
+
+    from idsync.console.report import render_report
+    from idsync.console.views import LOG_SCAN_LIMIT, cycles_from_logs
+    from idsync.wiring import build_state
+
+    state = build_state(settings)
+    status = _status_payload(settings, state, args.config)
+    rows = state.query_logs(limit=LOG_SCAN_LIMIT)
+    last_cycle = (status["last"] or {}).get("cycleId")
+    held = [r for r in rows if r["cycleId"] == last_cycle and r["status"] == "skipped" and r["action"] != "skip"]
+    page = render_report(status, cycles_from_logs(rows), held, datetime.now(UTC))
+    try:
+        Path(args.html).write_text(page, encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"--html {args.html}: cannot write the report: {error.strerror}") from None
+    if args.json:
+        print(json.dumps({"written": args.html, "bytes": len(page.encode())}))
+    else:
+        console.print(f"report written to {escape(args.html)} ({len(page.encode())} bytes, no external resources)")
     return EXIT_OK
 
 
@@ -514,25 +745,32 @@ COMMANDS = {
     "provision": cmd_provision,
     "config": cmd_config,
     "subscriptions": cmd_subscriptions,
+    "grants": cmd_grants,
+    "report": cmd_report,
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    console = Console(stderr=bool(getattr(args, "json", False)))
-    errors = Console(stderr=True)
+    args.json = bool(getattr(args, "json", False) or args.global_json)
+    console = make_console(stderr=args.json or bool(getattr(args, "csv", False)))
+    errors = make_console(stderr=True)
     try:
         settings = load_settings(args.config)
         return COMMANDS[args.command](settings, args, console)
     except ConfigError as error:
-        errors.print(f"[red]configuration error:[/] {error}", markup=True, highlight=False)
+        errors.print(f"[red]configuration error:[/] {escape(str(error))}")
         return EXIT_CONFIG
     except (DirectoryAuthError, TargetAuthError) as error:
-        errors.print(f"[red]credentials or permissions rejected:[/] {error}", highlight=False)
+        errors.print(f"[red]credentials or permissions rejected:[/] {escape(str(error))}")
         return EXIT_UNREACHABLE
     except (DirectoryError, TargetError) as error:
-        errors.print(f"[red]cannot reach a side:[/] {error}", highlight=False)
+        errors.print(f"[red]cannot reach a side:[/] {escape(str(error))}")
         return EXIT_UNREACHABLE
+    except BrokenPipeError:
+        # the reader left (`| head`): stop quietly, and keep Python from complaining at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":

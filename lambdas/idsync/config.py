@@ -255,20 +255,68 @@ def apply_env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> dic
     return merged
 
 
-def format_validation_error(error: ValidationError, source: str) -> str:
+def env_overrides(environ: Mapping[str, str]) -> dict[str, str]:
+    """The dotted setting each ``IDSYNC__...`` variable (and ``IDSYNC_CLIENT_SECRET``) sets, to its variable name."""
+    out = {
+        ".".join(p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p): name
+        for name in environ
+        if name.startswith(ENV_PREFIX)
+    }
+    if environ.get("IDSYNC_CLIENT_SECRET"):
+        out["graph.client_secret"] = "IDSYNC_CLIENT_SECRET"
+    return out
+
+
+def _suggestion(loc: tuple[int | str, ...]) -> str:
+    """``did you mean 'x'?`` for an unknown key, from the fields of the model that holds it."""
+    import difflib
+
+    model: Any = Settings
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return ""
+        annotation = field.annotation
+        for _ in range(3):  # unwrap list[list[Model]] and Optional
+            args = getattr(annotation, "__args__", None)
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                break
+            annotation = next((a for a in args or () if a is not type(None)), None)
+        model = annotation
+    names = list(getattr(model, "model_fields", {}))
+    if isinstance(model, type) and model is Settings:
+        names.append(STACK_SECTION)
+    close = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def format_validation_error(error: ValidationError, source: str, from_env: Mapping[str, str] | None = None) -> str:
+    """Every bad field on its own line: where, what is wrong, a likely key for a mistyped one, and the
+    environment variable when one set it (rather than the file)."""
     lines = [f"invalid configuration in {source}:"]
+    env = from_env or {}
     for item in error.errors():
         where = ".".join(str(p) for p in item["loc"]) or "(top level)"
-        lines.append(f"  {where}: {item['msg']}")
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message += _suggestion(tuple(item["loc"]))
+        variable = next((name for path, name in env.items() if where == path or where.startswith(path + ".")), None)
+        origin = f" (set by environment variable {variable})" if variable else ""
+        lines.append(f"  {where}: {message}{origin}")
     return "\n".join(lines)
 
 
-def parse_settings(data: Mapping[str, Any], source: str = "configuration") -> Settings:
-    """Validate a configuration mapping. Raises ConfigError naming every bad field."""
+def parse_settings(
+    data: Mapping[str, Any], source: str = "configuration", from_env: Mapping[str, str] | None = None
+) -> Settings:
+    """Validate a configuration mapping. Raises ConfigError naming every bad field (and the environment
+    variable that set it, when ``from_env`` maps dotted settings to variable names)."""
     try:
         return Settings.model_validate(dict(data))
     except ValidationError as error:
-        raise ConfigError(format_validation_error(error, source)) from None
+        raise ConfigError(format_validation_error(error, source, from_env)) from None
 
 
 def load_settings(path: str | Path | None, environ: Mapping[str, str] | None = None) -> Settings:
@@ -288,7 +336,7 @@ def load_settings(path: str | Path | None, environ: Mapping[str, str] | None = N
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"configuration file {file} must hold a mapping at the top level")
         data = {key: value for key, value in (loaded or {}).items() if key != STACK_SECTION}
-    return parse_settings(apply_env_overrides(data, env), source)
+    return parse_settings(apply_env_overrides(data, env), source, env_overrides(env))
 
 
 def load_settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
@@ -301,4 +349,4 @@ def load_settings_from_env(environ: Mapping[str, str] | None = None) -> Settings
         raise ConfigError(f"{SETTINGS_ENV} is not valid JSON: {error}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{SETTINGS_ENV} must hold a JSON object")
-    return parse_settings(apply_env_overrides(data, env), SETTINGS_ENV)
+    return parse_settings(apply_env_overrides(data, env), SETTINGS_ENV, env_overrides(env))

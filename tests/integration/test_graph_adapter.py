@@ -17,7 +17,7 @@ from cryptography.x509.oid import NameOID
 
 from idsync.adapters.graph import GraphClient, GraphDirectory, GraphRequestError, GraphRetry, resource_key
 from idsync.config import GraphSettings, ScopeSettings
-from idsync.errors import DeltaExpired, DirectoryAuthError, DirectoryError
+from idsync.errors import ConfigError, DeltaExpired, DirectoryAuthError, DirectoryError
 from idsync.mirror import MemberChange, Mirror
 from idsync.ports import CallCounter
 from sandbox.graph_emulator import GraphEmulator
@@ -217,7 +217,7 @@ def test_graph_errors_are_mapped(emu: GraphEmulator, client: GraphClient, tenant
     with pytest.raises(GraphRequestError, match="HTTP 404 Request_ResourceNotFound") as missing:
         client.get("/groups/00000000-0000-4000-8000-000000000000")
     assert missing.value.status == 404
-    tenant.set_permissions(CLIENT_ID, IDSYNC_PERMISSIONS - {"GroupMember.Read.All"})
+    tenant.set_permissions(CLIENT_ID, IDSYNC_PERMISSIONS - {"GroupMember.Read.All", "Group.Read.All"})
     denied = GraphClient(settings(emu), CLIENT_SECRET)
     group_id = next(iter(tenant.groups))
     with pytest.raises(DirectoryAuthError, match=r"403 Authorization_RequestDenied.*permission GroupMember.Read.All"):
@@ -445,21 +445,63 @@ def test_read_assignments_splits_users_and_groups(client: GraphClient, tenant: T
 
 def test_check_passes_with_every_permission(client: GraphClient) -> None:
     checks = directory(client).check()
-    assert [c.name for c in checks] == ["token", "users readable", "group members readable", "app assignments readable"]
+    assert [c.name for c in checks] == [
+        "token",
+        "permissions granted",
+        "users readable",
+        "group members readable",
+        "app assignments readable",
+    ]
     assert all(c.ok for c in checks), checks
+    assert checks[1].detail == "User.Read.All, GroupMember.Read.All, Application.Read.All"
 
 
 @pytest.mark.parametrize(
     ("missing", "failing"),
-    [("GroupMember.Read.All", "group members readable"), ("Application.Read.All", "app assignments readable")],
+    [
+        ({"GroupMember.Read.All", "Group.Read.All"}, "group members readable"),
+        ({"Application.Read.All"}, "app assignments readable"),
+    ],
 )
-def test_check_names_the_missing_permission(emu: GraphEmulator, tenant: Tenant, missing: str, failing: str) -> None:
-    tenant.set_permissions(CLIENT_ID, IDSYNC_PERMISSIONS - {missing})
+def test_check_names_the_missing_permission(
+    emu: GraphEmulator, tenant: Tenant, missing: set[str], failing: str
+) -> None:
+    tenant.set_permissions(CLIENT_ID, IDSYNC_PERMISSIONS - missing)
     checks = {c.name: c for c in directory(GraphClient(settings(emu), CLIENT_SECRET)).check()}
     assert checks["token"].ok
     assert checks["users readable"].ok
     assert not checks[failing].ok
-    assert f"application permission {missing}" in checks[failing].detail
+    assert not checks["permissions granted"].ok
+    named = "GroupMember.Read.All" if "GroupMember.Read.All" in missing else "Application.Read.All"
+    assert f"application permission {named}" in checks[failing].detail
+    assert f"missing application permission(s) {named} " in checks["permissions granted"].detail
+
+
+@pytest.mark.parametrize(
+    ("missing", "probe_fails"),
+    [("PrivilegedAssignmentSchedule.Read.AzureADGroup", True), ("Group.Read.All", False)],
+)
+def test_check_with_pim_groups_needs_the_pim_and_subscription_permissions(
+    emu: GraphEmulator, tenant: Tenant, missing: str, probe_fails: bool
+) -> None:
+    group_id = next(iter(tenant.groups))
+    every = {c.name: c for c in directory(GraphClient(settings(emu), CLIENT_SECRET)).check([group_id])}
+    assert every["permissions granted"].detail == (
+        "User.Read.All, GroupMember.Read.All, Application.Read.All, "
+        "PrivilegedAssignmentSchedule.Read.AzureADGroup, Group.Read.All"
+    )
+    assert all(c.ok for c in every.values()), every
+    tenant.set_permissions(CLIENT_ID, IDSYNC_PERMISSIONS - {missing})
+    checks = {c.name: c for c in directory(GraphClient(settings(emu), CLIENT_SECRET)).check([group_id])}
+    assert checks["permissions granted"].detail.startswith(f"missing application permission(s) {missing} ")
+    assert checks[f"PIM schedules of group {group_id} readable"].ok is not probe_fails
+    assert checks["group members readable"].ok  # GroupMember.Read.All still granted
+
+
+def test_a_missing_ca_bundle_is_a_configuration_error(emu: GraphEmulator, tmp_path: Any) -> None:
+    missing = tmp_path / "gone.pem"
+    with pytest.raises(ConfigError, match=f"graph.ca_bundle: {missing} is not a readable file"):
+        GraphClient(settings(emu, ca_bundle=str(missing)), CLIENT_SECRET)
 
 
 def test_check_reports_a_refused_secret_and_a_wrong_app(emu: GraphEmulator, client: GraphClient) -> None:

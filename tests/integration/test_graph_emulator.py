@@ -206,9 +206,11 @@ def test_graph_requires_a_bearer_token(wire: Wire) -> None:
 
 
 def test_a_client_without_a_permission_is_denied_those_resources_only(emu: GraphEmulator, wire: Wire) -> None:
-    # Given a client granted everything idsync needs except GroupMember.Read.All
+    # Given a client granted everything idsync needs except the two that read group members
     emu.tenant.register_client(
-        "c0ffee00-0000-4000-8000-000000000001", "s3cret", IDSYNC_PERMISSIONS - {"GroupMember.Read.All"}
+        "c0ffee00-0000-4000-8000-000000000001",
+        "s3cret",
+        IDSYNC_PERMISSIONS - {"GroupMember.Read.All", "Group.Read.All"},
     )
     wire.bearer = wire.sign_in("c0ffee00-0000-4000-8000-000000000001", "s3cret").json()["access_token"]
     group_id = next(iter(emu.tenant.groups))

@@ -502,3 +502,42 @@ def test_dynamodb_missing_table_is_a_state_error(dynamodb: Any) -> None:
         store.record_group(OwnedGroup("g1", "tg-1", "One"))
     with pytest.raises(StateError, match=r"DynamoDB table no-such-table: query failed"):
         store.load_ownership()
+
+
+# ---------------------------------------------------------------------------- the console's views
+
+
+def test_operator_actions_and_the_console_filters_on_every_store(store: StateStore) -> None:
+    from idsync.console.views import LogFilter, query_logs, record_operator_action
+
+    store.append_logs([log("c1", "a", 30), log("c1", "b", 20, Status.FAILURE), log("c2", "c", 10)])
+    now = datetime.now(UTC)
+    record_operator_action(store, "arn:aws:iam::123456789012:user/ops", "quarantine clear", "quarantine", now)
+    audit = query_logs(store, LogFilter(action="quarantine clear"))
+    assert [(r["kind"], r["sourceIdentity"], r["name"], r["status"]) for r in audit] == [
+        ("operator", "arn:aws:iam::123456789012:user/ops", "quarantine", "success")
+    ]
+    assert [r["changeId"] for r in query_logs(store, LogFilter(obj="B@EXAMPLE.COM"))] == ["b"]
+    assert [r["changeId"] for r in query_logs(store, LogFilter(obj="src-c"))] == ["c"]
+    window = LogFilter(since=now - timedelta(minutes=25), until=now - timedelta(minutes=5), limit=5)
+    assert [r["changeId"] for r in query_logs(store, window)] == ["c", "b"]
+    assert [r["changeId"] for r in query_logs(store, LogFilter(status="failure", action="create"))] == ["b"]
+
+
+def test_active_grants_on_every_store(store: StateStore) -> None:
+    from idsync.console.views import active_grants
+    from idsync.model import OwnedGroup
+    from idsync.ports import AccessGrant
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    store.record_user(user("u1"))
+    store.record_group(OwnedGroup("g1", "tg1", "PIM Admins"))
+    grants = store  # the same adapters implement GrantStore
+    grants.record_grant(AccessGrant("g1", "u1", ("i1",), now + timedelta(hours=1), False, now.isoformat()))  # type: ignore[attr-defined]
+    grants.record_grant(AccessGrant("g1", "u2", ("i2",), None, True, now.isoformat()))  # type: ignore[attr-defined]
+    grants.record_grant(AccessGrant("g1", "u3", ("i3",), now - timedelta(minutes=1), False, now.isoformat()))  # type: ignore[attr-defined]
+    found = active_grants(store, ["g1", "g-unknown"], now)
+    assert [(g["group"], g["user"], g["end"], g["standing"]) for g in found] == [
+        ("PIM Admins", user("u1").user_name, (now + timedelta(hours=1)).isoformat(), False),
+        ("PIM Admins", "u2", None, True),
+    ]

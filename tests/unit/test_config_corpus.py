@@ -152,7 +152,7 @@ CORPUS: list[tuple[str, dict[str, Any], str]] = [
     (
         "a misspelt rule field",
         users({"target": "title", "source": "jobTitle", "aply": "on_create"}),
-        "mapping.users.0.aply: Extra inputs are not permitted",
+        "mapping.users.0.aply: Extra inputs are not permitted; did you mean 'apply'?",
     ),
     (
         "a constant that is an object",

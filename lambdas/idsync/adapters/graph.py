@@ -4,11 +4,14 @@ mapping) and the Entra directory read through it (full snapshots, delta changes,
 
 from __future__ import annotations
 
+import base64
+import functools
+import json
 import logging
 import math
 import re
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,9 +50,55 @@ PERMISSIONS = (
     ("groups", "GroupMember.Read.All"),
     ("servicePrincipals", "Application.Read.All"),
     ("identityGovernance", "PrivilegedAssignmentSchedule.Read.AzureADGroup"),
-    ("subscriptions", "GroupMember.Read.All"),
+    ("subscriptions", "Group.Read.All"),
     ("organization", "Organization.Read.All"),
 )
+# Every application permission idsync may need, and the grants that satisfy each (a broader one will do).
+_DIRECTORY_READ = frozenset({"Directory.Read.All", "Directory.ReadWrite.All"})
+SATISFIED_BY = {
+    "User.Read.All": frozenset({"User.Read.All", "User.ReadWrite.All"}) | _DIRECTORY_READ,
+    "GroupMember.Read.All": frozenset(
+        {"GroupMember.Read.All", "GroupMember.ReadWrite.All", "Group.Read.All", "Group.ReadWrite.All"}
+    )
+    | _DIRECTORY_READ,
+    "Application.Read.All": frozenset({"Application.Read.All", "Application.ReadWrite.All"}) | _DIRECTORY_READ,
+    "PrivilegedAssignmentSchedule.Read.AzureADGroup": frozenset(
+        {
+            "PrivilegedAssignmentSchedule.Read.AzureADGroup",
+            "PrivilegedAssignmentSchedule.ReadWrite.AzureADGroup",
+            "PrivilegedAccess.Read.AzureADGroup",
+            "PrivilegedAccess.ReadWrite.AzureADGroup",
+        }
+    ),
+    # Graph's subscription reference asks Group.Read.All for change notifications on a group's members
+    "Group.Read.All": frozenset({"Group.Read.All", "Group.ReadWrite.All"}) | _DIRECTORY_READ,
+}
+
+
+def required_permissions(scope_mode: str, pim_groups: bool) -> list[str]:
+    """The exact application permissions idsync needs for this configuration, in the README's order."""
+    needed = ["User.Read.All", "GroupMember.Read.All"]
+    if scope_mode == "assigned":
+        needed.append("Application.Read.All")
+    if pim_groups:
+        needed += ["PrivilegedAssignmentSchedule.Read.AzureADGroup", "Group.Read.All"]
+    return needed
+
+
+def token_roles(access_token: str) -> frozenset[str] | None:
+    """The ``roles`` claim (granted application permissions) of a JWT access token, read without verifying it
+    (for a diagnosis only: Graph verifies it); None when the token is not a readable JWT."""
+    parts = access_token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    roles = claims.get("roles") if isinstance(claims, dict) else None
+    return frozenset(str(r) for r in roles) if isinstance(roles, list) else None
+
+
 _ID_SEGMENT = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$|@")
 _DECIMAL = re.compile(r"^\s*\d+(\.\d+)?\s*$")
 _PRIVATE_KEY = re.compile(r"-----BEGIN ([A-Z ]*)PRIVATE KEY-----.+?-----END \1PRIVATE KEY-----", re.S)
@@ -157,6 +206,11 @@ class GraphClient:
         self._secret: str | None = secret if isinstance(secret, str) else None
         self._origin = _origin(settings.base_url)
         self._scope = f"{self._origin}/.default"
+        if settings.ca_bundle and not Path(settings.ca_bundle).is_file():
+            raise ConfigError(
+                f"graph.ca_bundle: {settings.ca_bundle} is not a readable file (a PEM bundle of the CAs to trust); "
+                "fix the path or remove the setting to trust the system's CAs"
+            )
         self._verify: str | bool = settings.ca_bundle or True
         self._session = session or requests.Session()
         retry = GraphRetry(
@@ -253,9 +307,14 @@ class GraphClient:
             result = self._acquire()
         if "access_token" not in result:
             description = str(result.get("error_description", "")).split(" Trace ID:")[0].strip()
+            hint = (
+                f" (the token is asked for {self._scope}: is graph.base_url a Microsoft Graph host?)"
+                if result.get("error") in ("invalid_scope", "invalid_resource")
+                else ""
+            )
             raise DirectoryAuthError(
                 f"Entra refused a token to client {self.settings.client_id} in tenant "
-                f"{self.settings.tenant_id}: {result.get('error')}: {description}"
+                f"{self.settings.tenant_id}: {result.get('error')}: {description}{hint}"
             )
         return str(result["access_token"])
 
@@ -301,6 +360,11 @@ class GraphClient:
             sent = {"Authorization": f"Bearer {self.token()}", "Accept": "application/json", **(headers or {})}
             try:
                 response = self.send(method, url, params=params, json=json, headers=sent)
+            except requests.ConnectionError as error:
+                raise DirectoryError(
+                    f"{method} {_short(url)} failed: Microsoft Graph at {_origin(url)} (graph.base_url) is "
+                    f"unreachable: {error}"
+                ) from None
             except requests.RequestException as error:
                 raise DirectoryError(f"{method} {_short(url)} failed: {error}") from None
             if response.status_code == 401 and attempt == 1:
@@ -338,13 +402,19 @@ class GraphClient:
 
     def _error(self, method: str, url: str, response: requests.Response) -> DirectoryError:
         code, message = "", response.text[:300]
+        where = f"{method} {_short(url)}"
         try:
             error = response.json().get("error", {})
             if isinstance(error, dict):
                 code, message = str(error.get("code", "")), str(error.get("message", message))
-        except ValueError:
-            pass
-        where = f"{method} {_short(url)}"
+        except (ValueError, AttributeError):
+            return GraphRequestError(
+                f"{where} failed: {_origin(url)} (graph.base_url) does not answer like Microsoft Graph "
+                f"(HTTP {response.status_code}, {response.headers.get('Content-Type') or 'no content type'}); "
+                "check the host",
+                response.status_code,
+                "",
+            )
         what = f"HTTP {response.status_code} {code}: {message}".replace(" :", ":")
         if response.status_code == 410 or code in _EXPIRED_CODES:
             return DeltaExpired(f"{where}: the delta link is no longer valid ({what}); a full read is needed")
@@ -423,13 +493,15 @@ class GraphDirectory:
             groups, members = self._all_groups()
         return DirectorySnapshot([_user(u) for u in users], groups, members)
 
-    def check(self) -> list[Check]:
-        """Entra's "Test Connection": token, users, group members, and (assigned scope) app assignments."""
+    def check(self, pim_groups: Sequence[str] = ()) -> list[Check]:
+        """Entra's "Test Connection": token, the granted permissions against the exact set this configuration
+        needs, users, group members, (assigned scope) app assignments, and (PIM groups) their schedules."""
         try:
-            self.client.token()
+            token = self.client.token()
         except (DirectoryError, ConfigError) as error:
             return [Check("token", False, str(error))]
         checks = [Check("token", True, f"access token issued for client {self.client.settings.client_id}")]
+        checks.append(self._permissions_check(token, bool(pim_groups)))
         checks.append(self._probe("users readable", lambda: self.client.get(f"/{USERS}", _probe_params())))
 
         def members() -> None:
@@ -447,7 +519,34 @@ class GraphDirectory:
                     "scope.service_principal_id must be the object id of the enterprise application",
                 )
             )
+        for group_id in pim_groups:
+            checks.append(
+                self._probe(
+                    f"PIM schedules of group {group_id} readable",
+                    functools.partial(
+                        self.client.get,
+                        "/identityGovernance/privilegedAccess/group/assignmentScheduleInstances",
+                        {"$filter": f"groupId eq '{group_id}'", "$top": "1"},
+                    ),
+                    "pim.groups must hold object ids of PIM-enabled groups",
+                )
+            )
         return checks
+
+    def _permissions_check(self, token: str, pim: bool) -> Check:
+        needed = required_permissions(self.scope.mode, pim)
+        roles = token_roles(token)
+        if roles is None:
+            return Check("permissions granted", True, "the token does not list its roles; the reads below decide")
+        missing = [name for name in needed if not roles & SATISFIED_BY[name]]
+        if missing:
+            return Check(
+                "permissions granted",
+                False,
+                f"missing application permission(s) {', '.join(missing)} (Entra admin center > App registrations > "
+                "API permissions, then grant admin consent)",
+            )
+        return Check("permissions granted", True, ", ".join(needed))
 
     @staticmethod
     def _probe(name: str, read: Callable[[], object], not_found: str = "") -> Check:

@@ -319,14 +319,23 @@ class CycleService:
             user_ids, group_ids = self._find(mirror, kind, key)
             desired = self.desired(mirror)
             if user_ids and not (user_ids & (set(desired.users) | {r.source_id for r in desired.refusals})):
-                decision = self.scope.user(mirror.users[next(iter(user_ids))])
-                reason = getattr(decision, "reason", "") or "not assigned to the application"
+                reason = self._out_of_scope_reason(mirror, "user", next(iter(user_ids)))
                 return CycleOutcome(None, skipped=f"user {key} is not in scope: {reason}", mode=mode)
             if group_ids and not group_ids & set(desired.groups):
-                return CycleOutcome(None, skipped=f"group {key} is not in scope", mode=mode)
+                reason = self._out_of_scope_reason(mirror, "group", next(iter(group_ids)))
+                return CycleOutcome(None, skipped=f"group {key} is not in scope: {reason}", mode=mode)
+            owned_now = self.state.load_ownership()
+            inactive = [u for u in user_ids if u in desired.users and not desired.users[u].active]
+            if kind == "user" and inactive and inactive[0] not in owned_now.users:
+                return CycleOutcome(
+                    None,
+                    skipped=f"user {key} is disabled or soft-deleted in Entra (accountEnabled false) and not in "
+                    "IAM Identity Center: there is nothing to provision",
+                    mode=mode,
+                )
             if kind == "group":
                 user_ids = {u for g, u in desired.memberships if g in group_ids}
-            owned = self.state.load_ownership()
+            owned = owned_now
             narrowed, mine = restrict(desired, owned, user_ids, group_ids)
             current = current_from_ownership(mine)
             policy = replace(self.policy, allow_deletions=True, delete_groups=False)
@@ -351,7 +360,13 @@ class CycleService:
             user_ids, group_ids = self._find(mirror, "user", key)
             kind = "user"
         except LookupError:
-            user_ids, group_ids = self._find(mirror, "group", key)
+            try:
+                user_ids, group_ids = self._find(mirror, "group", key)
+            except LookupError:
+                raise LookupError(
+                    f"no user or group {key!r} in Entra (users by object id or userPrincipalName, "
+                    "groups by object id or displayName)"
+                ) from None
             kind = "group"
         source_id = next(iter(user_ids or group_ids))
         obj = mirror.users[source_id] if kind == "user" else mirror.groups[source_id]
@@ -395,6 +410,20 @@ class CycleService:
             ],
             "heldBackByDeletionGuard": [op.name for op in held],
         }
+
+    def _out_of_scope_reason(self, mirror: Mirror, kind: str, source_id: str) -> str:
+        """Why an object is outside the scope: the assignment first (as Entra decides), then the scoping filter."""
+        users, groups, _ = mirror.in_scope(self.scoping.mode, self.scoping.transitive)
+        if source_id not in {str(o["id"]) for o in (users if kind == "user" else groups)}:
+            return (
+                f"not assigned to the application (scope.mode {self.scoping.mode}: neither assigned to the app "
+                "nor a member of an assigned group)"
+                if kind == "user"
+                else f"not assigned to the application (scope.mode {self.scoping.mode})"
+            )
+        obj = mirror.users[source_id] if kind == "user" else mirror.groups[source_id]
+        decision = self.scope.user(obj) if kind == "user" else self.scope.group(obj)
+        return getattr(decision, "reason", "") or "excluded by the scoping filters"
 
     @staticmethod
     def _find(mirror: Mirror, kind: str, key: str) -> tuple[set[str], set[str]]:
