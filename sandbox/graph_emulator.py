@@ -8,7 +8,7 @@ Serves, over HTTPS on 127.0.0.1 (a throwaway CA signs its certificate; clients t
 * ``/v1.0`` users, groups, members, transitiveMembers, servicePrincipals/appRoleAssignedTo,
   organization, and the users/groups delta functions, with $select, $top, $filter, $expand=manager,
   ``@odata.nextLink`` paging and Graph's error envelope;
-* fault injection (429 with Retry-After, 503, 504), per-path request counters, and an admin API under
+* fault injection (429 with Retry-After, 500, 503, 504), per-path request counters, and an admin API under
   ``/_emulator`` for out-of-process control;
 * PIM for Groups assignment schedule instances, /subscriptions with the validation handshake, and
   change notifications delivered to subscribers (``sandbox.graph_pim``, as ``GraphApp.pim``).
@@ -125,6 +125,7 @@ MUTATIONS = frozenset(
 
 _FAULT_BODIES = {
     429: ("TooManyRequests", "Too many requests: the application is being throttled. Please retry later."),
+    500: ("generalException", "An internal server error occurred while processing the request."),
     503: ("serviceNotAvailable", "The service is temporarily unavailable. Please retry later."),
     504: ("UnknownError", "The gateway timed out waiting for the service."),
 }
@@ -742,9 +743,13 @@ class GraphApp:
 
             def render(member_id: str) -> dict[str, Any]:
                 user = self.tenant.users.get(member_id)
+                other = self.tenant.devices.get(member_id) or self.tenant.service_principals.get(member_id)
                 if user is not None:
                     body = project(user, user_select or USER_DEFAULT, USER_COLLECTIONS)
                     kind = "user"
+                elif other is not None:
+                    body = {"id": member_id, "displayName": other.get("displayName")}
+                    kind = self.tenant.member_type(member_id)
                 else:
                     group = self.tenant.groups[member_id]
                     body = project(group, user_select or tuple(sorted(GROUP_PROPERTIES)), GROUP_COLLECTIONS)
@@ -926,7 +931,8 @@ class GraphApp:
         for group_id in ids:
             group = tenant.groups.get(group_id)
             if group is None:
-                items.append({"id": group_id, "@removed": {"reason": "deleted"}})
+                reason = "changed" if group_id in tenant.deleted_groups else "deleted"
+                items.append({"id": group_id, "@removed": {"reason": reason}})
                 continue
             item = self._delta_props(group, state.select, incremental)
             if not wants_members:
@@ -945,8 +951,7 @@ class GraphApp:
                     entries.append(entry)
             else:
                 entries = [
-                    {"@odata.type": f"#microsoft.graph.{'group' if m in tenant.groups else 'user'}", "id": m}
-                    for m in current
+                    {"@odata.type": f"#microsoft.graph.{tenant.member_type(m)}", "id": m} for m in current
                 ]
             # A group with many member changes comes back several times, each with a slice of them.
             chunk = self.delta_member_chunk

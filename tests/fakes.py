@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from idsync.errors import TargetConflict, TargetError, TargetNotFound
+from idsync.errors import TargetConflict, TargetError, TargetNotFound, TargetTransient
 from idsync.mirror import MemberChange
 from idsync.model import (
     AttributeChange,
@@ -46,6 +46,7 @@ class FakeIdentityStore:
     writes: list[str] = field(default_factory=list)
     fail_on: dict[str, str] = field(default_factory=dict)  # userName/displayName -> error message
     crash_after_writes: int | None = None
+    throttled_writes: int = 0  # the next n writes are throttled (after the client's retries), as AWS would
     ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     def _next(self, prefix: str) -> str:
@@ -54,6 +55,9 @@ class FakeIdentityStore:
     def _write(self, what: str, name: str = "") -> None:
         if name in self.fail_on:
             raise TargetError(self.fail_on[name])
+        if self.throttled_writes > 0:
+            self.throttled_writes -= 1
+            raise TargetTransient(f"{what} {name}: ThrottlingException: Rate exceeded")
         if self.crash_after_writes is not None and len(self.writes) >= self.crash_after_writes:
             raise RuntimeError("simulated crash")
         self.writes.append(what)
