@@ -950,9 +950,7 @@ class GraphApp:
                         entry["@removed"] = {"reason": "deleted"}
                     entries.append(entry)
             else:
-                entries = [
-                    {"@odata.type": f"#microsoft.graph.{tenant.member_type(m)}", "id": m} for m in current
-                ]
+                entries = [{"@odata.type": f"#microsoft.graph.{tenant.member_type(m)}", "id": m} for m in current]
             # A group with many member changes comes back several times, each with a slice of them.
             chunk = self.delta_member_chunk
             for start in range(0, max(len(entries), 1), chunk):

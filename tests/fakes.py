@@ -275,3 +275,50 @@ class FakeSource:
 
     def read_assignments(self) -> tuple[set[str], set[str]]:
         return set(self.assigned_users), set(self.assigned_groups)
+
+
+@dataclass
+class FakeDeltaSource(FakeSource):
+    """Entra with Graph's delta semantics: a link returns only what changed since it was issued.
+
+    ``outage``: the next full read answers an empty directory (a Graph incident), while the link it
+    hands out is as good as any: a delta from it later reports nothing changed, as Graph would.
+    ``soft_deleted``: user and group ids that delta reports removed with reason "changed".
+    """
+
+    outage: bool = False
+    soft_deleted: set[str] = field(default_factory=set)
+    snapshots: dict[str, tuple[dict[str, Any], dict[str, Any], set[tuple[str, str]]]] = field(default_factory=dict)
+    asked: list[Mapping[str, str] | None] = field(default_factory=list)
+
+    def _snapshot(self) -> tuple[dict[str, Any], dict[str, Any], set[tuple[str, str]]]:
+        users = {u["id"]: dict(u) for u in self.users}
+        groups = {g["id"]: dict(g) for g in self.groups}
+        members = {(g, u) for g, ids in self.members.items() for u in ids}
+        return users, groups, members
+
+    def read_changes(self, links: Mapping[str, str] | None) -> DirectoryChanges:
+        self.reads += 1
+        self.asked.append(dict(links) if links else None)
+        link = f"delta-{self.reads}"
+        now = self._snapshot()
+        self.snapshots[link] = now
+        out = {"users": link, "groups": link}
+        if not links:
+            if self.outage:
+                self.outage = False
+                return DirectoryChanges([], {}, [], {}, [], out, full=True)
+            changes = [MemberChange(g, u, "user", True) for g, u in sorted(now[2])]
+            return DirectoryChanges(list(now[0].values()), {}, list(now[1].values()), {}, changes, out, full=True)
+        before = self.snapshots[links["users"]]
+
+        def removed(old: dict[str, Any], new: dict[str, Any]) -> dict[str, str]:
+            return {i: ("changed" if i in self.soft_deleted else "deleted") for i in old if i not in new}
+
+        users = [u for i, u in now[0].items() if before[0].get(i) != u]
+        groups = [g for i, g in now[1].items() if before[1].get(i) != g]
+        members = [MemberChange(g, u, "user", True) for g, u in sorted(now[2] - before[2])]
+        members += [MemberChange(g, u, "user", False) for g, u in sorted(before[2] - now[2])]
+        return DirectoryChanges(
+            users, removed(before[0], now[0]), groups, removed(before[1], now[1]), members, out, full=False
+        )

@@ -111,6 +111,7 @@ class DesiredView:
     memberships: frozenset[tuple[str, str]]  # (group source id, user source id)
     refusals: tuple[Refusal, ...] = ()
     out_of_scope: frozenset[str] = frozenset()  # users alive in Entra but outside the scope
+    retained: frozenset[str] = frozenset()  # users and groups soft-deleted in Entra, within the grace period
 
 
 # --------------------------------------------------------------------------- current (AWS side)

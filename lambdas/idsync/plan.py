@@ -12,7 +12,9 @@
 Laws (each has a property test): applying the plan to ``current`` yields ``desired`` for everything
 idsync owns (convergence); planning again after that yields no writes (idempotence); objects that
 idsync neither created nor adopted are never updated or deleted (ownership); a plan that would
-delete more than the policy allows holds every deletion back (deletion guard).
+delete more than the policy allows holds every deletion back (deletion guard); an object idsync
+manages keeps its contested name (the incumbent wins); objects Entra can still restore
+(``DesiredView.retained``) lose their memberships but are never deleted.
 """
 
 from __future__ import annotations
@@ -284,7 +286,7 @@ class _UserPlanner:
         ops = []
         for sid in sorted(self.owned.users):
             user = self.desired.users.get(sid)
-            if (user is not None and user.active) or sid in refused:
+            if (user is not None and user.active) or sid in refused or sid in self.desired.retained:
                 continue
             if user is None and self.policy.skip_out_of_scope_deletions and sid in self.desired.out_of_scope:
                 continue
@@ -375,14 +377,14 @@ def _plan_groups(
         group = desired.groups[sid]
         if group.display_name in taken:
             incumbent = taken[group.display_name]
-            held = " (which idsync already manages)" if incumbent in owned.groups else ""
+            managed = " (which idsync already manages)" if incumbent in owned.groups else ""
             refusals.append(
                 Refusal(
                     "group",
                     sid,
                     group.display_name,
                     "displayName",
-                    f"is also the displayName of Entra group {incumbent}{held}; displayNames must be unique in "
+                    f"is also the displayName of Entra group {incumbent}{managed}; displayNames must be unique in "
                     f"IAM Identity Center, and {incumbent} keeps it",
                     group.display_name,
                 )
@@ -436,7 +438,7 @@ def _plan_groups(
     deletes: list[Operation] = []
     if policy.delete_groups:
         for sid in sorted(owned.groups):
-            if sid in desired.groups or sid in refused:
+            if sid in desired.groups or sid in refused or sid in desired.retained:
                 continue
             mine = owned.groups[sid]
             deletes.append(

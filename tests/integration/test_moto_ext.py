@@ -390,7 +390,9 @@ def test_injected_server_faults_answer_http_500_and_throttling_400(aws: None, id
     for _ in range(2):
         with pytest.raises(ClientError) as excinfo:
             client.list_users(IdentityStoreId=identity_store_id)
-        statuses.append((excinfo.value.response["Error"]["Code"], excinfo.value.response["ResponseMetadata"]["HTTPStatusCode"]))
+        statuses.append(
+            (excinfo.value.response["Error"]["Code"], excinfo.value.response["ResponseMetadata"]["HTTPStatusCode"])
+        )
     assert statuses == [("InternalServerException", 500), ("ThrottlingException", 400)]
 
 
@@ -414,7 +416,12 @@ def test_user_names_differing_only_in_case_collide_and_are_found(
     assert _error(excinfo)[0] == "ConflictException"
     other = _create(identitystore_client, identity_store_id, "bo@example.com")
     with pytest.raises(ClientError) as excinfo:
-        _update(identitystore_client, identity_store_id, other, {"AttributePath": "userName", "AttributeValue": "ADA@example.com"})
+        _update(
+            identitystore_client,
+            identity_store_id,
+            other,
+            {"AttributePath": "userName", "AttributeValue": "ADA@example.com"},
+        )
     assert _error(excinfo)[0] == "ConflictException"
     # and GetUserId finds it whatever the case
     found = identitystore_client.get_user_id(
@@ -423,5 +430,10 @@ def test_user_names_differing_only_in_case_collide_and_are_found(
     )
     assert found["UserId"] == user_id
     # and a user may change the case of its own userName
-    _update(identitystore_client, identity_store_id, user_id, {"AttributePath": "userName", "AttributeValue": "ada@example.com"})
+    _update(
+        identitystore_client,
+        identity_store_id,
+        user_id,
+        {"AttributePath": "userName", "AttributeValue": "ada@example.com"},
+    )
     assert _describe(identitystore_client, identity_store_id, user_id)["UserName"] == "ada@example.com"
