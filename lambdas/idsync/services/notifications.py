@@ -5,8 +5,9 @@ any problem there rejects it with a 4xx naming what is wrong, and nothing is enq
 is checked on its own: an item of the wrong shape (a missing field, both ``changeType`` and
 ``lifecycleEvent``, ...) is dropped and logged naming its index and the rule, and the others go on
 (only a request in which no item has a valid shape is rejected, 400). Then its clientState is
-compared in constant time with the secret, its tenant with ours, and its resource must name a configured PIM group. An item that passes becomes one hint ("look at group G",
-with the configured group id, never a string from the request); one that fails is dropped and logged,
+compared in constant time with the secret, its tenant with ours, and its resource must name a
+configured PIM group. An item that passes becomes one hint ("look at group G", with the configured
+group id, never a string from the request); one that fails is dropped and logged,
 and the request is still answered 202, as Graph expects.
 
 Lifecycle items (``lifecycleEvent``) are handled on either path, because Graph sends them to the
