@@ -142,6 +142,9 @@ def _show_plan(console: Console, plan: Plan, show_all: bool) -> None:
     _print_refusals(console, plan.refusals)
     if plan.guard is not None:
         console.print(f"[bold red]{plan.guard.message}[/]")
+        console.print(f"held back by the deletion guard ({len(plan.held_back)}):")
+        for op in plan.held_back:
+            console.print(f"  {op.action.value:>6} {op.kind.value:<10} {op.name}  ({op.reason})", highlight=False)
 
 
 def _report_json(report: CycleReport) -> dict[str, Any]:
@@ -209,6 +212,7 @@ def cmd_plan(settings: Settings, args: argparse.Namespace, console: Console) -> 
             "operations": [_operation_json(op) for op in plan.operations],
             "refusals": [_refusal_json(r) for r in plan.refusals],
             "deletionGuard": plan.guard.message if plan.guard else None,
+            "heldBack": [_operation_json(op) for op in plan.held_back],
         }
         print(json.dumps(payload, indent=2, default=str))
     else:

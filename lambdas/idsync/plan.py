@@ -534,10 +534,10 @@ def _guard(
             return False
         return count > policy.max_deletions or (total > 0 and 100.0 * count / total > policy.max_deletion_percent)
 
-    if trips(deletions, managed):
-        return DeletionGuard(deletions, managed, policy.max_deletions, policy.max_deletion_percent)
-    if trips(removals, managed_memberships):
-        return DeletionGuard(removals, managed_memberships, policy.max_deletions, policy.max_deletion_percent)
+    if trips(deletions, managed) or trips(removals, managed_memberships):
+        return DeletionGuard(
+            deletions, managed, policy.max_deletions, policy.max_deletion_percent, removals, managed_memberships
+        )
     return None
 
 
