@@ -267,6 +267,7 @@ class GraphApp:
         self.stats = _Stats()
         self._lock = threading.Lock()
         self._faults: list[Fault] = []
+        self._empty_rounds: dict[str, int] = {}
         self._access_tokens: dict[str, _Token] = {}
         self._states: dict[str, object] = {}  # opaque skip/delta token -> what it stands for
         self._expired_states: set[str] = set()
@@ -327,6 +328,21 @@ class GraphApp:
     def clear_faults(self) -> None:
         with self._lock:
             self._faults.clear()
+            self._empty_rounds.clear()
+
+    def empty_next_full_delta(self, resource: str = "users", count: int = 1) -> None:
+        """Answer the next ``count`` full delta rounds of ``resource`` with no object (a Graph incident)."""
+        if resource not in ("users", "groups"):
+            raise ValueError(f"resource must be users or groups, not {resource}")
+        with self._lock:
+            self._empty_rounds[resource] = self._empty_rounds.get(resource, 0) + count
+
+    def _take_empty(self, resource: str) -> bool:
+        with self._lock:
+            if self._empty_rounds.get(resource, 0) <= 0:
+                return False
+            self._empty_rounds[resource] -= 1
+            return True
 
     def expire_delta_tokens(self) -> None:
         """Make every issued $deltatoken and $skiptoken invalid (answers 410 from now on)."""
@@ -348,6 +364,7 @@ class GraphApp:
         with self._lock:
             self.tenant = tenant
             self._faults.clear()
+            self._empty_rounds.clear()
             self._access_tokens.clear()
             self._states.clear()
             self._expired_states.clear()
@@ -823,6 +840,8 @@ class GraphApp:
         with self.tenant.lock:
             watermark = self.tenant.seq
             items = self._user_changes(state) if resource == "users" else self._group_changes(state)
+        if state.watermark < 0 and self._take_empty(resource):
+            items = []  # an incident: the full round answers nobody, yet its deltaLink is as good as any
         round_ = _Round(_DeltaState(resource, state.select, watermark), items, self._delta_page_size(request))
         return self._delta_page(request, round_, 0)
 
@@ -1012,6 +1031,9 @@ class GraphApp:
             return _json({"faults": 0})
         body = self._admin_body(request)
         try:
+            if body.get("empty_full_delta"):
+                self.empty_next_full_delta(str(body["empty_full_delta"]), int(body.get("count", 1)))
+                return _json({"injected": body})
             self.inject(
                 int(body.get("status", 429)),
                 int(body.get("count", 1)),
@@ -1172,8 +1194,12 @@ class GraphEmulator:
     def inject(
         self, status: int = 429, count: int = 1, path_prefix: str | None = None, retry_after: str | None = "1"
     ) -> None:
-        """Answer the next ``count`` matching requests with 429/503/504 and Graph's error body."""
+        """Answer the next ``count`` matching requests with 429/500/503/504 and Graph's error body."""
         self.app.inject(status, count, path_prefix, retry_after)
+
+    def empty_next_full_delta(self, resource: str = "users", count: int = 1) -> None:
+        """Answer the next ``count`` full delta rounds of ``resource`` with no object (a Graph incident)."""
+        self.app.empty_next_full_delta(resource, count)
 
     def expire_delta_tokens(self) -> None:
         self.app.expire_delta_tokens()
