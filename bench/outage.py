@@ -24,28 +24,31 @@ DELETES = ("DeleteUser", "DeleteGroup", "DeleteGroupMembership")
 
 
 def measure() -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="idsync-bench-") as folder, world.EmulatorProcess(Path(folder)) as emulator:
-        with world.fake_aws():
-            engine = world.new_engine(emulator.graph, Path(folder) / "state.db")
-            world.run_cycle(engine)
-            engine.counters.aws.calls.clear()
-            emulator.admin("faults", {"empty_full_delta": "users", "count": 1})
-            tripped = world.run_cycle(engine, CycleOptions(force_full=True))
-            assert tripped.plan is not None
-            if tripped.plan.guard is None:
-                raise RuntimeError("the empty full read did not trip the deletion guard")
-            cycles = 0
-            while True:
-                cycles += 1
-                outcome = world.run_cycle(engine)
-                assert outcome.plan is not None
-                planned = sum(1 for op in outcome.plan.operations if op.action is Action.DELETE)
-                if planned + len(outcome.plan.held_back) == 0:
-                    break
-                if cycles == MAX_CYCLES:
-                    break
-            world.run_cycle(engine, CycleOptions(allow_deletions=True))
-            deletions = sum(engine.counters.aws.calls.get(name, 0) for name in DELETES)
+    with (
+        tempfile.TemporaryDirectory(prefix="idsync-bench-") as folder,
+        world.EmulatorProcess(Path(folder)) as emulator,
+        world.fake_aws(),
+    ):
+        engine = world.new_engine(emulator.graph, Path(folder) / "state.db")
+        world.run_cycle(engine)
+        engine.counters.aws.calls.clear()
+        emulator.admin("faults", {"empty_full_delta": "users", "count": 1})
+        tripped = world.run_cycle(engine, CycleOptions(force_full=True))
+        assert tripped.plan is not None
+        if tripped.plan.guard is None:
+            raise RuntimeError("the empty full read did not trip the deletion guard")
+        cycles = 0
+        while True:
+            cycles += 1
+            outcome = world.run_cycle(engine)
+            assert outcome.plan is not None
+            planned = sum(1 for op in outcome.plan.operations if op.action is Action.DELETE)
+            if planned + len(outcome.plan.held_back) == 0:
+                break
+            if cycles == MAX_CYCLES:
+                break
+        world.run_cycle(engine, CycleOptions(allow_deletions=True))
+        deletions = sum(engine.counters.aws.calls.get(name, 0) for name in DELETES)
     return {
         "outage_recovery": {
             "cycles_to_zero": cycles,
