@@ -47,6 +47,7 @@ class FakeIdentityStore:
     fail_on: dict[str, str] = field(default_factory=dict)  # userName/displayName -> error message
     crash_after_writes: int | None = None
     throttled_writes: int = 0  # the next n writes are throttled (after the client's retries), as AWS would
+    lost_create_answers: int = 0  # the next n CreateUser calls land, but their answer is an AWS-side fault
     ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     def _next(self, prefix: str) -> str:
@@ -94,6 +95,9 @@ class FakeIdentityStore:
         self._write("CreateUser", user_name)
         uid = self._next("u")
         self.users[uid] = {"UserName": user_name, "doc": freeze_doc(doc)}
+        if self.lost_create_answers > 0:
+            self.lost_create_answers -= 1
+            raise TargetTransient(f"CreateUser {user_name}: InternalServerException (HTTP 500)")
         return uid
 
     def update_user(self, user_id: str, changes: Sequence[AttributeChange]) -> None:

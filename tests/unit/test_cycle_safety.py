@@ -212,3 +212,38 @@ def test_a_hard_delete_is_an_aws_delete_at_once() -> None:
     world.source.members["g1"].remove("e4")
     world.run()
     assert world.store.find_user("u4@example.com") is None
+
+
+def test_a_create_whose_answer_was_lost_then_a_rename_leaves_no_orphan() -> None:
+    # Given a CreateUser that lands in AWS but answers an AWS-side fault (the cycle stops there)
+    world = World()
+    world.store.lost_create_answers = 1
+    stopped = world.run().report
+    assert not stopped.complete
+    assert stopped.failures == ()
+    landed = next(iter(world.store.users))
+    # When Entra renames that user before the next run
+    world.source.users[0]["userPrincipalName"] = "renamed@example.com"
+    world.run()
+    # Then the user it created is found, kept and renamed: no orphan
+    assert len(world.store.users) == 12
+    assert world.store.find_user("renamed@example.com") == landed
+
+
+def test_a_full_reconcile_keeps_a_soft_deleted_user_within_the_grace_period() -> None:
+    world = delta_world()
+    world.run()
+    source = world.source
+    assert isinstance(source, FakeDeltaSource)
+    user_id = world.store.find_user("u4@example.com")
+    source.users.pop(4)
+    source.members["g1"].remove("e4")
+    source.soft_deleted.add("e4")
+    world.run()
+    # a full read does not list Entra's deleted items: the user is still restorable, so still kept
+    world.clock.advance(2 * 86400)
+    assert world.run(force_full=True).mode == "full"
+    assert world.store.find_user("u4@example.com") == user_id
+    world.clock.advance(29 * 86400)
+    world.run(force_full=True)
+    assert world.store.find_user("u4@example.com") is None

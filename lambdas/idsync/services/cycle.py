@@ -198,14 +198,25 @@ class CycleService:
             mirror, mode = Mirror(), "full"
             changes = self.source.read_changes(None)
         if changes.full:
-            mirror = Mirror()
+            mirror = Mirror(soft_deleted=self._soft_deleted_before(mirror))
         now = self.clock.now().isoformat()
         mirror.merge_users(changes.users, changes.removed_users, now)
         mirror.merge_groups(changes.groups, changes.removed_groups, changes.member_changes, full=changes.full, now=now)
+        if changes.full:
+            # a full read does not list deleted items: what was restorable before still is
+            alive = set(mirror.users) | set(mirror.groups)
+            mirror.soft_deleted = {i: t for i, t in mirror.soft_deleted.items() if i not in alive}
         if self.scoping.mode == "assigned":
             users, groups = self.source.read_assignments()
             mirror.set_assignments(users, groups)
         return mirror, dict(changes.links), mode, record
+
+    def _soft_deleted_before(self, mirror: Mirror | None) -> dict[str, str]:
+        """Objects in Entra's deleted items as the stored mirror knows them (a full read cannot tell)."""
+        if mirror is None or not mirror.soft_deleted:
+            blob = load_blob(self.state, MIRROR_KEY)
+            mirror = Mirror.from_bytes(blob) if blob else None
+        return dict(mirror.soft_deleted) if mirror is not None else {}
 
     def _delta_allowed(self, record: Mapping[str, Any]) -> bool:
         if not record.get("links") or record.get("fingerprint") != self.fingerprint:
@@ -290,7 +301,7 @@ class CycleService:
         applier = Applier(self.target, self.state, self.clock, cycle_id, owned, current, policy, desired)
         if opts.dry_run:
             return CycleOutcome(applier.report(plan, started.isoformat(), True, True), mode=mode, plan=plan)
-        if mode == "full" and plan.writes > 0:
+        if mode == "full" and plan.writes > 0 and plan.guard is None:
             # a full read is expensive: keep it so that a stopped cycle resumes without repeating it
             save_blob(self.state, f"{CHECKPOINT_KEY}:mirror", mirror.to_bytes())
             self.state.put_item(CHECKPOINT_KEY, {"links": links, "started": started.isoformat()})

@@ -148,10 +148,11 @@ class Applier:
                 self._end()
                 raise
             except TargetTransient as error:
-                # not a failure of this object: AWS asked to slow down or failed on its side
+                # not a failure of this object: AWS asked to slow down or failed on its side; a create
+                # may still have landed, so its intent stays for the next run to resolve
                 self.stopped_by = str(error)
                 self._log(op, Status.SKIPPED, op.target_id, (), f"{error}; the next run carries on", 0.0)
-                self._end()
+                self.flush()
                 return False
             except TargetError as error:
                 status, target_id, changes, note = Status.FAILURE, op.target_id, op.changes, str(error)
