@@ -103,6 +103,9 @@ class FakeIdentityStore:
     def update_user(self, user_id: str, changes: Sequence[AttributeChange]) -> None:
         if user_id not in self.users:
             raise TargetNotFound(user_id)
+        for change in changes:
+            if change.attribute == "UserName" and self.find_user(str(change.new)) not in (None, user_id):
+                raise TargetConflict(f"userName {change.new} exists")
         self._write("UpdateUser", self.users[user_id]["UserName"])
         doc = dict(self.users[user_id]["doc"])
         for change in changes:
@@ -292,6 +295,7 @@ class FakeDeltaSource(FakeSource):
 
     outage: bool = False
     soft_deleted: set[str] = field(default_factory=set)
+    purged: dict[str, int] = field(default_factory=dict)  # soft-deleted ids deleted for good -> reads by then
     snapshots: dict[str, tuple[dict[str, Any], dict[str, Any], set[tuple[str, str]]]] = field(default_factory=dict)
     asked: list[Mapping[str, str] | None] = field(default_factory=list)
 
@@ -319,10 +323,17 @@ class FakeDeltaSource(FakeSource):
         def removed(old: dict[str, Any], new: dict[str, Any]) -> dict[str, str]:
             return {i: ("changed" if i in self.soft_deleted else "deleted") for i in old if i not in new}
 
+        since = int(links["users"].rsplit("-", 1)[1])
+        purged = {i: "deleted" for i, at in self.purged.items() if at >= since and i not in now[0]}
         users = [u for i, u in now[0].items() if before[0].get(i) != u]
         groups = [g for i, g in now[1].items() if before[1].get(i) != g]
         members = [MemberChange(g, u, "user", True) for g, u in sorted(now[2] - before[2])]
         members += [MemberChange(g, u, "user", False) for g, u in sorted(before[2] - now[2])]
         return DirectoryChanges(
-            users, removed(before[0], now[0]), groups, removed(before[1], now[1]), members, out, full=False
+            users, removed(before[0], now[0]) | purged, groups, removed(before[1], now[1]), members, out, full=False
         )
+
+    def purge(self, object_id: str) -> None:
+        """Delete a soft-deleted object for good: the next delta reports it removed with reason "deleted"."""
+        self.soft_deleted.discard(object_id)
+        self.purged[object_id] = self.reads

@@ -265,9 +265,28 @@ class _UserPlanner:
                         user=user,
                     )
                 )
+        update_ops += self._park_retained_names(taken_names)
         renames, update_ops = _order_renames(update_ops, self.current.users)
         # creates that need a name a rename frees come after the renames
         return renames + create_ops, adopts, update_ops
+
+    def _park_retained_names(self, taken: Mapping[str, str]) -> list[Operation]:
+        """Renames to a temporary name of managed users that stay or wait for deletion (restorable,
+        disabled, out of scope, refused) whose userName a live user now takes."""
+        ops = []
+        for sid in sorted(set(self.owned.users) - set(taken.values())):
+            owned = self.owned.users[sid]
+            target = self.current.users.get(owned.target_id)
+            if target is None or taken.get(target.user_name.casefold(), sid) == sid:
+                continue
+            parked = f"{TEMPORARY_NAME_PREFIX}{sid}"
+            user = User(sid, parked, owned.doc, owned.manager_source_id, active=False)
+            change = AttributeChange(USER_NAME, target.user_name, parked)
+            reason = "its userName is now another Entra user's"
+            ops.append(
+                Operation(Kind.USER, Action.UPDATE, sid, parked, owned.target_id, (change,), user, reason=reason)
+            )
+        return ops
 
     def _claim_order(self, sid: str) -> tuple[int, str]:
         """Who gets a contested userName first: the user holding it already, then managed users, then others."""

@@ -71,15 +71,24 @@ def resolve_intent(state: StateStore, target: IdentityStore, owned: Ownership) -
         return False
     kind, source_id, name = str(intent["kind"]), str(intent["source_id"]), str(intent["name"])
     changed = False
-    if kind == "user" and source_id not in owned.users:
+    if kind == "user":
         found = target.find_user(name)
-        if found is not None and found not in {o.target_id for o in owned.users.values()}:
-            state.record_user(OwnedUser(source_id, found, name, {}))
+        mine = owned.users.get(source_id)
+        others = {o.target_id for s, o in owned.users.items() if s != source_id}
+        if found is not None and found not in others and (mine is None or mine.target_id != found):
+            # the create landed: it replaces whatever stale record the source object had
+            for group, member in [m for m in owned.memberships if m[1] == source_id]:
+                state.forget_membership(group, member)
+            state.record_user(OwnedUser(source_id, found, name, freeze_doc(intent.get("doc") or {})))
             changed = True
-    elif kind == "group" and source_id not in owned.groups:
+    elif kind == "group":
         found = target.find_group(name)
-        if found is not None and found not in {o.target_id for o in owned.groups.values()}:
-            state.record_group(OwnedGroup(source_id, found, name))
+        held = owned.groups.get(source_id)
+        others = {o.target_id for s, o in owned.groups.items() if s != source_id}
+        if found is not None and found not in others and (held is None or held.target_id != found):
+            for group, member in [m for m in owned.memberships if m[0] == source_id]:
+                state.forget_membership(group, member)
+            state.record_group(OwnedGroup(source_id, found, name, intent.get("description")))
             changed = True
     state.delete_item(INTENT_KEY)
     return changed
@@ -171,11 +180,13 @@ class Applier:
             self.intent_written = False
         self.flush()
 
-    def _intend(self, kind: str, source_id: str, name: str) -> None:
-        self.state.put_item(INTENT_KEY, {"kind": kind, "source_id": source_id, "name": name})
+    def _intend(self, kind: str, source_id: str, name: str, **what: JsonValue) -> None:
+        self.state.put_item(INTENT_KEY, {"kind": kind, "source_id": source_id, "name": name, **what})
         self.intent_written = True
 
     def _still_missing(self, op: Operation) -> bool:
+        if op.kind is Kind.USER:
+            return op.source_id not in self.users
         return (op.source_id, op.member_source_id or "") not in self.memberships
 
     def _restore_memberships(self, user_sid: str | None = None, group_sid: str | None = None) -> None:
@@ -259,7 +270,10 @@ class Applier:
         if user.manager_source_id and user.manager_source_id not in self.user_targets:
             self.deferred_managers.append(user)
         changes = tuple(AttributeChange(k, None, v) for k, v in sorted(doc.items()))
-        self._intend("user", user.source_id, user.user_name)
+        if user.source_id in self.users:
+            # created again (gone from AWS): the memberships recorded for the old object went with it
+            self._forget_memberships(user_sid=user.source_id)
+        self._intend("user", user.source_id, user.user_name, doc=doc)
         try:
             target_id = self.target.create_user(user.user_name, doc)
             self.writes += 1
@@ -317,7 +331,14 @@ class Applier:
         self.users.pop(source_id, None)
         self.user_targets.pop(source_id, None)
         self._forget_memberships(user_sid=source_id)
-        result = self._create_user(Operation(Kind.USER, Action.CREATE, source_id, user.user_name, user=user))
+        create = Operation(Kind.USER, Action.CREATE, source_id, user.user_name, user=user, reason="deleted by hand")
+        try:
+            result = self._create_user(create)
+        except TargetConflict:
+            # its name is still held by a managed user this cycle renames later: create it after the renames
+            self.followups.append(create)
+            self._restore_memberships(user_sid=source_id)
+            return Status.SKIPPED, None, (), "deleted outside idsync; created again at the end of this cycle"
         self._restore_memberships(user_sid=source_id)
         return result
 
@@ -363,7 +384,9 @@ class Applier:
         changes: tuple[AttributeChange, ...] = (AttributeChange("DisplayName", None, group.display_name),)
         if group.description:
             changes += (AttributeChange("Description", None, group.description),)
-        self._intend("group", group.source_id, group.display_name)
+        if group.source_id in self.groups:
+            self._forget_memberships(group_sid=group.source_id)
+        self._intend("group", group.source_id, group.display_name, description=group.description)
         try:
             target_id = self.target.create_group(group.display_name, group.description)
             self.writes += 1
@@ -431,7 +454,10 @@ class Applier:
                 membership_id = self.target.create_membership(group_target, user_target)
             except TargetNotFound:
                 # the group or the user was deleted outside idsync: create it again, then add
-                group_target, user_target = self._recreate_missing(op, group_target, user_target)
+                targets_again = self._recreate_missing(op, group_target, user_target)
+                if targets_again is None:
+                    return Status.SKIPPED, None, (), "the user is created again at the end of this cycle"
+                group_target, user_target = targets_again
                 membership_id = self.target.create_membership(group_target, user_target)
             self.writes += 1
         except TargetConflict:
@@ -442,7 +468,8 @@ class Applier:
         self._record_member(op, membership_id)
         return Status.SUCCESS, membership_id, (AttributeChange("members", None, user_target),), None
 
-    def _recreate_missing(self, op: Operation, group_target: str, user_target: str) -> tuple[str, str]:
+    def _recreate_missing(self, op: Operation, group_target: str, user_target: str) -> tuple[str, str] | None:
+        """(group, user) target ids once the missing one is created again; None when the user waits."""
         assert op.member_source_id is not None
         owned_group = self.groups.get(op.source_id)
         if owned_group is None or self.target.find_group(owned_group.display_name) != group_target:
@@ -450,6 +477,8 @@ class Applier:
         owned_user = self.users.get(op.member_source_id)
         if owned_user is None or self.target.find_user(owned_user.user_name) != user_target:
             self._recreate_user(op.member_source_id)
+            if op.member_source_id not in self.user_targets:
+                return None
             user_target = self.user_targets[op.member_source_id]
         return group_target, user_target
 
