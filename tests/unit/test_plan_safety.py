@@ -181,3 +181,41 @@ def test_any_permutation_of_user_names_converges_in_one_cycle(order: list[int], 
     store.writes.clear()
     assert service.run().writes == 0
     assert service.run(force_full=True).writes == 0
+
+
+def test_a_managed_user_refused_later_keeps_its_memberships_and_its_object() -> None:
+    from idsync.model import Refusal
+    from tests.unit.test_plan_laws import SimpleUserMapper
+
+    people = _people(10)
+    directory = FakeSource(people, [{"id": "g1", "displayName": "Admins"}], {"g1": [p["id"] for p in people]})
+    store, state = FakeIdentityStore(), FakeState()
+    runner = make_service(directory, store, state)
+    runner.run()
+
+    # Given Entra data for one managed user that no longer maps (refused this cycle)
+    class Refusing(SimpleUserMapper):
+        def map(self, obj: dict[str, Any]) -> Any:
+            if obj["id"] == "e03":
+                return Refusal("user", "e03", "u3@example.com", "name.givenName", "is required")
+            return super().map(obj)
+
+    runner.service.user_mapper = Refusing()
+    report = runner.run()
+    # Then it is refused, but neither deleted nor removed from its group
+    assert [r.source_id for r in report.refusals] == ["e03"]
+    assert store.find_user("u3@example.com") is not None
+    assert "u3@example.com" in store.members_of("Admins")
+
+
+def test_groups_stay_when_delete_groups_is_off() -> None:
+    people = _people(4)
+    groups = [{"id": f"g{i}", "displayName": f"Team {i}"} for i in range(6)]
+    directory = FakeSource(people, groups, {})
+    store, state = FakeIdentityStore(), FakeState()
+    make_service(directory, store, state, delete_groups=False).run()
+    directory.groups = groups[:5]
+    report = make_service(directory, store, state, delete_groups=False).run()
+    assert report.guard is None
+    assert store.find_group("Team 5") is not None
+    assert "DeleteGroup" not in store.writes
