@@ -8,7 +8,7 @@ Serves, over HTTPS on 127.0.0.1 (a throwaway CA signs its certificate; clients t
 * ``/v1.0`` users, groups, members, transitiveMembers, servicePrincipals/appRoleAssignedTo,
   organization, and the users/groups delta functions, with $select, $top, $filter, $expand=manager,
   ``@odata.nextLink`` paging and Graph's error envelope;
-* fault injection (429 with Retry-After, 503, 504), per-path request counters, and an admin API under
+* fault injection (429 with Retry-After, 500, 503, 504), per-path request counters, and an admin API under
   ``/_emulator`` for out-of-process control;
 * PIM for Groups assignment schedule instances, /subscriptions with the validation handshake, and
   change notifications delivered to subscribers (``sandbox.graph_pim``, as ``GraphApp.pim``).
@@ -125,6 +125,7 @@ MUTATIONS = frozenset(
 
 _FAULT_BODIES = {
     429: ("TooManyRequests", "Too many requests: the application is being throttled. Please retry later."),
+    500: ("generalException", "An internal server error occurred while processing the request."),
     503: ("serviceNotAvailable", "The service is temporarily unavailable. Please retry later."),
     504: ("UnknownError", "The gateway timed out waiting for the service."),
 }
@@ -276,6 +277,7 @@ class GraphApp:
         self.stats = _Stats()
         self._lock = threading.Lock()
         self._faults: list[Fault] = []
+        self._empty_rounds: dict[str, int] = {}
         self._access_tokens: dict[str, _Token] = {}
         self._states: dict[str, object] = {}  # opaque skip/delta token -> what it stands for
         self._expired_states: set[str] = set()
@@ -336,6 +338,21 @@ class GraphApp:
     def clear_faults(self) -> None:
         with self._lock:
             self._faults.clear()
+            self._empty_rounds.clear()
+
+    def empty_next_full_delta(self, resource: str = "users", count: int = 1) -> None:
+        """Answer the next ``count`` full delta rounds of ``resource`` with no object (a Graph incident)."""
+        if resource not in ("users", "groups"):
+            raise ValueError(f"resource must be users or groups, not {resource}")
+        with self._lock:
+            self._empty_rounds[resource] = self._empty_rounds.get(resource, 0) + count
+
+    def _take_empty(self, resource: str) -> bool:
+        with self._lock:
+            if self._empty_rounds.get(resource, 0) <= 0:
+                return False
+            self._empty_rounds[resource] -= 1
+            return True
 
     def expire_delta_tokens(self) -> None:
         """Make every issued $deltatoken and $skiptoken invalid (answers 410 from now on)."""
@@ -357,6 +374,7 @@ class GraphApp:
         with self._lock:
             self.tenant = tenant
             self._faults.clear()
+            self._empty_rounds.clear()
             self._access_tokens.clear()
             self._states.clear()
             self._expired_states.clear()
@@ -752,9 +770,13 @@ class GraphApp:
 
             def render(member_id: str) -> dict[str, Any]:
                 user = self.tenant.users.get(member_id)
+                other = self.tenant.devices.get(member_id) or self.tenant.service_principals.get(member_id)
                 if user is not None:
                     body = project(user, user_select or USER_DEFAULT, USER_COLLECTIONS)
                     kind = "user"
+                elif other is not None:
+                    body = {"id": member_id, "displayName": other.get("displayName")}
+                    kind = self.tenant.member_type(member_id)
                 else:
                     group = self.tenant.groups[member_id]
                     body = project(group, user_select or tuple(sorted(GROUP_PROPERTIES)), GROUP_COLLECTIONS)
@@ -828,6 +850,8 @@ class GraphApp:
         with self.tenant.lock:
             watermark = self.tenant.seq
             items = self._user_changes(state) if resource == "users" else self._group_changes(state)
+        if state.watermark < 0 and self._take_empty(resource):
+            items = []  # an incident: the full round answers nobody, yet its deltaLink is as good as any
         round_ = _Round(_DeltaState(resource, state.select, watermark), items, self._delta_page_size(request))
         return self._delta_page(request, round_, 0)
 
@@ -936,7 +960,8 @@ class GraphApp:
         for group_id in ids:
             group = tenant.groups.get(group_id)
             if group is None:
-                items.append({"id": group_id, "@removed": {"reason": "deleted"}})
+                reason = "changed" if group_id in tenant.deleted_groups else "deleted"
+                items.append({"id": group_id, "@removed": {"reason": reason}})
                 continue
             item = self._delta_props(group, state.select, incremental)
             if not wants_members:
@@ -954,10 +979,7 @@ class GraphApp:
                         entry["@removed"] = {"reason": "deleted"}
                     entries.append(entry)
             else:
-                entries = [
-                    {"@odata.type": f"#microsoft.graph.{'group' if m in tenant.groups else 'user'}", "id": m}
-                    for m in current
-                ]
+                entries = [{"@odata.type": f"#microsoft.graph.{tenant.member_type(m)}", "id": m} for m in current]
             # A group with many member changes comes back several times, each with a slice of them.
             chunk = self.delta_member_chunk
             for start in range(0, max(len(entries), 1), chunk):
@@ -1019,6 +1041,9 @@ class GraphApp:
             return _json({"faults": 0})
         body = self._admin_body(request)
         try:
+            if body.get("empty_full_delta"):
+                self.empty_next_full_delta(str(body["empty_full_delta"]), int(body.get("count", 1)))
+                return _json({"injected": body})
             self.inject(
                 int(body.get("status", 429)),
                 int(body.get("count", 1)),
@@ -1179,8 +1204,12 @@ class GraphEmulator:
     def inject(
         self, status: int = 429, count: int = 1, path_prefix: str | None = None, retry_after: str | None = "1"
     ) -> None:
-        """Answer the next ``count`` matching requests with 429/503/504 and Graph's error body."""
+        """Answer the next ``count`` matching requests with 429/500/503/504 and Graph's error body."""
         self.app.inject(status, count, path_prefix, retry_after)
+
+    def empty_next_full_delta(self, resource: str = "users", count: int = 1) -> None:
+        """Answer the next ``count`` full delta rounds of ``resource`` with no object (a Graph incident)."""
+        self.app.empty_next_full_delta(resource, count)
 
     def expire_delta_tokens(self) -> None:
         self.app.expire_delta_tokens()

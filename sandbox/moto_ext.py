@@ -11,7 +11,15 @@ membership; memberships go with their user or group.
 idempotent), which serves ``mock_aws`` in-process and a moto server running in the same process alike.
 ``fail_next()`` makes the next calls of one operation fail with an error of the caller's choice
 (ThrottlingException with RetryAfterSeconds, AccessDeniedException, ...), to exercise retries and error
-handling. botocore's client-side validation is left alone: the service model is the real one.
+handling; each fault comes back with the HTTP status AWS's service model gives its error shape
+(InternalServerException 500, ThrottlingException 400, ...), so botocore retries it the way it
+retries the real one. botocore's client-side validation is left alone: the service model is the real one.
+
+userName uniqueness: AWS's API reference says only that UserName is "a unique string used to identify
+the user" (and that Administrator and AWSAdministrators are reserved); it does not say whether case
+counts. The emulator takes the strict reading, which no client can be hurt by assuming: two userNames
+that differ only in case collide (ConflictException), and GetUserId finds a user by its userName
+without regard to case.
 
 UpdateUser follows the documented semantics: each operation sets the attribute at ``AttributePath`` to
 ``AttributeValue``, a null or absent value removes it, and the operations of one call apply together or
@@ -118,6 +126,21 @@ def _take_fault(operation: str) -> _Fault | None:
         if fault.remaining == 0:
             queue.pop(0)
         return fault
+
+
+def _error_status(code: str) -> int:
+    """The HTTP status AWS answers an error with: the model marks InternalServerException retryable but
+    not throttling (a server fault, 500); every other Identity Store error is a client error (400)."""
+    if code in _SERVER_FAULTS:
+        return _SERVER_FAULTS[code]
+    for shape in _MODEL.error_shapes:
+        retryable = shape.metadata.get("retryable")
+        if shape.name == code and retryable is not None and not retryable.get("throttling"):
+            return 500
+    return 400
+
+
+_SERVER_FAULTS = {"InternalFailure": 500, "ServiceUnavailable": 503, "ServiceUnavailableException": 503}
 
 
 # --------------------------------------------------------------------------- value checks
@@ -347,9 +370,9 @@ class _BackendGaps:
         # an index (rebuilt whenever the store changed size or a user was renamed) keeps 10,000 creates linear
         index: dict[str, str] | None = getattr(store, "_idsync_user_names", None)
         if index is None or len(index) != len(store.users):
-            index = {u.UserName: u.UserId for u in store.users.values() if isinstance(u, StoredUser)}
+            index = {u.UserName.casefold(): u.UserId for u in store.users.values() if isinstance(u, StoredUser)}
             store._idsync_user_names = index  # type: ignore[attr-defined]
-        holder = index.get(user_name)
+        holder = index.get(user_name.casefold())
         if holder is not None and holder != user_id and holder in store.users:
             raise ConflictException(message="Duplicate UserName", reason="UNIQUENESS_CONSTRAINT_VIOLATION")
 
@@ -380,8 +403,18 @@ class _BackendGaps:
         store.users[user_id] = StoredUser(user_id, identity_store_id, checked, checked_extensions)
         names = getattr(store, "_idsync_user_names", None)
         if names is not None:
-            names[checked["UserName"]] = user_id
+            names[checked["UserName"].casefold()] = user_id
         return user_id, identity_store_id
+
+    def get_user_id(self, identity_store_id: str, alternate_identifier: dict[str, Any]) -> tuple[str, str]:
+        unique = alternate_identifier.get("UniqueAttribute") or {}
+        if str(unique.get("AttributePath", "")).lower() == "username" and unique.get("AttributeValue"):
+            wanted = str(unique["AttributeValue"]).casefold()
+            for user in self._store(identity_store_id).users.values():
+                if isinstance(user, StoredUser) and user.UserName.casefold() == wanted:
+                    return user.UserId, identity_store_id
+            raise ResourceNotFoundException(message="USER not found.", resource_type="USER")
+        return IdentityStoreBackend.get_user_id(self, identity_store_id, alternate_identifier)  # type: ignore[arg-type]
 
     @paginate(pagination_model=IdentityStoreBackend.PAGINATION_MODEL)
     def list_users(self, identity_store_id: str, filters: list[dict[str, str]] | None) -> list[StoredUser]:
@@ -389,7 +422,7 @@ class _BackendGaps:
         for item in filters or []:
             if item.get("AttributePath", "").lower() != "username":
                 raise ValidationException(message=f"Filtering users by {item.get('AttributePath')} is not supported")
-            users = [u for u in users if u.UserName == item.get("AttributeValue")]
+            users = [u for u in users if u.UserName.casefold() == str(item.get("AttributeValue")).casefold()]
         return users
 
     def update_user(
@@ -408,7 +441,7 @@ class _BackendGaps:
         _check_required(attributes)
         store = self._store(identity_store_id)
         self._unique_user_name(store, attributes["UserName"], user_id)
-        if attributes["UserName"] != user.UserName:
+        if attributes["UserName"].casefold() != user.UserName.casefold():
             self._forget_indexes(store)
         user.attributes, user.extensions = attributes, extensions
         user.revision += 1
@@ -507,7 +540,7 @@ class _ResponseGaps:
         if fault.retry_after is not None:
             body["RetryAfterSeconds"] = fault.retry_after
         headers = {"Content-Type": "application/x-amz-json-1.1", "X-Amzn-ErrorType": fault.code}
-        return 400, headers, json.dumps(body)
+        return _error_status(fault.code), headers, json.dumps(body)
 
     def create_user(self) -> str:
         attributes = {name: self._get_param(name) for name in _USER_INPUT.members}

@@ -108,6 +108,8 @@ class Tenant:
         self.members: dict[str, dict[str, None]] = {}  # group id -> direct member ids, in order
         self.member_of: dict[str, set[str]] = {}  # member id -> ids of the groups holding it
         self.service_principals: dict[str, dict[str, Any]] = {}
+        self.devices: dict[str, dict[str, Any]] = {}  # devices can be group members like users
+        self.deleted_groups: dict[str, tuple[dict[str, Any], dict[str, None]]] = {}  # restorable M365 groups
         self.assignments: dict[str, dict[str, dict[str, Any]]] = {}  # sp id -> principal id -> assignment
         self.clients: dict[str, ClientApp] = {}
         self.changes: list[Change] = []
@@ -331,7 +333,8 @@ class Tenant:
         """
         with self.lock:
             self._require_group(group_id)
-            if member_id not in self.users and member_id not in self.groups:
+            known = (self.users, self.groups, self.devices, self.service_principals)
+            if not any(member_id in objects for objects in known):
                 raise KeyError(f"object {member_id} does not exist in tenant {self.tenant_id}")
             if member_id in self.groups and (member_id == group_id or group_id in self.transitive_members(member_id)):
                 raise ValueError(f"adding group {member_id} to group {group_id} would nest a group in itself")
@@ -348,15 +351,55 @@ class Tenant:
     def _link(self, group_id: str, member_id: str) -> None:
         self.members[group_id][member_id] = None
         self.member_of.setdefault(member_id, set()).add(group_id)
-        self._record(MEMBER_CHANGE, group_id, member_id=member_id, member_type=self._type_of(member_id))
+        self._record(MEMBER_CHANGE, group_id, member_id=member_id, member_type=self.member_type(member_id))
 
     def _unlink(self, group_id: str, member_id: str) -> None:
         del self.members[group_id][member_id]
         self.member_of[member_id].discard(group_id)
-        self._record(MEMBER_CHANGE, group_id, member_id=member_id, member_type=self._type_of(member_id))
+        self._record(MEMBER_CHANGE, group_id, member_id=member_id, member_type=self.member_type(member_id))
 
-    def _type_of(self, member_id: str) -> str:
-        return "group" if member_id in self.groups else "user"
+    def member_type(self, member_id: str) -> str:
+        if member_id in self.groups:
+            return "group"
+        if member_id in self.devices:
+            return "device"
+        if member_id in self.service_principals:
+            return "servicePrincipal"
+        return "user"
+
+    def add_device(self, display_name: str) -> str:
+        """A device (Entra devices join security groups as members, as do service principals)."""
+        with self.lock:
+            device_id = self.new_id()
+            self.devices[device_id] = {"id": device_id, "displayName": display_name, "accountEnabled": True}
+            return device_id
+
+    def soft_delete_group(self, group_id: str) -> None:
+        """Move a Microsoft 365 group to deleted items (restorable for 30 days; delta says reason "changed")."""
+        with self.lock:
+            group = self._require_group(group_id)
+            if "Unified" not in (group.get("groupTypes") or []):
+                raise ValueError(f"group {group_id} is a security group: only Microsoft 365 groups are restorable")
+            members = dict(self.members[group_id])
+            for member in members:
+                self.member_of[member].discard(group_id)
+            for parent in sorted(self.member_of.get(group_id, set())):
+                self._unlink(parent, group_id)
+            del self.members[group_id]
+            del self.groups[group_id]
+            self.deleted_groups[group_id] = (group, members)
+            self._record(GROUP_CHANGE, group_id)
+
+    def restore_group(self, group_id: str) -> None:
+        """Bring a soft-deleted Microsoft 365 group back, same id and members. Raises KeyError."""
+        with self.lock:
+            group, members = self.deleted_groups.pop(group_id)
+            self.groups[group_id] = group
+            self.members[group_id] = {}
+            self._record(GROUP_CHANGE, group_id)
+            for member in members:
+                if member in self.users or member in self.groups:
+                    self._link(group_id, member)
 
     # ------------------------------------------------------------------ the enterprise app
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from idsync.errors import TargetConflict, TargetError, TargetNotFound
+from idsync.errors import TargetConflict, TargetError, TargetNotFound, TargetTransient
 from idsync.mirror import MemberChange
 from idsync.model import (
     AttributeChange,
@@ -46,6 +46,8 @@ class FakeIdentityStore:
     writes: list[str] = field(default_factory=list)
     fail_on: dict[str, str] = field(default_factory=dict)  # userName/displayName -> error message
     crash_after_writes: int | None = None
+    throttled_writes: int = 0  # the next n writes are throttled (after the client's retries), as AWS would
+    lost_create_answers: int = 0  # the next n CreateUser calls land, but their answer is an AWS-side fault
     ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     def _next(self, prefix: str) -> str:
@@ -54,6 +56,9 @@ class FakeIdentityStore:
     def _write(self, what: str, name: str = "") -> None:
         if name in self.fail_on:
             raise TargetError(self.fail_on[name])
+        if self.throttled_writes > 0:
+            self.throttled_writes -= 1
+            raise TargetTransient(f"{what} {name}: ThrottlingException: Rate exceeded")
         if self.crash_after_writes is not None and len(self.writes) >= self.crash_after_writes:
             raise RuntimeError("simulated crash")
         self.writes.append(what)
@@ -90,11 +95,17 @@ class FakeIdentityStore:
         self._write("CreateUser", user_name)
         uid = self._next("u")
         self.users[uid] = {"UserName": user_name, "doc": freeze_doc(doc)}
+        if self.lost_create_answers > 0:
+            self.lost_create_answers -= 1
+            raise TargetTransient(f"CreateUser {user_name}: InternalServerException (HTTP 500)")
         return uid
 
     def update_user(self, user_id: str, changes: Sequence[AttributeChange]) -> None:
         if user_id not in self.users:
             raise TargetNotFound(user_id)
+        for change in changes:
+            if change.attribute == "UserName" and self.find_user(str(change.new)) not in (None, user_id):
+                raise TargetConflict(f"userName {change.new} exists")
         self._write("UpdateUser", self.users[user_id]["UserName"])
         doc = dict(self.users[user_id]["doc"])
         for change in changes:
@@ -271,3 +282,58 @@ class FakeSource:
 
     def read_assignments(self) -> tuple[set[str], set[str]]:
         return set(self.assigned_users), set(self.assigned_groups)
+
+
+@dataclass
+class FakeDeltaSource(FakeSource):
+    """Entra with Graph's delta semantics: a link returns only what changed since it was issued.
+
+    ``outage``: the next full read answers an empty directory (a Graph incident), while the link it
+    hands out is as good as any: a delta from it later reports nothing changed, as Graph would.
+    ``soft_deleted``: user and group ids that delta reports removed with reason "changed".
+    """
+
+    outage: bool = False
+    soft_deleted: set[str] = field(default_factory=set)
+    purged: dict[str, int] = field(default_factory=dict)  # soft-deleted ids deleted for good -> reads by then
+    snapshots: dict[str, tuple[dict[str, Any], dict[str, Any], set[tuple[str, str]]]] = field(default_factory=dict)
+    asked: list[Mapping[str, str] | None] = field(default_factory=list)
+
+    def _snapshot(self) -> tuple[dict[str, Any], dict[str, Any], set[tuple[str, str]]]:
+        users = {u["id"]: dict(u) for u in self.users}
+        groups = {g["id"]: dict(g) for g in self.groups}
+        members = {(g, u) for g, ids in self.members.items() for u in ids}
+        return users, groups, members
+
+    def read_changes(self, links: Mapping[str, str] | None) -> DirectoryChanges:
+        self.reads += 1
+        self.asked.append(dict(links) if links else None)
+        link = f"delta-{self.reads}"
+        now = self._snapshot()
+        self.snapshots[link] = now
+        out = {"users": link, "groups": link}
+        if not links:
+            if self.outage:
+                self.outage = False
+                return DirectoryChanges([], {}, [], {}, [], out, full=True)
+            changes = [MemberChange(g, u, "user", True) for g, u in sorted(now[2])]
+            return DirectoryChanges(list(now[0].values()), {}, list(now[1].values()), {}, changes, out, full=True)
+        before = self.snapshots[links["users"]]
+
+        def removed(old: dict[str, Any], new: dict[str, Any]) -> dict[str, str]:
+            return {i: ("changed" if i in self.soft_deleted else "deleted") for i in old if i not in new}
+
+        since = int(links["users"].rsplit("-", 1)[1])
+        purged = {i: "deleted" for i, at in self.purged.items() if at >= since and i not in now[0]}
+        users = [u for i, u in now[0].items() if before[0].get(i) != u]
+        groups = [g for i, g in now[1].items() if before[1].get(i) != g]
+        members = [MemberChange(g, u, "user", True) for g, u in sorted(now[2] - before[2])]
+        members += [MemberChange(g, u, "user", False) for g, u in sorted(before[2] - now[2])]
+        return DirectoryChanges(
+            users, removed(before[0], now[0]) | purged, groups, removed(before[1], now[1]), members, out, full=False
+        )
+
+    def purge(self, object_id: str) -> None:
+        """Delete a soft-deleted object for good: the next delta reports it removed with reason "deleted"."""
+        self.soft_deleted.discard(object_id)
+        self.purged[object_id] = self.reads

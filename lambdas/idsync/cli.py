@@ -352,6 +352,7 @@ def cmd_plan(settings: Settings, args: argparse.Namespace, console: Console) -> 
             "operations": [_operation_json(op) for op in plan.operations],
             "refusals": [_refusal_json(r) for r in plan.refusals],
             "deletionGuard": plan.guard.message if plan.guard else None,
+            "heldBack": [_operation_json(op) for op in plan.held_back],
         }
         print(json.dumps(payload, indent=2, default=str))
     else:

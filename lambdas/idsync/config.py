@@ -117,6 +117,8 @@ class SyncSettings(_Strict):
     max_deletion_percent: float = Field(default=20.0, ge=0, le=100)
     full_reconcile_hours: float = Field(default=24.0, gt=0)
     log_retention_days: int = Field(default=30, ge=1, le=3650)
+    # soft-deleted users and Microsoft 365 groups keep their AWS object this long (Entra restores for 30 days)
+    restorable_deletion_grace_days: float = Field(default=30.0, ge=0, le=365)
 
 
 class StateSettings(_Strict):

@@ -36,6 +36,10 @@ class TargetConflict(TargetError):
     """The object exists already (userName, displayName or membership taken)."""
 
 
+class TargetTransient(TargetError):
+    """AWS throttled or failed on its side (ThrottlingException, 5xx) after the client's retries: try later."""
+
+
 class TargetNotFound(TargetError):
     """The object does not exist (deleted by hand, for one)."""
 

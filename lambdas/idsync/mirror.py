@@ -36,25 +36,30 @@ class Mirror:
     members: dict[str, dict[str, str]] = field(default_factory=dict)  # group -> member id -> type
     assigned_users: set[str] = field(default_factory=set)
     assigned_groups: set[str] = field(default_factory=set)
+    soft_deleted: dict[str, str] = field(default_factory=dict)  # user or group id -> when first seen removed
 
     # ------------------------------------------------------------------ folding changes in
 
-    def merge_users(self, changed: Iterable[Mapping[str, Any]], removed: Mapping[str, str]) -> int:
-        """Fold changed and removed users in; returns how many objects changed."""
+    def merge_users(self, changed: Iterable[Mapping[str, Any]], removed: Mapping[str, str], now: str = "") -> int:
+        """Fold changed and removed users in; returns how many objects changed. ``now``: ISO time of the read."""
         count = 0
         for obj in changed:
             current = self.users.setdefault(str(obj["id"]), {})
             before = dict(current)
             current.update({k: v for k, v in obj.items() if not k.startswith("@")})
             current.pop(SOFT_DELETED, None)  # a user delta returns is live again
+            self.soft_deleted.pop(str(obj["id"]), None)
             count += current != before
         for user_id, reason in removed.items():
             if reason == "changed" and user_id in self.users:
                 if not self.users[user_id].get(SOFT_DELETED):
                     self.users[user_id][SOFT_DELETED] = True
+                    self.soft_deleted.setdefault(user_id, now or _epoch())
                     count += 1
-            elif self.users.pop(user_id, None) is not None:
-                count += 1
+            else:
+                self.soft_deleted.pop(user_id, None)
+                if self.users.pop(user_id, None) is not None:
+                    count += 1
         return count
 
     def merge_groups(
@@ -63,15 +68,29 @@ class Mirror:
         removed: Mapping[str, str],
         member_changes: Iterable[MemberChange],
         full: bool = False,
+        now: str = "",
     ) -> int:
-        """Fold changed groups and membership changes in. ``full``: the changes are a complete read."""
+        """Fold changed groups and membership changes in. ``full``: the changes are a complete read.
+
+        A group removed with reason ``changed`` (a Microsoft 365 group in deleted items) is kept,
+        marked soft-deleted, with its members: a restore brings it back as it was.
+        """
         count = 0
         for obj in changed:
             current = self.groups.setdefault(str(obj["id"]), {})
             before = dict(current)
             current.update({k: v for k, v in obj.items() if not k.startswith("@") and k != "members@delta"})
+            current.pop(SOFT_DELETED, None)
+            self.soft_deleted.pop(str(obj["id"]), None)
             count += current != before
-        for group_id in removed:
+        for group_id, reason in removed.items():
+            if reason == "changed" and group_id in self.groups:
+                if not self.groups[group_id].get(SOFT_DELETED):
+                    self.groups[group_id][SOFT_DELETED] = True
+                    self.soft_deleted.setdefault(group_id, now or _epoch())
+                    count += 1
+                continue
+            self.soft_deleted.pop(group_id, None)
             if self.groups.pop(group_id, None) is not None:
                 count += 1
             self.members.pop(group_id, None)
@@ -119,11 +138,12 @@ class Mirror:
         self, mode: str, transitive: bool
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, list[str]]]:
         """(users, groups, members) in the assignment scope: "assigned" or "all"."""
+        live_groups = {g for g, obj in self.groups.items() if not obj.get(SOFT_DELETED)}
         if mode == "all":
-            group_ids = set(self.groups)
+            group_ids = live_groups
             user_ids = set(self.users)
         else:
-            group_ids = self.assigned_groups & set(self.groups)
+            group_ids = self.assigned_groups & live_groups
             user_ids = set(self.assigned_users)
             for group_id in group_ids:
                 user_ids |= self.user_members(group_id, transitive)
@@ -143,6 +163,7 @@ class Mirror:
             "members": self.members,
             "assigned_users": sorted(self.assigned_users),
             "assigned_groups": sorted(self.assigned_groups),
+            "soft_deleted": self.soft_deleted,
         }
         return gzip.compress(json.dumps(payload, separators=(",", ":")).encode("utf-8"), compresslevel=5)
 
@@ -158,4 +179,10 @@ class Mirror:
             members=payload["members"],
             assigned_users=set(payload["assigned_users"]),
             assigned_groups=set(payload["assigned_groups"]),
+            soft_deleted=dict(payload.get("soft_deleted") or {}),
         )
+
+
+def _epoch() -> str:
+    # no read time given: the grace period counts as long past
+    return "1970-01-01T00:00:00+00:00"

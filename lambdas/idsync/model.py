@@ -111,6 +111,7 @@ class DesiredView:
     memberships: frozenset[tuple[str, str]]  # (group source id, user source id)
     refusals: tuple[Refusal, ...] = ()
     out_of_scope: frozenset[str] = frozenset()  # users alive in Entra but outside the scope
+    retained: frozenset[str] = frozenset()  # users and groups soft-deleted in Entra, within the grace period
 
 
 # --------------------------------------------------------------------------- current (AWS side)
@@ -249,21 +250,37 @@ class Operation:
 
 @dataclass(frozen=True, slots=True)
 class DeletionGuard:
-    """Why a cycle's deletions were held back (None on the plan when nothing tripped)."""
+    """Why a cycle's deletions were held back (None on the plan when nothing tripped).
 
-    deletions: int
+    ``held_back`` counts every operation held back, membership removals included: it is the
+    number of operations ``Plan.held_back`` names.
+    """
+
+    deletions: int  # users and groups
     managed: int
     max_deletions: int
     max_percent: float
+    removals: int = 0  # memberships
+    managed_memberships: int = 0
+
+    @property
+    def held_back(self) -> int:
+        return self.deletions + self.removals
 
     @property
     def message(self) -> str:
         percent = 100.0 * self.deletions / self.managed if self.managed else 100.0
+        share = 100.0 * self.removals / self.managed_memberships if self.managed_memberships else 100.0
+        removals = (
+            f" and remove {self.removals} of {self.managed_memberships} managed memberships ({share:.1f}%)"
+            if self.removals
+            else ""
+        )
         return (
             f"deletion guard: this cycle would delete {self.deletions} of {self.managed} managed objects "
-            f"({percent:.1f}%), above the limit of {self.max_deletions} objects or {self.max_percent:g}%; "
-            "no deletions were applied. Check the source directory, then raise the limits or run "
-            "`idsync sync --allow-deletions` once."
+            f"({percent:.1f}%){removals}, above the limit of {self.max_deletions} or {self.max_percent:g}%; "
+            f"none of these {self.held_back} deletions was applied (`idsync plan` names each). Check the source "
+            "directory, then raise the limits or run `idsync sync --allow-deletions` once."
         )
 
 

@@ -12,7 +12,9 @@
 Laws (each has a property test): applying the plan to ``current`` yields ``desired`` for everything
 idsync owns (convergence); planning again after that yields no writes (idempotence); objects that
 idsync neither created nor adopted are never updated or deleted (ownership); a plan that would
-delete more than the policy allows holds every deletion back (deletion guard).
+delete more than the policy allows holds every deletion back (deletion guard); an object idsync
+manages keeps its contested name (the incumbent wins); objects Entra can still restore
+(``DesiredView.retained``) lose their memberships but are never deleted.
 """
 
 from __future__ import annotations
@@ -186,7 +188,7 @@ class _UserPlanner:
         live = {sid for sid, u in self.desired.users.items() if u.active}
         if self.policy.deprovision is DeprovisionMode.KEEP:
             live |= set(self.owned.users)  # kept users stay valid manager references
-        for sid in sorted(self.desired.users):
+        for sid in sorted(self.desired.users, key=self._claim_order):
             user = self.desired.users[sid]
             if not user.active:
                 continue
@@ -195,13 +197,16 @@ class _UserPlanner:
                 user = replace(user, manager_source_id=None)
             folded = user.user_name.casefold()
             if folded in taken_names:
+                incumbent = taken_names[folded]
+                held = " (which idsync already manages)" if incumbent in self.owned.users else ""
                 self.refusals.append(
                     Refusal(
                         "user",
                         sid,
                         user.user_name,
                         "userName",
-                        f"is also the userName of Entra user {taken_names[folded]}; userName must be unique",
+                        f"is also the userName of Entra user {incumbent}{held}; userNames must be unique in "
+                        f"IAM Identity Center, compared without regard to case, and {incumbent} keeps it",
                         user.user_name,
                     )
                 )
@@ -260,7 +265,35 @@ class _UserPlanner:
                         user=user,
                     )
                 )
-        return create_ops, adopts, update_ops
+        update_ops += self._park_retained_names(taken_names)
+        renames, update_ops = _order_renames(update_ops, self.current.users)
+        # creates that need a name a rename frees come after the renames
+        return renames + create_ops, adopts, update_ops
+
+    def _park_retained_names(self, taken: Mapping[str, str]) -> list[Operation]:
+        """Renames to a temporary name of managed users that stay or wait for deletion (restorable,
+        disabled, out of scope, refused) whose userName a live user now takes."""
+        ops = []
+        for sid in sorted(set(self.owned.users) - set(taken.values())):
+            owned = self.owned.users[sid]
+            target = self.current.users.get(owned.target_id)
+            if target is None or taken.get(target.user_name.casefold(), sid) == sid:
+                continue
+            parked = f"{TEMPORARY_NAME_PREFIX}{sid}"
+            user = User(sid, parked, owned.doc, owned.manager_source_id, active=False)
+            change = AttributeChange(USER_NAME, target.user_name, parked)
+            reason = "its userName is now another Entra user's"
+            ops.append(
+                Operation(Kind.USER, Action.UPDATE, sid, parked, owned.target_id, (change,), user, reason=reason)
+            )
+        return ops
+
+    def _claim_order(self, sid: str) -> tuple[int, str]:
+        """Who gets a contested userName first: the user holding it already, then managed users, then others."""
+        owned = self.owned.users.get(sid)
+        if owned is None:
+            return 2, sid
+        return (0 if owned.user_name.casefold() == self.desired.users[sid].user_name.casefold() else 1), sid
 
     @staticmethod
     def _current_doc(target: TargetUser) -> UserDoc:
@@ -272,7 +305,7 @@ class _UserPlanner:
         ops = []
         for sid in sorted(self.owned.users):
             user = self.desired.users.get(sid)
-            if (user is not None and user.active) or sid in refused:
+            if (user is not None and user.active) or sid in refused or sid in self.desired.retained:
                 continue
             if user is None and self.policy.skip_out_of_scope_deletions and sid in self.desired.out_of_scope:
                 continue
@@ -282,6 +315,60 @@ class _UserPlanner:
                 Operation(Kind.USER, Action.DELETE, sid, owned.user_name, target_id=owned.target_id, reason=reason)
             )
         return ops
+
+
+TEMPORARY_NAME_PREFIX = "idsync-renaming-"
+
+
+def _order_renames(
+    updates: list[Operation], current: Mapping[str, TargetUser]
+) -> tuple[list[Operation], list[Operation]]:
+    """(renames, other updates): every userName change as its own operation, ordered so that each
+    name is freed before it is taken; a cycle of renames (a swap) goes through a temporary name.
+
+    Law: applying the renames in order to ``current`` never asks for a name another of them still holds.
+    """
+    holder = {u.user_name.casefold(): t for t, u in current.items()}
+    pending: dict[str, tuple[Operation, str, str]] = {}  # target id -> (op, old name, new name)
+    rest: list[Operation] = []
+    for op in updates:
+        rename = next((c for c in op.changes if c.attribute == USER_NAME), None)
+        if rename is None:
+            rest.append(op)
+            continue
+        assert op.target_id is not None
+        pending[op.target_id] = (op, str(rename.old), str(rename.new))
+        others = tuple(c for c in op.changes if c.attribute != USER_NAME)
+        if others:
+            rest.append(replace(op, changes=others))
+    ordered: list[Operation] = []
+
+    def emit(target_id: str, op: Operation, old: str, new: str, user: User) -> None:
+        ordered.append(replace(op, name=new, changes=(AttributeChange(USER_NAME, old, new),), user=user))
+        if holder.get(old.casefold()) == target_id:
+            del holder[old.casefold()]
+        holder[new.casefold()] = target_id
+
+    while pending:
+        ready = [
+            t
+            for t, (_, _, new) in pending.items()
+            if holder.get(new.casefold(), t) == t or holder[new.casefold()] not in pending
+        ]
+        if ready:
+            for target_id in sorted(ready, key=lambda t: pending[t][0].source_id):
+                op, old, new = pending.pop(target_id)
+                assert op.user is not None
+                emit(target_id, op, old, new, op.user)
+            continue
+        # every remaining rename waits on another: free one name through a temporary one
+        target_id = min(pending, key=lambda t: pending[t][0].source_id)
+        op, old, new = pending[target_id]
+        assert op.user is not None
+        temporary = f"{TEMPORARY_NAME_PREFIX}{op.source_id}"
+        emit(target_id, op, old, temporary, replace(op.user, user_name=temporary))
+        pending[target_id] = (op, temporary, new)
+    return ordered, rest
 
 
 def _plan_groups(
@@ -297,16 +384,27 @@ def _plan_groups(
             free_by_name.setdefault(target.display_name, target)
     taken: dict[str, str] = {}
     creates: list[Operation] = []
-    for sid in sorted(desired.groups):
+
+    def claim_order(sid: str) -> tuple[int, str]:
+        # the group holding a contested displayName keeps it, then managed groups, then newcomers
+        mine = owned.groups.get(sid)
+        if mine is None:
+            return 2, sid
+        return (0 if mine.display_name == desired.groups[sid].display_name else 1), sid
+
+    for sid in sorted(desired.groups, key=claim_order):
         group = desired.groups[sid]
         if group.display_name in taken:
+            incumbent = taken[group.display_name]
+            managed = " (which idsync already manages)" if incumbent in owned.groups else ""
             refusals.append(
                 Refusal(
                     "group",
                     sid,
                     group.display_name,
                     "displayName",
-                    f"is also the displayName of Entra group {taken[group.display_name]}; displayName must be unique",
+                    f"is also the displayName of Entra group {incumbent}{managed}; displayNames must be unique in "
+                    f"IAM Identity Center, and {incumbent} keeps it",
                     group.display_name,
                 )
             )
@@ -359,7 +457,7 @@ def _plan_groups(
     deletes: list[Operation] = []
     if policy.delete_groups:
         for sid in sorted(owned.groups):
-            if sid in desired.groups or sid in refused:
+            if sid in desired.groups or sid in refused or sid in desired.retained:
                 continue
             mine = owned.groups[sid]
             deletes.append(
@@ -455,10 +553,10 @@ def _guard(
             return False
         return count > policy.max_deletions or (total > 0 and 100.0 * count / total > policy.max_deletion_percent)
 
-    if trips(deletions, managed):
-        return DeletionGuard(deletions, managed, policy.max_deletions, policy.max_deletion_percent)
-    if trips(removals, managed_memberships):
-        return DeletionGuard(removals, managed_memberships, policy.max_deletions, policy.max_deletion_percent)
+    if trips(deletions, managed) or trips(removals, managed_memberships):
+        return DeletionGuard(
+            deletions, managed, policy.max_deletions, policy.max_deletion_percent, removals, managed_memberships
+        )
     return None
 
 

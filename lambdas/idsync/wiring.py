@@ -159,6 +159,7 @@ def build_engine(
         notifier=build_notifier(settings, local),
         full_reconcile=timedelta(hours=settings.sync.full_reconcile_hours),
         config_fingerprint=config_fingerprint(settings),
+        restorable_grace=timedelta(days=settings.sync.restorable_deletion_grace_days),
     )
     return Engine(settings, cycle, store, counters, user_mapper, group_mapper, scope, source, target)
 

@@ -125,3 +125,30 @@ def test_a_mapping_change_triggers_a_full_reconcile_with_exactly_the_implied_upd
     held = identity_center.users()
     for name, title in titles.items():
         assert held[name]["Title"] == title.upper()
+
+
+def test_plan_names_every_deletion_the_guard_holds_back(
+    config: Path, capsys: pytest.CaptureFixture[str], tenant: Tenant, identity_center: IdentityCenter
+) -> None:
+    # Given a provisioned tenant whose app assignments all disappear (everyone would be deleted)
+    main(["--config", str(config), "sync", "--json"])
+    capsys.readouterr()
+    provisioned = len(identity_center.users())
+    for principal in list(tenant.assignments[SERVICE_PRINCIPAL_ID]):
+        tenant.unassign(principal)
+    # When an administrator looks before running --allow-deletions
+    code, plan = run_json(capsys, "--config", str(config), "plan", "--json")
+    # Then the plan names each held-back deletion, memberships included, as many as the guard reports
+    assert code == 3
+    held = plan["heldBack"]
+    assert f"none of these {len(held)} deletions" in plan["deletionGuard"]
+    assert sum(1 for op in held if op["kind"] == "user") == provisioned
+    assert any(op["kind"] == "membership" for op in held)
+    assert all(op["action"] == "delete" for op in held)
+    # and the text output lists them by name
+    code = main(["--config", str(config), "plan"])
+    text = capsys.readouterr().out
+    assert code == 3
+    assert f"held back by the deletion guard ({len(held)}, not applied):" in text
+    assert next(op["name"] for op in held if op["kind"] == "user") in text
+    assert len(identity_center.users()) == provisioned

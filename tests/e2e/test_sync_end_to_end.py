@@ -92,6 +92,7 @@ def test_delta_cycles_follow_entra_changes(
 ) -> None:
     run(engine)
     users, members = expected(tenant)
+    before = identity_center.users()
     by_upn = {u["userPrincipalName"]: uid for uid, u in tenant.users.items()}
     group_by_name = {g["displayName"]: gid for gid, g in tenant.groups.items()}
     ordered = sorted(users)
@@ -123,17 +124,21 @@ def test_delta_cycles_follow_entra_changes(
     held = identity_center.users()
     assert identity_center.describe(ordered[0]).get("Title") == "Principal Engineer"
     assert ordered[1] not in held
-    assert ordered[2] not in held
+    # a soft-deleted user is restorable: it keeps its Identity Store object but no membership
+    assert held[ordered[2]]["UserId"] == before[ordered[2]]["UserId"]
+    assert all(ordered[2] not in identity_center.members(name) for name in identity_center.groups())
     assert ordered[3] not in held
     assert "new.person@contoso.example" in held
     renamed = identity_center.members(f"{team} (renamed)")
     assert "new.person@contoso.example" in renamed
     assert leaver not in renamed
     assert team not in identity_center.groups()
-    # restoring the soft-deleted user brings them back
+    # restoring the soft-deleted user brings them back with the same id and their memberships
     tenant.restore_user(soft)
     run(engine)
-    assert ordered[2] in identity_center.users()
+    assert identity_center.users()[ordered[2]]["UserId"] == before[ordered[2]]["UserId"]
+    soft_groups = {name for name, m in members.items() if ordered[2] in m and name != team}
+    assert all(ordered[2] in identity_center.members(name) for name in soft_groups)
     # a second pass with no change writes nothing
     assert run(engine).report.writes == 0
 

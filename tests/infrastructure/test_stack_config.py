@@ -61,6 +61,8 @@ def test_settings_variable_round_trips_through_the_runtime_model(example_config:
         (("identity_store", "identity_store_id"), "store-1", "identity_store.identity_store_id"),
         (("scope", "service_principal_id"), None, "scope"),
         (("sync", "max_deletion_percent"), 120, "sync.max_deletion_percent"),
+        (("sync", "restorable_deletion_grace_days"), -1, "sync.restorable_deletion_grace_days"),
+        (("sync", "restorable_deletion_grace_days"), "a month", "sync.restorable_deletion_grace_days"),
         (("pim", "bucket_capacity"), 0, "pim.bucket_capacity"),
         (("graph", "client_secret"), "s3cret", "graph.client_secret: must not be in the file"),
         (("pim", "client_state"), "shared", "pim.client_state: must not be in the file"),

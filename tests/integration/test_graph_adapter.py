@@ -188,12 +188,12 @@ def test_retry_after_may_be_fractional_or_a_date() -> None:
     assert retry.parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0  # a date in the past: no wait
 
 
-def test_503_and_504_are_retried(emu: GraphEmulator, client: GraphClient) -> None:
+def test_500_503_and_504_are_retried(emu: GraphEmulator, client: GraphClient) -> None:
     client.token()
-    for status in (503, 504):
+    for status in (500, 503, 504):
         emu.inject(status, count=1, path_prefix="/v1.0/groups", retry_after=None)
         assert client.get("/groups", {"$top": "1"})["value"]
-    assert emu.requests["/v1.0/groups"] == 4
+    assert emu.requests["/v1.0/groups"] == 6
 
 
 def test_throttling_beyond_the_retry_budget_fails_clearly(emu: GraphEmulator) -> None:
@@ -513,3 +513,41 @@ def test_check_reports_a_refused_secret_and_a_wrong_app(emu: GraphEmulator, clie
     wrong_app = GraphDirectory(client, scope, USER_PROPERTIES, GROUP_PROPERTIES, expand_manager=False).check()
     assert not wrong_app[-1].ok
     assert "scope.service_principal_id" in wrong_app[-1].detail
+
+
+def test_devices_and_service_principals_in_groups_are_not_read_as_users(client: GraphClient, tenant: Tenant) -> None:
+    # Given a group holding a user, a device and a service principal
+    group = tenant.add_group("Kiosks")
+    user = next(iter(tenant.users))
+    device = tenant.add_device("kiosk-01")
+    principal = next(iter(tenant.service_principals))
+    reader = directory(client)
+    links = reader.read_changes(None).links
+    for member in (user, device, principal):
+        tenant.add_member(group, member)
+    # Then full and delta reads report the user member only
+    full = directory(client).read_changes(None)
+    assert {(c.member_id, c.member_type) for c in full.member_changes if c.group_id == group} == {(user, "user")}
+    delta = reader.read_changes(links)
+    assert {(c.member_id, c.member_type) for c in delta.member_changes if c.group_id == group} == {(user, "user")}
+
+
+def test_a_soft_deleted_microsoft_365_group_is_read_as_changed(client: GraphClient, tenant: Tenant) -> None:
+    group = tenant.add_group("Project Atlas", groupTypes=["Unified"])
+    reader = directory(client)
+    links = reader.read_changes(None).links
+    tenant.soft_delete_group(group)
+    assert reader.read_changes(links).removed_groups == {group: "changed"}
+
+
+def test_a_delta_item_without_an_id_is_a_directory_error_naming_the_page(
+    client: GraphClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pages = [
+        {"value": [{"id": "g1", "displayName": "Fine"}], "@odata.nextLink": "next"},
+        {"value": [{"displayName": "No id"}], "@odata.deltaLink": "done"},
+    ]
+    users = [{"value": [], "@odata.deltaLink": "users-done"}]
+    monkeypatch.setattr(client, "documents", lambda url, params=None: iter(pages if url == "g" else users))
+    with pytest.raises(DirectoryError, match=r"the groups delta page 2 holds an item without an id"):
+        directory(client).read_changes({"users": "u", "groups": "g"})

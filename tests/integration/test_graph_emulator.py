@@ -502,3 +502,55 @@ def test_admin_api_mutates_injects_and_reports(emu: GraphEmulator, wire: Wire) -
     assert admin("reset", {"kind": "scale", "users": 50, "groups": 5, "memberships": 100}).status_code == 200
     assert emu.tenant.users
     assert len(emu.tenant.users) == 50
+
+
+def test_injected_500_is_graphs_general_exception(emu: GraphEmulator, wire: Wire) -> None:
+    emu.inject(500, count=1, path_prefix="/v1.0/groups", retry_after=None)
+    failed = wire.get("/groups", {"$top": "1"})
+    assert failed.status_code == 500
+    assert error_of(failed)["code"] == "generalException"
+    assert wire.get("/groups", {"$top": "1"}).status_code == 200
+
+
+def test_devices_and_service_principals_are_group_members(emu: GraphEmulator, wire: Wire, tenant: Tenant) -> None:
+    # Given a group holding a user, a device and a service principal
+    group = tenant.add_group("Kiosks")
+    user = next(iter(tenant.users))
+    device = tenant.add_device("kiosk-01")
+    principal = next(iter(tenant.service_principals))
+    for member in (user, device, principal):
+        tenant.add_member(group, member)
+    # Then members lists each with its own type, the user cast lists the user only
+    listed = wire.ok(f"/groups/{group}/members")["value"]
+    assert [(m["id"], m["@odata.type"]) for m in listed] == [
+        (user, "#microsoft.graph.user"),
+        (device, "#microsoft.graph.device"),
+        (principal, "#microsoft.graph.servicePrincipal"),
+    ]
+    assert [m["id"] for m in wire.ok(f"/groups/{group}/members/microsoft.graph.user")["value"]] == [user]
+    # and a full group delta carries the three with their types
+    items, _, _ = wire.delta("/groups/delta", {"$select": "displayName,members"})
+    entries = [e for i in items if i["id"] == group for e in i.get("members@delta", [])]
+    assert {(e["id"], e["@odata.type"]) for e in entries} == {
+        (user, "#microsoft.graph.user"),
+        (device, "#microsoft.graph.device"),
+        (principal, "#microsoft.graph.servicePrincipal"),
+    }
+
+
+def test_a_soft_deleted_microsoft_365_group_is_removed_as_changed_and_restores(
+    emu: GraphEmulator, wire: Wire, tenant: Tenant
+) -> None:
+    group = tenant.add_group("Project Atlas", groupTypes=["Unified"])
+    user = next(iter(tenant.users))
+    tenant.add_member(group, user)
+    _, link, _ = wire.delta("/groups/delta", {"$select": "displayName,members"})
+    tenant.soft_delete_group(group)
+    items, link, _ = wire.delta(link)
+    assert {"id": group, "@removed": {"reason": "changed"}} in items
+    tenant.restore_group(group)
+    items, _, _ = wire.delta(link)
+    restored = [i for i in items if i["id"] == group]
+    assert restored
+    assert restored[0].get("@removed") is None
+    assert user in {e["id"] for i in restored for e in i.get("members@delta", [])}

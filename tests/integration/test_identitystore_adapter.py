@@ -15,7 +15,7 @@ from moto.ssoadmin.models import ssoadmin_backends
 
 from idsync.adapters.identitystore import IdentityStoreTarget, from_settings
 from idsync.config import IdentityStoreSettings
-from idsync.errors import TargetAuthError, TargetConflict, TargetError, TargetNotFound
+from idsync.errors import TargetAuthError, TargetConflict, TargetError, TargetNotFound, TargetTransient
 from idsync.model import ENTERPRISE_EXTENSION, AttributeChange, freeze_doc
 from idsync.ports import CallCounter
 from sandbox import moto_ext
@@ -346,16 +346,38 @@ def test_retry_after_seconds_is_honoured(aws: None, identity_store_id: str, retr
     assert retry_sleeps[0] >= 4
 
 
-def test_throttling_past_the_attempts_is_a_target_error(
-    aws: None, identity_store_id: str, retry_sleeps: list[float]
+@pytest.mark.parametrize("code", ["ThrottlingException", "InternalServerException"])
+def test_throttling_or_a_server_fault_past_the_attempts_is_transient(
+    aws: None, identity_store_id: str, retry_sleeps: list[float], code: str
 ) -> None:
     client = boto3.client("identitystore", config=Config(retries={"mode": "standard", "max_attempts": 1}))
     store = IdentityStoreTarget(identity_store_id, client)
-    moto_ext.fail_next("ListUsers", "ThrottlingException", times=5)
-    with pytest.raises(TargetError, match=r"ListUsers users: ThrottlingException: Rate exceeded") as excinfo:
+    moto_ext.fail_next("ListUsers", code, times=5)
+    with pytest.raises(TargetTransient, match=rf"ListUsers users: {code}: ") as excinfo:
         list(store.list_users())
-    assert type(excinfo.value) is TargetError
+    assert type(excinfo.value) is TargetTransient
     assert len(retry_sleeps) == 1
+
+
+def test_a_server_fault_is_retried_like_throttling(
+    identity_store: IdentityStoreTarget, call_counter: CallCounter, retry_sleeps: list[float]
+) -> None:
+    # Given the service failing on its side (HTTP 500) for the next CreateUser
+    moto_ext.fail_next("CreateUser", "InternalServerException")
+    # When a user is created
+    doc = {"DisplayName": "Ada", "Name": {"GivenName": "Ada", "FamilyName": "Lovelace"}}
+    user_id = identity_store.create_user("ada@example.com", doc)
+    # Then botocore retried once and the user exists once
+    assert identity_store.find_user("ada@example.com") == user_id
+    assert len(retry_sleeps) == 1
+    assert call_counter.calls["CreateUser"] == 1
+
+
+def test_a_validation_error_is_not_transient(identity_store: IdentityStoreTarget) -> None:
+    moto_ext.fail_next("CreateUser", "ValidationException", message="bad value")
+    with pytest.raises(TargetError) as excinfo:
+        identity_store.create_user("ada@example.com", {"DisplayName": "Ada"})
+    assert type(excinfo.value) is TargetError
 
 
 @pytest.mark.parametrize(

@@ -378,3 +378,62 @@ def test_gap_fill_over_http(moto_endpoint: str, aws_region: str) -> None:
     with pytest.raises(ClientError) as excinfo:
         client.create_group_membership(IdentityStoreId=store, GroupId=group_id, MemberId={"UserId": user_id})
     assert _error(excinfo)[0] == "ConflictException"
+
+
+def test_injected_server_faults_answer_http_500_and_throttling_400(aws: None, identity_store_id: str) -> None:
+    # Given a client that never retries, a server fault and a throttle waiting on ListUsers
+    client = boto3.client("identitystore", config=Config(retries={"mode": "standard", "total_max_attempts": 1}))
+    moto_ext.fail_next("ListUsers", "InternalServerException")
+    moto_ext.fail_next("ListUsers", "ThrottlingException")
+    # Then the server fault is an HTTP 500 and the throttle an HTTP 400, as AWS answers them
+    statuses = []
+    for _ in range(2):
+        with pytest.raises(ClientError) as excinfo:
+            client.list_users(IdentityStoreId=identity_store_id)
+        statuses.append(
+            (excinfo.value.response["Error"]["Code"], excinfo.value.response["ResponseMetadata"]["HTTPStatusCode"])
+        )
+    assert statuses == [("InternalServerException", 500), ("ThrottlingException", 400)]
+
+
+def test_a_retrying_client_rides_out_one_server_fault(aws: None, identity_store_id: str) -> None:
+    # Given botocore's standard retries and one InternalServerException on CreateUser
+    client = boto3.client("identitystore", config=Config(retries={"mode": "standard", "total_max_attempts": 3}))
+    moto_ext.fail_next("CreateUser", "InternalServerException")
+    # Then the create succeeds on the retry, once
+    user_id = _create(client, identity_store_id)
+    assert [u["UserId"] for u in client.list_users(IdentityStoreId=identity_store_id)["Users"]] == [user_id]
+
+
+def test_user_names_differing_only_in_case_collide_and_are_found(
+    identitystore_client: Any, identity_store_id: str
+) -> None:
+    # Given a user Ada@Example.com
+    user_id = _create(identitystore_client, identity_store_id, "Ada@Example.com")
+    # Then a second user whose userName differs only in case is refused, on create and on rename
+    with pytest.raises(ClientError) as excinfo:
+        _create(identitystore_client, identity_store_id, "ada@example.com")
+    assert _error(excinfo)[0] == "ConflictException"
+    other = _create(identitystore_client, identity_store_id, "bo@example.com")
+    with pytest.raises(ClientError) as excinfo:
+        _update(
+            identitystore_client,
+            identity_store_id,
+            other,
+            {"AttributePath": "userName", "AttributeValue": "ADA@example.com"},
+        )
+    assert _error(excinfo)[0] == "ConflictException"
+    # and GetUserId finds it whatever the case
+    found = identitystore_client.get_user_id(
+        IdentityStoreId=identity_store_id,
+        AlternateIdentifier={"UniqueAttribute": {"AttributePath": "userName", "AttributeValue": "ADA@EXAMPLE.COM"}},
+    )
+    assert found["UserId"] == user_id
+    # and a user may change the case of its own userName
+    _update(
+        identitystore_client,
+        identity_store_id,
+        user_id,
+        {"AttributePath": "userName", "AttributeValue": "ada@example.com"},
+    )
+    assert _describe(identitystore_client, identity_store_id, user_id)["UserName"] == "ada@example.com"

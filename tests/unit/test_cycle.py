@@ -165,7 +165,7 @@ def test_failed_objects_go_to_escrow_with_backoff_and_are_given_up_after_28_days
 def test_quarantine_after_mass_failure_slows_to_daily_and_ends_after_a_clean_cycle() -> None:
     world = World()
     for i in range(8):
-        world.store.fail_on[f"u{i}@example.com"] = "ThrottlingException: simulated"
+        world.store.fail_on[f"u{i}@example.com"] = "ValidationException: simulated"
     world.run()
     quarantine = load_quarantine(world.state)
     assert quarantine is not None

@@ -308,6 +308,55 @@ def test_a_mixed_request_enqueues_exactly_the_accepted_items_in_order(webhook: W
     assert reply.metrics == {Metric.ACCEPTED: 3, Metric.DROPPED: 2}
 
 
+def test_one_item_of_the_wrong_shape_never_costs_the_good_ones(
+    webhook: Webhook, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a good item, one without subscriptionId, one carrying both changeType and lifecycleEvent, a good one
+    broken = change()
+    del broken["subscriptionId"]
+    body = {
+        "value": [
+            change(),
+            broken,
+            change(lifecycleEvent="missed", resource=f"groups/{GROUP_B}/members"),
+            change(resource=f"groups/{GROUP_B}/members"),
+        ]
+    }
+    # When posted
+    reply = webhook.post(body)
+    # Then the good items become hints, the two others are dropped and logged by index with the rule
+    assert reply.status == 202
+    assert [h.group_id for h in webhook.queue.hints] == [GROUP_A, GROUP_B]
+    assert reply.metrics == {Metric.ACCEPTED: 2, Metric.DROPPED: 2}
+    dropped = {r.index: r.reason for r in caplog.records if r.getMessage() == "notification dropped"}  # type: ignore[attr-defined]
+    assert "value[1].subscriptionId: Field required" in dropped[1]
+    assert "exactly one of changeType and lifecycleEvent" in dropped[2]
+
+
+@pytest.mark.parametrize("endpoint", list(Endpoint))
+def test_an_unknown_lifecycle_event_is_ignored_and_the_rest_of_the_batch_handled(
+    webhook: Webhook, endpoint: Endpoint
+) -> None:
+    body = {"value": [lifecycle("missed", lifecycleEvent="expired"), lifecycle("reauthorizationRequired")]}
+    reply = webhook.post(body, endpoint)
+    assert reply.status == 202
+    assert reply.metrics == {
+        Metric.LIFECYCLE_UNKNOWN: 1,
+        Metric.REAUTHORIZATION_REQUIRED: 1,
+        Metric.RENEWED: 1,
+    }
+    assert webhook.renewer.renewed == [SUBSCRIPTION]
+
+
+def test_a_request_without_one_item_of_a_valid_shape_is_refused(webhook: Webhook) -> None:
+    broken = change()
+    del broken["subscriptionId"]
+    reply = webhook.post({"value": [broken, change(changeType="renamed")]})
+    assert reply.status == 400
+    assert "value[0].subscriptionId: Field required" in reply.body
+    assert webhook.queue.hints == []
+
+
 def test_properties_graph_may_add_later_are_ignored(webhook: Webhook) -> None:
     reply = webhook.post({"value": [change(newProperty={"nested": [1, 2]})], "@odata.context": "x"})
 

@@ -188,7 +188,7 @@ class GraphClient:
     """Authenticated, retrying, counting access to Microsoft Graph.
 
     Tokens come from msal (client secret, or a certificate: private key PEM file plus thumbprint)
-    and are cached and renewed by it. 429/502/503/504 are retried by urllib3, waiting what
+    and are cached and renewed by it. 429/500/502/503/504 are retried by urllib3, waiting what
     ``Retry-After`` asks. Every HTTP request, retries included, is counted in ``counter`` under
     ``resource_key``.
     """
@@ -221,7 +221,7 @@ class GraphClient:
             other=0,
             backoff_factor=0.5,
             backoff_max=30,
-            status_forcelist=(429, 502, 503, 504),
+            status_forcelist=(429, 500, 502, 503, 504),
             allowed_methods=frozenset({"GET", "POST", "PATCH", "DELETE"}),
             respect_retry_after_header=True,
             raise_on_status=False,
@@ -673,8 +673,13 @@ class GraphDirectory:
                 select = self._group_select + ",members"
             params = {"$select": select}
         read = _DeltaRead()
-        for page in self.client.documents(link or f"/{resource}/delta", params):
-            for item in page.get("value", []):
+        for number, page in enumerate(self.client.documents(link or f"/{resource}/delta", params), start=1):
+            for position, item in enumerate(page.get("value", [])):
+                if not isinstance(item, Mapping) or not item.get("id"):
+                    raise DirectoryError(
+                        f"the {resource} delta page {number} holds an item without an id (item {position}): "
+                        f"{json.dumps(item)[:200]}"
+                    )
                 object_id = str(item["id"])
                 removed = item.get("@removed")
                 if removed is not None:
@@ -687,13 +692,18 @@ class GraphDirectory:
                 if resource == USERS and "manager@delta" in item:
                     merged["manager"] = _delta_manager(item["manager@delta"])
                 for member in item.get("members@delta", ()):
-                    kind = GROUP if member.get("@odata.type") == "#microsoft.graph.group" else USER
+                    kind = _MEMBER_KINDS.get(str(member.get("@odata.type", "#microsoft.graph.user")))
+                    if kind is None or not member.get("id"):
+                        continue  # devices, service principals, contacts: not provisioned
                     added = "@removed" not in member
                     read.member_changes.append(MemberChange(object_id, str(member["id"]), kind, added))
             read.link = page.get("@odata.deltaLink", read.link)
         if not read.link:
             raise DirectoryError(f"the {resource} delta round ended without an @odata.deltaLink")
         return read
+
+
+_MEMBER_KINDS = {"#microsoft.graph.user": USER, "#microsoft.graph.group": GROUP}
 
 
 def _select(properties: frozenset[str]) -> str:

@@ -8,8 +8,9 @@ copies that member into the header before botocore decides.
 
 Errors become idsync's: ConflictException -> TargetConflict, ResourceNotFoundException -> TargetNotFound
 (the delete of an absent object returns quietly), AccessDeniedException and rejected or missing
-credentials -> TargetAuthError, anything else (ValidationException included, with the API's own
-message) -> TargetError.
+credentials -> TargetAuthError, throttling, AWS-side faults (HTTP 5xx) and lost connections that
+outlast botocore's retries -> TargetTransient (the cycle stops and resumes; not a failure), anything
+else (ValidationException included, with the API's own message) -> TargetError.
 
 Attribute documents use the API's own key names and go to CreateUser unchanged. Updates are sent as
 UpdateUser operations on SCIM attribute paths: ``displayName``, ``title``, ``name.givenName`` (one
@@ -33,13 +34,14 @@ from botocore.exceptions import (
     BotoCoreError,
     ClientError,
     CredentialRetrievalError,
+    HTTPClientError,
     NoCredentialsError,
     PartialCredentialsError,
     TokenRetrievalError,
 )
 
 from idsync.config import IdentityStoreSettings
-from idsync.errors import TargetAuthError, TargetConflict, TargetError, TargetNotFound
+from idsync.errors import TargetAuthError, TargetConflict, TargetError, TargetNotFound, TargetTransient
 from idsync.model import (
     ENTERPRISE_EXTENSION,
     AttributeChange,
@@ -68,6 +70,18 @@ _AUTH_ERROR_CODES = frozenset(
         "SignatureDoesNotMatch",
         "IncompleteSignature",
         "MissingAuthenticationTokenException",
+    }
+)
+_TRANSIENT_ERROR_CODES = frozenset(
+    {
+        "ThrottlingException",
+        "Throttling",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "InternalServerException",
+        "InternalFailure",
+        "ServiceUnavailable",
+        "ServiceUnavailableException",
     }
 )
 _CREDENTIAL_ERRORS = (
@@ -137,6 +151,9 @@ def _translate(error: ClientError, operation: str, subject: str, iam_action: str
         return TargetAuthError(f"{text} (the caller needs the IAM action {iam_action})")
     if code in _AUTH_ERROR_CODES:
         return TargetAuthError(f"{text} (the AWS credentials were rejected: check or renew them)")
+    status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+    if code in _TRANSIENT_ERROR_CODES or status >= 500:
+        return TargetTransient(f"{text} (still failing after the client's retries)")
     return TargetError(text)
 
 
@@ -148,6 +165,8 @@ def _translated(operation: str, subject: str, iam_action: str) -> Iterator[None]
         raise _translate(error, operation, subject, iam_action) from error
     except _CREDENTIAL_ERRORS as error:
         raise TargetAuthError(f"{operation} {subject}: no usable AWS credentials: {error}") from error
+    except HTTPClientError as error:
+        raise TargetTransient(f"{operation} {subject}: {error}") from error
     except BotoCoreError as error:
         raise TargetError(f"{operation} {subject}: {error}") from error
 

@@ -66,7 +66,9 @@ def operation_line(op: Operation) -> str:
 def plan_lines(plan: Plan, show_all: bool, limit: int = 20) -> list[str]:
     """Every operation by name (adoptions included), then every deletion the guard held back.
 
-    Without ``show_all`` only the first ``limit`` operations are listed, followed by a count of the rest.
+    Without ``show_all`` only the first ``limit`` operations are listed, followed by a count of the rest;
+    held-back deletions are always listed in full: they are what an administrator must review before
+    ``sync --allow-deletions``.
     """
     lines: list[str] = []
     shown = plan.operations if show_all else plan.operations[:limit]
@@ -76,10 +78,7 @@ def plan_lines(plan: Plan, show_all: bool, limit: int = 20) -> list[str]:
         lines.append(f"  ... and {rest} more (use --all)")
     if plan.held_back:
         lines.append(f"held back by the deletion guard ({len(plan.held_back)}, not applied):")
-        held = plan.held_back if show_all else plan.held_back[:limit]
-        lines.extend(operation_line(op) for op in held)
-        if len(plan.held_back) > len(held):
-            lines.append(f"  ... and {len(plan.held_back) - len(held)} more held back (use --all)")
+        lines.extend(operation_line(op) for op in plan.held_back)
     return lines
 
 

@@ -9,6 +9,17 @@ mirror, and compare with what idsync recorded, so a cycle with no change makes n
 A cycle that runs out of time stops between two writes. Every write is recorded as it happens,
 and the delta links and mirror are stored only when a cycle finishes, so the next invocation
 reads the same changes again (replays are harmless) and carries on where this one stopped.
+
+Safety rules (each has a test in tests/unit/test_cycle_safety.py):
+
+* a cycle whose deletion guard trips stores neither its mirror nor its delta links: what it read
+  (an empty directory during a Graph incident, say) never becomes the baseline, and the next cycle
+  reads in full again;
+* a resumed full reconcile is still a full reconcile: it reads IAM Identity Center again;
+* throttling and AWS-side faults end a cycle early without counting as failures (no quarantine);
+* restorable Entra deletions (soft-deleted users and Microsoft 365 groups) lose their memberships
+  but keep their Identity Store object until Entra deletes them for good or ``restorable_grace``
+  passes, so a restore brings back the same id.
 """
 
 from __future__ import annotations
@@ -51,7 +62,7 @@ from idsync.services.escrow import (
     load_quarantine,
     save_quarantine,
 )
-from idsync.services.sync import Applier
+from idsync.services.sync import Applier, resolve_intent
 
 LEASE = "sync"
 CYCLE_KEY = "cycle"  # delta links, last full reconcile, configuration fingerprint
@@ -141,6 +152,7 @@ class CycleService:
         notifier: Notifier | None = None,
         full_reconcile: timedelta = timedelta(hours=24),
         config_fingerprint: str = "",
+        restorable_grace: timedelta = timedelta(days=30),
     ) -> None:
         self.source = source
         self.target = target
@@ -157,6 +169,7 @@ class CycleService:
         self.clock = clock
         self.notifier = notifier
         self.full_reconcile = full_reconcile
+        self.restorable_grace = restorable_grace
         self.fingerprint = content_hash([config_fingerprint, scope.fingerprint, sorted(self.policy.managed_attributes)])
 
     # ------------------------------------------------------------------ reading Entra
@@ -186,13 +199,25 @@ class CycleService:
             mirror, mode = Mirror(), "full"
             changes = self.source.read_changes(None)
         if changes.full:
-            mirror = Mirror()
-        mirror.merge_users(changes.users, changes.removed_users)
-        mirror.merge_groups(changes.groups, changes.removed_groups, changes.member_changes, full=changes.full)
+            mirror = Mirror(soft_deleted=self._soft_deleted_before(mirror))
+        now = self.clock.now().isoformat()
+        mirror.merge_users(changes.users, changes.removed_users, now)
+        mirror.merge_groups(changes.groups, changes.removed_groups, changes.member_changes, full=changes.full, now=now)
+        if changes.full:
+            # a full read does not list deleted items: what was restorable before still is
+            alive = set(mirror.users) | set(mirror.groups)
+            mirror.soft_deleted = {i: t for i, t in mirror.soft_deleted.items() if i not in alive}
         if self.scoping.mode == "assigned":
             users, groups = self.source.read_assignments()
             mirror.set_assignments(users, groups)
         return mirror, dict(changes.links), mode, record
+
+    def _soft_deleted_before(self, mirror: Mirror | None) -> dict[str, str]:
+        """Objects in Entra's deleted items as the stored mirror knows them (a full read cannot tell)."""
+        if mirror is None or not mirror.soft_deleted:
+            blob = load_blob(self.state, MIRROR_KEY)
+            mirror = Mirror.from_bytes(blob) if blob else None
+        return dict(mirror.soft_deleted) if mirror is not None else {}
 
     def _delta_allowed(self, record: Mapping[str, Any]) -> bool:
         if not record.get("links") or record.get("fingerprint") != self.fingerprint:
@@ -204,9 +229,16 @@ class CycleService:
 
     def desired(self, mirror: Mirror) -> DesiredView:
         users, groups, members = mirror.in_scope(self.scoping.mode, self.scoping.transitive)
+        users = [u for u in users if not u.get(SOFT_DELETED)]
         view = build_desired(users, groups, members, self.user_mapper, self.group_mapper, self.scope)
         alive = {uid for uid, obj in mirror.users.items() if not obj.get(SOFT_DELETED)}
-        return replace(view, out_of_scope=frozenset(alive - set(view.users)))
+        now = self.clock.now()
+        retained = frozenset(
+            object_id
+            for object_id, since in mirror.soft_deleted.items()
+            if now - datetime.fromisoformat(since) < self.restorable_grace
+        )
+        return replace(view, out_of_scope=frozenset(alive - set(view.users)), retained=retained)
 
     def read_target(self, desired: DesiredView, owned: Ownership) -> CurrentView:
         """Every user and group in IAM Identity Center, and the members of the groups that matter."""
@@ -264,15 +296,19 @@ class CycleService:
         mirror, links, mode, record = self._read(opts.force_full)
         desired = self.desired(mirror)
         owned = self.state.load_ownership()
-        current = self.read_target(desired, owned) if mode == "full" else current_from_ownership(owned)
+        if not opts.dry_run and resolve_intent(self.state, self.target, owned):
+            owned = self.state.load_ownership()
+        # a resumed full reconcile compares with AWS too, or the drift it found would be forgotten
+        full = mode in ("full", "resume")
+        current = self.read_target(desired, owned) if full else current_from_ownership(owned)
         policy = replace(self.policy, allow_deletions=opts.allow_deletions or self.policy.allow_deletions)
         plan = make_plan(desired, current, owned, policy)
         escrow = Escrow(self.state)
         runnable, held = self._escrow_filter(plan, escrow, desired)
-        applier = Applier(self.target, self.state, self.clock, cycle_id, owned, current, policy)
+        applier = Applier(self.target, self.state, self.clock, cycle_id, owned, current, policy, desired)
         if opts.dry_run:
             return CycleOutcome(applier.report(plan, started.isoformat(), True, True), mode=mode, plan=plan)
-        if mode == "full" and plan.writes > 0:
+        if mode == "full" and plan.writes > 0 and plan.guard is None:
             # a full read is expensive: keep it so that a stopped cycle resumes without repeating it
             save_blob(self.state, f"{CHECKPOINT_KEY}:mirror", mirror.to_bytes())
             self.state.put_item(CHECKPOINT_KEY, {"links": links, "started": started.isoformat()})
@@ -299,7 +335,9 @@ class CycleService:
         self._update_escrow(escrow, applier, runnable, desired)
         applier.flush()
         report = applier.report(plan, started.isoformat(), dry_run=False, complete=complete)
-        if complete:
+        if complete and plan.guard is not None:
+            self._distrust(record)
+        elif complete:
             self._finish(mirror, links, mode, record, started)
         status.finish(report, mode)
         self._after(report, applier.attempted, quarantine)
@@ -342,7 +380,7 @@ class CycleService:
             plan = make_plan(narrowed, self._with_matches(current, narrowed, mine), mine, policy)
             started = self.clock.now()
             cycle_id = f"ondemand-{started.strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:6]}"
-            applier = Applier(self.target, self.state, self.clock, cycle_id, owned, current, policy)
+            applier = Applier(self.target, self.state, self.clock, cycle_id, owned, current, policy, narrowed)
             applier.apply(plan.operations, lambda: False, None)
             applier.log_refusals(plan.refusals)
             applier.flush()
@@ -525,6 +563,13 @@ class CycleService:
         self.state.put_item(CYCLE_KEY, new_record)
         if checkpoint is not None:
             self.state.delete_item(CHECKPOINT_KEY)
+
+    def _distrust(self, record: dict[str, Any]) -> None:
+        """The deletion guard tripped: keep nothing this cycle read, so the next one reads in full."""
+        new_record = dict(record)
+        new_record.pop("links", None)
+        self.state.put_item(CYCLE_KEY, new_record)
+        self.state.delete_item(CHECKPOINT_KEY)
 
     def _enter_quarantine(self, previous: Quarantine | None, reason: str) -> None:
         now = self.clock.now()

@@ -1,16 +1,20 @@
 """Microsoft Graph change and lifecycle notifications for the PIM groups: check them, turn them into hints.
 
-A request is first checked as a whole (size, Content-Type, UTF-8, JSON, shape); any problem there
-rejects it with a 4xx naming what is wrong, and nothing is enqueued. Then each item is checked on its
-own: its clientState is compared in constant time with the secret, its tenant with ours, and its
-resource must name a configured PIM group. An item that passes becomes one hint ("look at group G",
-with the configured group id, never a string from the request); one that fails is dropped and logged,
+A request is first checked as a whole (size, Content-Type, UTF-8, JSON, a non-empty ``value`` array);
+any problem there rejects it with a 4xx naming what is wrong, and nothing is enqueued. Then each item
+is checked on its own: an item of the wrong shape (a missing field, both ``changeType`` and
+``lifecycleEvent``, ...) is dropped and logged naming its index and the rule, and the others go on
+(only a request in which no item has a valid shape is rejected, 400). Then its clientState is
+compared in constant time with the secret, its tenant with ours, and its resource must name a
+configured PIM group. An item that passes becomes one hint ("look at group G", with the configured
+group id, never a string from the request); one that fails is dropped and logged,
 and the request is still answered 202, as Graph expects.
 
 Lifecycle items (``lifecycleEvent``) are handled on either path, because Graph sends them to the
 notification URL when a subscription has no lifecycle URL: reauthorizationRequired renews the
 subscription, subscriptionRemoved and missed are logged and counted (the subscriptions job and the
-sync cycle repair what they imply).
+sync cycle repair what they imply); a lifecycle event idsync does not know is ignored (logged and
+counted), as Microsoft asks receivers to do.
 
 Graph adds properties to notifications over time: unknown ones are ignored, never read.
 """
@@ -84,6 +88,7 @@ class Metric(StrEnum):
     REAUTHORIZATION_REQUIRED = "LifecycleReauthorizationRequired"
     SUBSCRIPTION_REMOVED = "LifecycleSubscriptionRemoved"
     MISSED = "LifecycleMissed"
+    LIFECYCLE_UNKNOWN = "LifecycleUnknownIgnored"
     RENEWED = "SubscriptionsRenewed"
     RENEWAL_FAILED = "SubscriptionRenewalsFailed"
 
@@ -131,9 +136,7 @@ class NotificationItem(_Strict):
     tenant_id: Guid = Field(alias="tenantId")
     client_state: str | None = Field(default=None, alias="clientState", max_length=255)
     change_type: Literal["created", "updated", "deleted"] | None = Field(default=None, alias="changeType")
-    lifecycle_event: Literal["reauthorizationRequired", "subscriptionRemoved", "missed"] | None = Field(
-        default=None, alias="lifecycleEvent"
-    )
+    lifecycle_event: str | None = Field(default=None, alias="lifecycleEvent", max_length=64)
     resource: str | None = Field(default=None, max_length=1024)
     resource_data: ResourceData | None = Field(default=None, alias="resourceData")
 
@@ -148,6 +151,12 @@ class NotificationItem(_Strict):
 
 class NotificationBody(_Strict):
     value: list[NotificationItem] = Field(min_length=1)
+    # items of the wrong shape, dropped one by one: (index, what is wrong)
+    invalid: tuple[tuple[int, str], ...] = ()
+
+
+class _Envelope(_Strict):
+    value: list[Any] = Field(min_length=1)
     # sent with rich notifications; checked for shape, never used (idsync asks for no resource data)
     validation_tokens: list[str] | None = Field(default=None, alias="validationTokens")
 
@@ -281,20 +290,41 @@ def parse_body(body: bytes, content_type: str | None) -> NotificationBody:
             f"value holds {len(items)} notifications; the limit is {MAX_ITEMS} per request",
         )
     try:
-        return NotificationBody.model_validate(document)
+        envelope = _Envelope.model_validate(document)
     except ValidationError as error:
-        details = [
-            {"target": _where(problem["loc"]), "message": problem["msg"].removeprefix("Value error, ")}
-            for problem in error.errors(include_url=False, include_input=False)
-        ]
-        first = details[0]
-        more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
-        raise Rejection(
-            400,
-            "invalidNotification",
-            f"{first['target']}: {first['message']}{more}",
-            details[:MAX_DETAILS],
-        ) from None
+        raise _rejection(_details(error, ())) from None
+    valid: list[Any] = []
+    invalid: list[tuple[int, str]] = []
+    problems: list[dict[str, str]] = []
+    for index, raw in enumerate(envelope.value):
+        try:
+            NotificationItem.model_validate(raw)
+        except ValidationError as error:
+            found = _details(error, ("value", index))
+            problems.extend(found)
+            invalid.append((index, "; ".join(f"{d['target']}: {d['message']}" for d in found[:3])))
+            continue
+        valid.append(raw)
+    if not valid:
+        raise _rejection(problems)
+    try:
+        checked = NotificationBody.model_validate({**document, "value": valid})
+    except ValidationError as error:
+        raise _rejection(_details(error, ())) from None
+    return checked.model_copy(update={"invalid": tuple(invalid)})
+
+
+def _details(error: ValidationError, prefix: tuple[str | int, ...]) -> list[dict[str, str]]:
+    return [
+        {"target": _where((*prefix, *problem["loc"])), "message": problem["msg"].removeprefix("Value error, ")}
+        for problem in error.errors(include_url=False, include_input=False)
+    ]
+
+
+def _rejection(details: list[dict[str, str]]) -> Rejection:
+    first = details[0]
+    more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
+    return Rejection(400, "invalidNotification", f"{first['target']}: {first['message']}{more}", details[:MAX_DETAILS])
 
 
 def group_of(resource: str) -> str | None:
@@ -383,6 +413,11 @@ class NotificationService:
         received_at = self._clock.now().astimezone(UTC).isoformat(timespec="milliseconds")
         counts: Counter[str] = Counter()
         hints: list[Hint] = []
+        for index, problem in body.invalid:
+            logger.warning(
+                "notification dropped", extra={"endpoint": endpoint.value, "index": index, "reason": problem[:500]}
+            )
+            counts[Metric.DROPPED] += 1
         for index, item in enumerate(body.value):
             reason = self._untrusted(item, secret)
             if reason is None and item.lifecycle_event is not None:
@@ -437,8 +472,13 @@ class NotificationService:
 
     def _lifecycle(self, endpoint: Endpoint, index: int, item: NotificationItem, counts: Counter[str]) -> None:
         event = item.lifecycle_event or ""
-        counts[_LIFECYCLE_METRICS[event]] += 1
         context = {"endpoint": endpoint.value, "index": index, "subscription_id": item.subscription_id}
+        if event not in _LIFECYCLE_METRICS:
+            # Microsoft may add lifecycle events; receivers are asked to ignore the ones they do not know
+            counts[Metric.LIFECYCLE_UNKNOWN] += 1
+            logger.info("unknown lifecycle event ignored", extra={**context, "lifecycle_event": event[:64]})
+            return
+        counts[_LIFECYCLE_METRICS[event]] += 1
         if event != "reauthorizationRequired":
             logger.warning("lifecycle event", extra={**context, "lifecycle_event": event})
             return

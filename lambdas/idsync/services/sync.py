@@ -4,6 +4,16 @@ Speaks to ports only. Every applied write is recorded in state before the next o
 cycle stopped at any point (crash, time budget) is finished by the next: the next cycle plans again
 from what is recorded, and a replayed write is harmless (a create that finds its object already
 there adopts it).
+
+Invariants:
+
+* write-ahead: every create is recorded as intended (``INTENT_KEY``) before it is sent, so a crash
+  or a state error between CreateUser/CreateGroup and its ownership record leaves an intent that the
+  next run resolves by looking the object up by name (``resolve_intent``), never an orphan;
+* a managed user or group found deleted by hand is created again and gets every membership the
+  desired view gives it, in the same cycle;
+* throttling and AWS-side faults (``TargetTransient``, after the client's own retries) are not
+  failures: the cycle stops there and the next invocation carries on.
 """
 
 from __future__ import annotations
@@ -11,12 +21,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 
-from idsync.errors import TargetAuthError, TargetConflict, TargetError, TargetNotFound
+from idsync.errors import TargetAuthError, TargetConflict, TargetError, TargetNotFound, TargetTransient
 from idsync.model import (
     Action,
     AttributeChange,
     CurrentView,
     CycleReport,
+    DesiredView,
     Group,
     JsonValue,
     Kind,
@@ -36,6 +47,7 @@ from idsync.model import (
 )
 from idsync.plan import (
     EXTENSIONS,
+    TEMPORARY_NAME_PREFIX,
     desired_doc_for_create,
     resolve_refs,
     with_manager,
@@ -43,7 +55,43 @@ from idsync.plan import (
 from idsync.ports import Clock, IdentityStore, StateStore
 
 LOG_FLUSH_EVERY = 500
+INTENT_KEY = "create-intent"  # the one create in flight: {"kind", "source_id", "name"}
 Progress = Callable[[int, int], None]
+
+
+def resolve_intent(state: StateStore, target: IdentityStore, owned: Ownership) -> bool:
+    """Settle a create a previous run sent but may not have recorded; True when ownership changed.
+
+    The object is looked up by the name it was created with (GetUserId / GetGroupId): found and
+    owned by nobody, it is recorded as the intended source object's; the next plan then updates or
+    renames it. Raises TargetError / StateError (the intent stays for the next run).
+    """
+    intent = state.get_item(INTENT_KEY)
+    if not intent:
+        return False
+    kind, source_id, name = str(intent["kind"]), str(intent["source_id"]), str(intent["name"])
+    changed = False
+    if kind == "user":
+        found = target.find_user(name)
+        mine = owned.users.get(source_id)
+        others = {o.target_id for s, o in owned.users.items() if s != source_id}
+        if found is not None and found not in others and (mine is None or mine.target_id != found):
+            # the create landed: it replaces whatever stale record the source object had
+            for group, member in [m for m in owned.memberships if m[1] == source_id]:
+                state.forget_membership(group, member)
+            state.record_user(OwnedUser(source_id, found, name, freeze_doc(intent.get("doc") or {})))
+            changed = True
+    elif kind == "group":
+        found = target.find_group(name)
+        held = owned.groups.get(source_id)
+        others = {o.target_id for s, o in owned.groups.items() if s != source_id}
+        if found is not None and found not in others and (held is None or held.target_id != found):
+            for group, member in [m for m in owned.memberships if m[0] == source_id]:
+                state.forget_membership(group, member)
+            state.record_group(OwnedGroup(source_id, found, name, intent.get("description")))
+            changed = True
+    state.delete_item(INTENT_KEY)
+    return changed
 
 
 class Applier:
@@ -58,8 +106,10 @@ class Applier:
         owned: Ownership,
         current: CurrentView,
         policy: PlanPolicy,
+        desired: DesiredView | None = None,
     ) -> None:
         self.target = target
+        self.desired = desired
         self.state = state
         self.clock = clock
         self.cycle_id = cycle_id
@@ -77,33 +127,94 @@ class Applier:
         self.attempted = 0  # write operations tried (succeeded or failed; skipped ones excluded)
         self.sequence = 0
         self.deferred_managers: list[User] = []  # created before their manager (a management cycle)
+        self.followups: list[Operation] = []  # memberships of objects created again after a hand-made delete
+        self.intent_written = False
+        self.stopped_by: str | None = None  # why the cycle ended early (throttling, AWS faults)
 
     # ------------------------------------------------------------------ loop
 
     def apply(
         self, operations: Iterable[Operation], should_stop: Callable[[], bool], progress: Progress | None
     ) -> bool:
+        """Apply in order; False when stopped early (time budget, or AWS throttling past the retries)."""
         ops = list(operations)
-        for index, op in enumerate(ops):
+        index = 0
+        while index < len(ops) or self.followups:
+            if index >= len(ops):
+                ops.extend(op for op in self.followups if self._still_missing(op))
+                self.followups = []
+                if index >= len(ops):
+                    break
+            op = ops[index]
+            index += 1
             if should_stop():
-                self.flush()
+                self._end()
                 return False
             started = time.perf_counter()
             try:
                 status, target_id, changes, note = self._apply_one(op)
             except TargetAuthError:
-                self.flush()
+                self._end()
                 raise
+            except TargetTransient as error:
+                # not a failure of this object: AWS asked to slow down or failed on its side; a create
+                # may still have landed, so its intent stays for the next run to resolve
+                self.stopped_by = str(error)
+                self._log(op, Status.SKIPPED, op.target_id, (), f"{error}; the next run carries on", 0.0)
+                self.flush()
+                return False
             except TargetError as error:
                 status, target_id, changes, note = Status.FAILURE, op.target_id, op.changes, str(error)
             self._log(op, status, target_id, changes, note, time.perf_counter() - started)
             if progress is not None:
-                progress(index + 1, len(ops))
+                progress(index, len(ops))
             if len(self.pending) >= LOG_FLUSH_EVERY:
                 self.flush()
         self._resolve_deferred_managers()
-        self.flush()
+        self._end()
         return True
+
+    def _end(self) -> None:
+        if self.intent_written:
+            self.state.delete_item(INTENT_KEY)
+            self.intent_written = False
+        self.flush()
+
+    def _intend(self, kind: str, source_id: str, name: str, **what: JsonValue) -> None:
+        self.state.put_item(INTENT_KEY, {"kind": kind, "source_id": source_id, "name": name, **what})
+        self.intent_written = True
+
+    def _still_missing(self, op: Operation) -> bool:
+        if op.kind is Kind.USER:
+            return op.source_id not in self.users
+        return (op.source_id, op.member_source_id or "") not in self.memberships
+
+    def _restore_memberships(self, user_sid: str | None = None, group_sid: str | None = None) -> None:
+        """Queue every membership the desired view gives a user or group created again."""
+        if self.desired is None:
+            return
+        for group, member in sorted(self.desired.memberships):
+            if (user_sid is not None and member != user_sid) or (group_sid is not None and group != group_sid):
+                continue
+            user = self.desired.users.get(member)
+            owner = self.desired.groups.get(group)
+            if user is None or owner is None or not user.active:
+                continue
+            self.followups.append(
+                Operation(
+                    Kind.MEMBERSHIP,
+                    Action.CREATE,
+                    group,
+                    f"{owner.display_name} <- {user.user_name}",
+                    member_source_id=member,
+                    reason="created again after a delete made outside idsync",
+                )
+            )
+
+    def _forget_memberships(self, user_sid: str | None = None, group_sid: str | None = None) -> None:
+        for pair in [m for m in self.memberships if m[1] == user_sid or m[0] == group_sid]:
+            self.state.forget_membership(*pair)
+            self.memberships.discard(pair)
 
     def _resolve_deferred_managers(self) -> None:
         for user in self.deferred_managers:
@@ -159,6 +270,10 @@ class Applier:
         if user.manager_source_id and user.manager_source_id not in self.user_targets:
             self.deferred_managers.append(user)
         changes = tuple(AttributeChange(k, None, v) for k, v in sorted(doc.items()))
+        if user.source_id in self.users:
+            # created again (gone from AWS): the memberships recorded for the old object went with it
+            self._forget_memberships(user_sid=user.source_id)
+        self._intend("user", user.source_id, user.user_name, doc=doc)
         try:
             target_id = self.target.create_user(user.user_name, doc)
             self.writes += 1
@@ -188,11 +303,8 @@ class Applier:
         try:
             self.target.update_user(op.target_id, changes)
         except TargetNotFound:
-            # deleted outside idsync since it was read: provision it again
-            self.state.forget_user(op.user.source_id)
-            self.users.pop(op.user.source_id, None)
-            self.user_targets.pop(op.user.source_id, None)
-            return self._create_user(op)
+            # deleted outside idsync since it was read: provision it again, with its memberships
+            return self._recreate_user(op.user.source_id, op)
         self.writes += 1
         previous = self.users.get(op.user.source_id)
         doc: dict[str, JsonValue] = dict(previous.doc) if previous else {}
@@ -205,6 +317,46 @@ class Applier:
                 doc[change.attribute] = change.new
         self._record_user(op.user, op.target_id, doc)
         return Status.SUCCESS, op.target_id, changes, None
+
+    def _recreate_user(
+        self, source_id: str, op: Operation | None = None
+    ) -> tuple[Status, str | None, tuple[AttributeChange, ...], str | None]:
+        """Create a managed user again (deleted by hand in AWS) and queue its memberships."""
+        user = self.desired.users.get(source_id) if self.desired is not None else None
+        if user is None and op is not None and op.user is not None:
+            user = op.user
+        if user is None or user.user_name.startswith(TEMPORARY_NAME_PREFIX):
+            raise TargetNotFound(f"user {source_id} was deleted outside idsync; the next cycle provisions it again")
+        self.state.forget_user(source_id)
+        self.users.pop(source_id, None)
+        self.user_targets.pop(source_id, None)
+        self._forget_memberships(user_sid=source_id)
+        create = Operation(Kind.USER, Action.CREATE, source_id, user.user_name, user=user, reason="deleted by hand")
+        try:
+            result = self._create_user(create)
+        except TargetConflict:
+            # its name is still held by a managed user this cycle renames later: create it after the renames
+            self.followups.append(create)
+            self._restore_memberships(user_sid=source_id)
+            return Status.SKIPPED, None, (), "deleted outside idsync; created again at the end of this cycle"
+        self._restore_memberships(user_sid=source_id)
+        return result
+
+    def _recreate_group(self, source_id: str) -> str:
+        """Create a managed group again (deleted by hand in AWS) and queue its members; its new id."""
+        group = self.desired.groups.get(source_id) if self.desired is not None else None
+        if group is None:
+            raise TargetNotFound(f"group {source_id} was deleted outside idsync and is no longer in scope")
+        self.state.forget_group(source_id)
+        self.groups.pop(source_id, None)
+        self.group_targets.pop(source_id, None)
+        self._forget_memberships(group_sid=source_id)
+        _, target_id, _, _ = self._create_group(
+            Operation(Kind.GROUP, Action.CREATE, source_id, group.display_name, group=group)
+        )
+        self._restore_memberships(group_sid=source_id)
+        assert target_id is not None
+        return target_id
 
     def _delete_user(self, op: Operation) -> tuple[Status, str | None, tuple[AttributeChange, ...], str | None]:
         assert op.target_id is not None
@@ -232,6 +384,9 @@ class Applier:
         changes: tuple[AttributeChange, ...] = (AttributeChange("DisplayName", None, group.display_name),)
         if group.description:
             changes += (AttributeChange("Description", None, group.description),)
+        if group.source_id in self.groups:
+            self._forget_memberships(group_sid=group.source_id)
+        self._intend("group", group.source_id, group.display_name, description=group.description)
         try:
             target_id = self.target.create_group(group.display_name, group.description)
             self.writes += 1
@@ -254,7 +409,12 @@ class Applier:
     def _update_group(self, op: Operation) -> tuple[Status, str | None, tuple[AttributeChange, ...], str | None]:
         assert op.group is not None
         assert op.target_id is not None
-        self.target.update_group(op.target_id, op.changes)
+        try:
+            self.target.update_group(op.target_id, op.changes)
+        except TargetNotFound:
+            # deleted outside idsync since it was read: provision it again, with its members
+            target_id = self._recreate_group(op.source_id)
+            return Status.SUCCESS, target_id, op.changes, "created again: it was deleted outside idsync"
         self.writes += 1
         self._record_group(op.group, op.target_id)
         return Status.SUCCESS, op.target_id, op.changes, None
@@ -290,7 +450,15 @@ class Applier:
             return Status.SKIPPED, None, (), targets
         group_target, user_target = targets
         try:
-            membership_id = self.target.create_membership(group_target, user_target)
+            try:
+                membership_id = self.target.create_membership(group_target, user_target)
+            except TargetNotFound:
+                # the group or the user was deleted outside idsync: create it again, then add
+                targets_again = self._recreate_missing(op, group_target, user_target)
+                if targets_again is None:
+                    return Status.SKIPPED, None, (), "the user is created again at the end of this cycle"
+                group_target, user_target = targets_again
+                membership_id = self.target.create_membership(group_target, user_target)
             self.writes += 1
         except TargetConflict:
             found = self.target.find_membership(group_target, user_target)
@@ -299,6 +467,20 @@ class Applier:
             membership_id = found
         self._record_member(op, membership_id)
         return Status.SUCCESS, membership_id, (AttributeChange("members", None, user_target),), None
+
+    def _recreate_missing(self, op: Operation, group_target: str, user_target: str) -> tuple[str, str] | None:
+        """(group, user) target ids once the missing one is created again; None when the user waits."""
+        assert op.member_source_id is not None
+        owned_group = self.groups.get(op.source_id)
+        if owned_group is None or self.target.find_group(owned_group.display_name) != group_target:
+            group_target = self._recreate_group(op.source_id)
+        owned_user = self.users.get(op.member_source_id)
+        if owned_user is None or self.target.find_user(owned_user.user_name) != user_target:
+            self._recreate_user(op.member_source_id)
+            if op.member_source_id not in self.user_targets:
+                return None
+            user_target = self.user_targets[op.member_source_id]
+        return group_target, user_target
 
     def _adopt_member(self, op: Operation) -> tuple[Status, str | None, tuple[AttributeChange, ...], str | None]:
         assert op.membership_id is not None

@@ -1,0 +1,124 @@
+"""A mutation check of the planner: plant one defect at a time in plan.py, run the tests, count survivors.
+
+``python -m bench.mutate_plan [WORD ...]`` applies each mutant below (or those whose name holds one of
+the words; an exact text replacement that must match once), runs the unit tests with ``-x`` against
+it, and restores the file whatever happens. A mutant the
+tests pass on has survived: the suite cannot tell that defect from the real code. Prints one line per
+mutant and a JSON summary; exits 1 when any survives.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PLAN = ROOT / "lambdas" / "idsync" / "plan.py"
+TESTS = ["tests/unit"]
+
+# (name, text in plan.py, its replacement)
+MUTANTS: list[tuple[str, str, str]] = [
+    ("guard count compared with >=", "count > policy.max_deletions", "count >= policy.max_deletions"),
+    (
+        "guard percent compared with >=",
+        "count / total > policy.max_deletion_percent",
+        "count / total >= policy.max_deletion_percent",
+    ),
+    (
+        "guard ignores membership removals",
+        "trips(deletions, managed) or trips(removals, managed_memberships)",
+        "trips(deletions, managed)",
+    ),
+    (
+        "memberships of unmanaged users planned for removal",
+        "user_sid = user_by_target.get(user_target)",
+        "user_sid = user_by_target.get(user_target, user_target)",
+    ),
+    (
+        "userName matched case-sensitively",
+        "free_by_name.setdefault(target.user_name.casefold(), target)",
+        "free_by_name.setdefault(target.user_name, target)",
+    ),
+    (
+        "held-back deletions leave out groups",
+        "held_back = membership_removes + group_deletes + user_deletes",
+        "held_back = membership_removes + user_deletes",
+    ),
+    (
+        "guard override ignored",
+        "    if policy.allow_deletions:\n        return None\n",
+        "",
+    ),
+    ("newcomer takes a user's name", "sorted(self.desired.users, key=self._claim_order)", "sorted(self.desired.users)"),
+    ("newcomer takes a group's name", "sorted(desired.groups, key=claim_order)", "sorted(desired.groups)"),
+    (
+        "creates before the renames that free their names",
+        "return renames + create_ops, adopts",
+        "return create_ops + renames, adopts",
+    ),
+    (
+        "renames never go through a temporary name",
+        "holder.get(new.casefold(), t) == t or holder[new.casefold()] not in pending",
+        "True",
+    ),
+    (
+        "restorable users deleted",
+        "or sid in refused or sid in self.desired.retained:",
+        "or sid in refused:",
+    ),
+    (
+        "restorable groups deleted",
+        "if sid in desired.groups or sid in refused or sid in desired.retained:",
+        "if sid in desired.groups or sid in refused:",
+    ),
+    (
+        "memberships of refused objects removed",
+        "        if group_sid in refused or user_sid in refused:\n            continue\n",
+        "",
+    ),
+    ("groups deleted although delete_groups is off", "    if policy.delete_groups:\n", "    if True:\n"),
+    (
+        "deprovision keep deletes users",
+        "        if self.policy.deprovision is DeprovisionMode.KEEP:\n            return []\n",
+        "",
+    ),
+    (
+        "out-of-scope deletions not skipped",
+        "if user is None and self.policy.skip_out_of_scope_deletions and sid in self.desired.out_of_scope:",
+        "if False:",
+    ),
+]
+
+
+def run_tests() -> bool:
+    """True when the tests pass."""
+    environment = dict(os.environ, PYTHONPATH=f"{ROOT / 'lambdas'}{os.pathsep}{ROOT}")
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *TESTS]
+    return subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, check=False).returncode == 0
+
+
+def main() -> int:
+    original = PLAN.read_text(encoding="utf-8")
+    survivors: list[str] = []
+    words = sys.argv[1:]
+    chosen = [m for m in MUTANTS if not words or any(w in m[0] for w in words)]
+    try:
+        for name, old, new in chosen:
+            if original.count(old) != 1:
+                raise SystemExit(f"mutant {name!r}: its text occurs {original.count(old)} times in plan.py, not once")
+            PLAN.write_text(original.replace(old, new), encoding="utf-8")
+            survived = run_tests()
+            print(f"{'SURVIVED' if survived else 'killed  '}  {name}", flush=True)
+            if survived:
+                survivors.append(name)
+    finally:
+        PLAN.write_text(original, encoding="utf-8")
+    print(json.dumps({"mutants": len(chosen), "survivors": survivors}))
+    return 1 if survivors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

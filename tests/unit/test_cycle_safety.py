@@ -1,0 +1,249 @@
+"""The cycle's safety rules: outages, throttling, crashes and hand-made drift never cost anyone access."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from idsync.model import OwnedUser
+from idsync.services.escrow import load_quarantine
+from tests.fakes import FakeDeltaSource
+from tests.unit.test_cycle import World, tenant
+
+
+def delta_world(**policy: Any) -> World:
+    base = tenant()
+    return World(FakeDeltaSource(base.users, base.groups, base.members), **policy)
+
+
+def expected() -> tuple[Any, ...]:
+    world = World()
+    world.run()
+    return world.snapshot()
+
+
+def test_an_empty_full_read_is_not_kept_so_the_next_cycle_plans_no_deletion() -> None:
+    # Given a provisioned tenant, and a full read during a Graph incident that returns nobody
+    world = delta_world(max_deletions=5)
+    world.run()
+    source = world.source
+    assert isinstance(source, FakeDeltaSource)
+    source.outage = True
+    tripped = world.run(force_full=True)
+    assert tripped.report.guard is not None
+    assert len(tripped.plan.held_back) == 12 + 3 + 12  # users, groups, memberships: all named
+    # When Graph has recovered, the next cycle reads in full again, and plans no deletion
+    after = world.run()
+    assert source.asked[-1] is None
+    assert after.mode == "full"
+    assert after.plan.held_back == ()
+    assert after.report.guard is None
+    # and the notice's advice, run now, deletes nobody
+    world.store.writes.clear()
+    world.run(allow_deletions=True)
+    assert "DeleteUser" not in world.store.writes
+    assert world.snapshot() == expected()
+
+
+def test_throttling_past_the_retries_ends_the_cycle_early_and_never_quarantines() -> None:
+    # Given AWS throttling 15 writes in a row (beyond what the client's retries absorb)
+    world = World()
+    world.store.throttled_writes = 15
+    runs = 0
+    while True:
+        runs += 1
+        report = world.run().report
+        # Then no cycle reports a failure or enters quarantine; each stopped cycle is resumed
+        assert report.failures == ()
+        assert load_quarantine(world.state) is None
+        if report.complete:
+            break
+        assert runs < 40
+    assert runs == 16
+    assert world.snapshot() == expected()
+
+
+def test_a_resumed_full_reconcile_keeps_reading_aws_and_repairs_drift() -> None:
+    world = World()
+    world.run()
+    # Given a user deleted by hand in AWS, and a full reconcile stopped by its time budget after one write
+    world.store.delete_user(world.store.find_user("u5@example.com") or "")
+    for user in world.source.users:
+        user["jobTitle"] = "Staff"
+    budget = iter(range(1))
+    stopped = world.run(force_full=True, should_stop=lambda: next(budget, None) is None)
+    assert not stopped.report.complete
+    # When the next invocation resumes it
+    resumed = world.run()
+    # Then the resume still compares with AWS: the user is back, with its memberships
+    assert resumed.mode == "resume"
+    assert world.store.find_user("u5@example.com") is not None
+    assert "u5@example.com" in world.store.members_of("Team 2")
+
+
+def test_a_user_re_created_by_a_delta_cycle_gets_every_membership_back() -> None:
+    world = World()
+    world.run()
+    # Given a user deleted by hand in AWS, then changed in Entra
+    world.store.delete_user(world.store.find_user("u4@example.com") or "")
+    world.source.users[4]["jobTitle"] = "Lead"
+    outcome = world.run()
+    # Then the delta cycle re-creates it with its group memberships
+    assert outcome.mode == "delta"
+    assert outcome.report.failures == ()
+    assert world.store.user_by_name("u4@example.com")["doc"]["Title"] == "Lead"
+    assert "u4@example.com" in world.store.members_of("Team 1")
+    # and the next full reconcile finds nothing left to do
+    world.store.writes.clear()
+    world.run(force_full=True)
+    assert world.store.writes == []
+
+
+def test_a_managed_group_deleted_by_hand_is_re_created_with_its_members() -> None:
+    world = World()
+    world.run()
+    # Given "Team 0" deleted by hand in AWS, then a member added to it in Entra
+    world.store.delete_group(world.store.find_group("Team 0") or "")
+    world.source.members["g0"].append("e1")
+    outcome = world.run()
+    # Then the delta cycle re-creates it and adds every member Entra says it has
+    assert outcome.report.failures == ()
+    assert world.store.members_of("Team 0") == {f"u{i}@example.com" for i in (0, 1, 3, 6, 9)}
+    world.store.writes.clear()
+    world.run(force_full=True)
+    assert world.store.writes == []
+
+
+def test_a_crash_between_create_and_record_then_a_rename_leaves_no_orphan() -> None:
+    # Given a first cycle that dies right after CreateUser of its first user (before recording it)
+    world = World()
+    world.state.crash_after_records = 0
+    with pytest.raises(RuntimeError):
+        world.run()
+    assert len(world.store.users) == 1
+    created = next(iter(world.store.users))
+    # When Entra renames that user before the next run
+    world.state.crash_after_records = None
+    world.source.users[0]["userPrincipalName"] = "renamed@example.com"
+    outcome = world.run()
+    # Then the next run finds the user it created, keeps its id and renames it: no orphan
+    assert outcome.report.failures == ()
+    assert len(world.store.users) == 12
+    assert world.store.find_user("renamed@example.com") == created
+    assert world.store.find_user("u0@example.com") is None
+
+
+def test_a_state_error_between_create_and_record_leaves_no_orphan_even_after_a_full_reconcile() -> None:
+    from idsync.errors import StateError
+
+    world = World()
+
+    class Failing(type(world.state)):  # type: ignore[misc]
+        fail = True
+
+        def record_user(self, owned: OwnedUser) -> None:
+            if self.fail:
+                raise StateError("ProvisionedThroughputExceededException")
+            super().record_user(owned)
+
+    failing = Failing()
+    world.state = failing
+    with pytest.raises(StateError):
+        world.run()
+    failing.fail = False
+    world.source.users[0]["userPrincipalName"] = "renamed@example.com"
+    world.run(force_full=True)
+    assert len(world.store.users) == 12
+    assert set(failing.users) == {u["id"] for u in world.source.users}
+
+
+def test_a_soft_deleted_user_or_group_keeps_its_aws_id_and_a_restore_brings_it_back() -> None:
+    world = delta_world(max_deletion_percent=50.0)
+    world.run()
+    source = world.source
+    assert isinstance(source, FakeDeltaSource)
+    user_id = world.store.find_user("u4@example.com")
+    group_id = world.store.find_group("Team 0")
+    # Given a user and a Microsoft 365 group moved to Entra's deleted items
+    user = source.users.pop(4)
+    group = source.groups.pop(0)
+    members = source.members.pop("g0")
+    source.members["g1"].remove("e4")
+    source.soft_deleted |= {"e4", "g0"}
+    world.run()
+    # Then neither is deleted in AWS, but nobody holds access through them
+    assert world.store.find_user("u4@example.com") == user_id
+    assert world.store.find_group("Team 0") == group_id
+    assert world.store.members_of("Team 0") == set()
+    assert "u4@example.com" not in world.store.members_of("Team 1")
+    # When both are restored in Entra
+    source.users.insert(4, user)
+    source.groups.insert(0, group)
+    source.members["g0"] = members
+    source.members["g1"].append("e4")
+    source.soft_deleted.clear()
+    world.run()
+    # Then they come back with the same ids and their memberships
+    assert world.store.find_user("u4@example.com") == user_id
+    assert world.store.find_group("Team 0") == group_id
+    assert world.snapshot() == expected()
+
+
+def test_a_soft_deleted_user_is_deleted_once_the_grace_period_passes() -> None:
+    world = delta_world()
+    world.run()
+    source = world.source
+    assert isinstance(source, FakeDeltaSource)
+    source.users.pop(4)
+    source.members["g1"].remove("e4")
+    source.soft_deleted.add("e4")
+    world.run()
+    assert world.store.find_user("u4@example.com") is not None
+    world.clock.advance(31 * 86400)
+    world.run()
+    assert world.store.find_user("u4@example.com") is None
+
+
+def test_a_hard_delete_is_an_aws_delete_at_once() -> None:
+    world = delta_world()
+    world.run()
+    world.source.users.pop(4)
+    world.source.members["g1"].remove("e4")
+    world.run()
+    assert world.store.find_user("u4@example.com") is None
+
+
+def test_a_create_whose_answer_was_lost_then_a_rename_leaves_no_orphan() -> None:
+    # Given a CreateUser that lands in AWS but answers an AWS-side fault (the cycle stops there)
+    world = World()
+    world.store.lost_create_answers = 1
+    stopped = world.run().report
+    assert not stopped.complete
+    assert stopped.failures == ()
+    landed = next(iter(world.store.users))
+    # When Entra renames that user before the next run
+    world.source.users[0]["userPrincipalName"] = "renamed@example.com"
+    world.run()
+    # Then the user it created is found, kept and renamed: no orphan
+    assert len(world.store.users) == 12
+    assert world.store.find_user("renamed@example.com") == landed
+
+
+def test_a_full_reconcile_keeps_a_soft_deleted_user_within_the_grace_period() -> None:
+    world = delta_world()
+    world.run()
+    source = world.source
+    assert isinstance(source, FakeDeltaSource)
+    user_id = world.store.find_user("u4@example.com")
+    source.users.pop(4)
+    source.members["g1"].remove("e4")
+    source.soft_deleted.add("e4")
+    world.run()
+    # a full read does not list Entra's deleted items: the user is still restorable, so still kept
+    world.clock.advance(2 * 86400)
+    assert world.run(force_full=True).mode == "full"
+    assert world.store.find_user("u4@example.com") == user_id
+    world.clock.advance(29 * 86400)
+    world.run(force_full=True)
+    assert world.store.find_user("u4@example.com") is None
