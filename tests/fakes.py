@@ -331,13 +331,16 @@ class FakePimGraph:
         """The instance is gone (deactivated or expired); ``unlist``: Graph already dropped the member."""
         instance = next(i for i in self.current if i.id == instance_id)
         self.current.remove(instance)
-        if unlist:
+        holds = any(
+            i.principal_id == instance.principal_id and i.group_id == instance.group_id and i.access_id == "member"
+            for i in self.current
+        )
+        if unlist and not holds:
             self.unlist(instance.group_id, instance.principal_id)
 
     def unlist(self, group_id: str, user_id: str) -> None:
-        """Graph's member list catches up: the user goes unless a member instance still holds her."""
-        if not any(i.principal_id == user_id and i.group_id == group_id and i.access_id == "member" for i in self.current):
-            self.listed.get(group_id, set()).discard(user_id)
+        """Graph's member list catches up: the user is no longer listed."""
+        self.listed.get(group_id, set()).discard(user_id)
 
     def extend(self, instance_id: str, minutes: float) -> None:
         index = next(n for n, i in enumerate(self.current) if i.id == instance_id)
