@@ -12,10 +12,10 @@ import pytest
 from idsync.config import MappingSettings, ScopeSettings
 from idsync.mapping import build_mappers
 from idsync.model import OwnedGroup, OwnedMembership, OwnedUser, User, freeze_doc
+from idsync.pim import Facts, grant_terms, judge, judge_group
 from idsync.plan import desired_doc_for_create
 from idsync.ports import GRANT_ACTIVE, GRANT_ENDED, GRANT_SIGHTED, AccessGrant, AssignmentInstance
 from idsync.scope import build_scope
-from idsync.pim import Facts, grant_terms, judge, judge_group
 from idsync.services.jit import JitService
 from idsync.services.token_bucket import BucketPolicy, TokenBucket, Wait
 from sandbox.jit_local import MemoryBucketStore
