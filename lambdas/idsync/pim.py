@@ -12,8 +12,9 @@ members; her ``member`` assignment schedule instances active now), what idsync r
    not be a member, even while Graph still lists her (its member list lags behind the end); the grant
    becomes an ``ended`` marker while Graph lists her, and is forgotten once Graph stops. A ``standing``
    grant (she was a member before idsync saw an instance) only ends the grant: a listed user stays.
-3. No active instance, an ``ended`` marker: not a member; the marker stays until Graph stops listing her
-   or a new instance appears (rule 1).
+3. No active instance, an ``ended`` marker (``applied_at``: when the end was seen): not a member; the
+   marker stays until Graph stops listing her or a new instance appears (rule 1). Still listed ``settle``
+   after the end, she is a permanent member (rule 4): Graph's member list lags by less than that.
 4. Listed, no instance, no record: a permanent member. Idsync already holding the membership keeps it. A
    new one is first recorded as ``sighted`` and added once listed for ``settle`` (a lagging member list
    after an activation idsync never saw must not look like a permanent member). Owner instances
@@ -104,12 +105,15 @@ def judge(group_id: str, facts: Facts, now: datetime, settle: timedelta = SETTLE
     if live is not None:
         if live.standing and facts.listed:
             return Verdict(user, True, None, False, "a permanent member whose activation ended")
-        marker = replace(live, phase=GRANT_ENDED) if facts.listed else None
+        marker = replace(live, phase=GRANT_ENDED, applied_at=stamp) if facts.listed else None
         return Verdict(user, False, marker, False, "the grant ended")
     if record is not None and record.phase == GRANT_ENDED:
-        if facts.listed:
+        if not facts.listed:
+            return Verdict(user, False, None, False, "the grant ended")
+        if now - datetime.fromisoformat(record.applied_at) < settle:
             return Verdict(user, False, record, False, "the grant ended; Graph still lists the user")
-        return Verdict(user, False, None, False, "the grant ended")
+        # listed for longer than Graph lags since the end was seen: a permanent member now
+        record = replace(record, phase=GRANT_SIGHTED)
     if not facts.listed:
         return Verdict(user, False, None, False, "not a member in Entra")
     if facts.member:
