@@ -1,4 +1,5 @@
-"""Run every benchmark (or the ones named), print the figures, save bench/results.json whole."""
+"""Run every benchmark (or the ones named), print the figures, and save them into bench/results.json (figures of
+benchmarks not run this time are kept)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def main() -> None:
     parser.add_argument("names", nargs="*", help=f"which to run (default: all of {', '.join(BENCHMARKS)})")
     args = parser.parse_args()
     names = args.names or BENCHMARKS
-    results: dict[str, Any] = {}
+    results: dict[str, Any] = json.loads(RESULTS.read_text(encoding="utf-8")) if RESULTS.exists() else {}
     for name in names:
         module = importlib.import_module(f"bench.{name}")
         started = time.perf_counter()

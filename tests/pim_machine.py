@@ -42,7 +42,8 @@ class Instance:
 class PimMachine(RuleBasedStateMachine):
     strict: ClassVar[bool] = True
     violations: ClassVar[list[str]] = []
-    steps: ClassVar[int] = 0
+    steps: ClassVar[int] = 0  # rules run
+    checks: ClassVar[int] = 0  # invariant checks (after every rule, and at every event inside one)
 
     def __init__(self) -> None:
         super().__init__()
@@ -232,10 +233,11 @@ class PimMachine(RuleBasedStateMachine):
 
     @invariant()
     def access_follows_entra(self) -> None:
+        PimMachine.steps += 1
         self._check()
 
     def _check(self) -> None:
-        PimMachine.steps += 1
+        PimMachine.checks += 1
         now = self.now
         for user in USERS:
             member = self.world.is_member(user)
