@@ -362,3 +362,40 @@ def test_a_permanent_assignment_without_end_is_never_scheduled(world: PimWorld) 
     grant = world.state.grant(GROUP, ADA)
     assert grant is not None
     assert grant.end is None
+
+
+# --------------------------------------------------------------------------- outages and contention
+
+
+def test_an_expiry_that_finds_the_group_busy_fires_again_a_minute_later(world: PimWorld) -> None:
+    world.graph.grant("i1", ADA, T0, HOUR)
+    world.look()
+    world.clock.current = T0 + timedelta(minutes=HOUR, seconds=30)
+    world.graph.end("i1")
+    world.state.acquire_lease(f"pim:{GROUP}", "a-worker", world.clock.now(), 20)
+
+    [busy] = world.fire_due()
+
+    assert busy.busy
+    assert world.is_member(ADA)
+    assert world.scheduler.of(ADA) == [world.clock.now() + timedelta(minutes=1)]
+    # a minute later the group is free and the re-armed expiry removes her
+    world.clock.advance(60)
+    world.fire_due()
+    assert not world.is_member(ADA)
+
+
+def test_graph_down_during_the_pim_pass_keeps_the_cycle_s_own_work(world: PimWorld) -> None:
+    from idsync.errors import DirectoryError
+
+    def down(group_id: str) -> set[str]:
+        raise DirectoryError("Graph answered 503")
+
+    world.graph.members = down  # type: ignore[method-assign]
+    world.graph.users[BOB]["jobTitle"] = "Engineer"
+
+    outcome = world.cycle()
+
+    assert outcome.report is not None
+    assert outcome.report.complete
+    assert "UpdateUser" in world.identity.writes

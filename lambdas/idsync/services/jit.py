@@ -35,7 +35,14 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
-from idsync.errors import LeaseLost, SchedulerError, TargetConflict, TargetError
+from idsync.errors import (
+    DirectoryAuthError,
+    DirectoryError,
+    LeaseLost,
+    SchedulerError,
+    TargetConflict,
+    TargetError,
+)
 from idsync.model import (
     AttributeChange,
     LogEntry,
@@ -295,17 +302,19 @@ class CyclePass:
         return not self.busy
 
     def reconcile(self) -> list[JitOutcome]:
-        """One reconciliation per held group; a group whose run fails is logged and the others go on.
-
-        Raises nothing but what ``GroupLease.keep`` cannot absorb: a lost lease ends that group's run.
-        """
+        """One reconciliation per held group; a group whose run fails (Graph unreadable, lease lost) is logged and
+        the others go on. Raises DirectoryAuthError, StateError."""
         outcomes: list[JitOutcome] = []
         for group, lease in sorted(self.leases.items()):
             run = _Run(self.service, group, "cycle", self.cycle_id)
             try:
                 run.reconcile(lease, adds=True, rearm=None)
-            except LeaseLost as error:
-                logger.warning("PIM group left to its new lease holder", extra={"group_id": group, "error": str(error)})
+            except DirectoryAuthError:
+                raise  # the cycle's quarantine handles rejected credentials
+            except (DirectoryError, LeaseLost) as error:
+                # the cycle's own writes stand; this group is retried by the next look or cycle
+                run.outcome.failed.append(("", str(error)))
+                logger.error("PIM group not reconciled by the cycle", extra={"group_id": group, "error": str(error)})
             finally:
                 run.flush()
             outcomes.append(run.outcome)
