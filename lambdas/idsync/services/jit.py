@@ -246,7 +246,8 @@ class JitService:
         return run.outcome
 
     def expire(self, group_id: str, user_id: str) -> JitOutcome:
-        """A grant's scheduled end: the same reconciliation as a look, without additions (never takes a token).
+        """A grant's scheduled end: the same rule as a look, for this user only, without additions (never takes a
+        token; every other grant has its own schedule, and the cycle is the safety net).
 
         A grant still active (the schedule fired early, or the grant was extended) gets its schedule again;
         when another writer holds the group's lease, the expiry is re-armed a minute later.
@@ -264,7 +265,7 @@ class JitService:
             logger.info("group busy: the expiry fires again in a minute", extra={"group_id": group, "user_id": user_id})
             return run.outcome
         try:
-            run.reconcile(lease, adds=False, rearm=(user_id,))
+            run.reconcile(lease, adds=False, rearm=(user_id,), only=user_id)
         finally:
             run.flush()
             lease.release()
@@ -355,16 +356,19 @@ class _Run:
         self._group: OwnedGroup | None = None
         self.lease: GroupLease | None = None
 
-    def reconcile(self, lease: GroupLease, adds: bool, rearm: Iterable[str] | None) -> None:
-        """Read, judge and write for the whole group under ``lease``. ``rearm``: users whose active grant's
-        schedule is set again (None: every one). Raises DirectoryError, StateError, LeaseLost."""
+    def reconcile(self, lease: GroupLease, adds: bool, rearm: Iterable[str] | None, only: str | None = None) -> None:
+        """Read, judge and write for the group under ``lease`` (for the user ``only``, when given). ``rearm``:
+        users whose active grant's schedule is set again (None: every one).
+        Raises DirectoryError, StateError, LeaseLost."""
         service = self.service
         self.lease = lease
         members = service.directory.members(self.group_id)
-        instances = service.directory.instances(self.group_id)
+        instances = service.directory.instances(self.group_id, only)
         records = service.grants.grants(self.group_id)
         owned = service.grants.owned_memberships(self.group_id)
         judged = judge_group(self.group_id, members, instances, records, owned, self.now, settle=service.settle)
+        if only is not None:
+            judged = [(facts, verdict) for facts, verdict in judged if facts.user_id == only]
         again = None if rearm is None else set(rearm)
         additions: list[tuple[Facts, Verdict]] = []
         for facts, verdict in judged:
