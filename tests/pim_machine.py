@@ -1,8 +1,8 @@
 """The PIM world as a hypothesis state machine: every actor interleaved on one fake clock, two invariants
 checked after every step (and at every event inside a clock advance).
 
-(a) nobody is a member of the PIM group later than the end of her last entitlement (an instance's end, or a
-    permanent membership's removal) plus one cycle interval;
+(a) nobody is a member of the PIM group later than the end of her last entitlement (an instance's end, or
+    the moment Graph stops listing a permanent member: nothing else tells of that end) plus one cycle interval;
 (b) nobody holding an active member instance loses a membership that was applied during that same
     continuous stretch of instances.
 
@@ -118,7 +118,8 @@ class PimMachine(RuleBasedStateMachine):
         if user not in self.permanent:
             return
         self.permanent.discard(user)
-        self.permanent_until[user] = self.now
+        # a permanent membership has no instance: its end is visible only once Graph stops listing her
+        self.permanent_until[user] = self.now + timedelta(seconds=lag)
         self._lag(user, self.now + timedelta(seconds=lag))
 
     # ------------------------------------------------------------------ idsync's actors
@@ -288,7 +289,7 @@ class PimMachine(RuleBasedStateMachine):
         if user in self.permanent:
             moments.append(now)
         if user in self.permanent_until:
-            moments.append(self.permanent_until[user])
+            moments.append(min(self.permanent_until[user], now))
         return max(moments) if moments else None
 
     def _stretch(self, user: str, now: datetime) -> datetime | None:
