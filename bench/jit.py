@@ -6,11 +6,16 @@ webhook over HTTP -> SQS (moto) -> worker -> Identity Store (moto), with the def
 - a burst of 50 activations at once: when the last one lands, against the bucket's theoretical minimum
   ((50 - capacity) / (refill / period) = 90 s); this takes real time;
 - expiry: the grant clock is moved past the end and each one-time schedule fires; seconds from the fire
-  to the membership being gone, i.e. until the expiry function returns (the worst of the samples).
+  to the membership being gone, i.e. until the expiry function returns (the worst of the samples);
+- races: the stateful property test's model (tests/pim_machine.py: worker, expiry and sync cycle interleaved
+  with Graph's lag, lost and replayed notifications, early and duplicate fires, refused writes, lost lease
+  races) run over random interleavings at scale; ``race_violations`` counts breaches of its two invariants
+  over ``race_steps`` steps (target 0 over at least 10,000).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import statistics
 import tempfile
@@ -35,6 +40,9 @@ LONG_GRANT_MINUTES = 600  # singles and burst: their expiries stay out of the ex
 TARGET_SINGLE_P99_S = 2.0
 TARGET_BURST_RATIO = 1.1
 TARGET_EXPIRY_S = 2.0
+RACE_EXAMPLES = 400
+RACE_STEPS_PER_EXAMPLE = 50
+TARGET_RACE_STEPS = 10_000
 
 
 class ShiftedClock:
@@ -86,6 +94,7 @@ def run() -> dict[str, Any]:
             if jit.errors:
                 raise RuntimeError(f"the local flow reported errors: {jit.errors[:5]}")
     theoretical = (BURST - policy.capacity) / (policy.refill / policy.period_seconds)
+    race = races()
     return {
         "jit": {
             "single_samples": len(singles),
@@ -100,7 +109,46 @@ def run() -> dict[str, Any]:
             "target_single_p99_s": TARGET_SINGLE_P99_S,
             "target_burst_ratio": TARGET_BURST_RATIO,
             "target_expiry_s": TARGET_EXPIRY_S,
+            **race,
         }
+    }
+
+
+def races(examples: int = RACE_EXAMPLES) -> dict[str, Any]:
+    """Invariant violations of the PIM model over random interleavings (none expected), and how many steps ran."""
+    from hypothesis import HealthCheck, settings
+    from hypothesis.stateful import run_state_machine_as_test
+
+    from tests.pim_machine import PimMachine
+
+    class Counting(PimMachine):
+        strict = False
+
+    PimMachine.violations.clear()
+    PimMachine.steps = PimMachine.checks = 0
+    started = time.perf_counter()
+    logging.disable(logging.INFO)  # a million log lines would measure the logging, not the races
+    try:
+        run_state_machine_as_test(
+            Counting,
+            settings=settings(
+                max_examples=examples,
+                stateful_step_count=RACE_STEPS_PER_EXAMPLE,
+                deadline=None,
+                database=None,
+                suppress_health_check=list(HealthCheck),
+            ),
+        )
+    finally:
+        logging.disable(logging.NOTSET)
+    return {
+        "race_examples": examples,
+        "race_steps": PimMachine.steps,
+        "race_checks": PimMachine.checks,
+        "race_violations": len(PimMachine.violations),
+        "race_seconds": round(time.perf_counter() - started, 1),
+        "target_race_violations": 0,
+        "target_race_steps": TARGET_RACE_STEPS,
     }
 
 

@@ -37,6 +37,7 @@ import json
 import re
 import threading
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import botocore.session
@@ -608,3 +609,23 @@ def install() -> None:
             for name, member in vars(gaps).items():
                 if not name.startswith("__") and target.__dict__.get(name) is not member:
                     setattr(target, name, member)
+
+
+def fire_due_schedules(client: Any, group_name: str, now: datetime) -> list[dict[str, Any]]:
+    """EventBridge Scheduler's firing, which moto does not do: every one-time ``at()`` schedule of the group due
+    at ``now`` fires once, and is deleted when its ActionAfterCompletion is DELETE. Returns the fired inputs."""
+    fired: list[dict[str, Any]] = []
+    names = [
+        item["Name"]
+        for page in client.get_paginator("list_schedules").paginate(GroupName=group_name)
+        for item in page["Schedules"]
+    ]
+    for name in sorted(names):
+        schedule = client.get_schedule(Name=name, GroupName=group_name)
+        match = re.match(r"^at\((\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})\)$", schedule["ScheduleExpression"])
+        if match is None or datetime.fromisoformat(match.group(1)).replace(tzinfo=UTC) > now:
+            continue
+        fired.append(json.loads(schedule["Target"]["Input"]))
+        if schedule.get("ActionAfterCompletion") == "DELETE":
+            client.delete_schedule(Name=name, GroupName=group_name)
+    return fired

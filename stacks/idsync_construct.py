@@ -374,6 +374,7 @@ class IdsyncConstruct(Construct):
             {
                 **self._state_environment(),
                 **self._graph_environment(),
+                **self._scheduler_environment(),
                 override("notifications", "topic_arn"): self.topic.topic_arn,
             },
             # A failed cycle is resumed by the next tick, not retried at once.
@@ -382,6 +383,8 @@ class IdsyncConstruct(Construct):
         self._allow_state(function)
         self._allow_secrets(function, self.graph_secret)
         self._allow_identity_store(function, SYNC_IDENTITY_STORE_ACTIONS)
+        # the cycle is the PIM safety net: it applies activations whose notification was lost and schedules their expiry
+        self._allow_schedules(function)
         self._allow(function, ["sns:Publish"], [self.topic.topic_arn])
         self._allow(function, ["kms:Decrypt", "kms:GenerateDataKey"], [self.topic_key.key_arn])
         events.Rule(

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from idsync.errors import TargetConflict, TargetError, TargetNotFound, TargetTransient
+from idsync.errors import SchedulerError, TargetConflict, TargetError, TargetNotFound, TargetTransient
 from idsync.mirror import MemberChange
 from idsync.model import (
     AttributeChange,
@@ -22,7 +22,7 @@ from idsync.model import (
     UserDoc,
     freeze_doc,
 )
-from idsync.ports import Check, DirectoryChanges
+from idsync.ports import AccessGrant, AssignmentInstance, Check, DirectoryChanges
 
 
 class FakeClock:
@@ -188,6 +188,7 @@ class FakeState:
     leases: dict[str, tuple[str, datetime]] = field(default_factory=dict)
     crash_after_records: int | None = None  # simulate dying right after an AWS write, before recording it
     records: int = 0
+    lose_lease_races: int = 0  # the next N acquisitions lose the conditional write to another writer
 
     def _recording(self) -> None:
         if self.crash_after_records is not None and self.records >= self.crash_after_records:
@@ -241,6 +242,9 @@ class FakeState:
         return rows[:limit]
 
     def acquire_lease(self, name: str, owner: str, now: datetime, ttl_seconds: int) -> bool:
+        if self.lose_lease_races > 0:
+            self.lose_lease_races -= 1
+            return False  # another writer's conditional write landed first
         held = self.leases.get(name)
         if held and held[0] != owner and held[1] > now:
             return False
@@ -337,3 +341,159 @@ class FakeDeltaSource(FakeSource):
         """Delete a soft-deleted object for good: the next delta reports it removed with reason "deleted"."""
         self.soft_deleted.discard(object_id)
         self.purged[object_id] = self.reads
+
+
+# --------------------------------------------------------------------------- PIM for Groups
+
+
+class FakePimGraph:
+    """Entra as the JIT path reads it (``ports.PimDirectory``): direct members, assignment instances, users.
+
+    ``grant`` lists the user with the instance (PIM's activation); ``end`` drops the instance and, unless
+    ``unlist`` is False (Graph's member list lagging behind), the member nothing else holds.
+    """
+
+    def __init__(self, default_group: str = "") -> None:
+        self.default_group = default_group
+        self.listed: dict[str, set[str]] = {}
+        self.current: list[AssignmentInstance] = []
+        self.users: dict[str, dict[str, Any]] = {}
+        self.reads = 0
+
+    def add_user(self, user_id: str, name: str, **extra: Any) -> None:
+        first, last = name.split(" ")
+        self.users[user_id] = {
+            "id": user_id,
+            "userPrincipalName": f"{first.lower()}@contoso.example",
+            "displayName": name,
+            "givenName": first,
+            "surname": last,
+            "mail": f"{first.lower()}@contoso.example",
+            "accountEnabled": True,
+            **extra,
+        }
+
+    def grant(
+        self,
+        instance_id: str,
+        user_id: str,
+        start: datetime,
+        minutes: float | None,
+        group: str | None = None,
+        assignment_type: str = "activated",
+        access_id: str = "member",
+        listed: bool = True,
+    ) -> AssignmentInstance:
+        """PIM activates: an instance, and (for member access) the user listed among the members."""
+        group = group or self.default_group
+        end = start + timedelta(minutes=minutes) if minutes is not None else None
+        instance = AssignmentInstance(instance_id, user_id, group, access_id, assignment_type, "direct", start, end)
+        self.current.append(instance)
+        if listed and access_id == "member":
+            self.listed.setdefault(group, set()).add(user_id)
+        return instance
+
+    def end(self, instance_id: str, unlist: bool = True) -> None:
+        """The instance is gone (deactivated or expired); ``unlist``: Graph already dropped the member."""
+        instance = next(i for i in self.current if i.id == instance_id)
+        self.current.remove(instance)
+        holds = any(
+            i.principal_id == instance.principal_id and i.group_id == instance.group_id and i.access_id == "member"
+            for i in self.current
+        )
+        if unlist and not holds:
+            self.unlist(instance.group_id, instance.principal_id)
+
+    def unlist(self, group_id: str, user_id: str) -> None:
+        """Graph's member list catches up: the user is no longer listed."""
+        self.listed.get(group_id, set()).discard(user_id)
+
+    def extend(self, instance_id: str, minutes: float) -> None:
+        index = next(n for n, i in enumerate(self.current) if i.id == instance_id)
+        old = self.current[index]
+        assert old.end is not None
+        self.current[index] = AssignmentInstance(
+            old.id, old.principal_id, old.group_id, old.access_id, old.assignment_type, old.member_type,
+            old.start, old.end + timedelta(minutes=minutes),
+        )  # fmt: skip
+
+    # ports.PimDirectory
+    def members(self, group_id: str) -> set[str]:
+        self.reads += 1
+        return set(self.listed.get(group_id, set()))
+
+    def instances(self, group_id: str, user_id: str | None = None) -> list[AssignmentInstance]:
+        self.reads += 1
+        return [i for i in self.current if i.group_id == group_id and user_id in (None, i.principal_id)]
+
+    def user(self, user_id: str) -> dict[str, Any] | None:
+        return self.users.get(user_id)
+
+
+@dataclass
+class JitState(FakeState):
+    """FakeState plus ``ports.GrantStore``."""
+
+    granted: dict[tuple[str, str], AccessGrant] = field(default_factory=dict)
+    grant_writes: int = 0
+
+    def owned_user(self, source_id: str) -> OwnedUser | None:
+        return self.users.get(source_id)
+
+    def owned_group(self, source_id: str) -> OwnedGroup | None:
+        return self.groups.get(source_id)
+
+    def owned_memberships(self, group_source_id: str) -> dict[str, OwnedMembership]:
+        return {u: m for (g, u), m in self.memberships.items() if g == group_source_id}
+
+    def grants(self, group_id: str) -> dict[str, AccessGrant]:
+        return {u: grant for (g, u), grant in self.granted.items() if g == group_id}
+
+    def grant(self, group_id: str, user_id: str) -> AccessGrant | None:
+        return self.granted.get((group_id, user_id))
+
+    def record_grant(self, grant: AccessGrant) -> None:
+        self.grant_writes += 1
+        self.granted[(grant.group_id, grant.user_id)] = grant
+
+    def forget_grant(self, group_id: str, user_id: str) -> None:
+        self.grant_writes += 1
+        self.granted.pop((group_id, user_id), None)
+
+
+class FakeScheduler:
+    """One-time expiry schedules by (group, user, end), as EventBridge Scheduler keeps them: ``fire`` deletes
+    the schedule that fired (ActionAfterCompletion DELETE); ``fail_next`` refuses the next calls."""
+
+    def __init__(self) -> None:
+        self.schedules: set[tuple[str, str, datetime]] = set()
+        self.calls: list[str] = []
+        self.fail_next = 0
+
+    def _call(self, what: str) -> None:
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            raise SchedulerError(f"cannot {what} expiry schedule: ThrottlingException")
+        self.calls.append(what)
+
+    def set(self, group_id: str, user_id: str, end: datetime, previous: datetime | None = None) -> None:
+        self._call("set")
+        self.schedules.add((group_id, user_id, end))
+        if previous is not None and previous != end:
+            self.schedules.discard((group_id, user_id, previous))
+
+    def clear(self, group_id: str, user_id: str, end: datetime) -> None:
+        self._call("clear")
+        self.schedules.discard((group_id, user_id, end))
+
+    def due(self, now: datetime) -> list[tuple[str, str, datetime]]:
+        """Schedules whose time has come, oldest first."""
+        return sorted((s for s in self.schedules if s[2] <= now), key=lambda s: (s[2], s[0], s[1]))
+
+    def fire(self, schedule: tuple[str, str, datetime]) -> tuple[str, str]:
+        """The schedule fires: it is deleted, and its input (group id, user id) is what the expiry receives."""
+        self.schedules.discard(schedule)
+        return schedule[0], schedule[1]
+
+    def of(self, user_id: str) -> list[datetime]:
+        return sorted(end for _, u, end in self.schedules if u == user_id)

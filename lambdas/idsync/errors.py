@@ -66,3 +66,7 @@ class SubscriptionGone(DirectoryError):
 
 class SchedulerError(IdsyncError):
     """An expiry schedule could not be created or removed (EventBridge Scheduler refused or was unreachable)."""
+
+
+class LeaseLost(StateError):
+    """A lease this writer held was taken over (it outlived its time): stop writing, the new holder decides."""

@@ -688,3 +688,22 @@ def restrict(
         memberships={k: v for k, v in owned.memberships.items() if k[0] in groups and k[1] in users},
     )
     return narrowed, mine
+
+
+def set_aside_memberships(
+    desired: DesiredView, current: CurrentView, owned: Ownership, group_ids: Iterable[str]
+) -> tuple[DesiredView, CurrentView, Ownership]:
+    """The three views without the memberships of ``group_ids`` (any case), so a plan neither adds nor removes
+    them: PIM for Groups groups, whose memberships only ``idsync.pim``'s rule decides. The groups themselves stay."""
+    wanted = {g.lower() for g in group_ids}
+    if not wanted:
+        return desired, current, owned
+    aside = {sid for sid in set(desired.groups) | set(owned.groups) if sid.lower() in wanted}
+    names = {desired.groups[sid].display_name for sid in aside if sid in desired.groups}
+    targets = {owned.groups[sid].target_id for sid in aside if sid in owned.groups}
+    targets |= {t.target_id for t in current.groups.values() if t.display_name in names}
+    return (
+        replace(desired, memberships=frozenset(m for m in desired.memberships if m[0] not in aside)),
+        replace(current, memberships={k: v for k, v in current.memberships.items() if k[0] not in targets}),
+        replace(owned, memberships={k: v for k, v in owned.memberships.items() if k[0] not in aside}),
+    )

@@ -331,15 +331,23 @@ class AssignmentInstance:
         return (self.start is None or self.start <= now) and (self.end is None or self.end > now)
 
 
+GRANT_ACTIVE = "active"  # instances grant access (applied, or being applied: recorded before the write)
+GRANT_ENDED = "ended"  # the instances ended; kept while Graph still lists the user, so she is not re-added
+GRANT_SIGHTED = "sighted"  # listed without an instance or a grant: a permanent member once the sighting settles
+GRANT_PHASES = (GRANT_ACTIVE, GRANT_ENDED, GRANT_SIGHTED)
+
+
 @dataclass(frozen=True, slots=True)
 class AccessGrant:
-    """A JIT grant idsync tracks for one user in one PIM group.
+    """What idsync records for one user in one PIM group (see ``idsync.pim`` for the rule that reads it).
 
     ``instance_ids`` are the active instances behind it (reference counting: access stays while any
     remains). ``end`` is when the last of them ends (None: one never ends). ``standing`` is True when
     the membership existed before idsync saw the grant (a permanent member who also activated), so a
     user Graph still lists keeps access after the instances end; a membership idsync added for the
-    instances is removed when they end.
+    instances is removed when they end. ``phase``: ``GRANT_ACTIVE``, ``GRANT_ENDED`` (a marker kept while
+    Graph's member list lags) or ``GRANT_SIGHTED`` (``applied_at`` is then when the user was first seen
+    listed without an instance).
     """
 
     group_id: str
@@ -348,14 +356,20 @@ class AccessGrant:
     end: datetime | None
     standing: bool
     applied_at: str  # ISO 8601 UTC
+    phase: str = GRANT_ACTIVE
+
+    @property
+    def active(self) -> bool:
+        return self.phase == GRANT_ACTIVE
 
     def same_terms(self, other: AccessGrant | None) -> bool:
-        """True when ``other`` records the same instances, end and standing (so nothing needs writing)."""
+        """True when ``other`` records the same instances, end, standing and phase (so nothing needs writing)."""
         return (
             other is not None
             and other.instance_ids == self.instance_ids
             and other.end == self.end
             and other.standing == self.standing
+            and other.phase == self.phase
         )
 
     def to_document(self) -> dict[str, Any]:
@@ -366,12 +380,16 @@ class AccessGrant:
             "end": self.end.isoformat() if self.end is not None else None,
             "standing": self.standing,
             "applied_at": self.applied_at,
+            "phase": self.phase,
         }
 
     @classmethod
     def from_document(cls, document: Mapping[str, Any]) -> AccessGrant:
         """Read a stored grant. Raises ValueError naming the attribute that is missing or malformed."""
         where = f"grant {document.get('group_id')}/{document.get('user_id')}"
+        phase = str(document.get("phase") or GRANT_ACTIVE)
+        if phase not in GRANT_PHASES:
+            raise ValueError(f"{where}: attribute phase must be one of {', '.join(GRANT_PHASES)}, not {phase!r}")
         try:
             end = document.get("end")
             return cls(
@@ -381,6 +399,7 @@ class AccessGrant:
                 end=datetime.fromisoformat(end) if end else None,
                 standing=bool(document["standing"]),
                 applied_at=str(document["applied_at"]),
+                phase=phase,
             )
         except KeyError as missing:
             raise ValueError(f"{where}: attribute {missing} is missing") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -18,6 +19,7 @@ from idsync.ports import (
     ExpiryScheduler,
     GrantStore,
     HintRetry,
+    IdentityStore,
     Notifier,
     SecretSource,
     StateStore,
@@ -28,6 +30,8 @@ from idsync.services.cycle import CycleService, Scoping
 from idsync.services.jit import JitService, JitWorker
 from idsync.services.subscriptions import SubscriptionsService
 from idsync.services.token_bucket import BucketPolicy, TokenBucket
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -127,9 +131,18 @@ class Engine:
 
 
 def build_engine(
-    settings: Settings, clock: Clock | None = None, state: StateStore | None = None, local: bool = False
+    settings: Settings,
+    clock: Clock | None = None,
+    state: StateStore | None = None,
+    local: bool = False,
+    jit: JitService | None = None,
 ) -> Engine:
-    """Wire Graph, the Identity Store and the state store to the cycle service. Raises ConfigError."""
+    """Wire Graph, the Identity Store and the state store to the cycle service. Raises ConfigError.
+
+    With PIM groups configured, the cycle runs the PIM safety net through ``jit`` (built here from the settings
+    when not given). Where the JIT path cannot be built (no DynamoDB bucket or expiry scheduler: a local run),
+    the cycle still leaves the PIM groups' memberships alone, and says so.
+    """
     from idsync.adapters.graph import GraphClient, GraphDirectory
     from idsync.adapters.identitystore import from_settings
 
@@ -146,6 +159,14 @@ def build_engine(
     )
     target = from_settings(settings.identity_store, counters.aws)
     store = state or build_state(settings)
+    if jit is None and settings.pim.groups:
+        try:
+            jit = build_jit_service(settings, clock=clock, state=store, counters=counters, target=target)
+        except ConfigError as error:
+            logger.warning(
+                "PIM groups' memberships are left to the JIT worker: the cycle cannot run the PIM safety net here",
+                extra={"reason": str(error)},
+            )
     cycle = CycleService(
         source,
         target,
@@ -160,6 +181,8 @@ def build_engine(
         full_reconcile=timedelta(hours=settings.sync.full_reconcile_hours),
         config_fingerprint=config_fingerprint(settings),
         restorable_grace=timedelta(days=settings.sync.restorable_deletion_grace_days),
+        pim=jit,
+        pim_groups=settings.pim.groups,
     )
     return Engine(settings, cycle, store, counters, user_mapper, group_mapper, scope, source, target)
 
@@ -208,6 +231,7 @@ def build_jit_service(
     bucket_store: BucketStore | None = None,
     scheduler: ExpiryScheduler | None = None,
     counters: Counters | None = None,
+    target: IdentityStore | None = None,
 ) -> JitService:
     """The JIT service (worker and expiry function): Graph, the Identity Store, the state store (which also
     keeps the grants), the shared token bucket and the expiry scheduler; any collaborator given replaces
@@ -228,7 +252,7 @@ def build_jit_service(
     bucket = TokenBucket(bucket_store or _bucket_store(settings), clock, BucketPolicy.from_settings(settings.pim))
     return JitService(
         directory,
-        from_settings(settings.identity_store, counters.aws),
+        target or from_settings(settings.identity_store, counters.aws),
         store,
         store,
         bucket,

@@ -35,6 +35,7 @@ ALLOWED: dict[str, set[str]] = {
     | XRAY
     | STATE
     | SECRET
+    | SCHEDULES  # the PIM safety net schedules the expiry of an activation it applies
     | {"sns:Publish", "kms:Decrypt", "kms:GenerateDataKey"}
     | {
         f"identitystore:{action}"

@@ -258,7 +258,7 @@ def test_each_function_gets_the_settings_and_only_the_pointers_it_uses(
     }
     graph = {"IDSYNC__GRAPH__CLIENT_SECRET_ARN": graph_secret}
     expected = {
-        "sync": {**state, **graph, "IDSYNC__NOTIFICATIONS__TOPIC_ARN": topic},
+        "sync": {**state, **graph, **scheduler, "IDSYNC__NOTIFICATIONS__TOPIC_ARN": topic},
         "webhook": {**graph, "IDSYNC__PIM__CLIENT_STATE_ARN": client_state, "IDSYNC__PIM__QUEUE_URL": queue},
         "jit_worker": {**state, **graph, **scheduler, "IDSYNC__PIM__QUEUE_URL": queue},
         "jit_expiry": {**state, **graph, **scheduler},

@@ -211,7 +211,10 @@ def test_the_expiry_function_removes_the_membership_at_the_end(
     assert summary["removals"] == [ADA]
     assert not world.is_member(ADA)
     assert metrics(capsys.readouterr().out)["ExpiriesApplied"] == [1.0]
-    assert world.state.grant(GROUP, ADA) is None
+    # and an ended marker, kept while Graph still lists her, is stored in the state table
+    marker = world.state.grant(GROUP, ADA)
+    assert marker is not None
+    assert marker.phase == "ended"
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@ grants, duplicate and forged hints, refusals. Graph's truth is set explicitly in
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,13 +12,14 @@ import pytest
 from idsync.config import MappingSettings, ScopeSettings
 from idsync.mapping import build_mappers
 from idsync.model import OwnedGroup, OwnedMembership, OwnedUser, User, freeze_doc
+from idsync.pim import Facts, grant_terms, judge, judge_group
 from idsync.plan import desired_doc_for_create
-from idsync.ports import AccessGrant, AssignmentInstance
+from idsync.ports import GRANT_ACTIVE, GRANT_ENDED, GRANT_SIGHTED, AccessGrant, AssignmentInstance
 from idsync.scope import build_scope
-from idsync.services.jit import JitService, Step, decide
+from idsync.services.jit import JitService
 from idsync.services.token_bucket import BucketPolicy, TokenBucket, Wait
 from sandbox.jit_local import MemoryBucketStore
-from tests.fakes import FakeClock, FakeIdentityStore, FakeState
+from tests.fakes import FakeClock, FakeIdentityStore, FakePimGraph, FakeScheduler, JitState
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 GROUP = "0e6a1f3c-8d2b-4a7e-b5c9-2f4d6e8a0b1c"
@@ -30,117 +31,7 @@ BOB = "1a2b3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d"
 # --------------------------------------------------------------------------- fakes
 
 
-class FakeGraph:
-    """Entra as the JIT worker reads it: direct members, assignment instances, users."""
-
-    def __init__(self) -> None:
-        self.listed: dict[str, set[str]] = {}
-        self.current: list[AssignmentInstance] = []
-        self.users: dict[str, dict[str, Any]] = {}
-        self.reads = 0
-
-    def add_user(self, user_id: str, name: str, **extra: Any) -> None:
-        first, last = name.split(" ")
-        self.users[user_id] = {
-            "id": user_id,
-            "userPrincipalName": f"{first.lower()}@contoso.example",
-            "displayName": name,
-            "givenName": first,
-            "surname": last,
-            "mail": f"{first.lower()}@contoso.example",
-            "accountEnabled": True,
-            **extra,
-        }
-
-    def grant(
-        self, instance_id: str, user_id: str, start: datetime, minutes: float | None, group: str = GROUP
-    ) -> AssignmentInstance:
-        """PIM activates: an instance, and the user listed among the members."""
-        end = start + timedelta(minutes=minutes) if minutes is not None else None
-        instance = AssignmentInstance(instance_id, user_id, group, "member", "activated", "direct", start, end)
-        self.current.append(instance)
-        self.listed.setdefault(group, set()).add(user_id)
-        return instance
-
-    def end(self, instance_id: str, unlist: bool = True) -> None:
-        """The instance is gone (deactivated or expired); ``unlist``: Graph already dropped the member."""
-        instance = next(i for i in self.current if i.id == instance_id)
-        self.current.remove(instance)
-        if unlist and not any(i.principal_id == instance.principal_id for i in self.current):
-            self.listed[instance.group_id].discard(instance.principal_id)
-
-    def extend(self, instance_id: str, minutes: float) -> None:
-        index = next(n for n, i in enumerate(self.current) if i.id == instance_id)
-        old = self.current[index]
-        assert old.end is not None
-        self.current[index] = AssignmentInstance(
-            old.id, old.principal_id, old.group_id, old.access_id, old.assignment_type, old.member_type,
-            old.start, old.end + timedelta(minutes=minutes),
-        )  # fmt: skip
-
-    # ports.PimDirectory
-    def members(self, group_id: str) -> set[str]:
-        self.reads += 1
-        return set(self.listed.get(group_id, set()))
-
-    def instances(self, group_id: str, user_id: str | None = None) -> list[AssignmentInstance]:
-        self.reads += 1
-        return [i for i in self.current if i.group_id == group_id and user_id in (None, i.principal_id)]
-
-    def user(self, user_id: str) -> dict[str, Any] | None:
-        return self.users.get(user_id)
-
-
-@dataclass
-class JitState(FakeState):
-    """FakeState plus ``ports.GrantStore``."""
-
-    granted: dict[tuple[str, str], AccessGrant] = field(default_factory=dict)
-    grant_writes: int = 0
-
-    def owned_user(self, source_id: str) -> OwnedUser | None:
-        return self.users.get(source_id)
-
-    def owned_group(self, source_id: str) -> OwnedGroup | None:
-        return self.groups.get(source_id)
-
-    def owned_memberships(self, group_source_id: str) -> dict[str, OwnedMembership]:
-        return {u: m for (g, u), m in self.memberships.items() if g == group_source_id}
-
-    def grants(self, group_id: str) -> dict[str, AccessGrant]:
-        return {u: grant for (g, u), grant in self.granted.items() if g == group_id}
-
-    def grant(self, group_id: str, user_id: str) -> AccessGrant | None:
-        return self.granted.get((group_id, user_id))
-
-    def record_grant(self, grant: AccessGrant) -> None:
-        self.grant_writes += 1
-        self.granted[(grant.group_id, grant.user_id)] = grant
-
-    def forget_grant(self, group_id: str, user_id: str) -> None:
-        self.grant_writes += 1
-        self.granted.pop((group_id, user_id), None)
-
-
-class FakeScheduler:
-    """One-time expiry schedules by (group, user, end)."""
-
-    def __init__(self) -> None:
-        self.schedules: set[tuple[str, str, datetime]] = set()
-        self.calls: list[str] = []
-
-    def set(self, group_id: str, user_id: str, end: datetime, previous: datetime | None = None) -> None:
-        self.calls.append("set")
-        self.schedules.add((group_id, user_id, end))
-        if previous is not None and previous != end:
-            self.schedules.discard((group_id, user_id, previous))
-
-    def clear(self, group_id: str, user_id: str, end: datetime) -> None:
-        self.calls.append("clear")
-        self.schedules.discard((group_id, user_id, end))
-
-    def of(self, user_id: str) -> list[datetime]:
-        return sorted(end for _, u, end in self.schedules if u == user_id)
+FakeGraph = FakePimGraph
 
 
 @dataclass
@@ -166,7 +57,7 @@ class World:
 
 
 def make_world(scope: dict[str, Any] | None = None, groups: tuple[str, ...] = (GROUP,)) -> World:
-    graph = FakeGraph()
+    graph = FakeGraph(GROUP)
     graph.add_user(ADA, "Ada Lovelace", department="Engineering")
     graph.add_user(BOB, "Bob Dylan", department="Engineering")
     identity = FakeIdentityStore()
@@ -217,45 +108,84 @@ def grant_of(*ids: str, end_minutes: float | None = 60, standing: bool = False) 
     return AccessGrant(GROUP, ADA, tuple(ids), end, standing, T0.isoformat())
 
 
+def ended(*ids: str) -> AccessGrant:
+    return replace(grant_of(*ids), phase=GRANT_ENDED)
+
+
+def sighted(minutes_ago: float) -> AccessGrant:
+    return AccessGrant(GROUP, ADA, (), None, True, (T0 - timedelta(minutes=minutes_ago)).isoformat(), GRANT_SIGHTED)
+
+
 @pytest.mark.parametrize(
-    ("listed", "active", "grant", "member", "step"),
+    ("listed", "active", "record", "member", "be_member", "keeps"),
     [
-        # a new activation, and a new plain member: both are memberships to add
-        (True, [instance("i1", ADA, 60)], None, False, Step.ADD),
-        (True, [], None, False, Step.ADD),
-        # nothing grants, nothing held: nothing; a stale grant without a membership is forgotten
-        (False, [], None, False, Step.NOTHING),
-        (False, [], grant_of("i1"), False, Step.FORGET),
-        # held and unchanged: nothing (a duplicate or forged hint)
-        (True, [instance("i1", ADA, 60)], grant_of("i1"), True, Step.NOTHING),
-        # held, a second instance or an extension: record
-        (True, [instance("i1", ADA, 60), instance("i2", ADA, 90)], grant_of("i1"), True, Step.RECORD),
-        (True, [instance("i1", ADA, 90)], grant_of("i1"), True, Step.RECORD),
-        # held with no grant: the sync cycle's membership, left alone; adopted as standing when an instance appears
-        (True, [], None, True, Step.NOTHING),
-        (False, [], None, True, Step.NOTHING),
-        (True, [instance("i1", ADA, 60)], None, True, Step.RECORD),
-        # instances gone: removed (even while Graph still lists the user) unless the membership was standing
-        (False, [], grant_of("i1"), True, Step.REMOVE),
-        (True, [], grant_of("i1"), True, Step.REMOVE),
-        (True, [], grant_of("i1", standing=True), True, Step.FORGET),
-        (False, [], grant_of("i1", standing=True), True, Step.REMOVE),
+        # a new activation: a member, and an active grant
+        (True, [instance("i1", ADA, 60)], None, False, True, GRANT_ACTIVE),
+        # an activation Graph does not list yet: the instance is enough
+        (False, [instance("i1", ADA, 60)], None, False, True, GRANT_ACTIVE),
+        # an activation after an ended one: the marker gives way to a new grant
+        (True, [instance("i2", ADA, 60)], ended("i1"), False, True, GRANT_ACTIVE),
+        # held and unchanged, or extended: stays a member
+        (True, [instance("i1", ADA, 60)], grant_of("i1"), True, True, GRANT_ACTIVE),
+        (True, [instance("i1", ADA, 90)], grant_of("i1"), True, True, GRANT_ACTIVE),
+        # the instances ended: out, even while Graph still lists her (an ended marker), forgotten once unlisted
+        (True, [], grant_of("i1"), True, False, GRANT_ENDED),
+        (False, [], grant_of("i1"), True, False, None),
+        # an ended marker while Graph lags: never re-added; dropped once Graph stops listing
+        (True, [], ended("i1"), False, False, GRANT_ENDED),
+        (False, [], ended("i1"), False, False, None),
+        # a standing (permanent) member whose activation ended: stays while listed
+        (True, [], grant_of("i1", standing=True), True, True, None),
+        (False, [], grant_of("i1", standing=True), True, False, None),
+        # a permanent member idsync holds: kept while listed, removed when not
+        (True, [], None, True, True, None),
+        (False, [], None, True, False, None),
+        # a new permanent member: sighted first, a member once the sighting settled
+        (True, [], None, False, False, GRANT_SIGHTED),
+        (True, [], sighted(5), False, False, GRANT_SIGHTED),
+        (True, [], sighted(10), False, True, None),
+        (False, [], sighted(5), False, False, None),
+        # nothing at all
+        (False, [], None, False, False, None),
     ],
 )
-def test_decide(
-    listed: bool, active: list[AssignmentInstance], grant: AccessGrant | None, member: bool, step: Step
+def test_the_rule(
+    listed: bool,
+    active: list[AssignmentInstance],
+    record: AccessGrant | None,
+    member: bool,
+    be_member: bool,
+    keeps: str | None,
 ) -> None:
-    assert decide(GROUP, ADA, listed, active, grant, member, T0).step is step
+    verdict = judge(GROUP, Facts(ADA, listed, tuple(active), record, member), T0)
+    assert verdict.member is be_member
+    assert (verdict.record.phase if verdict.record else None) == keeps
+
+
+def test_an_owner_instance_grants_nothing() -> None:
+    owner = AssignmentInstance("o1", ADA, GROUP, "owner", "activated", "direct", T0, T0 + timedelta(hours=1))
+    assert judge_group(GROUP, set(), [owner], {}, set(), T0) == []
+    [(facts, verdict)] = judge_group(GROUP, {ADA}, [owner], {}, {ADA}, T0)
+    assert facts.active == ()
+    assert verdict.record is None  # a permanent member: the owner instance made no grant
+
+
+def test_a_user_who_cannot_be_provisioned_never_gets_in_but_keeps_a_held_membership() -> None:
+    refused = judge(GROUP, Facts(ADA, True, (instance("i1", ADA, 60),), None, False, "disabled"), T0)
+    assert refused.member is False
+    assert refused.record is None
+    held = judge(GROUP, Facts(ADA, True, (instance("i1", ADA, 60),), None, True, None), T0)
+    assert held.member is True
+    assert held.record is not None
+    assert held.record.standing is True  # she was a member before idsync saw an instance
 
 
 def test_a_grant_ends_with_its_last_instance_and_never_when_one_is_permanent() -> None:
-    two = decide(GROUP, ADA, True, [instance("b", ADA, 90), instance("a", ADA, 30)], None, False, T0)
-    assert two.grant is not None
-    assert two.grant.instance_ids == ("a", "b")
-    assert two.grant.end == T0 + timedelta(minutes=90)
-    permanent = decide(GROUP, ADA, True, [instance("a", ADA, 30), instance("p", ADA, None)], None, False, T0)
-    assert permanent.grant is not None
-    assert permanent.grant.end is None
+    two = grant_terms(GROUP, ADA, [instance("b", ADA, 90), instance("a", ADA, 30)], False, T0.isoformat())
+    assert two.instance_ids == ("a", "b")
+    assert two.end == T0 + timedelta(minutes=90)
+    permanent = grant_terms(GROUP, ADA, [instance("a", ADA, 30), instance("p", ADA, None)], False, T0.isoformat())
+    assert permanent.end is None
 
 
 # --------------------------------------------------------------------------- activations
@@ -479,7 +409,15 @@ def test_an_expiry_on_time_removes_the_membership(world: World) -> None:
     assert outcome.cycle_id.startswith("jit-expiry-")
     assert world.state.logs[-1].cycle_id == outcome.cycle_id
     assert world.scheduler.of(ADA) == []
-    assert world.state.granted == {}
+    # and, while Graph still lists her, an ended marker keeps any later look from adding her back
+    assert world.state.granted[(GROUP, ADA)].phase == GRANT_ENDED
+    world.graph.grant("i9", BOB, T0 + timedelta(minutes=60), 30)
+    world.service.look(GROUP)
+    assert not present(world, ADA)
+    # until Graph catches up: then the marker goes
+    world.graph.unlist(GROUP, ADA)
+    world.service.look(GROUP)
+    assert (GROUP, ADA) not in world.state.granted
 
 
 def test_an_expiry_that_fires_early_removes_nothing(world: World) -> None:

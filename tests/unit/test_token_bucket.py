@@ -282,3 +282,21 @@ def test_policy_comes_from_the_pim_settings_and_refuses_nonsense() -> None:
         BucketPolicy(capacity=0)
     with pytest.raises(ValueError, match=r"period_seconds \(0.0\)"):
         BucketPolicy(period_seconds=0.0)
+
+
+def test_a_token_given_back_is_there_again_and_never_above_capacity() -> None:
+    tokens, _, _ = bucket()
+    for _ in range(5):
+        assert isinstance(tokens.try_take(), Grant)
+    assert isinstance(tokens.try_take(), Wait)
+
+    # a write failed after the take: the token comes back at once
+    assert tokens.give_back() is True
+    assert isinstance(tokens.try_take(), Grant)
+    # giving back to a full bucket leaves it full
+    full, _, _ = bucket()
+    assert full.give_back() is True
+    full.try_take()
+    assert full.give_back() is True
+    assert full.give_back() is True
+    assert sum(isinstance(full.try_take(), Grant) for _ in range(7)) == 5

@@ -62,6 +62,8 @@ def publish(outcome: JitOutcome) -> None:
         metrics.add_metric(name="GrantsMoved", unit=MetricUnit.Count, value=outcome.moved)
     if outcome.refused:
         metrics.add_metric(name="ActivationsRefused", unit=MetricUnit.Count, value=len(outcome.refused))
+    if outcome.failed:
+        metrics.add_metric(name="PimWritesFailed", unit=MetricUnit.Count, value=len(outcome.failed))
 
 
 def _publish_message(result: MessageOutcome) -> None:

@@ -26,14 +26,15 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from idsync.errors import DeltaExpired, DirectoryAuthError, TargetAuthError
 from idsync.mirror import SOFT_DELETED, Mirror
 from idsync.model import (
+    Action,
     CurrentView,
     CycleReport,
     DesiredView,
@@ -50,7 +51,7 @@ from idsync.model import (
     User,
     content_hash,
 )
-from idsync.plan import EXTENSIONS, build_desired, make_plan, restrict
+from idsync.plan import EXTENSIONS, build_desired, make_plan, restrict, set_aside_memberships
 from idsync.ports import ChangeSource, Clock, IdentityStore, Notifier, StateStore
 from idsync.services.blobs import load_blob, save_blob
 from idsync.services.control import load_pause
@@ -63,6 +64,9 @@ from idsync.services.escrow import (
     save_quarantine,
 )
 from idsync.services.sync import Applier, resolve_intent
+
+if TYPE_CHECKING:
+    from idsync.services.jit import JitService
 
 LEASE = "sync"
 CYCLE_KEY = "cycle"  # delta links, last full reconcile, configuration fingerprint
@@ -153,6 +157,8 @@ class CycleService:
         full_reconcile: timedelta = timedelta(hours=24),
         config_fingerprint: str = "",
         restorable_grace: timedelta = timedelta(days=30),
+        pim: JitService | None = None,
+        pim_groups: Iterable[str] = (),
     ) -> None:
         self.source = source
         self.target = target
@@ -171,6 +177,9 @@ class CycleService:
         self.full_reconcile = full_reconcile
         self.restorable_grace = restorable_grace
         self.fingerprint = content_hash([config_fingerprint, scope.fingerprint, sorted(self.policy.managed_attributes)])
+        # PIM for Groups: the plan leaves these groups' memberships to idsync.pim's rule (see _pim_pass)
+        self.pim = pim
+        self.pim_groups = tuple(pim.groups if pim is not None else pim_groups)
 
     # ------------------------------------------------------------------ reading Entra
 
@@ -302,7 +311,7 @@ class CycleService:
         full = mode in ("full", "resume")
         current = self.read_target(desired, owned) if full else current_from_ownership(owned)
         policy = replace(self.policy, allow_deletions=opts.allow_deletions or self.policy.allow_deletions)
-        plan = make_plan(desired, current, owned, policy)
+        plan = make_plan(*set_aside_memberships(desired, current, owned, self.pim_groups), policy)
         escrow = Escrow(self.state)
         runnable, held = self._escrow_filter(plan, escrow, desired)
         applier = Applier(self.target, self.state, self.clock, cycle_id, owned, current, policy, desired)
@@ -320,7 +329,10 @@ class CycleService:
             if progress is not None:
                 progress(done, total)
 
-        complete = applier.apply(runnable, opts.should_stop, on_progress)
+        ordinary, user_deletions = self._split_user_deletions(runnable)
+        complete = applier.apply(ordinary, opts.should_stop, on_progress)
+        if complete and self.pim is not None:
+            complete = self._pim_pass(applier, user_deletions, cycle_id, opts, on_progress)
         applier.log_held_back(plan.held_back)
         for entry, op in held:
             applier.pending.append(
@@ -342,6 +354,50 @@ class CycleService:
         status.finish(report, mode)
         self._after(report, applier.attempted, quarantine)
         return CycleOutcome(report, mode=mode, plan=plan)
+
+    # ------------------------------------------------------------------ PIM for Groups
+
+    def _split_user_deletions(self, runnable: list[Operation]) -> tuple[list[Operation], list[Operation]]:
+        """(everything else, user deletions): with PIM groups, user deletions wait for ``_pim_pass``."""
+        if self.pim is None:
+            return runnable, []
+        deleting = [op for op in runnable if op.kind is Kind.USER and op.action is Action.DELETE]
+        return [op for op in runnable if op not in deleting], deleting
+
+    def _pim_pass(
+        self,
+        applier: Applier,
+        deletions: list[Operation],
+        cycle_id: str,
+        opts: CycleOptions,
+        progress: Callable[[int, int], None],
+    ) -> bool:
+        """After the cycle's own writes, under every PIM group's lease: the reconciliation the JIT worker runs
+        (the safety net: lost activations applied with their grants and expiries, ended access removed,
+        schedules re-armed), then the user deletions, minus the users an active grant holds (read under the
+        leases, so no activation can be applying meanwhile). A group whose lease another writer holds is left
+        to it, and the deletions then wait for the next cycle. False when stopped by the time budget.
+        """
+        assert self.pim is not None
+        with self.pim.cycle_pass(cycle_id) as net:
+            net.reconcile()
+            if not deletions:
+                return True
+            if not net.all_held:
+                self._skip(applier, deletions, f"waits for the next cycle: PIM group(s) {', '.join(net.busy)} busy")
+                return True
+            protected = net.protected_users()
+            self._skip(
+                applier, [op for op in deletions if op.source_id in protected], "kept: holds an active PIM grant"
+            )
+            allowed = [op for op in deletions if op.source_id not in protected]
+            return applier.apply(allowed, lambda: opts.should_stop() or not net.keep(), progress)
+
+    @staticmethod
+    def _skip(applier: Applier, ops: list[Operation], why: str) -> None:
+        for op in ops:
+            entry = applier._entry(op.kind.value, op.action.value, Status.SKIPPED, op.source_id, op.name, op.target_id)
+            applier.pending.append(replace(entry, error=why))
 
     # ------------------------------------------------------------------ on demand
 
@@ -377,7 +433,8 @@ class CycleService:
             narrowed, mine = restrict(desired, owned, user_ids, group_ids)
             current = current_from_ownership(mine)
             policy = replace(self.policy, allow_deletions=True, delete_groups=False)
-            plan = make_plan(narrowed, self._with_matches(current, narrowed, mine), mine, policy)
+            views = set_aside_memberships(narrowed, self._with_matches(current, narrowed, mine), mine, self.pim_groups)
+            plan = make_plan(*views, policy)
             started = self.clock.now()
             cycle_id = f"ondemand-{started.strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:6]}"
             applier = Applier(self.target, self.state, self.clock, cycle_id, owned, current, policy, narrowed)

@@ -1,25 +1,26 @@
 """PIM for Groups just in time: apply an activation within seconds, take access away when the grant ends.
 
-A hint says only "look at group G". ``JitService.look`` reads the truth from Graph (the group's direct
-user members and its assignment schedule instances), compares it with what idsync recorded (owned
-memberships and grants), and for each user of the group decides one step (``decide``, pure):
+Every writer of a PIM group's memberships (the JIT worker's ``look``, the scheduled ``expire``, and the
+sync cycle's ``CyclePass``) does the same thing, ``_Run.reconcile``, under the group's lease:
 
-- add: the user holds access in Entra but not in IAM Identity Center. An activation takes a token
-  from the shared bucket first; with none left, the hint must come back when the next token is due
-  (``JitOutcome.wait_seconds``). With a token: provision the user if Identity Center lacks them,
-  add the membership, record the grant and schedule its expiry.
-- remove: nothing grants access any more (an early deactivation, or an expiry). Never metered.
-- record / forget: the grant's instances or end changed (an extension moves the expiry), or a
-  standing membership no longer needs one. No write to Identity Center.
+1. take the per-group lease (a conditional write in the state store); a writer that cannot, does not read:
+   a look comes back in ``LEASE_RETRY_SECONDS``, an expiry re-arms its schedule a minute later, the cycle
+   leaves the group to its holder;
+2. read Graph (direct members, assignment schedule instances), idsync's grants and owned memberships,
+   all after the lease is held, so nothing read is older than the last write to the group;
+3. decide with the one rule, ``idsync.pim.judge_group``;
+4. write, renewing the lease before every write (``LeaseLost`` stops the run: the new holder decides):
+   removals first (never metered), then grants recorded or moved, then additions. An activation checks
+   that the user can be provisioned (enabled, in scope, mapped) even when Identity Center holds them,
+   takes a token, records its grant *before* writing (so a crash leaves a grant the next run completes,
+   and the cycle never deletes a user an activation is applying), provisions the user if needed, adds
+   the membership and schedules the expiry. A write that fails gives the token back, is logged against
+   the object that failed (the user, or the membership) and never stops the other users.
 
-Grants are reference counted by instance id: access stays while any active instance remains. A
-membership idsync added for instances ends with them, even while Graph's member list still shows the
-user (it is updated after the end); a membership that existed before idsync saw the grant (a
-permanent member who also activated) stays while Graph lists the user.
-
-``JitService.expire`` is the same comparison for one user, run by the scheduled expiry; it never
-adds. ``JitWorker`` turns queue messages into ``look`` calls: one look per group per batch, and a
-message that found no token is put back to be seen again exactly when the next token is due.
+Whoever applies an activation (worker or cycle) records its grant and schedules its expiry. An expiry
+that fires while the grant is still active (clock skew, an extension) re-arms its schedule: EventBridge
+Scheduler deletes a one-time schedule once it has fired. The cycle also re-arms every active grant's
+schedule, so one lost schedule costs at most one cycle interval.
 """
 
 from __future__ import annotations
@@ -27,13 +28,21 @@ from __future__ import annotations
 import logging
 import math
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
-from idsync.errors import TargetConflict, TargetError
+from idsync.errors import (
+    DirectoryAuthError,
+    DirectoryError,
+    LeaseLost,
+    SchedulerError,
+    TargetConflict,
+    TargetError,
+)
 from idsync.model import (
     AttributeChange,
     LogEntry,
@@ -45,10 +54,10 @@ from idsync.model import (
     User,
     freeze_doc,
 )
+from idsync.pim import SETTLE, Facts, Verdict, judge, judge_group, latest_start
 from idsync.plan import desired_doc_for_create
 from idsync.ports import (
     AccessGrant,
-    AssignmentInstance,
     Clock,
     ExpiryScheduler,
     GrantStore,
@@ -63,10 +72,13 @@ from idsync.services.token_bucket import TokenBucket, Wait
 
 logger = logging.getLogger(__name__)
 
-MEMBER_ACCESS = "member"  # accessId of the instances that grant membership (owner ones do not)
 # A message received this many times is sent afresh instead of hidden again, so that a long wait
 # for tokens never carries it past the queue's maxReceiveCount (50) into the dead-letter queue.
 RESEND_AFTER_RECEIVES = 40
+LEASE_PREFIX = "pim:"
+LEASE_SECONDS = 60  # renewed before every write; a crashed holder blocks the group at most this long
+LEASE_RETRY_SECONDS = 1.0  # a look that found the group's lease held comes back this soon
+EXPIRY_RETRY = timedelta(minutes=1)  # an expiry that could not run (lease held, fired early) fires again
 
 
 class UserMapping(Protocol):
@@ -85,76 +97,40 @@ class UserScope(Protocol):
     def user(self, obj: Mapping[str, Any]) -> _Decides: ...
 
 
-# --------------------------------------------------------------------------- the decision (pure)
+# --------------------------------------------------------------------------- the group lease
 
 
-class Step(StrEnum):
-    NOTHING = "nothing"
-    ADD = "add"
-    REMOVE = "remove"
-    RECORD = "record"
-    FORGET = "forget"
+class GroupLease:
+    """One writer's hold on one PIM group: taken before reading, renewed before every write, released after.
 
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    step: Step
-    grant: AccessGrant | None = None  # the grant to record (add, record)
-
-
-def grant_terms(
-    group_id: str, user_id: str, active: Sequence[AssignmentInstance], standing: bool, applied_at: str
-) -> AccessGrant:
-    """The grant that ``active`` instances make: their ids, and the end of the last (None if one never ends)."""
-    ends = [i.end for i in active]
-    end = None if any(e is None for e in ends) else max(e for e in ends if e is not None)
-    return AccessGrant(group_id, user_id, tuple(sorted(i.id for i in active)), end, standing, applied_at)
-
-
-def decide(
-    group_id: str,
-    user_id: str,
-    listed: bool,
-    active: Sequence[AssignmentInstance],
-    grant: AccessGrant | None,
-    member: bool,
-    now: datetime,
-) -> Decision:
-    """What to do for one user of a PIM group.
-
-    ``listed``: Graph lists the user among the group's direct members; ``active``: the user's member
-    instances active now; ``grant``: what idsync recorded; ``member``: idsync holds the membership in
-    IAM Identity Center.
+    Built on ``StateStore.acquire_lease`` (one conditional write: of two writers racing, one loses).
+    ``keep`` raises LeaseLost once another writer took the lease over, so a stale read never overwrites a
+    fresher decision.
     """
-    stamp = now.astimezone(UTC).isoformat()
-    if not member:
-        if active or listed:
-            terms = grant_terms(group_id, user_id, active, False, stamp) if active else None
-            return Decision(Step.ADD, terms)
-        return Decision(Step.FORGET) if grant is not None else Decision(Step.NOTHING)
-    if active:
-        standing = grant.standing if grant is not None else True
-        terms = grant_terms(group_id, user_id, active, standing, grant.applied_at if grant else stamp)
-        return Decision(Step.NOTHING) if terms.same_terms(grant) else Decision(Step.RECORD, terms)
-    if grant is None:
-        return Decision(Step.NOTHING)  # a standing membership: the sync cycle's to manage
-    if grant.standing and listed:
-        return Decision(Step.FORGET)
-    return Decision(Step.REMOVE)
 
+    def __init__(self, state: StateStore, group_id: str, clock: Clock, seconds: int = LEASE_SECONDS) -> None:
+        self.state = state
+        self.name = f"{LEASE_PREFIX}{group_id.lower()}"
+        self.owner = uuid.uuid4().hex
+        self.clock = clock
+        self.seconds = seconds
+        self.held = False
 
-def _active_by_user(instances: Iterable[AssignmentInstance], now: datetime) -> dict[str, list[AssignmentInstance]]:
-    """The member instances active at ``now``, by user."""
-    out: dict[str, list[AssignmentInstance]] = {}
-    for instance in instances:
-        if instance.access_id == MEMBER_ACCESS and instance.active_at(now):
-            out.setdefault(instance.principal_id, []).append(instance)
-    return out
+    def acquire(self) -> bool:
+        """True when this writer now holds the lease. Raises StateError."""
+        self.held = self.state.acquire_lease(self.name, self.owner, self.clock.now(), self.seconds)
+        return self.held
 
+    def keep(self) -> None:
+        """Renew before a write. Raises LeaseLost when another writer holds it now, StateError."""
+        if not self.held or not self.state.acquire_lease(self.name, self.owner, self.clock.now(), self.seconds):
+            self.held = False
+            raise LeaseLost(f"lease {self.name} was taken over by another writer")
 
-def _latest_start(active: Sequence[AssignmentInstance]) -> datetime | None:
-    starts = [i.start for i in active if i.start is not None]
-    return max(starts) if starts else None
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.state.release_lease(self.name, self.owner)
 
 
 # --------------------------------------------------------------------------- outcomes
@@ -170,16 +146,19 @@ class Activation:
 
 @dataclass
 class JitOutcome:
-    """What one look (or one expiry) did."""
+    """What one look, expiry or cycle pass did for one group."""
 
     group_id: str
     cycle_id: str = ""
     activations: list[Activation] = field(default_factory=list)
     removals: list[str] = field(default_factory=list)  # user ids whose membership was removed
     moved: int = 0  # grants recorded, moved or forgotten without touching Identity Center
+    rearmed: int = 0  # expiry schedules set again for grants that are still active
     refused: list[tuple[str, str]] = field(default_factory=list)  # (user id, why)
-    wait_seconds: float | None = None  # an activation waits for the next token (or for the pause to end)
-    held: int = 0  # activations not applied because idsync is paused
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (user id, error): retried by the next run
+    wait_seconds: float | None = None  # an activation waits for the next token, or for the group's lease
+    busy: bool = False  # another writer held the group's lease: nothing was read or written
+    held: int = 0  # activations not applied because idsync is paused (or left to others by an expiry)
     ignored: str | None = None
 
     def summary(self) -> dict[str, Any]:
@@ -189,8 +168,11 @@ class JitOutcome:
             "activations": [a.user_id for a in self.activations],
             "removals": list(self.removals),
             "moved": self.moved,
+            "rearmed": self.rearmed,
             "refused": [{"userId": u, "reason": r} for u, r in self.refused],
+            "failed": [{"userId": u, "error": e} for u, e in self.failed],
             "waitSeconds": self.wait_seconds,
+            "busy": self.busy,
             "held": self.held,
             "ignored": self.ignored,
         }
@@ -214,6 +196,8 @@ class JitService:
         scope: UserScope,
         clock: Clock,
         pim_groups: Iterable[str],
+        settle: timedelta = SETTLE,
+        lease_seconds: int = LEASE_SECONDS,
     ) -> None:
         self.directory = directory
         self.target = target
@@ -224,195 +208,347 @@ class JitService:
         self.user_mapper = user_mapper
         self.scope = scope
         self.clock = clock
+        self.settle = settle
+        self.lease_seconds = lease_seconds
         self._groups = {group.lower(): group for group in pim_groups}
+
+    @property
+    def groups(self) -> list[str]:
+        """The configured PIM group ids, as configured."""
+        return sorted(self._groups.values())
 
     def configured(self, group_id: str) -> str | None:
         """The configured PIM group id matching ``group_id`` (any case), or None."""
         return self._groups.get(group_id.lower())
 
-    def look(self, group_id: str, paused: bool = False) -> JitOutcome:
-        """Bring IAM Identity Center in line with Graph for one PIM group: removals first, then activations
-        while tokens last (``wait_seconds`` tells when the next is due). While ``paused``, removals still
-        apply and activations are held (``held``; ``wait_seconds`` asks to look again later).
+    def lease(self, group_id: str) -> GroupLease:
+        return GroupLease(self.state, group_id, self.clock, self.lease_seconds)
 
-        Raises DirectoryError, TargetError, StateError, SchedulerError (the hint is then retried).
+    def look(self, group_id: str, paused: bool = False) -> JitOutcome:
+        """Bring IAM Identity Center in line with the rule for one PIM group: removals first, then activations
+        while tokens last (``wait_seconds`` tells when the next is due, or when the held lease is worth retrying).
+        While ``paused``, removals still apply and activations are held (``held``; ``wait_seconds`` asks to look
+        again later).
+
+        Raises DirectoryError, StateError (the hint is then retried).
         """
         group = self.configured(group_id)
         if group is None:
             logger.warning("hint ignored: not a configured PIM group", extra={"group_id": group_id})
             return JitOutcome(group_id, ignored="not a configured PIM group")
         run = _Run(self, group, "jit")
-        members = self.directory.members(group)
-        instances = self.directory.instances(group)
-        active = _active_by_user(instances, run.now)
-        # listed only through activations that have ended: Graph has not dropped the member yet
-        lagging = {i.principal_id for i in instances if i.end is not None and i.end <= run.now} - set(active)
-        grants = self.grants.grants(group)
-        owned = self.grants.owned_memberships(group)
-        adds: list[tuple[str, Decision, list[AssignmentInstance]]] = []
+        lease = self.lease(group)
+        if not lease.acquire():
+            run.outcome.busy = True
+            run.outcome.wait_seconds = LEASE_RETRY_SECONDS
+            logger.info("group busy: another writer holds its lease; the hint comes back", extra={"group_id": group})
+            return run.outcome
         try:
-            for user_id in sorted(members | set(active) | set(grants)):
-                mine = active.get(user_id, [])
-                decision = decide(
-                    group, user_id, user_id in members, mine, grants.get(user_id), user_id in owned, run.now
-                )
-                if decision.step is Step.ADD and user_id in lagging:
-                    continue  # an ended activation is never added back; plain members are the sync cycle's
-                if decision.step is Step.ADD:
-                    adds.append((user_id, decision, mine))
-                else:
-                    run.apply(user_id, decision, grants.get(user_id), owned.get(user_id))
-            if paused and adds:
-                run.outcome.held = len(adds)
+            run.reconcile(lease, adds=not paused, rearm=())
+            if paused and run.outcome.held:
                 run.outcome.wait_seconds = PAUSE_RECHECK_SECONDS
-                logger.info("activations held: idsync is paused", extra={"group_id": group, "held": len(adds)})
-                adds = []
-            # the longest-waiting activation first
-            adds.sort(key=lambda a: (_latest_start(a[2]) or run.now, a[0]))
-            for user_id, decision, mine in adds:
-                if not run.add(user_id, decision, mine):
-                    break
+                logger.info("activations held: idsync is paused", extra={"group_id": group, "held": run.outcome.held})
         finally:
             run.flush()
+            lease.release()
         return run.outcome
 
     def expire(self, group_id: str, user_id: str) -> JitOutcome:
-        """A grant's scheduled end: re-read Graph for this user and remove the membership if nothing grants it;
-        an extended grant's expiry moves. Never adds and never takes a token.
+        """A grant's scheduled end: the same rule as a look, for this user only, without additions (never takes a
+        token; every other grant has its own schedule, and the cycle is the safety net).
 
-        Raises DirectoryError, TargetError, StateError, SchedulerError.
+        A grant still active (the schedule fired early, or the grant was extended) gets its schedule again;
+        when another writer holds the group's lease, the expiry is re-armed a minute later.
+        Raises DirectoryError, StateError, SchedulerError.
         """
         group = self.configured(group_id)
         if group is None:
             logger.warning("expiry ignored: not a configured PIM group", extra={"group_id": group_id})
             return JitOutcome(group_id, ignored="not a configured PIM group")
         run = _Run(self, group, "jit-expiry")
-        listed = user_id in self.directory.members(group)
-        mine = _active_by_user(self.directory.instances(group, user_id), run.now).get(user_id, [])
-        grant = self.grants.grant(group, user_id)
-        owned = self.grants.owned_memberships(group).get(user_id)
-        decision = decide(group, user_id, listed, mine, grant, owned is not None, run.now)
+        lease = self.lease(group)
+        if not lease.acquire():
+            run.outcome.busy = True
+            self.scheduler.set(group, user_id, run.now + EXPIRY_RETRY)
+            logger.info("group busy: the expiry fires again in a minute", extra={"group_id": group, "user_id": user_id})
+            return run.outcome
         try:
-            if decision.step is Step.ADD:
-                # Entra grants access that Identity Center lacks: that is the worker's (metered) job
-                logger.warning(
-                    "expiry found an activation not applied; left to the worker and the sync cycle",
-                    extra={"group_id": group, "user_id": user_id},
-                )
-                run.outcome.ignored = "access granted in Entra but not applied; not the expiry's to add"
-            else:
-                run.apply(user_id, decision, grant, owned)
+            run.reconcile(lease, adds=False, rearm=(user_id,), only=user_id)
         finally:
             run.flush()
+            lease.release()
         return run.outcome
+
+    @contextmanager
+    def cycle_pass(self, cycle_id: str) -> Iterator[CyclePass]:
+        """The sync cycle's turn: every PIM group's lease it can get, held until the block ends."""
+        leases = {group: self.lease(group) for group in self.groups}
+        held = CyclePass(self, cycle_id, {g: lease for g, lease in leases.items() if lease.acquire()})
+        try:
+            yield held
+        finally:
+            for lease in held.leases.values():
+                lease.release()
+
+
+class CyclePass:
+    """The sync cycle as the PIM safety net, holding the leases of ``leases``' groups.
+
+    ``reconcile`` runs the same reconciliation as a look in each held group (activations whose notification
+    was lost are applied, their grants recorded and their expiries scheduled; ended access is removed),
+    and re-arms every active grant's schedule. ``protected_users`` are the users an active grant holds:
+    the cycle must not delete them.
+    """
+
+    def __init__(self, service: JitService, cycle_id: str, leases: dict[str, GroupLease]) -> None:
+        self.service = service
+        self.cycle_id = cycle_id
+        self.leases = leases
+        self.busy = [g for g in service.groups if g not in leases]
+
+    @property
+    def all_held(self) -> bool:
+        return not self.busy
+
+    def reconcile(self) -> list[JitOutcome]:
+        """One reconciliation per held group; a group whose run fails (Graph unreadable, lease lost) is logged and
+        the others go on. Raises DirectoryAuthError, StateError."""
+        outcomes: list[JitOutcome] = []
+        for group, lease in sorted(self.leases.items()):
+            run = _Run(self.service, group, "cycle", self.cycle_id)
+            try:
+                run.reconcile(lease, adds=True, rearm=None)
+            except DirectoryAuthError:
+                raise  # the cycle's quarantine handles rejected credentials
+            except (DirectoryError, LeaseLost) as error:
+                # the cycle's own writes stand; this group is retried by the next look or cycle
+                run.outcome.failed.append(("", str(error)))
+                logger.error("PIM group not reconciled by the cycle", extra={"group_id": group, "error": str(error)})
+            finally:
+                run.flush()
+            outcomes.append(run.outcome)
+        for group in self.busy:
+            logger.info("PIM group skipped by the cycle: another writer holds its lease", extra={"group_id": group})
+        return outcomes
+
+    def keep(self) -> bool:
+        """Renew every held lease; False when one was lost (the caller must stop writing). Raises StateError."""
+        try:
+            for lease in self.leases.values():
+                lease.keep()
+        except LeaseLost:
+            return False
+        return True
+
+    def protected_users(self) -> set[str]:
+        """Users holding an active grant in any PIM group (read now, under the leases). Raises StateError."""
+        users: set[str] = set()
+        for group in self.service.groups:
+            users |= {user for user, record in self.service.grants.grants(group).items() if record.active}
+        return users
+
+
+# --------------------------------------------------------------------------- one run over one group
 
 
 class _Run:
-    """One look or expiry: its cycle id, clock reading, provisioning log entries and outcome."""
+    """One look, expiry or cycle pass over one group: its cycle id, clock reading, log entries and outcome."""
 
-    def __init__(self, service: JitService, group_id: str, prefix: str) -> None:
+    def __init__(self, service: JitService, group_id: str, prefix: str, cycle_id: str | None = None) -> None:
         self.service = service
         self.group_id = group_id
         self.now = service.clock.now()
-        self.cycle_id = f"{prefix}-{self.now.astimezone(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+        self.cycle_id = cycle_id or f"{prefix}-{self.now.astimezone(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
         self.outcome = JitOutcome(group_id, self.cycle_id)
         self.entries: list[LogEntry] = []
         self._group: OwnedGroup | None = None
+        self.lease: GroupLease | None = None
 
-    # ------------------------------------------------------------------ steps without a token
-
-    def apply(self, user_id: str, decision: Decision, grant: AccessGrant | None, owned: OwnedMembership | None) -> None:
+    def reconcile(self, lease: GroupLease, adds: bool, rearm: Iterable[str] | None, only: str | None = None) -> None:
+        """Read, judge and write for the group under ``lease`` (for the user ``only``, when given). ``rearm``:
+        users whose active grant's schedule is set again (None: every one).
+        Raises DirectoryError, StateError, LeaseLost."""
         service = self.service
-        if decision.step is Step.RECORD:
-            assert decision.grant is not None
-            self._schedule(decision.grant, grant)
-            service.grants.record_grant(decision.grant)
-            self.outcome.moved += 1
-            logger.info(
-                "grant recorded",
-                extra={"group_id": self.group_id, "user_id": user_id, "end": _iso(decision.grant.end)},
-            )
-        elif decision.step is Step.FORGET:
-            assert grant is not None
-            if grant.end is not None:
-                service.scheduler.clear(self.group_id, user_id, grant.end)
-            service.grants.forget_grant(self.group_id, user_id)
-            self.outcome.moved += 1
-        elif decision.step is Step.REMOVE:
-            assert owned is not None
-            assert grant is not None
-            self._remove(user_id, owned)
-            if grant.end is not None:
-                service.scheduler.clear(self.group_id, user_id, grant.end)
-            service.grants.forget_grant(self.group_id, user_id)
-            self.outcome.removals.append(user_id)
+        self.lease = lease
+        members = service.directory.members(self.group_id)
+        instances = service.directory.instances(self.group_id, only)
+        records = service.grants.grants(self.group_id)
+        owned = service.grants.owned_memberships(self.group_id)
+        judged = judge_group(self.group_id, members, instances, records, owned, self.now, settle=service.settle)
+        if only is not None:
+            judged = [(facts, verdict) for facts, verdict in judged if facts.user_id == only]
+        again = None if rearm is None else set(rearm)
+        additions: list[tuple[Facts, Verdict]] = []
+        for facts, verdict in judged:
+            if verdict.adds(facts):
+                additions.append((facts, verdict))
+                continue
+            try:
+                if verdict.removes(facts):
+                    self._remove(facts, verdict, owned[facts.user_id])
+                else:
+                    self._keep(facts, verdict, again is None or facts.user_id in again)
+            except (TargetError, SchedulerError) as error:
+                self._failed(facts.user_id, error)
+        if not adds:
+            self.outcome.held = len(additions)
+            if additions:
+                logger.info(
+                    "access to apply left for later (an expiry never adds; a paused idsync holds activations)",
+                    extra={"group_id": self.group_id, "users": [f.user_id for f, _ in additions]},
+                )
+            return
+        # the longest-waiting activation first; permanent members are not metered and come last
+        additions.sort(key=lambda a: (not a[1].activation, latest_start(a[0].active) or self.now, a[0].user_id))
+        metered = True
+        for facts, verdict in additions:
+            if verdict.activation and not metered:
+                continue
+            if not self._add(facts, verdict):
+                metered = False
 
-    def _remove(self, user_id: str, owned: OwnedMembership) -> None:
+    # ------------------------------------------------------------------ removals and records
+
+    def _remove(self, facts: Facts, verdict: Verdict, owned: OwnedMembership) -> None:
         service = self.service
-        user = service.grants.owned_user(user_id)
-        name = f"{self._group_display()} <- {user.user_name if user else user_id}"
-        service.target.delete_membership(owned.membership_id)
-        service.state.forget_membership(self.group_id, user_id)
-        self._log("membership", "delete", Status.SUCCESS, f"{self.group_id}:{user_id}", name, owned.membership_id)
-        logger.info("membership removed", extra={"group_id": self.group_id, "user_id": user_id, "cycle": self.cycle_id})
+        self._keep_lease()
+        user = service.grants.owned_user(facts.user_id)
+        name = f"{self._group_display()} <- {user.user_name if user else facts.user_id}"
+        source = f"{self.group_id}:{facts.user_id}"
+        try:
+            service.target.delete_membership(owned.membership_id)
+        except TargetError as error:
+            self._log("membership", "delete", Status.FAILURE, source, name, owned.membership_id, error=str(error))
+            raise
+        service.state.forget_membership(self.group_id, facts.user_id)
+        self._log("membership", "delete", Status.SUCCESS, source, name, owned.membership_id)
+        self.outcome.removals.append(facts.user_id)
+        logger.info(
+            "membership removed",
+            extra={"group_id": self.group_id, "user_id": facts.user_id, "why": verdict.why, "cycle": self.cycle_id},
+        )
+        self._write_record(facts.user_id, facts.record, verdict.record)
 
-    def _schedule(self, new: AccessGrant, old: AccessGrant | None) -> None:
-        """Set the expiry before recording the grant, so a crash in between cannot leave a grant without one."""
-        previous = old.end if old is not None else None
-        if new.end is not None:
-            if new.end != previous:
-                self.service.scheduler.set(self.group_id, new.user_id, new.end, previous)
-        elif previous is not None:
-            self.service.scheduler.clear(self.group_id, new.user_id, previous)
+    def _keep(self, facts: Facts, verdict: Verdict, rearm: bool) -> None:
+        """No membership change: record, move or forget the grant; re-arm a still-active grant's schedule."""
+        new, old = verdict.record, facts.record
+        if (new is not None and new.same_terms(old)) or (new is None and old is None):
+            if rearm and new is not None and new.active and new.end is not None and verdict.member:
+                self._keep_lease()
+                self.service.scheduler.set(self.group_id, facts.user_id, max(new.end, self.now + EXPIRY_RETRY))
+                self.outcome.rearmed += 1
+            return
+        self._keep_lease()
+        self._write_record(facts.user_id, old, new)
+        self.outcome.moved += 1
+        logger.info(
+            "grant recorded",
+            extra={
+                "group_id": self.group_id,
+                "user_id": facts.user_id,
+                "phase": new.phase if new else None,
+                "end": _iso(new.end if new else None),
+            },
+        )
 
-    # ------------------------------------------------------------------ activations
+    def _write_record(self, user_id: str, old: AccessGrant | None, new: AccessGrant | None) -> None:
+        """Schedule first, then record, so a crash in between never leaves an active grant without an expiry;
+        then drop the old schedule. Raises SchedulerError, StateError."""
+        service = self.service
+        before = old.end if old is not None and old.active else None
+        after = new.end if new is not None and new.active else None
+        if after is not None and after != before:
+            service.scheduler.set(self.group_id, user_id, after, before)
+        if new is not None:
+            if not new.same_terms(old):
+                service.grants.record_grant(new)
+        elif old is not None:
+            service.grants.forget_grant(self.group_id, user_id)
+        if before is not None and after is None:
+            service.scheduler.clear(self.group_id, user_id, before)
 
-    def add(self, user_id: str, decision: Decision, active: Sequence[AssignmentInstance]) -> bool:
-        """Apply one activation. False when the bucket holds no token (stop: the hint comes back later)."""
+    # ------------------------------------------------------------------ additions
+
+    def _add(self, facts: Facts, verdict: Verdict) -> bool:
+        """Apply one addition. False when it needed a token and none was left (metered additions stop)."""
         service = self.service
         if not self._group_ready():
             return False
-        owned_user = service.grants.owned_user(user_id)
-        user: User | None = None
-        if owned_user is None:
-            user = self._mapped_user(user_id)
-            if user is None:
-                return True
-        taken = service.bucket.try_take()
-        if isinstance(taken, Wait):
-            self.outcome.wait_seconds = taken.seconds
-            logger.info(
-                "activation waits for a token",
-                extra={"group_id": self.group_id, "user_id": user_id, "wait_seconds": taken.seconds},
+        user_id = facts.user_id
+        user, why = self._provisionable(user_id)
+        if user is None:
+            refused = judge(
+                self.group_id, Facts(user_id, facts.listed, facts.active, facts.record, False, why), self.now
             )
-            return False
+            self._refuse(user_id, why or "cannot be provisioned")
+            if refused.record != facts.record:
+                self._keep_lease()
+                self._write_record(user_id, facts.record, refused.record)
+            return True
+        if verdict.activation:
+            taken = service.bucket.try_take()
+            if isinstance(taken, Wait):
+                self.outcome.wait_seconds = taken.seconds
+                logger.info(
+                    "activation waits for a token",
+                    extra={"group_id": self.group_id, "user_id": user_id, "wait_seconds": taken.seconds},
+                )
+                return False
         try:
-            provisioned = owned_user is None
-            if owned_user is None:
-                assert user is not None
-                owned_user = self._provision(user)
-            self._add_membership(owned_user)
-        except TargetError as error:
-            self._log("membership", "create", Status.FAILURE, f"{self.group_id}:{user_id}", user_id, error=str(error))
+            applied = self._apply_addition(facts, verdict, user)
+        except LeaseLost:
+            self._give_back(verdict)
             raise
-        if decision.grant is not None:
-            self._schedule(decision.grant, None)
-            service.grants.record_grant(decision.grant)
-        start = _latest_start(active)
-        applied = service.clock.now()
-        latency = (applied - start).total_seconds() if start is not None else None
+        except TargetError as error:
+            self._give_back(verdict)
+            self._failed(user_id, error)
+            return True
+        if not applied:
+            return True
+        try:
+            if verdict.record is not None and verdict.record.active and verdict.record.end is not None:
+                service.scheduler.set(self.group_id, user_id, verdict.record.end)
+        except SchedulerError as error:
+            # the grant is recorded: the next cycle re-arms its schedule
+            self._failed(user_id, error)
+        return True
+
+    def _apply_addition(self, facts: Facts, verdict: Verdict, user: User) -> bool:
+        """Record the grant, provision the user if needed, add the membership. Raises TargetError, LeaseLost."""
+        service = self.service
+        user_id = facts.user_id
+        self._keep_lease()
+        if verdict.record is not None:
+            service.grants.record_grant(verdict.record)  # write-ahead: an active grant protects the user
+        owned_user = service.grants.owned_user(user_id)
+        provisioned = owned_user is None
+        if owned_user is None:
+            self._keep_lease()
+            owned_user = self._provision(user)
+        self._keep_lease()
+        self._add_membership(owned_user)
+        if verdict.record is None and facts.record is not None:
+            service.grants.forget_grant(self.group_id, user_id)  # a settled sighting: now a permanent member
+        latency = None
+        if verdict.activation:
+            start = latest_start(facts.active)
+            latency = (service.clock.now() - start).total_seconds() if start is not None else None
         self.outcome.activations.append(Activation(user_id, owned_user.user_name, latency, provisioned))
         logger.info(
-            "activation applied",
+            "activation applied" if verdict.activation else "permanent member added",
             extra={
                 "group_id": self.group_id,
                 "user_id": user_id,
                 "latency_seconds": latency,
-                "end": _iso(decision.grant.end if decision.grant else None),
+                "end": _iso(verdict.record.end if verdict.record else None),
                 "cycle": self.cycle_id,
             },
         )
         return True
+
+    def _give_back(self, verdict: Verdict) -> None:
+        if verdict.activation and not self.service.bucket.give_back():
+            logger.warning("token not given back (bucket contended)", extra={"group_id": self.group_id})
 
     def _owned_group(self) -> OwnedGroup | None:
         if self._group is None:
@@ -422,7 +558,7 @@ class _Run:
     def _group_ready(self) -> bool:
         if self._owned_group() is not None:
             return True
-        # a PIM group is provisioned by the sync cycle (it is in scope); that cycle adds its members too
+        # a PIM group is provisioned by the sync cycle (it is in scope); the cycle's pass then adds its members
         logger.error(
             "PIM group not provisioned in IAM Identity Center yet; its activations are left to the sync cycle",
             extra={"group_id": self.group_id},
@@ -434,35 +570,33 @@ class _Run:
         group = self._owned_group()
         return group.display_name if group is not None else self.group_id
 
-    def _mapped_user(self, user_id: str) -> User | None:
-        """The user as the mapping makes it, or None (logged and counted) when it cannot be provisioned."""
-        service = self.service
-        obj = service.directory.user(user_id)
-        why: str | None = None
-        name = user_id
-        user: User | None = None
+    def _provisionable(self, user_id: str) -> tuple[User | None, str | None]:
+        """The user as the mapping makes it, or (None, why) when it cannot be provisioned: gone, disabled,
+        out of scope or refused by the mapping (checked for every addition, provisioned users too)."""
+        obj = self.service.directory.user(user_id)
         if obj is None:
-            why = "the user no longer exists in Entra"
-        else:
-            name = str(obj.get("userPrincipalName") or user_id)
-            decided = service.scope.user(obj)
-            mapped = service.user_mapper.map(obj)
-            if not decided.in_scope:
-                why = f"out of scope: {decided.reason}"
-            elif isinstance(mapped, Refusal):
-                why = mapped.message
-            elif not mapped.active:
-                why = "the account is disabled in Entra"
-            else:
-                user = mapped
-        if why is not None:
-            self.outcome.refused.append((user_id, why))
-            self._log("user", "skip", Status.SKIPPED, user_id, name, error=why)
-            logger.warning("activation refused", extra={"group_id": self.group_id, "user_id": user_id, "reason": why})
-        return user
+            return None, "the user no longer exists in Entra"
+        decided = self.service.scope.user(obj)
+        if not decided.in_scope:
+            return None, f"out of scope: {decided.reason}"
+        mapped = self.service.user_mapper.map(obj)
+        if isinstance(mapped, Refusal):
+            return None, mapped.message
+        if not mapped.active:
+            return None, "the account is disabled in Entra"
+        return mapped, None
+
+    def _refuse(self, user_id: str, why: str) -> None:
+        self.outcome.refused.append((user_id, why))
+        obj = self.service.directory.user(user_id)
+        name = str(obj.get("userPrincipalName") or user_id) if obj else user_id
+        self._log("user", "skip", Status.SKIPPED, user_id, name, error=why)
+        logger.warning("activation refused", extra={"group_id": self.group_id, "user_id": user_id, "reason": why})
 
     def _provision(self, user: User) -> OwnedUser:
-        """Create the user, or adopt the one holding its userName, and record it as the sync cycle does."""
+        """Create the user, or adopt the one holding its userName, and record it as the sync cycle does.
+
+        Raises TargetError (logged against the user)."""
         service = self.service
         targets: dict[str, str] = {}
         if user.manager_source_id:
@@ -471,15 +605,22 @@ class _Run:
                 targets[user.manager_source_id] = manager.target_id
         doc = desired_doc_for_create(user, targets)
         try:
-            target_id = service.target.create_user(user.user_name, doc)
-            action, changes = "create", tuple(AttributeChange(k, None, v) for k, v in sorted(doc.items()))
-        except TargetConflict:
-            existing = service.target.find_user(user.user_name)
-            if existing is None:
-                raise
-            # matched on first sight, as the cycle adopts; its attributes are unknown here, so the
-            # recorded document is empty and the next cycle writes every managed attribute
-            target_id, action, changes, doc = existing, "adopt", (), {}
+            try:
+                target_id = service.target.create_user(user.user_name, doc)
+                action, changes = "create", tuple(AttributeChange(k, None, v) for k, v in sorted(doc.items()))
+            except TargetConflict:
+                existing = service.target.find_user(user.user_name)
+                if existing is None:
+                    raise
+                recorded = service.grants.owned_user(user.source_id)
+                if recorded is not None and recorded.target_id == existing:
+                    return recorded  # another writer (the sync cycle) created and recorded it meanwhile
+                # matched on first sight, as the cycle adopts; its attributes are unknown here, so the
+                # recorded document is empty and the next cycle writes every managed attribute
+                target_id, action, changes, doc = existing, "adopt", (), {}
+        except TargetError as error:
+            self._log("user", "create", Status.FAILURE, user.source_id, user.user_name, error=str(error))
+            raise
         owned = OwnedUser(
             source_id=user.source_id,
             target_id=target_id,
@@ -493,25 +634,40 @@ class _Run:
         return owned
 
     def _add_membership(self, user: OwnedUser) -> None:
+        """Raises TargetError (logged against the membership)."""
         service = self.service
         group = self._owned_group()
         assert group is not None  # checked by _group_ready before the token was taken
         name = f"{group.display_name} <- {user.user_name}"
+        source = f"{self.group_id}:{user.source_id}"
         try:
-            membership_id = service.target.create_membership(group.target_id, user.target_id)
-            action = "create"
-        except TargetConflict:
-            found = service.target.find_membership(group.target_id, user.target_id)
-            if found is None:
-                raise
-            membership_id, action = found, "adopt"
+            try:
+                membership_id = service.target.create_membership(group.target_id, user.target_id)
+                action = "create"
+            except TargetConflict:
+                found = service.target.find_membership(group.target_id, user.target_id)
+                if found is None:
+                    raise
+                membership_id, action = found, "adopt"
+        except TargetError as error:
+            self._log("membership", "create", Status.FAILURE, source, name, error=str(error))
+            raise
         service.state.record_membership(OwnedMembership(self.group_id, user.source_id, membership_id))
         changes = (AttributeChange("members", None, user.target_id),) if action == "create" else ()
-        self._log(
-            "membership", action, Status.SUCCESS, f"{self.group_id}:{user.source_id}", name, membership_id, changes
-        )
+        self._log("membership", action, Status.SUCCESS, source, name, membership_id, changes)
 
-    # ------------------------------------------------------------------ provisioning log
+    # ------------------------------------------------------------------ plumbing
+
+    def _keep_lease(self) -> None:
+        if self.lease is not None:
+            self.lease.keep()
+
+    def _failed(self, user_id: str, error: Exception) -> None:
+        self.outcome.failed.append((user_id, str(error)))
+        logger.error(
+            "PIM change failed for one user; the others go on and the next run retries it",
+            extra={"group_id": self.group_id, "user_id": user_id, "error": str(error)},
+        )
 
     def _log(
         self,
@@ -527,7 +683,7 @@ class _Run:
         self.entries.append(
             LogEntry(
                 cycle_id=self.cycle_id,
-                change_id=f"{self.cycle_id}-{len(self.entries) + 1:06d}",
+                change_id=f"{self.cycle_id}-{self.group_id[:8]}-{len(self.entries) + 1:06d}",
                 time=self.service.clock.now().isoformat(),
                 kind=kind,
                 action=action,

@@ -134,3 +134,22 @@ class TokenBucket:
                 return Grant(tokens_left=new.micro_tokens / SCALE)
             state = self._store.load(self._name)
         return Wait(seconds=CONTENTION_RETRY_SECONDS, contended=True)
+
+    def give_back(self) -> bool:
+        """Return one token taken for an activation whose write then failed (never above capacity).
+
+        True when returned; False when every compare-and-set round was lost (the token is then spent).
+        Raises StateError when the store cannot be read or written.
+        """
+        state = self._store.load(self._name)
+        for _ in range(self._max_attempts):
+            if state is None:
+                return True  # a bucket never written is full
+            now_us = to_micros(self._clock.now())
+            updated_us = max(now_us, state.updated_us)
+            tokens = min(self._policy.capacity * SCALE, available(state, now_us, self._policy) + SCALE)
+            new = BucketState(micro_tokens=tokens, updated_us=updated_us, version=state.version + 1)
+            if self._store.replace(self._name, state, new):
+                return True
+            state = self._store.load(self._name)
+        return False

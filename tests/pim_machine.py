@@ -1,0 +1,309 @@
+"""The PIM world as a hypothesis state machine: every actor interleaved on one fake clock, two invariants
+checked after every step (and at every event inside a clock advance).
+
+(a) nobody is a member of the PIM group later than the end of her last entitlement (an instance's end, or
+    the moment Graph stops listing a permanent member: nothing else tells of that end) plus one cycle interval;
+(b) nobody holding an active member instance loses a membership that was applied during that same
+    continuous stretch of instances.
+
+Entra is modelled as it fails: Graph's member list keeps a user for up to ``MAX_LAG`` after her instances end
+(less than the rule's ``SETTLE``), notifications are lost, duplicated or replayed, schedules fire early, late
+or twice (and are deleted once fired), the Identity Store refuses one user, the scheduler refuses a call, a
+lease race is lost, and a worker and a cycle run inside each other's reads. The scheduled sync cycle runs
+every ``CYCLE`` (delta, and every fourth one full); a hint that waited for a token comes back when due.
+``PimMachine.strict`` False counts violations instead of failing (the benchmark runs it at scale).
+"""
+
+from __future__ import annotations
+
+import itertools
+from datetime import datetime, timedelta
+from typing import ClassVar
+
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from tests.pim_world import GROUP, PEOPLE, PimWorld
+
+USERS = list(PEOPLE)
+CYCLE = timedelta(minutes=10)
+SETTLE = timedelta(minutes=10)
+MAX_LAG = timedelta(minutes=5)
+
+
+class Instance:
+    def __init__(self, instance_id: str, user: str, start: datetime, end: datetime | None) -> None:
+        self.id, self.user, self.start, self.end = instance_id, user, start, end
+
+    def active_at(self, now: datetime) -> bool:
+        return self.start <= now and (self.end is None or self.end > now)
+
+
+class PimMachine(RuleBasedStateMachine):
+    strict: ClassVar[bool] = True
+    violations: ClassVar[list[str]] = []
+    steps: ClassVar[int] = 0  # rules run
+    checks: ClassVar[int] = 0  # invariant checks (after every rule, and at every event inside one)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.world = PimWorld(assigned=True, settle_minutes=SETTLE.total_seconds() / 60)
+        self.ids = itertools.count(1)
+        self.truth: dict[str, Instance] = {}
+        self.permanent: set[str] = set()
+        self.permanent_until: dict[str, datetime] = {}
+        self.lag: dict[str, datetime] = {}  # Graph still lists the user until then
+        self.applied_in: dict[str, datetime] = {}  # user -> start of the stretch in which she was applied
+        self.next_cycle = self.now + CYCLE
+        self.cycles = 0
+        self.pending_hint: datetime | None = None
+
+    @property
+    def now(self) -> datetime:
+        return self.world.clock.now()
+
+    @initialize()
+    def provision(self) -> None:
+        self.world.cycle()
+
+    # ------------------------------------------------------------------ Entra
+
+    @rule(
+        user=st.sampled_from(USERS),
+        minutes=st.sampled_from([5, 30, 60, 120, None]),
+        hints=st.sampled_from([0, 1, 2]),
+    )
+    def activate(self, user: str, minutes: int | None, hints: int) -> None:
+        """An activation (or a permanent ``assigned`` instance); its notification lost, delivered or duplicated."""
+        instance_id = f"i{next(self.ids)}"
+        kind = "assigned" if minutes is None else "activated"
+        made = self.world.graph.grant(instance_id, user, self.now, minutes, assignment_type=kind)
+        self.truth[instance_id] = Instance(instance_id, user, self.now, made.end)
+        self.lag.pop(user, None)
+        for _ in range(hints):
+            self._look()
+
+    @rule(data=st.data(), lag=st.integers(0, int(MAX_LAG.total_seconds())), hint=st.booleans())
+    def deactivate(self, data: st.DataObject, lag: int, hint: bool) -> None:
+        """An early deactivation (or an admin removal): the instance ends now; Graph unlists her ``lag`` s later."""
+        active = [i for i in self.truth.values() if i.active_at(self.now)]
+        if not active:
+            return
+        instance = data.draw(st.sampled_from(sorted(active, key=lambda i: i.id)))
+        self.world.graph.end(instance.id, unlist=False)
+        instance.end = self.now
+        self._lag(instance.user, self.now + timedelta(seconds=lag))
+        if hint:
+            self._look()
+
+    @rule(data=st.data(), minutes=st.sampled_from([15, 60]))
+    def extend(self, data: st.DataObject, minutes: int) -> None:
+        """An extension: the instance's end moves; no notification (no member change)."""
+        active = [i for i in self.truth.values() if i.active_at(self.now) and i.end is not None]
+        if not active:
+            return
+        instance = data.draw(st.sampled_from(sorted(active, key=lambda i: i.id)))
+        self.world.graph.extend(instance.id, minutes)
+        assert instance.end is not None
+        instance.end += timedelta(minutes=minutes)
+
+    @rule(user=st.sampled_from(USERS))
+    def make_permanent(self, user: str) -> None:
+        self.world.graph.listed.setdefault(GROUP, set()).add(user)
+        self.permanent.add(user)
+        self.lag.pop(user, None)
+
+    @rule(user=st.sampled_from(USERS), lag=st.integers(0, int(MAX_LAG.total_seconds())))
+    def remove_permanent(self, user: str, lag: int) -> None:
+        if user not in self.permanent:
+            return
+        self.permanent.discard(user)
+        # a permanent membership has no instance: its end is visible only once Graph stops listing her
+        self.permanent_until[user] = self.now + timedelta(seconds=lag)
+        self._lag(user, self.now + timedelta(seconds=lag))
+
+    # ------------------------------------------------------------------ idsync's actors
+
+    @rule()
+    def replayed_notification(self) -> None:
+        self._look()
+
+    @rule(full=st.booleans())
+    def extra_cycle(self, full: bool) -> None:
+        self.world.cycle(full=full)
+
+    @rule()
+    def expiries_fire(self) -> None:
+        self.world.fire_due()
+
+    @rule(data=st.data())
+    def expiry_fires_early(self, data: st.DataObject) -> None:
+        if not self.world.scheduler.schedules:
+            return
+        schedule = data.draw(st.sampled_from(sorted(self.world.scheduler.schedules)))
+        self.world.jit.expire(*self.world.scheduler.fire(schedule))
+
+    @rule(user=st.sampled_from(USERS))
+    def expiry_delivered_twice(self, user: str) -> None:
+        self.world.jit.expire(GROUP, user)
+
+    @rule(user=st.sampled_from(USERS), refuse=st.booleans())
+    def identity_store_refuses(self, user: str, refuse: bool) -> None:
+        name = self.world.user_name(user)
+        if refuse:
+            self.world.identity.fail_on[name] = "ValidationException: refused"
+        else:
+            self.world.identity.fail_on.pop(name, None)
+
+    @rule()
+    def scheduler_refuses_once(self) -> None:
+        self.world.scheduler.fail_next = 1
+
+    @rule()
+    def lease_race_lost(self) -> None:
+        self.world.state.lose_lease_races = 1
+        self._look()
+
+    @rule()
+    def cycle_inside_a_look(self) -> None:
+        """A cycle starts while a worker's look is reading Graph (the look holds the group)."""
+        graph = self.world.graph
+        original = graph.members
+        fired: list[bool] = []
+
+        def members(group_id: str) -> set[str]:
+            if not fired:
+                fired.append(True)
+                self.world.cycle()
+            return original(group_id)
+
+        graph.members = members  # type: ignore[method-assign]
+        try:
+            self._look()
+        finally:
+            del graph.members
+
+    @rule(user=st.sampled_from(USERS), minutes=st.sampled_from([30, 60]))
+    def activation_inside_a_cycle(self, user: str, minutes: int) -> None:
+        """A cycle reads Entra; then an activation is applied by the worker before the cycle writes."""
+
+        def activation() -> None:
+            self.activate(user, minutes, 1)
+
+        self.world.source.after_read = activation
+        self.world.cycle()
+
+    @rule(
+        seconds=st.one_of(st.integers(1, 90), st.integers(1, 20 * 60)),
+        lag=st.one_of(st.just(int(MAX_LAG.total_seconds())), st.integers(0, int(MAX_LAG.total_seconds()))),
+    )
+    def time_passes(self, seconds: int, lag: int) -> None:
+        """The clock moves; on the way, instances end (Graph unlists ``lag`` s later), lagging listings catch
+        up, scheduled cycles run and waiting hints come back."""
+        target = self.now + timedelta(seconds=seconds)
+        while True:
+            events = [self.next_cycle, *self.lag.values()]
+            if self.pending_hint is not None:
+                events.append(self.pending_hint)
+            ends = [i.end for i in self.truth.values() if i.end is not None and self.now < i.end <= target]
+            events.extend(ends)
+            events.extend(self._deadlines())
+            moment = min(e for e in events if e is not None)
+            if moment > target:
+                break
+            self.world.clock.current = max(self.now, moment)
+            for instance in self.truth.values():
+                if instance.end == self.now and instance.user not in self.lag:
+                    self._lag(instance.user, self.now + timedelta(seconds=lag))
+            for user, until in sorted(self.lag.items()):
+                if until <= self.now:
+                    del self.lag[user]
+                    if not self._entitled(user, self.now) and user not in self.permanent:
+                        self.world.graph.unlist(GROUP, user)
+            if self.pending_hint is not None and self.pending_hint <= self.now:
+                self.pending_hint = None
+                self._look()
+            if self.next_cycle <= self.now:
+                self.cycles += 1
+                self.world.cycle(full=self.cycles % 4 == 0)
+                self.next_cycle = self.now + CYCLE
+            self._check()
+        self.world.clock.current = target
+
+    # ------------------------------------------------------------------ invariants
+
+    @invariant()
+    def access_follows_entra(self) -> None:
+        PimMachine.steps += 1
+        self._check()
+
+    def _check(self) -> None:
+        PimMachine.checks += 1
+        now = self.now
+        for user in USERS:
+            member = self.world.is_member(user)
+            last = self._last_entitled(user, now)
+            if member and (last is None or now - last > CYCLE):
+                self._violation(f"(a) {user} is a member at {now}, last entitled {last}")
+            stretch = self._stretch(user, now)
+            if stretch is None:
+                self.applied_in.pop(user, None)
+            elif member:
+                self.applied_in[user] = stretch
+            elif self.applied_in.get(user) == stretch:
+                self._violation(f"(b) {user} lost her membership at {now} while an instance is active")
+                self.applied_in.pop(user, None)
+
+    def _violation(self, message: str) -> None:
+        PimMachine.violations.append(message)
+        if self.strict:
+            raise AssertionError(message)
+
+    # ------------------------------------------------------------------ the model's truth
+
+    def _look(self) -> None:
+        outcome = self.world.look()
+        if outcome.wait_seconds is not None:
+            self.pending_hint = self.now + timedelta(seconds=outcome.wait_seconds)
+        self._check()  # also inside another actor's run: what a look applied counts as applied
+
+    def _deadlines(self) -> list[datetime]:
+        """The instants at which a member not entitled any more would break (a): checked on the way."""
+        out = []
+        for user in USERS:
+            last = self._last_entitled(user, self.now)
+            if last is not None and last < self.now and self.world.is_member(user):
+                deadline = last + CYCLE + timedelta(seconds=1)
+                if deadline > self.now:
+                    out.append(deadline)
+        return out
+
+    def _lag(self, user: str, until: datetime) -> None:
+        self.lag[user] = max(until, self.lag.get(user, until))
+
+    def _entitled(self, user: str, now: datetime) -> bool:
+        return user in self.permanent or any(i.user == user and i.active_at(now) for i in self.truth.values())
+
+    def _last_entitled(self, user: str, now: datetime) -> datetime | None:
+        moments = [min(i.end or now, now) for i in self.truth.values() if i.user == user and i.start <= now]
+        if user in self.permanent:
+            moments.append(now)
+        if user in self.permanent_until:
+            moments.append(min(self.permanent_until[user], now))
+        return max(moments) if moments else None
+
+    def _stretch(self, user: str, now: datetime) -> datetime | None:
+        """The start of the continuous stretch of active member instances covering ``now`` (None: none)."""
+        spans = sorted(
+            ((i.start, i.end) for i in self.truth.values() if i.user == user and i.start <= now), key=lambda s: s[0]
+        )
+        start: datetime | None = None
+        reach: datetime | None = now  # sentinel: "open" until proven otherwise
+        for begin, end in spans:
+            if start is None or (reach is not None and begin > reach):
+                start, reach = begin, end
+            elif reach is not None:
+                reach = None if end is None else max(reach, end)
+        if start is None or (reach is not None and reach <= now):
+            return None
+        return start
