@@ -16,6 +16,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from idsync.model import DeletionGuard
+
 
 class How(StrEnum):
     """How idsync came to own an assignment."""
@@ -72,19 +74,14 @@ class AccessPolicy:
 
 
 @dataclass(frozen=True, slots=True)
-class AccessGuard:
-    """Why assignment removals were held back."""
-
-    removals: int
-    managed: int
-    max_deletions: int
-    max_percent: float
+class AccessGuard(DeletionGuard):
+    """Why assignment removals were held back (``deletions`` counts the removals)."""
 
     @property
     def message(self) -> str:
-        percent = 100.0 * self.removals / self.managed if self.managed else 100.0
+        percent = 100.0 * self.deletions / self.managed if self.managed else 100.0
         return (
-            f"deletion guard: this cycle would remove {self.removals} of {self.managed} managed account "
+            f"deletion guard: this cycle would remove {self.deletions} of {self.managed} managed account "
             f"assignments ({percent:.1f}%), above the limit of {self.max_deletions} or {self.max_percent:g}%; "
             "no assignment was removed. Check the source directory and the access section, then raise the "
             "limits or run `idsync sync --allow-deletions` once."

@@ -110,7 +110,9 @@ class IdentityStoreSettings(_Strict):
     endpoint_url: str | None = None  # a local emulator; never set in production
     max_attempts: int = Field(default=10, ge=1, le=30)
     # the IAM Identity Center instance (access as code assigns permission sets in it); discovered when not set
-    instance_arn: str | None = Field(default=None, pattern=r"^arn:aws[a-z-]*:sso:::instance/(sso)?ins-[a-zA-Z0-9-.]{16}$")
+    instance_arn: str | None = Field(
+        default=None, pattern=r"^arn:aws[a-z-]*:sso:::instance/(sso)?ins-[a-zA-Z0-9-.]{16}$"
+    )
     rate_per_second: float = Field(default=20.0, gt=0)  # IAM Identity Center's collective limit
 
 
@@ -245,9 +247,7 @@ class AccessEntry(_Strict):
     @classmethod
     def _arn_shape(cls, value: str) -> str:
         if value.startswith("arn:") and not re.match(PERMISSION_SET_ARN, value):
-            raise ValueError(
-                "an ARN must be a permission set's: arn:aws:sso:::permissionSet/ssoins-<16>/ps-<16>"
-            )
+            raise ValueError("an ARN must be a permission set's: arn:aws:sso:::permissionSet/ssoins-<16>/ps-<16>")
         return value
 
     @model_validator(mode="after")

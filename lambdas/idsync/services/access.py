@@ -164,7 +164,9 @@ class AccessService:
             problems: list[str] = []
             arn = entry.permission_set if entry.permission_set in arns else sets.get(entry.permission_set)
             if arn is None:
-                problems.append(f"access.{index}.permission_set: no permission set {entry.permission_set!r} in the instance")
+                problems.append(
+                    f"access.{index}.permission_set: no permission set {entry.permission_set!r} in the instance"
+                )
             accounts = set(entry.accounts)
             for ou in entry.organizational_units:
                 if ou not in under:
@@ -273,7 +275,12 @@ class AccessService:
                     runnable.append((action, item))
                     continue
                 when = "(given up)" if held.given_up else f"until {held.next_retry.isoformat()}"
-                log.add(item, action, Status.SKIPPED, note=f"in escrow after {held.attempts} failed attempt(s) {when}: {held.error}")
+                log.add(
+                    item,
+                    action,
+                    Status.SKIPPED,
+                    note=f"in escrow after {held.attempts} failed attempt(s) {when}: {held.error}",
+                )
         for action, item in runnable:
             if action == "create":
                 owned.set(item, How.PENDING)
@@ -300,7 +307,9 @@ class AccessService:
         flight: deque[_InFlight] = deque()
         completed = 0
 
-        def finish(action: str, item: Assignment, status: AssignmentStatus | None, error: str | None, started: float) -> None:
+        def finish(
+            action: str, item: Assignment, status: AssignmentStatus | None, error: str | None, started: float
+        ) -> None:
             nonlocal completed
             completed += 1
             seconds = self._monotonic() - started
@@ -366,7 +375,13 @@ class AccessService:
             except TargetAuthError:
                 raise
             except TargetError as error:
-                finish(current.action, current.assignment, None, f"status of request {current.request_id}: {error}", current.started_at)
+                finish(
+                    current.action,
+                    current.assignment,
+                    None,
+                    f"status of request {current.request_id}: {error}",
+                    current.started_at,
+                )
                 continue
             if status.done:
                 finish(current.action, current.assignment, status, None, current.started_at)
@@ -388,9 +403,7 @@ class AccessService:
     def managed(self) -> list[dict[str, str]]:
         """Every assignment idsync manages, as recorded, sorted by group, permission set and account."""
         resolved = (self.state.get_item(RESOLVED_KEY) or {}).get("entries", [])
-        labels = {
-            r["ps"]: e.permission_set for e, r in zip(self.entries, resolved, strict=False) if r.get("ps")
-        }
+        labels = {r["ps"]: e.permission_set for e, r in zip(self.entries, resolved, strict=False) if r.get("ps")}
         return [
             {
                 "group": a.group_source_id,

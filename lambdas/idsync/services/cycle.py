@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from idsync.access import AccessPolicy
 from idsync.errors import DeltaExpired, DirectoryAuthError, TargetAuthError
 from idsync.mirror import SOFT_DELETED, Mirror
 from idsync.model import (
@@ -41,6 +42,7 @@ from idsync.model import (
 )
 from idsync.plan import EXTENSIONS, build_desired, make_plan, restrict
 from idsync.ports import ChangeSource, Clock, IdentityStore, Notifier, StateStore
+from idsync.services.access import AccessOutcome, AccessService, GroupRef
 from idsync.services.blobs import load_blob, save_blob
 from idsync.services.control import load_pause
 from idsync.services.escrow import (
@@ -141,6 +143,7 @@ class CycleService:
         notifier: Notifier | None = None,
         full_reconcile: timedelta = timedelta(hours=24),
         config_fingerprint: str = "",
+        access: AccessService | None = None,
     ) -> None:
         self.source = source
         self.target = target
@@ -157,6 +160,7 @@ class CycleService:
         self.clock = clock
         self.notifier = notifier
         self.full_reconcile = full_reconcile
+        self.access = access
         self.fingerprint = content_hash([config_fingerprint, scope.fingerprint, sorted(self.policy.managed_attributes)])
 
     # ------------------------------------------------------------------ reading Entra
@@ -299,11 +303,60 @@ class CycleService:
         self._update_escrow(escrow, applier, runnable, desired)
         applier.flush()
         report = applier.report(plan, started.isoformat(), dry_run=False, complete=complete)
+        attempted = applier.attempted
+        if complete and self.access is not None:
+            report, attempted = self._reconcile_access(
+                report, attempted, desired, applier.group_targets, mode, plan, opts
+            )
         if complete:
             self._finish(mirror, links, mode, record, started)
         status.finish(report, mode)
-        self._after(report, applier.attempted, quarantine)
+        self._after(report, attempted, quarantine)
         return CycleOutcome(report, mode=mode, plan=plan)
+
+    # ------------------------------------------------------------------ access as code
+
+    def access_groups(self, desired: DesiredView, targets: Mapping[str, str]) -> dict[str, GroupRef]:
+        """The groups in scope, with their Identity Store ids where idsync holds them."""
+        return {sid: GroupRef(g.display_name, targets.get(sid)) for sid, g in desired.groups.items()}
+
+    def access_policy(self, plan: Plan, allow_deletions: bool) -> AccessPolicy:
+        return AccessPolicy(
+            max_deletions=self.policy.max_deletions,
+            max_deletion_percent=self.policy.max_deletion_percent,
+            allow_deletions=allow_deletions,
+            hold_removals=plan.guard is not None,
+        )
+
+    def _reconcile_access(
+        self,
+        report: CycleReport,
+        attempted: int,
+        desired: DesiredView,
+        targets: Mapping[str, str],
+        mode: str,
+        plan: Plan,
+        opts: CycleOptions,
+    ) -> tuple[CycleReport, int]:
+        """Account assignments, once the groups exist; their outcome folded into the cycle's report."""
+        assert self.access is not None
+        policy = self.access_policy(plan, opts.allow_deletions or self.policy.allow_deletions)
+        outcome: AccessOutcome = self.access.reconcile(
+            self.access_groups(desired, targets), mode != "delta", policy, report.cycle_id, opts.should_stop
+        )
+        counts = {k: dict(v) for k, v in report.counts.items()}
+        if outcome.counts:
+            counts["assignment"] = dict(outcome.counts)
+        return (
+            replace(
+                report,
+                counts=counts,
+                failures=report.failures + tuple(outcome.failures),
+                guard=report.guard or outcome.guard,
+                writes=report.writes + outcome.writes,
+            ),
+            attempted + outcome.writes + len(outcome.failures),
+        )
 
     # ------------------------------------------------------------------ on demand
 

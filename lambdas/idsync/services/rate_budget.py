@@ -1,8 +1,8 @@
 """An in-process client-side rate budget: at most N calls per second, however many callers share it.
 
 The generic cell rate algorithm (a token bucket of ``burst`` tokens refilled at ``rate`` a second,
-kept as one instant); ``acquire`` sleeps (on the injected sleep) until the next call is allowed. With ``burst`` 1 calls are spaced
-exactly ``1 / rate`` apart, so a service that throttles above ``rate`` calls a second never does.
+kept as one instant); ``acquire`` sleeps (on the injected sleep) until the next call is allowed.
+With ``burst`` 1 calls are spaced exactly ``1 / rate`` apart, so a service that throttles above ``rate`` calls a second never does.
 Thread-safe: callers on several threads share one budget, each waiting its turn.
 """
 
