@@ -2,7 +2,8 @@
 
 The generic cell rate algorithm (a token bucket of ``burst`` tokens refilled at ``rate`` a second,
 kept as one instant); ``acquire`` sleeps (on the injected sleep) until the next call is allowed.
-With ``burst`` 1 calls are spaced exactly ``1 / rate`` apart, so a service that throttles above ``rate`` calls a second never does.
+With ``burst`` 1 calls are spaced exactly ``1 / rate`` apart, so a service that throttles above
+``rate`` calls a second never does.
 Thread-safe: callers on several threads share one budget, each waiting its turn.
 """
 
