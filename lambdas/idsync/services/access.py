@@ -281,12 +281,13 @@ class AccessService:
                     Status.SKIPPED,
                     note=f"in escrow after {held.attempts} failed attempt(s) {when}: {held.error}",
                 )
+        prior = owned.flat()  # before this cycle's write-ahead records
         for action, item in runnable:
             if action == "create":
                 owned.set(item, How.PENDING)
         save_owned(self.state, owned)  # write-ahead: the creates are known before any is made
         try:
-            self._apply(runnable, owned, log, outcome, escrow, should_stop)
+            self._apply(runnable, owned, prior, log, outcome, escrow, should_stop)
         finally:
             save_owned(self.state, owned)
             escrow.save()
@@ -298,6 +299,7 @@ class AccessService:
         self,
         runnable: Sequence[tuple[str, Assignment]],
         owned: OwnedAssignments,
+        prior: Mapping[Assignment, How],
         log: _Log,
         outcome: AccessOutcome,
         escrow: Escrow,
@@ -325,8 +327,10 @@ class AccessService:
                 reason = error or f"{action} request {status.request_id if status else ''} FAILED: " + (
                     (status.reason if status else None) or "no reason given"
                 )
-                if action == "create":
+                if action == "create" and prior.get(item) is None:
                     owned.drop(item)  # AWS made nothing: a hand-made one later must not look like ours
+                elif action == "create":
+                    owned.set(item, prior[item])  # an earlier call may have made it: stay its owner
                 escrow.failed(item.key, "", reason, self.clock.now())
                 log.add(item, action, Status.FAILURE, note=reason, seconds=seconds)
             if completed % SAVE_EVERY == 0:
