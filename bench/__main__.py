@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-BENCHMARKS = ["mapping", "full_sync", "cycles", "jit"]
+BENCHMARKS = ["mapping", "full_sync", "cycles", "jit", "access"]
 RESULTS = Path(__file__).with_name("results.json")
 
 
@@ -19,7 +19,8 @@ def main() -> None:
     parser.add_argument("names", nargs="*", help=f"which to run (default: all of {', '.join(BENCHMARKS)})")
     args = parser.parse_args()
     names = args.names or BENCHMARKS
-    results: dict[str, Any] = {}
+    # a run of some benchmarks keeps the figures of the others
+    results: dict[str, Any] = json.loads(RESULTS.read_text(encoding="utf-8")) if args.names and RESULTS.exists() else {}
     for name in names:
         module = importlib.import_module(f"bench.{name}")
         started = time.perf_counter()

@@ -220,7 +220,7 @@ def test_the_emulator_refuses_a_sixteenth_request_in_progress(world: World) -> N
 
 
 def _no_retry() -> Config:
-    return Config(retries={"mode": "standard", "max_attempts": 1})
+    return Config(retries={"mode": "standard", "total_max_attempts": 1})
 
 
 def test_an_unknown_permission_set_is_refused_and_a_missing_assignment_cannot_be_deleted(world: World) -> None:
