@@ -9,18 +9,32 @@ AccessDeniedException -> TargetAuthError (naming the IAM action), anything else 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import boto3
+from botocore.exceptions import ClientError
 
 from idsync.adapters.identitystore import _translated, instrument, retry_config
 from idsync.config import IdentityStoreSettings
-from idsync.errors import TargetError
+from idsync.errors import TargetError, TargetNotFound
 from idsync.ports import AssignmentStatus, CallCounter, RateBudget
 
 PRINCIPAL_TYPE = "GROUP"
 TARGET_TYPE = "AWS_ACCOUNT"
+
+
+@contextmanager
+def _parent_missing(parent: str) -> Iterator[None]:
+    """Organizations names an unknown OU or root ParentNotFoundException: that is a TargetNotFound."""
+    try:
+        yield
+    except TargetError as error:
+        cause = error.__cause__
+        if isinstance(cause, ClientError) and cause.response.get("Error", {}).get("Code") == "ParentNotFoundException":
+            raise TargetNotFound(f"no organizational unit or root {parent}: {error}") from error
+        raise
 
 
 def attach_budget(client: Any, budget: RateBudget) -> None:
@@ -86,7 +100,10 @@ class SsoAdminAccess:
         pending = [parent_id]
         while pending:
             parent = pending.pop()
-            with _translated("ListAccountsForParent", parent, "organizations:ListAccountsForParent"):
+            with (
+                _parent_missing(parent),
+                _translated("ListAccountsForParent", parent, "organizations:ListAccountsForParent"),
+            ):
                 for page in self._orgs.get_paginator("list_accounts_for_parent").paginate(ParentId=parent):
                     found |= {str(a["Id"]) for a in page.get("Accounts", []) if a.get("Status", "ACTIVE") == "ACTIVE"}
             with _translated(

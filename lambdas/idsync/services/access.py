@@ -53,6 +53,7 @@ KIND = "assignment"
 MAX_OUTSTANDING = 15  # IAM Identity Center's limit on asynchronous account-assignment calls in flight
 POLL_INTERVAL_SECONDS = 0.5  # never ask after one request more often than this
 SAVE_EVERY = 25  # completed requests between two writes of the ownership record
+NEW_GROUP = "new:"  # principal of a group a plan would create first (plans only; never applied)
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,7 +233,9 @@ class AccessService:
         existing: dict[str, frozenset[tuple[str, str]]] = {}
         for _, principal in sorted(groups_to_read(wanted, flat, full)):
             if principal not in existing:
-                existing[principal] = frozenset(self.access.assignments(principal))
+                # a group this sync is about to create holds nothing yet
+                new = principal.startswith(NEW_GROUP)
+                existing[principal] = frozenset() if new else frozenset(self.access.assignments(principal))
         kept = kept_groups(entries, groups)
         problems = [e.problem for e in entries if e.problem]
         return make_access_plan(wanted, flat, existing, kept, policy, problems), entries, owned
@@ -402,23 +405,52 @@ class AccessService:
         if current != previous:
             self.state.put_item(PROBLEMS_KEY, {"problems": current})
 
-    # ------------------------------------------------------------------ reading, for the CLI
+    # ------------------------------------------------------------------ checking the file, for the CLI
 
-    def managed(self) -> list[dict[str, str]]:
-        """Every assignment idsync manages, as recorded, sorted by group, permission set and account."""
-        resolved = (self.state.get_item(RESOLVED_KEY) or {}).get("entries", [])
-        labels = {r["ps"]: e.permission_set for e, r in zip(self.entries, resolved, strict=False) if r.get("ps")}
-        return [
-            {
-                "group": a.group_source_id,
-                "principal": a.principal_id,
-                "permissionSet": labels.get(a.permission_set_arn, a.permission_set_arn),
-                "permissionSetArn": a.permission_set_arn,
-                "account": a.account_id,
-                "how": how.value,
-            }
-            for a, how in sorted(load_owned(self.state).flat().items())
-        ]
+    def check(self, groups: Mapping[str, str]) -> list[str]:
+        """Every entry's problems against AWS and Entra: a permission set, account or OU that does not
+        exist, a group not in scope (``groups``: source id -> displayName). Raises TargetError."""
+        sets = self.access.permission_sets()
+        accounts = self.access.accounts()
+        problems: list[str] = []
+        for index, entry in enumerate(self.entries):
+            where = f"access.{index}"
+            if resolve_group(entry.group, groups) is None:
+                problems.append(f"{where}.group: no group {entry.group!r} in scope (by displayName or object id)")
+            if entry.permission_set not in sets and entry.permission_set not in sets.values():
+                problems.append(f"{where}.permission_set: no permission set {entry.permission_set!r} in the instance")
+            for field_name, ids in (("accounts", entry.accounts), ("exclude_accounts", entry.exclude_accounts)):
+                for position, account in enumerate(ids):
+                    if account not in accounts:
+                        problems.append(f"{where}.{field_name}.{position}: no account {account} in the organization")
+            for position, ou in enumerate(entry.organizational_units):
+                try:
+                    self.access.accounts_under(ou)
+                except TargetNotFound:
+                    problems.append(
+                        f"{where}.organizational_units.{position}: no organizational unit or root {ou} "
+                        "in the organization"
+                    )
+        return problems
+
+
+def managed_assignments(state: StateStore, entries: Sequence[AccessEntry]) -> list[dict[str, str]]:
+    """Every assignment idsync manages, as recorded (no AWS call), sorted by group, permission set, account."""
+    resolved = (state.get_item(RESOLVED_KEY) or {}).get("entries", [])
+    labels = {r["ps"]: e.permission_set for e, r in zip(entries, resolved, strict=False) if r.get("ps")}
+    names = {sid: g.display_name for sid, g in state.load_ownership().groups.items()}
+    return [
+        {
+            "group": names.get(a.group_source_id, a.group_source_id),
+            "groupId": a.group_source_id,
+            "principalId": a.principal_id,
+            "permissionSet": labels.get(a.permission_set_arn, a.permission_set_arn),
+            "permissionSetArn": a.permission_set_arn,
+            "account": a.account_id,
+            "how": how.value,
+        }
+        for a, how in sorted(load_owned(state).flat().items())
+    ]
 
 
 class _Log:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from idsync.access import AccessPolicy
+from idsync.access import AccessPlan, AccessPolicy
 from idsync.errors import DeltaExpired, DirectoryAuthError, TargetAuthError
 from idsync.mirror import SOFT_DELETED, Mirror
 from idsync.model import (
@@ -42,7 +42,7 @@ from idsync.model import (
 )
 from idsync.plan import EXTENSIONS, build_desired, make_plan, restrict
 from idsync.ports import ChangeSource, Clock, IdentityStore, Notifier, StateStore
-from idsync.services.access import AccessOutcome, AccessService, GroupRef
+from idsync.services.access import NEW_GROUP, AccessOutcome, AccessService, GroupRef
 from idsync.services.blobs import load_blob, save_blob
 from idsync.services.control import load_pause
 from idsync.services.escrow import (
@@ -327,6 +327,29 @@ class CycleService:
             allow_deletions=allow_deletions,
             hold_removals=plan.guard is not None,
         )
+
+    def plan_access(self, allow_deletions: bool = False) -> tuple[AccessPlan, dict[str, str]] | None:
+        """The account assignments the next cycle would make and remove (reads, never writes), and the
+        names to show (group id -> displayName, permission set ARN -> the file's name); None when no
+        ``access`` is configured. A group the sync would create first is planned with a placeholder
+        principal. Raises DirectoryError, TargetError."""
+        if self.access is None:
+            return None
+        mirror, _, mode, _ = self._read(force_full=False)
+        desired = self.desired(mirror)
+        owned = self.state.load_ownership()
+        targets = {sid: g.target_id for sid, g in owned.groups.items()}
+        targets |= {sid: f"{NEW_GROUP}{sid}" for sid in desired.groups if sid not in targets}
+        plan = make_plan(desired, current_from_ownership(owned), owned, self.policy)
+        policy = self.access_policy(plan, allow_deletions or self.policy.allow_deletions)
+        access_plan, entries, _ = self.access.plan(self.access_groups(desired, targets), mode != "delta", policy)
+        names = {e.permission_set_arn: e.permission_set for e in entries if e.permission_set_arn}
+        return access_plan, names | {sid: g.display_name for sid, g in desired.groups.items()}
+
+    def groups_in_scope(self) -> dict[str, str]:
+        """The groups in scope now (source id -> displayName). Raises DirectoryError."""
+        mirror, _, _, _ = self._read(force_full=False)
+        return {sid: g.display_name for sid, g in self.desired(mirror).groups.items()}
 
     def _reconcile_access(
         self,
