@@ -303,12 +303,15 @@ class FakeAccountAccess:
     writes: int = 0
     calls: int = 0
     crash_after_writes: int | None = None
+    unreachable: bool = False  # every read answers an HTTP 500
     watched_state: dict[str, Any] | None = None  # the state items copied at the crash (what survives it)
     state_at_crash: dict[str, Any] | None = None
     _ids: Iterator[int] = field(default_factory=itertools.count)
 
     def permission_sets(self) -> dict[str, str]:
         self.calls += 1
+        if self.unreachable:
+            raise TargetError("ListPermissionSets: InternalServerException: HTTP 500")
         return dict(self.permission_sets_by_name)
 
     def accounts_under(self, parent_id: str) -> set[str]:
@@ -326,6 +329,8 @@ class FakeAccountAccess:
 
     def assignments(self, principal_id: str) -> set[tuple[str, str]]:
         self.calls += 1
+        if self.unreachable:
+            raise TargetError("ListAccountAssignmentsForPrincipal: InternalServerException: HTTP 500")
         return {(ps, account) for p, ps, account in self.held if p == principal_id}
 
     def _in_progress(self) -> int:

@@ -40,8 +40,10 @@ def make_fake() -> FakeAccountAccess:
     return FakeAccountAccess(permission_sets_by_name=dict(PS), parents={"r-root": {OU}, OU: set(ACCOUNTS[2:])})
 
 
-def make_service(fake: FakeAccountAccess, state: FakeState, entries: list[dict[str, Any]]) -> AccessService:
-    clock = FakeClock()
+def make_service(
+    fake: FakeAccountAccess, state: FakeState, entries: list[dict[str, Any]], clock: FakeClock | None = None
+) -> AccessService:
+    clock = clock or FakeClock()
     return AccessService(
         fake,
         state,
@@ -125,6 +127,7 @@ class AccessMachine(RuleBasedStateMachine):
         self.entries: list[dict[str, Any]] = [ENTRY_POOL[0], ENTRY_POOL[1]]
         self.ever_wanted: set[tuple[str, str, str]] = set()
         self.clean_full = False
+        self.clock = FakeClock()
         self._note_wanted()
 
     def _ou_accounts(self) -> set[str]:
@@ -168,7 +171,9 @@ class AccessMachine(RuleBasedStateMachine):
     def a_cycle_runs(self, full: bool, crash: int | None, polls: int) -> None:
         self.fake.polls_in_progress = polls
         self.fake.crash_after_writes = None if crash is None else self.fake.writes + crash
-        service = make_service(self.fake, self.state, self.entries)
+        # a day between cycles: whatever escrow holds back is due again (its longest wait is a day)
+        self.clock.advance(86400)
+        service = make_service(self.fake, self.state, self.entries, self.clock)
         try:
             service.reconcile(GROUPS, full, AccessPolicy(allow_deletions=True), "c")
         except Crash:

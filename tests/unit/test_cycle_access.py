@@ -26,7 +26,7 @@ class World:
         self.policy = policy
         self.entries = [AccessEntry(group="Team 0", permission_set="AdministratorAccess", accounts=ACCOUNTS)]
 
-    def run(self, **options: Any) -> Any:
+    def service(self) -> CycleService:
         access = AccessService(
             self.aws,
             self.state,
@@ -35,7 +35,7 @@ class World:
             monotonic=lambda: self.clock.now().timestamp(),
             sleep=self.clock.advance,
         )
-        service = CycleService(
+        return CycleService(
             self.source,
             self.store,
             self.state,
@@ -47,7 +47,9 @@ class World:
             self.clock,
             access=access,
         )
-        return service.run(CycleOptions(**options)).report
+
+    def run(self, **options: Any) -> Any:
+        return self.service().run(CycleOptions(**options)).report
 
     def principal(self, name: str) -> str:
         return next(gid for gid, g in self.store.groups.items() if g["DisplayName"] == name)
@@ -87,3 +89,28 @@ def test_a_failed_assignment_is_a_cycle_failure_with_aws_reason() -> None:
     assert failure.kind == "assignment"
     assert "account is suspended" in (failure.error or "")
     assert report.counts["assignment"] == {"create": 1}
+
+
+def test_aws_unreadable_for_assignments_is_one_failure_and_the_cycle_still_finishes() -> None:
+    world = World()
+    world.aws.unreachable = True
+    report = world.run()
+    assert report.complete
+    assert [f.action for f in report.failures] == ["reconcile"]
+    assert "HTTP 500" in (report.failures[0].error or "")
+    assert world.store.groups  # the groups were provisioned all the same
+    world.aws.unreachable = False
+    assert world.run().counts["assignment"] == {"create": 2}
+
+
+def test_plan_access_shows_the_assignments_of_groups_still_to_create_and_writes_nothing() -> None:
+    world = World()
+    before = dict(world.state.items)
+    result = world.service().plan_access()
+    assert result is not None
+    plan, names = result
+    assert [(names[a.group_source_id], names[a.permission_set_arn], a.account_id) for a in plan.creates] == [
+        ("Team 0", "AdministratorAccess", account) for account in ACCOUNTS
+    ]
+    assert world.state.items == before
+    assert world.aws.writes == 0

@@ -151,9 +151,10 @@ class AccessService:
 
     # ------------------------------------------------------------------ resolving the file
 
-    def _resolve_targets(self, force: bool) -> list[dict[str, Any]]:
+    def _resolve_targets(self, force: bool, store: bool) -> list[dict[str, Any]]:
         """Per entry: {"ps": ARN or None, "accounts": [...], "problem": text or None}; read from AWS when
-        ``force`` or the section changed, else as stored. Raises TargetError when AWS cannot be read."""
+        ``force`` or the section changed (and kept when ``store``), else as stored. Raises TargetError
+        when AWS cannot be read."""
         stored = self.state.get_item(RESOLVED_KEY)
         if not force and stored and stored.get("fingerprint") == self.fingerprint:
             return list(stored["entries"])
@@ -187,12 +188,13 @@ class AccessService:
                     "problem": "; ".join(problems) or None,
                 }
             )
-        self.state.put_item(RESOLVED_KEY, {"fingerprint": self.fingerprint, "entries": out})
+        if store:
+            self.state.put_item(RESOLVED_KEY, {"fingerprint": self.fingerprint, "entries": out})
         return out
 
-    def resolve(self, groups: Mapping[str, GroupRef], force: bool) -> list[ResolvedEntry]:
+    def resolve(self, groups: Mapping[str, GroupRef], force: bool, store: bool = True) -> list[ResolvedEntry]:
         """The entries with groups, permission sets and accounts resolved. Raises TargetError."""
-        targets = self._resolve_targets(force)
+        targets = self._resolve_targets(force, store)
         names = {source_id: ref.display_name for source_id, ref in groups.items()}
         resolved: list[ResolvedEntry] = []
         for index, (entry, target) in enumerate(zip(self.entries, targets, strict=True)):
@@ -220,13 +222,14 @@ class AccessService:
     # ------------------------------------------------------------------ planning
 
     def plan(
-        self, groups: Mapping[str, GroupRef], full: bool, policy: AccessPolicy
+        self, groups: Mapping[str, GroupRef], full: bool, policy: AccessPolicy, store: bool = True
     ) -> tuple[AccessPlan, list[ResolvedEntry], OwnedAssignments]:
-        """What this cycle would do. Reads AWS (resolution, assignments of the groups that need it).
+        """What this cycle would do. Reads AWS (resolution, assignments of the groups that need it);
+        writes nothing but, when ``store``, the resolution it read.
 
         Raises TargetError when AWS cannot be read.
         """
-        entries = self.resolve(groups, force=full)
+        entries = self.resolve(groups, force=full, store=store)
         owned = load_owned(self.state)
         flat = owned.flat()
         wanted = desired(entries)

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from idsync.access import AccessPlan, AccessPolicy
-from idsync.errors import DeltaExpired, DirectoryAuthError, TargetAuthError
+from idsync.errors import DeltaExpired, DirectoryAuthError, TargetAuthError, TargetError
 from idsync.mirror import SOFT_DELETED, Mirror
 from idsync.model import (
     CurrentView,
@@ -29,6 +29,7 @@ from idsync.model import (
     DesiredView,
     Group,
     Kind,
+    LogEntry,
     Operation,
     Ownership,
     Plan,
@@ -342,7 +343,8 @@ class CycleService:
         targets |= {sid: f"{NEW_GROUP}{sid}" for sid in desired.groups if sid not in targets}
         plan = make_plan(desired, current_from_ownership(owned), owned, self.policy)
         policy = self.access_policy(plan, allow_deletions or self.policy.allow_deletions)
-        access_plan, entries, _ = self.access.plan(self.access_groups(desired, targets), mode != "delta", policy)
+        groups = self.access_groups(desired, targets)
+        access_plan, entries, _ = self.access.plan(groups, mode != "delta", policy, store=False)
         names = {e.permission_set_arn: e.permission_set for e in entries if e.permission_set_arn}
         return access_plan, names | {sid: g.display_name for sid, g in desired.groups.items()}
 
@@ -361,12 +363,32 @@ class CycleService:
         plan: Plan,
         opts: CycleOptions,
     ) -> tuple[CycleReport, int]:
-        """Account assignments, once the groups exist; their outcome folded into the cycle's report."""
+        """Account assignments, once the groups exist; their outcome folded into the cycle's report.
+
+        AWS unreadable is one failure of this cycle, not the end of it. Raises TargetAuthError.
+        """
         assert self.access is not None
         policy = self.access_policy(plan, opts.allow_deletions or self.policy.allow_deletions)
-        outcome: AccessOutcome = self.access.reconcile(
-            self.access_groups(desired, targets), mode != "delta", policy, report.cycle_id, opts.should_stop
-        )
+        try:
+            outcome: AccessOutcome = self.access.reconcile(
+                self.access_groups(desired, targets), mode != "delta", policy, report.cycle_id, opts.should_stop
+            )
+        except TargetAuthError:
+            raise
+        except TargetError as error:
+            failure = LogEntry(
+                cycle_id=report.cycle_id,
+                change_id=f"{report.cycle_id}-access",
+                time=self.clock.now().isoformat(),
+                kind="assignment",
+                action="reconcile",
+                status=Status.FAILURE,
+                source_id="access",
+                name="access",
+                error=f"account assignments not reconciled this cycle: {error}",
+            )
+            self.state.append_logs([failure])
+            return replace(report, failures=(*report.failures, failure)), attempted + 1
         counts = {k: dict(v) for k, v in report.counts.items()}
         if outcome.counts:
             counts["assignment"] = dict(outcome.counts)
