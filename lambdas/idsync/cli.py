@@ -270,7 +270,8 @@ def _summary_table(title: str, counts: dict[str, dict[str, int]] | Any) -> Table
     table.add_column("object")
     for action in ("create", "update", "delete", "adopt"):
         table.add_column(action, justify="right")
-    for kind in ("user", "group", "membership"):
+    extra = ("assignment",) if counts.get("assignment") else ()  # account assignments (access as code)
+    for kind in ("user", "group", "membership", *extra):
         row = counts.get(kind, {})
         table.add_row(kind + "s", *(str(row.get(a, 0)) for a in ("create", "update", "delete", "adopt")))
     return table

@@ -119,3 +119,27 @@ def test_plan_sync_and_list_what_idsync_manages(
     assert explained["accountAssignments"]["operations"] == []
     code, again = run_json(capsys, "--config", str(config), "sync", "--json")
     assert again["writes"] == 0
+
+
+def test_sync_prints_the_assignments_it_made(
+    emulator: GraphEmulator,
+    tmp_path: Path,
+    aws_world: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("IDSYNC_CLIENT_SECRET", CLIENT_SECRET)
+    entry = {"group": GROUP, "permission_set": "AdministratorAccess", "accounts": [aws_world["account"]]}
+    config = write_config(tmp_path, emulator, [entry])
+    assert main(["--config", str(config), "plan"]) == EXIT_OK
+    planned = capsys.readouterr().out
+    assert "Account assignments: 1 write(s)" in planned
+    assert GROUP in planned
+    assert main(["--config", str(config), "sync"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "assignments" in out
+    assert "1 assignment create" in out
+    assert main(["--config", str(config), "access"]) == EXIT_OK
+    listed = capsys.readouterr().out
+    assert aws_world["account"] in listed
+    assert "created" in listed
