@@ -241,12 +241,12 @@ def access_adapter_methods() -> dict[str, set[str]]:
 
 
 def code_access_actions() -> set[str]:
-    """What the sync cycle's access reconcile reaches: ``*.access.<method>`` calls from ``reconcile``."""
+    """What the sync cycle reaches through the access service: ``*.access.<method>`` calls from ``after_cycle``."""
     bodies: dict[str, list[ast.AST]] = {}
     for node in ast.walk(ast.parse((RUNTIME / "services" / "access.py").read_text(encoding="utf-8"))):
         if isinstance(node, ast.FunctionDef):
             bodies.setdefault(node.name, []).append(node)
-    seen, pending, calls = set(), ["reconcile"], set()
+    seen, pending, calls = set(), ["after_cycle"], set()
     while pending:
         name = pending.pop()
         if name in seen or name not in bodies:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from idsync.access import (
@@ -40,7 +40,7 @@ from idsync.access import (
 )
 from idsync.config import AccessEntry
 from idsync.errors import TargetAuthError, TargetError, TargetNotFound
-from idsync.model import LogEntry, Status, content_hash
+from idsync.model import CycleReport, LogEntry, Status, content_hash
 from idsync.ports import AccountAccess, AssignmentStatus, Clock, StateStore
 from idsync.services.escrow import Escrow
 
@@ -267,7 +267,7 @@ class AccessService:
         now = self.clock.now()
         for item in plan.adopts:
             owned.set(item, How.ADOPTED)
-            log.add(item, "adopt", Status.SUCCESS, note="existed already; now managed by idsync")
+            log.add(item, "adopt", Status.SUCCESS)
             outcome.counts["adopt"] = outcome.counts.get("adopt", 0) + 1
         for item in plan.forgets:
             owned.drop(item)
@@ -300,6 +300,50 @@ class AccessService:
             outcome.failures = log.failures
             self.state.append_logs(log.entries)
         return outcome
+
+    def after_cycle(
+        self,
+        report: CycleReport,
+        attempted: int,
+        groups: Mapping[str, GroupRef],
+        full: bool,
+        policy: AccessPolicy,
+        should_stop: Callable[[], bool],
+    ) -> tuple[CycleReport, int]:
+        """Reconcile after a cycle applied its plan; return its report with the assignments folded in
+        (counts under ``assignment``, failures, the guard, writes) and the operations attempted.
+
+        AWS unreadable is one failure of the cycle, not the end of it. Raises TargetAuthError.
+        """
+        try:
+            outcome = self.reconcile(groups, full, policy, report.cycle_id, should_stop)
+        except TargetAuthError:
+            raise
+        except TargetError as error:
+            failure = LogEntry(
+                cycle_id=report.cycle_id,
+                change_id=f"{report.cycle_id}-access",
+                time=self.clock.now().isoformat(),
+                kind=KIND,
+                action="reconcile",
+                status=Status.FAILURE,
+                source_id="access",
+                name="access",
+                error=f"account assignments not reconciled this cycle: {error}",
+            )
+            self.state.append_logs([failure])
+            return replace(report, failures=(*report.failures, failure)), attempted + 1
+        counts = {kind: dict(actions) for kind, actions in report.counts.items()}
+        if outcome.counts:
+            counts[KIND] = dict(outcome.counts)
+        folded = replace(
+            report,
+            counts=counts,
+            failures=report.failures + tuple(outcome.failures),
+            guard=report.guard or outcome.guard,
+            writes=report.writes + outcome.writes,
+        )
+        return folded, attempted + outcome.writes + len(outcome.failures)
 
     def _apply(
         self,

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from idsync.access import AccessPlan, AccessPolicy
-from idsync.errors import DeltaExpired, DirectoryAuthError, TargetAuthError, TargetError
+from idsync.errors import DeltaExpired, DirectoryAuthError, TargetAuthError
 from idsync.mirror import SOFT_DELETED, Mirror
 from idsync.model import (
     CurrentView,
@@ -29,7 +29,6 @@ from idsync.model import (
     DesiredView,
     Group,
     Kind,
-    LogEntry,
     Operation,
     Ownership,
     Plan,
@@ -43,7 +42,7 @@ from idsync.model import (
 )
 from idsync.plan import EXTENSIONS, build_desired, make_plan, restrict
 from idsync.ports import ChangeSource, Clock, IdentityStore, Notifier, StateStore
-from idsync.services.access import NEW_GROUP, AccessOutcome, AccessService, GroupRef
+from idsync.services.access import NEW_GROUP, AccessService, GroupRef
 from idsync.services.blobs import load_blob, save_blob
 from idsync.services.control import load_pause
 from idsync.services.escrow import (
@@ -317,19 +316,35 @@ class CycleService:
 
     # ------------------------------------------------------------------ access as code
 
-    def access_groups(self, desired: DesiredView, targets: Mapping[str, str]) -> dict[str, GroupRef]:
-        """The groups in scope, with their Identity Store ids where idsync holds them."""
-        return {sid: GroupRef(g.display_name, targets.get(sid)) for sid, g in desired.groups.items()}
-
-    def access_policy(self, plan: Plan, allow_deletions: bool) -> AccessPolicy:
-        return AccessPolicy(
+    def _access_inputs(
+        self, desired: DesiredView, targets: Mapping[str, str], plan: Plan, allow_deletions: bool
+    ) -> tuple[dict[str, GroupRef], AccessPolicy]:
+        """The groups in scope (with their Identity Store ids where idsync holds them) and the guard's numbers."""
+        groups = {sid: GroupRef(g.display_name, targets.get(sid)) for sid, g in desired.groups.items()}
+        policy = AccessPolicy(
             max_deletions=self.policy.max_deletions,
             max_deletion_percent=self.policy.max_deletion_percent,
-            allow_deletions=allow_deletions,
+            allow_deletions=allow_deletions or self.policy.allow_deletions,
             hold_removals=plan.guard is not None,
         )
+        return groups, policy
 
-    def plan_access(self, allow_deletions: bool = False) -> tuple[AccessPlan, dict[str, str]] | None:
+    def _reconcile_access(
+        self,
+        report: CycleReport,
+        attempted: int,
+        desired: DesiredView,
+        targets: Mapping[str, str],
+        mode: str,
+        plan: Plan,
+        opts: CycleOptions,
+    ) -> tuple[CycleReport, int]:
+        """Account assignments, once the groups exist, folded into the report. Raises TargetAuthError."""
+        assert self.access is not None
+        groups, policy = self._access_inputs(desired, targets, plan, opts.allow_deletions)
+        return self.access.after_cycle(report, attempted, groups, mode != "delta", policy, opts.should_stop)
+
+    def plan_access(self) -> tuple[AccessPlan, dict[str, str]] | None:
         """The account assignments the next cycle would make and remove (reads, never writes), and the
         names to show (group id -> displayName, permission set ARN -> the file's name); None when no
         ``access`` is configured. A group the sync would create first is planned with a placeholder
@@ -342,8 +357,7 @@ class CycleService:
         targets = {sid: g.target_id for sid, g in owned.groups.items()}
         targets |= {sid: f"{NEW_GROUP}{sid}" for sid in desired.groups if sid not in targets}
         plan = make_plan(desired, current_from_ownership(owned), owned, self.policy)
-        policy = self.access_policy(plan, allow_deletions or self.policy.allow_deletions)
-        groups = self.access_groups(desired, targets)
+        groups, policy = self._access_inputs(desired, targets, plan, False)
         access_plan, entries, _ = self.access.plan(groups, mode != "delta", policy, store=False)
         names = {e.permission_set_arn: e.permission_set for e in entries if e.permission_set_arn}
         return access_plan, names | {sid: g.display_name for sid, g in desired.groups.items()}
@@ -352,56 +366,6 @@ class CycleService:
         """The groups in scope now (source id -> displayName). Raises DirectoryError."""
         mirror, _, _, _ = self._read(force_full=False)
         return {sid: g.display_name for sid, g in self.desired(mirror).groups.items()}
-
-    def _reconcile_access(
-        self,
-        report: CycleReport,
-        attempted: int,
-        desired: DesiredView,
-        targets: Mapping[str, str],
-        mode: str,
-        plan: Plan,
-        opts: CycleOptions,
-    ) -> tuple[CycleReport, int]:
-        """Account assignments, once the groups exist; their outcome folded into the cycle's report.
-
-        AWS unreadable is one failure of this cycle, not the end of it. Raises TargetAuthError.
-        """
-        assert self.access is not None
-        policy = self.access_policy(plan, opts.allow_deletions or self.policy.allow_deletions)
-        try:
-            outcome: AccessOutcome = self.access.reconcile(
-                self.access_groups(desired, targets), mode != "delta", policy, report.cycle_id, opts.should_stop
-            )
-        except TargetAuthError:
-            raise
-        except TargetError as error:
-            failure = LogEntry(
-                cycle_id=report.cycle_id,
-                change_id=f"{report.cycle_id}-access",
-                time=self.clock.now().isoformat(),
-                kind="assignment",
-                action="reconcile",
-                status=Status.FAILURE,
-                source_id="access",
-                name="access",
-                error=f"account assignments not reconciled this cycle: {error}",
-            )
-            self.state.append_logs([failure])
-            return replace(report, failures=(*report.failures, failure)), attempted + 1
-        counts = {k: dict(v) for k, v in report.counts.items()}
-        if outcome.counts:
-            counts["assignment"] = dict(outcome.counts)
-        return (
-            replace(
-                report,
-                counts=counts,
-                failures=report.failures + tuple(outcome.failures),
-                guard=report.guard or outcome.guard,
-                writes=report.writes + outcome.writes,
-            ),
-            attempted + outcome.writes + len(outcome.failures),
-        )
 
     # ------------------------------------------------------------------ on demand
 
