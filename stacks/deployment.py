@@ -138,6 +138,11 @@ def _deployment_problems(data: Mapping[str, Any]) -> list[str]:
             "identity_store.identity_store_id: required for a deployment (the IAM policies are scoped "
             "to it); find it with `aws sso-admin list-instances`"
         )
+    if data.get("access") and not _value(data, "identity_store", "instance_arn"):
+        problems.append(
+            "identity_store.instance_arn: required for a deployment with an access section (the IAM policies "
+            "are scoped to the instance); find it with `aws sso-admin list-instances`"
+        )
     for (section, field), rule in _NOT_DEPLOYED.items():
         if _value(data, section, field):
             problems.append(f"{section}.{field}: {rule}")

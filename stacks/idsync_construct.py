@@ -78,6 +78,22 @@ WORKER_IDENTITY_STORE_ACTIONS = [
 EXPIRY_IDENTITY_STORE_ACTIONS = [
     "identitystore:DeleteGroupMembership",
 ]
+# Access as code (idsync.adapters.sso_admin, as the sync cycle reconciles): account assignments of the
+# one instance, and the permission set names; granted only when the configuration has an access section.
+SYNC_ACCESS_ACTIONS = [
+    "sso:CreateAccountAssignment",
+    "sso:DeleteAccountAssignment",
+    "sso:DescribeAccountAssignmentCreationStatus",
+    "sso:DescribeAccountAssignmentDeletionStatus",
+    "sso:DescribePermissionSet",
+    "sso:ListAccountAssignmentsForPrincipal",
+    "sso:ListPermissionSets",
+]
+# The accounts under the configured OUs, re-read each full cycle.
+SYNC_ORGANIZATIONS_ACTIONS = [
+    "organizations:ListAccountsForParent",
+    "organizations:ListOrganizationalUnitsForParent",
+]
 # A grant's expiry is a one-time schedule; a moved grant gets a new one and the old one is deleted.
 SCHEDULE_ACTIONS = [
     "scheduler:CreateSchedule",
@@ -385,6 +401,8 @@ class IdsyncConstruct(Construct):
         self._allow_identity_store(function, SYNC_IDENTITY_STORE_ACTIONS)
         # the cycle is the PIM safety net: it applies activations whose notification was lost and schedules their expiry
         self._allow_schedules(function)
+        if self._config.settings.access:
+            self._allow_access(function)
         self._allow(function, ["sns:Publish"], [self.topic.topic_arn])
         self._allow(function, ["kms:Decrypt", "kms:GenerateDataKey"], [self.topic_key.key_arn])
         events.Rule(
@@ -509,6 +527,25 @@ class IdsyncConstruct(Construct):
                 f"Identity Store {kind} ARNs carry no account or store; their ids are minted at run time, "
                 "and every call is also scoped to the one identity store ARN",
             )
+
+    def _allow_access(self, function: lambda_.Function) -> None:
+        instance = self._config.settings.identity_store.instance_arn
+        assert instance is not None  # the deployment configuration requires it with access
+        partition, instance_id = instance.split(":")[1], instance.rsplit("/", 1)[1]
+        permission_sets = f"arn:{partition}:sso:::permissionSet/{instance_id}/*"
+        accounts = f"arn:{partition}:sso:::account/*"
+        self._allow(function, SYNC_ACCESS_ACTIONS, [instance, permission_sets, accounts])
+        self._allow(function, SYNC_ORGANIZATIONS_ACTIONS, ["*"])
+        role = cast(iam.Role, function.role)
+        self._acknowledge_wildcard(
+            role, permission_sets, "Permission sets of idsync's one IAM Identity Center instance, named in the file"
+        )
+        self._acknowledge_wildcard(
+            role, accounts, "Accounts come from the file and its OUs, re-read each cycle; every call names the instance"
+        )
+        self._acknowledge_wildcard(
+            role, "*", "Organizations list actions take the OU or root named in the file; read only"
+        )
 
     def _allow_schedules(self, function: lambda_.Function) -> None:
         group = self.schedule_group.schedule_group_name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from idsync.model import (
     UserDoc,
     freeze_doc,
 )
-from idsync.ports import AccessGrant, AssignmentInstance, Check, DirectoryChanges
+from idsync.ports import AccessGrant, AssignmentInstance, AssignmentStatus, Check, DirectoryChanges
 
 
 class FakeClock:
@@ -497,3 +498,137 @@ class FakeScheduler:
 
     def of(self, user_id: str) -> list[datetime]:
         return sorted(end for _, u, end in self.schedules if u == user_id)
+
+
+class Crash(BaseException):
+    """The process dies here: nothing after it runs (not even ``finally`` blocks that write state)."""
+
+
+@dataclass
+class FakeAccountAccess:
+    """IAM Identity Center account assignments and an organization, as ``ports.AccountAccess``.
+
+    Fails the way AWS does: requests answer IN_PROGRESS and settle after ``polls_in_progress`` status
+    reads (SUCCEEDED, or FAILED with the reason ``failures`` gives for the account); a request over
+    ``limit`` in progress is throttled; an unknown permission set is refused (TargetNotFound) and an
+    unknown account accepted; deleting an absent assignment is TargetNotFound; a create of one that
+    exists succeeds and changes nothing. ``crash_after_writes`` makes the process die right after
+    that many create/delete calls reached AWS. ``made_by`` records who made each assignment.
+    """
+
+    permission_sets_by_name: dict[str, str] = field(default_factory=dict)
+    parents: dict[str, set[str]] = field(default_factory=dict)  # OU or root -> child OUs and accounts
+    held: set[tuple[str, str, str]] = field(default_factory=set)  # (principal, ps arn, account)
+    made_by: dict[tuple[str, str, str], str] = field(default_factory=dict)  # "idsync" | "hand"
+    deleted_by_idsync: list[tuple[str, str, str]] = field(default_factory=list)
+    polls_in_progress: int = 1
+    limit: int = 15
+    failures: dict[str, str] = field(default_factory=dict)
+    requests: dict[str, list[Any]] = field(default_factory=dict)  # id -> [action, key, polls left, status, reason]
+    peak: int = 0
+    writes: int = 0
+    calls: int = 0
+    crash_after_writes: int | None = None
+    unreachable: bool = False  # every read answers an HTTP 500
+    watched_state: dict[str, Any] | None = None  # the state items copied at the crash (what survives it)
+    state_at_crash: dict[str, Any] | None = None
+    _ids: Iterator[int] = field(default_factory=itertools.count)
+
+    def permission_sets(self) -> dict[str, str]:
+        self.calls += 1
+        if self.unreachable:
+            raise TargetError("ListPermissionSets: InternalServerException: HTTP 500")
+        return dict(self.permission_sets_by_name)
+
+    def accounts_under(self, parent_id: str) -> set[str]:
+        self.calls += 1
+        if parent_id not in self.parents:
+            raise TargetNotFound(f"ListAccountsForParent {parent_id}: ParentNotFoundException")
+        found: set[str] = set()
+        for child in self.parents[parent_id]:
+            found |= self.accounts_under(child) if child in self.parents else {child}
+        return found
+
+    def accounts(self) -> set[str]:
+        self.calls += 1
+        return {c for children in self.parents.values() for c in children if c not in self.parents}
+
+    def assignments(self, principal_id: str) -> set[tuple[str, str]]:
+        self.calls += 1
+        if self.unreachable:
+            raise TargetError("ListAccountAssignmentsForPrincipal: InternalServerException: HTTP 500")
+        return {(ps, account) for p, ps, account in self.held if p == principal_id}
+
+    def _in_progress(self) -> int:
+        return sum(1 for r in self.requests.values() if r[3] == "IN_PROGRESS")
+
+    def _start(self, action: str, principal_id: str, ps: str, account: str) -> AssignmentStatus:
+        self.calls += 1
+        if ps not in self.permission_sets_by_name.values():
+            raise TargetNotFound(f"CreateAccountAssignment: ResourceNotFoundException: no permission set {ps}")
+        key = (principal_id, ps, account)
+        if action == "delete" and key not in self.held:
+            raise TargetNotFound(f"DeleteAccountAssignment {key}: ResourceNotFoundException")
+        self.peak = max(self.peak, self._in_progress() + 1)
+        if self._in_progress() >= self.limit:
+            raise TargetError("CreateAccountAssignment: ThrottlingException: too many requests in progress")
+        request_id = f"req-{next(self._ids)}"
+        self.requests[request_id] = [action, key, self.polls_in_progress, "IN_PROGRESS", None]
+        self.writes += 1
+        if self.crash_after_writes is not None and self.writes >= self.crash_after_writes:
+            # AWS finishes what it accepted while the process is dead
+            for pending, request in self.requests.items():
+                if request[3] == "IN_PROGRESS":
+                    self._settle(pending)
+            self.crash_after_writes = None
+            if self.watched_state is not None:
+                self.state_at_crash = copy.deepcopy(self.watched_state)
+            raise Crash
+        return AssignmentStatus(request_id, "IN_PROGRESS")
+
+    def _settle(self, request_id: str) -> None:
+        request = self.requests[request_id]
+        action, key = request[0], request[1]
+        if key[2] in self.failures:
+            request[3], request[4] = "FAILED", self.failures[key[2]]
+            return
+        request[3] = "SUCCEEDED"
+        if action == "create" and key not in self.held:
+            self.held.add(key)
+            self.made_by[key] = "idsync"
+        elif action == "delete" and key in self.held:
+            self.held.discard(key)
+            self.deleted_by_idsync.append(key)
+
+    def _status(self, request_id: str, action: str) -> AssignmentStatus:
+        self.calls += 1
+        request = self.requests.get(request_id)
+        if request is None or request[0] != action:
+            raise TargetNotFound(f"request {request_id}: ResourceNotFoundException")
+        if request[3] == "IN_PROGRESS":
+            if request[2] <= 0:
+                self._settle(request_id)
+            else:
+                request[2] -= 1
+        return AssignmentStatus(request_id, request[3], request[4])
+
+    def create(self, principal_id: str, permission_set_arn: str, account_id: str) -> AssignmentStatus:
+        return self._start("create", principal_id, permission_set_arn, account_id)
+
+    def delete(self, principal_id: str, permission_set_arn: str, account_id: str) -> AssignmentStatus:
+        return self._start("delete", principal_id, permission_set_arn, account_id)
+
+    def creation_status(self, request_id: str) -> AssignmentStatus:
+        return self._status(request_id, "create")
+
+    def deletion_status(self, request_id: str) -> AssignmentStatus:
+        return self._status(request_id, "delete")
+
+    def by_hand(self, principal_id: str, ps: str, account: str, add: bool = True) -> None:
+        """An administrator's change in the console (not through idsync)."""
+        key = (principal_id, ps, account)
+        if add and key not in self.held:
+            self.held.add(key)
+            self.made_by[key] = "hand"
+        elif not add:
+            self.held.discard(key)

@@ -109,8 +109,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     plan.add_argument("--all", action="store_true", help="list every operation (default: the first 20)")
     plan.add_argument("--explain", metavar="ID", help="why one user or group (id, UPN or name) gets what it gets")
+    plan.description = (plan.description or "") + (
+        "\nWith an access section, also the account assignments to be made and removed."
+    )
 
-    config = _sub(sub, "config", "check the configuration and show the effective mapping")
+    config = _sub(
+        sub,
+        "config",
+        "check the configuration and show the effective mapping",
+        "Check the configuration and show the effective mapping. With an access section, also read AWS\n"
+        "and Entra: every permission set, account and OU must exist, and every group must be in scope.",
+    )
     config.add_argument(
         "action", choices=["check"], help="check: validate the file and print the effective attribute mapping"
     )
@@ -179,6 +188,13 @@ def _parser() -> argparse.ArgumentParser:
     target.add_argument("--group", help="displayName or object id")
 
     _sub(sub, "grants", "the PIM for Groups grants in force now, with their end times")
+
+    _sub(
+        sub,
+        "access",
+        "the account assignments idsync manages (created or adopted), as recorded",
+        parents=[deployed],
+    )
 
     report = _sub(
         sub,
@@ -254,7 +270,8 @@ def _summary_table(title: str, counts: dict[str, dict[str, int]] | Any) -> Table
     table.add_column("object")
     for action in ("create", "update", "delete", "adopt"):
         table.add_column(action, justify="right")
-    for kind in ("user", "group", "membership"):
+    extra = ("assignment",) if counts.get("assignment") else ()  # account assignments (access as code)
+    for kind in ("user", "group", "membership", *extra):
         row = counts.get(kind, {})
         table.add_row(kind + "s", *(str(row.get(a, 0)) for a in ("create", "update", "delete", "adopt")))
     return table
@@ -335,6 +352,9 @@ def cmd_plan(settings: Settings, args: argparse.Namespace, console: Console) -> 
         except LookupError as error:
             console.print(f"[red]{escape(str(error))}[/]")
             return EXIT_FAILURES
+        access = engine.cycle.plan_access() if explained["kind"] == "group" else None
+        if access is not None:
+            explained["accountAssignments"] = _access_plan_json(*access, group_id=explained["id"])
         if args.json:
             print(json.dumps(explained, indent=2, default=str))
         else:
@@ -344,6 +364,7 @@ def cmd_plan(settings: Settings, args: argparse.Namespace, console: Console) -> 
     outcome = engine.cycle.run(CycleOptions(dry_run=True))
     assert outcome.plan is not None
     plan = outcome.plan
+    access = engine.cycle.plan_access()
     if args.json:
         payload = {
             "mode": outcome.mode,
@@ -354,11 +375,16 @@ def cmd_plan(settings: Settings, args: argparse.Namespace, console: Console) -> 
             "deletionGuard": plan.guard.message if plan.guard else None,
             "heldBack": [_operation_json(op) for op in plan.held_back],
         }
+        if access is not None:
+            payload["accountAssignments"] = _access_plan_json(*access)
         print(json.dumps(payload, indent=2, default=str))
     else:
         console.print(f"read mode: {outcome.mode}")
         _show_plan(console, plan, args.all)
-    return EXIT_GUARD if plan.guard is not None else EXIT_OK
+        if access is not None:
+            _show_access_plan(console, *access, show_all=args.all)
+    guarded = plan.guard is not None or (access is not None and access[0].guard is not None)
+    return EXIT_GUARD if guarded else EXIT_OK
 
 
 def cmd_sync(settings: Settings, args: argparse.Namespace, console: Console) -> int:
@@ -593,7 +619,7 @@ def cmd_config(settings: Settings, args: argparse.Namespace, console: Console) -
         }
         payload["scope"] = settings.scope.model_dump(mode="json")  # type: ignore[assignment]
         print(json.dumps(payload, indent=2))
-        return EXIT_OK
+        return _check_access(settings, make_console(stderr=True))
     console.print(f"configuration {escape(args.config)}: valid")
     for kind, table_rows in rows.items():
         table = Table(title=f"effective {kind[:-1]} mapping")
@@ -606,6 +632,25 @@ def cmd_config(settings: Settings, args: argparse.Namespace, console: Console) -
     console.print(
         f"scope: {scope.mode}; nested groups {'flattened' if scope.flatten_nested_groups else 'not flattened'}; "
         f"{len(scope.user_filters)} user filter(s), {len(scope.group_filters)} group filter(s)"
+    )
+    return _check_access(settings, console)
+
+
+def _check_access(settings: Settings, console: Console) -> int:
+    """The access section against AWS and Entra (names exist, groups in scope). Raises TargetError, DirectoryError."""
+    if not settings.access:
+        return EXIT_OK
+    from idsync.wiring import build_engine
+
+    engine = build_engine(settings, local=True)
+    assert engine.access is not None
+    problems = engine.access.check(engine.cycle.groups_in_scope())
+    for problem in problems:
+        console.print(f"[red]{escape(problem)}[/]")
+    if problems:
+        return EXIT_CONFIG
+    console.print(
+        f"access: {len(settings.access)} entr{'y' if len(settings.access) == 1 else 'ies'} checked against AWS"
     )
     return EXIT_OK
 
@@ -734,7 +779,79 @@ def cmd_report(settings: Settings, args: argparse.Namespace, console: Console) -
     return EXIT_OK
 
 
+# --------------------------------------------------------------------------- access as code
+
+
+def _assignment_json(item: Any, names: dict[str, str], action: str) -> dict[str, Any]:
+    return {
+        "action": action,
+        "group": names.get(item.group_source_id, item.group_source_id),
+        "groupId": item.group_source_id,
+        "permissionSet": names.get(item.permission_set_arn, item.permission_set_arn),
+        "permissionSetArn": item.permission_set_arn,
+        "account": item.account_id,
+    }
+
+
+def _access_plan_json(plan: Any, names: dict[str, str], group_id: str | None = None) -> dict[str, Any]:
+    """The account assignments of a plan (of one group when ``group_id`` is given)."""
+    rows = [
+        _assignment_json(item, names, action)
+        for action, items in (
+            ("create", plan.creates),
+            ("adopt", plan.adopts),
+            ("delete", plan.removes),
+            ("held back", plan.held_back),
+        )
+        for item in items
+        if group_id is None or item.group_source_id == group_id
+    ]
+    return {
+        "operations": rows,
+        "writes": sum(1 for r in rows if r["action"] in ("create", "delete")),
+        "problems": list(plan.problems),
+        "deletionGuard": plan.guard.message if plan.guard else None,
+    }
+
+
+def _show_access_plan(console: Console, plan: Any, names: dict[str, str], show_all: bool) -> None:
+    data = _access_plan_json(plan, names)
+    rows = data["operations"]
+    table = Table(title=f"Account assignments: {data['writes']} write(s)")
+    for column in ("action", "group", "permission set", "account"):
+        table.add_column(column, overflow="fold")
+    for row in rows if show_all else rows[:20]:
+        table.add_row(*(escape(str(row[k])) for k in ("action", "group", "permissionSet", "account")))
+    if rows:
+        console.print(table)
+        if not show_all and len(rows) > 20:
+            console.print(f"... and {len(rows) - 20} more (--all)")
+    else:
+        console.print("account assignments: nothing to change")
+    for problem in data["problems"]:
+        console.print(f"[yellow]{escape(problem)}[/]")
+    if data["deletionGuard"]:
+        console.print(f"[bold red]{escape(data['deletionGuard'])}[/]")
+
+
+def cmd_access(settings: Settings, args: argparse.Namespace, console: Console) -> int:
+    from idsync.services.access import managed_assignments
+
+    rows = managed_assignments(_state(settings, args), settings.access)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    table = Table(title=f"Account assignments idsync manages: {len(rows)}")
+    for column in ("group", "permission set", "account", "how"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(escape(row[k]) for k in ("group", "permissionSet", "account", "how")))
+    console.print(table)
+    return EXIT_OK
+
+
 COMMANDS = {
+    "access": cmd_access,
     "plan": cmd_plan,
     "sync": cmd_sync,
     "test-connection": cmd_test_connection,

@@ -9,9 +9,10 @@ Secrets never live in the file: the Graph client secret comes from ``IDSYNC_CLIE
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -108,6 +109,11 @@ class IdentityStoreSettings(_Strict):
     region: str = "us-east-1"
     endpoint_url: str | None = None  # a local emulator; never set in production
     max_attempts: int = Field(default=10, ge=1, le=30)
+    # the IAM Identity Center instance (access as code assigns permission sets in it); discovered when not set
+    instance_arn: str | None = Field(
+        default=None, pattern=r"^arn:aws[a-z-]*:sso:::instance/(sso)?ins-[a-zA-Z0-9-.]{16}$"
+    )
+    rate_per_second: float = Field(default=20.0, gt=0)  # IAM Identity Center's collective limit
 
 
 class SyncSettings(_Strict):
@@ -220,6 +226,43 @@ class NotificationSettings(_Strict):
     topic_arn: str | None = None
 
 
+ACCOUNT_ID = r"^\d{12}$"
+OU_OR_ROOT_ID = r"^(ou-[0-9a-z]{4,32}-[a-z0-9]{8,32}|r-[0-9a-z]{4,32})$"
+PERMISSION_SET_ARN = r"^arn:aws[a-z-]*:sso:::permissionSet/ssoins-[a-zA-Z0-9-.]{16}/ps-[a-zA-Z0-9-./]{16}$"
+
+
+class AccessEntry(_Strict):
+    """One line of access as code: a group in scope gets a permission set on some AWS accounts.
+
+    ``accounts`` and the accounts under ``organizational_units`` (recursively; an organization root
+    ``r-...`` means every account) are assigned, less ``exclude_accounts``. Names and ids are checked
+    against AWS by ``idsync config check``; here only their shape is.
+    """
+
+    group: str = Field(min_length=1)  # Entra displayName or object id
+    permission_set: str = Field(min_length=1)  # name, or ARN
+    accounts: list[Annotated[str, Field(pattern=ACCOUNT_ID)]] = Field(default_factory=list)
+    organizational_units: list[Annotated[str, Field(pattern=OU_OR_ROOT_ID)]] = Field(default_factory=list)
+    exclude_accounts: list[Annotated[str, Field(pattern=ACCOUNT_ID)]] = Field(default_factory=list)
+
+    @field_validator("permission_set")
+    @classmethod
+    def _arn_shape(cls, value: str) -> str:
+        if value.startswith("arn:") and not re.match(PERMISSION_SET_ARN, value):
+            raise ValueError("an ARN must be a permission set's: arn:aws:sso:::permissionSet/ssoins-<16>/ps-<16>")
+        return value
+
+    @model_validator(mode="after")
+    def _some_target(self) -> AccessEntry:
+        if not self.accounts and not self.organizational_units:
+            raise PydanticCustomError(
+                "access_entry",
+                "entry for group {group}: give accounts or organizational_units (or both)",
+                {"group": self.group},
+            )
+        return self
+
+
 class Settings(_Strict):
     graph: GraphSettings
     scope: ScopeSettings = Field(default_factory=lambda: ScopeSettings(mode="all"))
@@ -229,6 +272,22 @@ class Settings(_Strict):
     mapping: MappingSettings = Field(default_factory=MappingSettings)
     pim: PimSettings = Field(default_factory=PimSettings)
     notifications: NotificationSettings = Field(default_factory=NotificationSettings)
+    access: list[AccessEntry] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _access_entries_unique(self) -> Settings:
+        seen: dict[tuple[str, str], int] = {}
+        for index, entry in enumerate(self.access):
+            key = (entry.group, entry.permission_set)
+            if key in seen:
+                raise PydanticCustomError(
+                    "access_duplicate",
+                    "access.{index}: group {group} with permission_set {ps} is given already in access.{first}; "
+                    "merge the two entries",
+                    {"index": index, "group": entry.group, "ps": entry.permission_set, "first": seen[key]},
+                )
+            seen[key] = index
+        return self
 
 
 def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:

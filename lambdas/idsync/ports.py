@@ -515,3 +515,62 @@ class SubscriptionApi(Protocol):
     def delete(self, subscription_id: str) -> None:
         """Delete; one already gone is fine. Raises DirectoryError."""
         ...
+
+
+# --------------------------------------------------------------------------- access as code (account assignments)
+
+
+class RateBudget(Protocol):
+    """A client-side budget of calls per second, shared by every caller of one service's API."""
+
+    def acquire(self) -> None:
+        """Block until one call may be made now."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class AssignmentStatus:
+    """The state of one asynchronous CreateAccountAssignment / DeleteAccountAssignment request.
+
+    ``status`` is IN_PROGRESS, SUCCEEDED or FAILED; ``reason`` is AWS's FailureReason when FAILED.
+    """
+
+    request_id: str
+    status: str
+    reason: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.status != "IN_PROGRESS"
+
+
+class AccountAccess(Protocol):
+    """IAM Identity Center's account assignments (sso-admin) and AWS Organizations' accounts."""
+
+    def permission_sets(self) -> dict[str, str]:
+        """Every permission set of the instance: name -> ARN. Raises TargetError."""
+        ...
+
+    def accounts_under(self, parent_id: str) -> set[str]:
+        """Ids of the ACTIVE accounts under an OU or root, recursively. Raises TargetNotFound, TargetError."""
+        ...
+
+    def accounts(self) -> set[str]:
+        """Ids of every account of the organization. Raises TargetError."""
+        ...
+
+    def assignments(self, principal_id: str) -> set[tuple[str, str]]:
+        """(permission set ARN, account id) of each assignment of a group. Raises TargetError."""
+        ...
+
+    def create(self, principal_id: str, permission_set_arn: str, account_id: str) -> AssignmentStatus:
+        """Start creating an assignment (asynchronous). Raises TargetNotFound, TargetError."""
+        ...
+
+    def delete(self, principal_id: str, permission_set_arn: str, account_id: str) -> AssignmentStatus:
+        """Start deleting an assignment. Raises TargetNotFound when it does not exist, TargetError."""
+        ...
+
+    def creation_status(self, request_id: str) -> AssignmentStatus: ...
+
+    def deletion_status(self, request_id: str) -> AssignmentStatus: ...

@@ -12,6 +12,7 @@ from idsync.errors import ConfigError
 from idsync.mapping import GroupMapper, UserMapper, build_mappers
 from idsync.model import DeprovisionMode, PlanPolicy, content_hash
 from idsync.ports import (
+    AccountAccess,
     BucketStore,
     CallCounter,
     Clock,
@@ -26,8 +27,10 @@ from idsync.ports import (
     SubscriptionApi,
 )
 from idsync.scope import Scope, build_scope
+from idsync.services.access import AccessService
 from idsync.services.cycle import CycleService, Scoping
 from idsync.services.jit import JitService, JitWorker
+from idsync.services.rate_budget import TokenRateBudget
 from idsync.services.subscriptions import SubscriptionsService
 from idsync.services.token_bucket import BucketPolicy, TokenBucket
 
@@ -128,6 +131,7 @@ class Engine:
     scope: Scope
     source: object
     target: object
+    access: AccessService | None = None
 
 
 def build_engine(
@@ -159,6 +163,7 @@ def build_engine(
     )
     target = from_settings(settings.identity_store, counters.aws)
     store = state or build_state(settings)
+    clock = clock or SystemClock()
     if jit is None and settings.pim.groups:
         try:
             jit = build_jit_service(settings, clock=clock, state=store, counters=counters, target=target)
@@ -167,6 +172,7 @@ def build_engine(
                 "PIM groups' memberships are left to the JIT worker: the cycle cannot run the PIM safety net here",
                 extra={"reason": str(error)},
             )
+    access = build_access_service(settings, store, clock, counters, target) if settings.access else None
     cycle = CycleService(
         source,
         target,
@@ -176,15 +182,38 @@ def build_engine(
         scope,
         Scoping(settings.scope.mode, settings.scope.flatten_nested_groups),
         policy_from(settings, user_mapper),
-        clock or SystemClock(),
+        clock,
         notifier=build_notifier(settings, local),
         full_reconcile=timedelta(hours=settings.sync.full_reconcile_hours),
         config_fingerprint=config_fingerprint(settings),
         restorable_grace=timedelta(days=settings.sync.restorable_deletion_grace_days),
         pim=jit,
         pim_groups=settings.pim.groups,
+        access=access,
     )
-    return Engine(settings, cycle, store, counters, user_mapper, group_mapper, scope, source, target)
+    return Engine(settings, cycle, store, counters, user_mapper, group_mapper, scope, source, target, access)
+
+
+def build_access_service(
+    settings: Settings,
+    state: StateStore,
+    clock: Clock,
+    counters: Counters | None = None,
+    target: object | None = None,
+    access: AccountAccess | None = None,
+) -> AccessService:
+    """Access as code: sso-admin and Organizations behind one rate budget, shared with the Identity Store
+    client ``target`` when given (IAM Identity Center's APIs share one collective limit)."""
+    from idsync.adapters.sso_admin import attach_budget
+    from idsync.adapters.sso_admin import from_settings as access_from_settings
+
+    budget = TokenRateBudget(settings.identity_store.rate_per_second)
+    client = getattr(target, "client", None)
+    if client is not None:
+        attach_budget(client, budget)
+    if access is None:
+        access = access_from_settings(settings.identity_store, budget, (counters or Counters()).aws)
+    return AccessService(access, state, clock, settings.access)
 
 
 # --------------------------------------------------------------------------- PIM for Groups (JIT)

@@ -208,3 +208,13 @@ def test_identity_store_arn_names_the_configured_account(custom: Synthesized) ->
     policies = json.dumps([render(p["Properties"]) for p in custom.resources("AWS::IAM::Policy").values()])
     assert "arn:${AWS::Partition}:identitystore::111122223333:identitystore/d-1234567890" in policies
     assert ":identitystore::${AWS::AccountId}" not in policies
+
+
+def test_an_access_section_needs_the_instance_arn_to_deploy(example: dict[str, Any]) -> None:
+    data = copy.deepcopy(example)
+    data["access"] = [{"group": "AWS Readers", "permission_set": "ViewOnlyAccess", "accounts": ["111111111111"]}]
+    with pytest.raises(ConfigError, match=r"identity_store.instance_arn: required for a deployment with an access"):
+        parse_deployment_config(data)
+    data["identity_store"]["instance_arn"] = "arn:aws:sso:::instance/ssoins-1234567890abcdef"
+    config = parse_deployment_config(data)
+    assert json.loads(config.settings_json())["access"][0]["permission_set"] == "ViewOnlyAccess"

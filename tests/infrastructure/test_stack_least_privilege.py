@@ -15,12 +15,14 @@ from collections.abc import Iterable
 
 import boto3
 import pytest
-from stack_helpers import ROOT, Synthesized, as_list
+from stack_helpers import ROOT, Synthesized, as_list, render, synthesize
 from test_stack_iam import function_statements
 
 from stacks.idsync_construct import (
     EXPIRY_IDENTITY_STORE_ACTIONS,
+    SYNC_ACCESS_ACTIONS,
     SYNC_IDENTITY_STORE_ACTIONS,
+    SYNC_ORGANIZATIONS_ACTIONS,
     WORKER_IDENTITY_STORE_ACTIONS,
 )
 
@@ -205,3 +207,110 @@ def test_the_scan_sees_the_adapters_calls() -> None:
     assert adapter_actions("sqs_queue") == {"sqs:SendMessage"}
     assert identity_store_methods()["find_membership"] == {"GetGroupMembershipId"}
     assert identity_store_methods()["update_user"] == {"UpdateUser"}
+
+
+# --------------------------------------------------------------------------- access as code
+
+ACCESS_RECEIVERS = {"self._client": "sso-admin", "self._orgs": "organizations"}
+IAM_PREFIX = {"sso-admin": "sso", "organizations": "organizations"}
+INSTANCE = "arn:aws:sso:::instance/ssoins-1234567890abcdef"
+
+
+def access_adapter_methods() -> dict[str, set[str]]:
+    """SsoAdminAccess method -> the IAM actions it calls (sso-admin on ``self._client``, Organizations on
+    ``self._orgs``; paginators by their operation name)."""
+    tree = ast.parse((ADAPTERS / "sso_admin.py").read_text(encoding="utf-8"))
+    (access,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "SsoAdminAccess"]
+    out: dict[str, set[str]] = {}
+    for method in (n for n in access.body if isinstance(n, ast.FunctionDef)):
+        found = set()
+        for call in _calls(method):
+            if not isinstance(call.func, ast.Attribute):
+                continue
+            receiver = _receiver(call)
+            if call.func.attr == "get_paginator":
+                receiver = _receiver(call.func.value) if isinstance(call.func.value, ast.Call) else receiver
+                service = ACCESS_RECEIVERS.get(receiver)
+                if service and call.args and isinstance(call.args[0], ast.Constant):
+                    found.add(f"{IAM_PREFIX[service]}:{_api_name(service, str(call.args[0].value))}")
+            elif receiver in ACCESS_RECEIVERS:
+                service = ACCESS_RECEIVERS[receiver]
+                found.add(f"{IAM_PREFIX[service]}:{_api_name(service, call.func.attr)}")
+        out[method.name] = found
+    return out
+
+
+def code_access_actions() -> set[str]:
+    """What the sync cycle reaches through the access service: ``*.access.<method>`` calls from ``after_cycle``."""
+    bodies: dict[str, list[ast.AST]] = {}
+    for node in ast.walk(ast.parse((RUNTIME / "services" / "access.py").read_text(encoding="utf-8"))):
+        if isinstance(node, ast.FunctionDef):
+            bodies.setdefault(node.name, []).append(node)
+    seen, pending, calls = set(), ["after_cycle"], set()
+    while pending:
+        name = pending.pop()
+        if name in seen or name not in bodies:
+            continue
+        seen.add(name)
+        for body in bodies[name]:
+            for call in _calls(body):
+                if isinstance(call.func, ast.Attribute) and _receiver(call).endswith("access"):
+                    calls.add(call.func.attr)
+                elif isinstance(call.func, ast.Attribute) and _receiver(call) == "self":
+                    pending.append(call.func.attr)
+                elif isinstance(call.func, ast.Name):
+                    pending.append(call.func.id)
+    methods = access_adapter_methods()
+    assert calls <= set(methods), f"the access service calls {calls - set(methods)} the adapter does not have"
+    return {action for call in calls for action in methods[call]}
+
+
+@pytest.fixture(scope="module")
+def synthesized_with_access(tmp_path_factory: pytest.TempPathFactory) -> Synthesized:
+    import yaml
+
+    from stacks.deployment import parse_deployment_config
+
+    data = yaml.safe_load((ROOT / "config" / "example.yaml").read_text(encoding="utf-8"))
+    data["identity_store"]["instance_arn"] = INSTANCE
+    data["access"] = [{"group": "AWS Readers", "permission_set": "ViewOnlyAccess", "accounts": ["111111111111"]}]
+    return synthesize(parse_deployment_config(data), tmp_path_factory.mktemp("cdk-access"))
+
+
+def test_with_access_the_sync_function_holds_exactly_the_access_calls_scoped_to_the_instance(
+    synthesized_with_access: Synthesized,
+) -> None:
+    from_code = code_access_actions()
+    assert set(SYNC_ACCESS_ACTIONS) | set(SYNC_ORGANIZATIONS_ACTIONS) == from_code
+    statements = function_statements(synthesized_with_access, "sync")
+    granted = {a for s in statements for a in as_list(s["Action"]) if a.startswith(("sso:", "organizations:"))}
+    assert granted == from_code
+    for statement in statements:
+        actions = set(as_list(statement["Action"]))
+        if actions & set(SYNC_ACCESS_ACTIONS):
+            assert {render(r) for r in as_list(statement["Resource"])} == {
+                INSTANCE,
+                "arn:aws:sso:::permissionSet/ssoins-1234567890abcdef/*",
+                "arn:aws:sso:::account/*",
+            }
+    # the other functions never touch assignments
+    for key in ("jit_worker", "jit_expiry", "webhook", "subscriptions"):
+        assert (
+            not {a for s in function_statements(synthesized_with_access, key) for a in as_list(s["Action"])} & from_code
+        )
+
+
+def test_without_access_no_function_holds_an_access_action(synthesized: Synthesized) -> None:
+    for key in ADAPTERS_OF:
+        actions = {a for s in function_statements(synthesized, key) for a in as_list(s["Action"])}
+        assert not {a for a in actions if a.startswith(("sso:", "organizations:"))}
+
+
+def test_the_access_scan_sees_the_adapters_calls() -> None:
+    methods = access_adapter_methods()
+    assert methods["accounts_under"] == {
+        "organizations:ListAccountsForParent",
+        "organizations:ListOrganizationalUnitsForParent",
+    }
+    assert methods["create"] == {"sso:CreateAccountAssignment"}
+    assert "organizations:ListAccounts" not in code_access_actions()  # `config check` only

@@ -541,3 +541,28 @@ def test_active_grants_on_every_store(store: StateStore) -> None:
         ("PIM Admins", user("u1").user_name, (now + timedelta(hours=1)).isoformat(), False),
         ("PIM Admins", "u2", None, True),
     ]
+
+
+def test_owned_account_assignments_survive_a_restart_and_an_emptied_group_leaves_the_index(
+    open_store: OpenStore,
+) -> None:
+    from idsync.access import Assignment, How
+    from idsync.services.access import GROUPS_KEY, OwnedAssignments, load_owned, save_owned
+
+    ps = "arn:aws:sso:::permissionSet/ssoins-0000000000000000/ps-aaaaaaaaaaaaaaaa"
+    owned = OwnedAssignments()
+    created = Assignment("g1", "p1", ps, "111111111111")
+    pending = Assignment("g1", "p1", ps, "222222222222")
+    adopted = Assignment("g2", "p2", ps, "111111111111")
+    owned.set(created, How.CREATED)
+    owned.set(pending, How.PENDING)
+    owned.set(adopted, How.ADOPTED)
+    save_owned(open_store(), owned)
+    again = open_store()
+    assert load_owned(again).flat() == {created: How.CREATED, pending: How.PENDING, adopted: How.ADOPTED}
+    reloaded = load_owned(again)
+    reloaded.drop(adopted)
+    save_owned(again, reloaded)
+    third = open_store()
+    assert (third.get_item(GROUPS_KEY) or {})["groups"] == ["g1"]
+    assert set(load_owned(third).flat()) == {created, pending}

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
+from idsync.access import AccessPlan, AccessPolicy
 from idsync.errors import DeltaExpired, DirectoryAuthError, TargetAuthError
 from idsync.mirror import SOFT_DELETED, Mirror
 from idsync.model import (
@@ -53,6 +54,7 @@ from idsync.model import (
 )
 from idsync.plan import EXTENSIONS, build_desired, make_plan, restrict, set_aside_memberships
 from idsync.ports import ChangeSource, Clock, IdentityStore, Notifier, StateStore
+from idsync.services.access import NEW_GROUP, AccessService, GroupRef
 from idsync.services.blobs import load_blob, save_blob
 from idsync.services.control import load_pause
 from idsync.services.escrow import (
@@ -159,6 +161,7 @@ class CycleService:
         restorable_grace: timedelta = timedelta(days=30),
         pim: JitService | None = None,
         pim_groups: Iterable[str] = (),
+        access: AccessService | None = None,
     ) -> None:
         self.source = source
         self.target = target
@@ -176,6 +179,7 @@ class CycleService:
         self.notifier = notifier
         self.full_reconcile = full_reconcile
         self.restorable_grace = restorable_grace
+        self.access = access
         self.fingerprint = content_hash([config_fingerprint, scope.fingerprint, sorted(self.policy.managed_attributes)])
         # PIM for Groups: the plan leaves these groups' memberships to idsync.pim's rule (see _pim_pass)
         self.pim = pim
@@ -347,12 +351,17 @@ class CycleService:
         self._update_escrow(escrow, applier, runnable, desired)
         applier.flush()
         report = applier.report(plan, started.isoformat(), dry_run=False, complete=complete)
+        attempted = applier.attempted
+        if complete and self.access is not None:
+            report, attempted = self._reconcile_access(
+                report, attempted, desired, applier.group_targets, mode, plan, opts
+            )
         if complete and plan.guard is not None:
             self._distrust(record)
         elif complete:
             self._finish(mirror, links, mode, record, started)
         status.finish(report, mode)
-        self._after(report, applier.attempted, quarantine)
+        self._after(report, attempted, quarantine)
         return CycleOutcome(report, mode=mode, plan=plan)
 
     # ------------------------------------------------------------------ PIM for Groups
@@ -398,6 +407,59 @@ class CycleService:
         for op in ops:
             entry = applier._entry(op.kind.value, op.action.value, Status.SKIPPED, op.source_id, op.name, op.target_id)
             applier.pending.append(replace(entry, error=why))
+
+    # ------------------------------------------------------------------ access as code
+
+    def _access_inputs(
+        self, desired: DesiredView, targets: Mapping[str, str], plan: Plan, allow_deletions: bool
+    ) -> tuple[dict[str, GroupRef], AccessPolicy]:
+        """The groups in scope (with their Identity Store ids where idsync holds them) and the guard's numbers."""
+        groups = {sid: GroupRef(g.display_name, targets.get(sid)) for sid, g in desired.groups.items()}
+        policy = AccessPolicy(
+            max_deletions=self.policy.max_deletions,
+            max_deletion_percent=self.policy.max_deletion_percent,
+            allow_deletions=allow_deletions or self.policy.allow_deletions,
+            hold_removals=plan.guard is not None,
+        )
+        return groups, policy
+
+    def _reconcile_access(
+        self,
+        report: CycleReport,
+        attempted: int,
+        desired: DesiredView,
+        targets: Mapping[str, str],
+        mode: str,
+        plan: Plan,
+        opts: CycleOptions,
+    ) -> tuple[CycleReport, int]:
+        """Account assignments, once the groups exist, folded into the report. Raises TargetAuthError."""
+        assert self.access is not None
+        groups, policy = self._access_inputs(desired, targets, plan, opts.allow_deletions)
+        return self.access.after_cycle(report, attempted, groups, mode != "delta", policy, opts.should_stop)
+
+    def plan_access(self) -> tuple[AccessPlan, dict[str, str]] | None:
+        """The account assignments the next cycle would make and remove (reads, never writes), and the
+        names to show (group id -> displayName, permission set ARN -> the file's name); None when no
+        ``access`` is configured. A group the sync would create first is planned with a placeholder
+        principal. Raises DirectoryError, TargetError."""
+        if self.access is None:
+            return None
+        mirror, _, mode, _ = self._read(force_full=False)
+        desired = self.desired(mirror)
+        owned = self.state.load_ownership()
+        targets = {sid: g.target_id for sid, g in owned.groups.items()}
+        targets |= {sid: f"{NEW_GROUP}{sid}" for sid in desired.groups if sid not in targets}
+        plan = make_plan(desired, current_from_ownership(owned), owned, self.policy)
+        groups, policy = self._access_inputs(desired, targets, plan, False)
+        access_plan, entries, _ = self.access.plan(groups, mode != "delta", policy, store=False)
+        names = {e.permission_set_arn: e.permission_set for e in entries if e.permission_set_arn}
+        return access_plan, names | {sid: g.display_name for sid, g in desired.groups.items()}
+
+    def groups_in_scope(self) -> dict[str, str]:
+        """The groups in scope now (source id -> displayName). Raises DirectoryError."""
+        mirror, _, _, _ = self._read(force_full=False)
+        return {sid: g.display_name for sid, g in self.desired(mirror).groups.items()}
 
     # ------------------------------------------------------------------ on demand
 

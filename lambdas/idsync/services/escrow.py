@@ -68,9 +68,10 @@ class EscrowEntry:
 class Escrow:
     """Failed objects awaiting their next attempt, persisted as one state item."""
 
-    def __init__(self, state: StateStore) -> None:
+    def __init__(self, state: StateStore, key: str = ESCROW_KEY) -> None:
         self.state = state
-        raw = state.get_item(ESCROW_KEY) or {}
+        self.key = key
+        raw = state.get_item(key) or {}
         self.entries = {k: EscrowEntry.from_dict(k, v) for k, v in raw.get("entries", {}).items()}
         self.dirty = False
 
@@ -106,7 +107,7 @@ class Escrow:
 
     def save(self) -> None:
         if self.dirty:
-            self.state.put_item(ESCROW_KEY, {"entries": {k: e.as_dict() for k, e in self.entries.items()}})
+            self.state.put_item(self.key, {"entries": {k: e.as_dict() for k, e in self.entries.items()}})
             self.dirty = False
 
 
