@@ -5,7 +5,8 @@ The calls are read from the source (ast): each adapter's client calls (``client.
 the operation names handed to its ``_call``/``_pages``/``_update``/``get_paginator`` plumbing), turned
 into API names with botocore's own service model. For the Identity Store, the operations are followed
 from each function's entry point through its service (``*.target.<method>(...)`` calls reachable from
-``CycleService.run``, ``WorkerBatch.handle`` or ``JitService.expire``) into the adapter's methods.
+``CycleService.run`` (with the PIM safety net it runs through the JIT service), ``WorkerBatch.handle`` or
+``JitService.expire``) into the adapter's methods.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ PLATFORM = {
 }
 # Which adapters each function's wiring builds (idsync.wiring); the Graph secret comes through Powertools.
 ADAPTERS_OF = {
-    "sync": ["dynamodb_state", "notify"],
+    "sync": ["dynamodb_state", "notify", "scheduler"],  # the cycle's PIM safety net re-arms expiries
     "jit_worker": ["dynamodb_state", "dynamodb_bucket", "scheduler", "sqs_requeue"],
     "jit_expiry": ["dynamodb_state", "scheduler"],  # an expiry never takes a token
     "webhook": ["sqs_queue"],
@@ -63,7 +64,7 @@ ADAPTERS_OF = {
 }
 SECRETS = {"secretsmanager:GetSecretValue"}  # Powertools' SecretsProvider.get
 ENTRY = {
-    "sync": (["services/cycle.py", "services/sync.py"], "run"),
+    "sync": (["services/cycle.py", "services/sync.py", "services/jit.py"], "run"),  # jit.py: the PIM pass
     "jit_worker": (["services/jit.py"], "handle"),
     "jit_expiry": (["services/jit.py"], "expire"),
 }
