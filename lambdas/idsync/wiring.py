@@ -27,6 +27,7 @@ from idsync.ports import (
 from idsync.scope import Scope, build_scope
 from idsync.services.cycle import CycleService, Scoping
 from idsync.services.jit import JitService, JitWorker
+from idsync.services.poller import PimPoller
 from idsync.services.subscriptions import SubscriptionsService
 from idsync.services.token_bucket import BucketPolicy, TokenBucket
 
@@ -261,17 +262,26 @@ def build_jit_service(
     )
 
 
+def _hint_retry(settings: Settings, who: str) -> HintRetry:
+    if not settings.pim.queue_url:
+        raise ConfigError(f"pim.queue_url is required by the {who} (it puts waiting hints back on the queue)")
+    from idsync.adapters.sqs_requeue import SqsHintRetry
+
+    return SqsHintRetry(settings.pim.queue_url, client=_aws_client("sqs", None, None))
+
+
 def build_jit_worker(
     settings: Settings, *, service: JitService | None = None, retry: HintRetry | None = None
 ) -> JitWorker:
     """The queue worker: the JIT service and the queue it puts waiting hints back on. Raises ConfigError."""
-    if retry is None:
-        if not settings.pim.queue_url:
-            raise ConfigError("pim.queue_url is required by the JIT worker (it puts waiting hints back on the queue)")
-        from idsync.adapters.sqs_requeue import SqsHintRetry
+    return JitWorker(service or build_jit_service(settings), retry or _hint_retry(settings, "JIT worker"))
 
-        retry = SqsHintRetry(settings.pim.queue_url, client=_aws_client("sqs", None, None))
-    return JitWorker(service or build_jit_service(settings), retry)
+
+def build_pim_poller(
+    settings: Settings, *, service: JitService | None = None, retry: HintRetry | None = None
+) -> PimPoller:
+    """The PIM poller: the JIT service and the queue it hands waiting looks to. Raises ConfigError."""
+    return PimPoller(service or build_jit_service(settings), retry or _hint_retry(settings, "PIM poller"))
 
 
 def client_state_source(settings: Settings) -> tuple[SecretSource, str]:
