@@ -17,6 +17,7 @@ from idsync.ports import (
     Clock,
     ExpiryScheduler,
     GrantStore,
+    HintQueue,
     HintRetry,
     IdentityStore,
     Notifier,
@@ -308,8 +309,11 @@ def build_subscriptions_service(
     state: StateStore | None = None,
     secrets: SecretSource | None = None,
     api: SubscriptionApi | None = None,
+    looks: HintQueue | None = None,
 ) -> SubscriptionsService:
-    """The PIM groups' Graph subscriptions (daily job, CLI, and the webhook's renewals). Raises ConfigError."""
+    """The PIM groups' Graph subscriptions (daily job, CLI, and the webhook's renewals); a subscription found
+    missing sends its groups to the JIT queue (``pim.queue_url``, when set) for an immediate look.
+    Raises ConfigError."""
     source, secret_name = client_state_source(settings)
     if api is None:
         from idsync.adapters.graph import GraphClient
@@ -325,4 +329,14 @@ def build_subscriptions_service(
         settings.pim.lifecycle_url,
         clock or SystemClock(),
         state if state is not None else build_state(settings),
+        max_group_subscriptions=settings.pim.max_group_subscriptions,
+        looks=looks if looks is not None else _hint_queue(settings),
     )
+
+
+def _hint_queue(settings: Settings) -> HintQueue | None:
+    if not settings.pim.queue_url:
+        return None
+    from idsync.adapters.sqs_queue import SqsHintQueue
+
+    return SqsHintQueue(settings.pim.queue_url, client=_aws_client("sqs", None, None))
