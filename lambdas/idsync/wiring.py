@@ -205,7 +205,13 @@ def build_expiry_scheduler(settings: Settings) -> ExpiryScheduler:
             f"pim.{', pim.'.join(missing)} required to schedule grant expiries (the schedule group, the role "
             "EventBridge Scheduler assumes, and the expiry function it invokes)"
         )
-    return EventBridgeExpiryScheduler(group, target, role, client=_aws_client("scheduler", None, None))
+    return EventBridgeExpiryScheduler(
+        group,
+        target,
+        role,
+        client=_aws_client("scheduler", None, None),
+        dead_letter_arn=pim.expiry_dead_letter_arn,
+    )
 
 
 def _bucket_store(settings: Settings) -> BucketStore:
