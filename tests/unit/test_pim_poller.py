@@ -9,8 +9,10 @@ from datetime import timedelta
 import pytest
 
 from idsync.errors import DirectoryError
+from idsync.model import OwnedGroup
 from idsync.pim import stale_grants
 from idsync.ports import GRANT_ACTIVE, AccessGrant, AssignmentInstance, Hint
+from idsync.services.jit import JitService
 from idsync.services.poller import PimPoller
 from idsync.services.token_bucket import Wait
 from tests.pim_world import ADA, BOB, CAROL, GROUP, T0, PimWorld
@@ -226,3 +228,31 @@ def test_stale_grants_reads_only_instances_and_grants(
     instances: list[AssignmentInstance], records: dict[str, AccessGrant], stale: bool
 ) -> None:
     assert bool(stale_grants(instances, records, T0 + timedelta(minutes=1))) is stale
+
+
+def test_150_pim_groups_are_polled_one_request_each_and_an_activation_in_any_lands(world: PimWorld) -> None:
+    # Given 150 PIM groups (past Graph's 100 subscriptions), all provisioned, and no notification at all
+    groups = [GROUP] + [f"7a000000-0000-4000-8000-{n:012d}" for n in range(149)]
+    for n, group in enumerate(groups[1:]):
+        target = world.identity.create_group(f"AWS account {n:03d} Admin", None)
+        world.state.record_group(OwnedGroup(group, target, f"AWS account {n:03d} Admin"))
+    jit = world.jit
+    service = JitService(
+        world.graph, world.identity, world.state, world.state, jit.bucket, jit.scheduler,
+        jit.user_mapper, jit.scope, world.clock, groups,
+    )  # fmt: skip
+    poll = PimPoller(service, FakeRetry())
+    late = groups[120]
+    world.graph.grant("i1", BOB, T0, 30, group=late)
+
+    # When the poller runs once
+    reads = world.graph.reads
+    world.clock.current = T0 + POLL
+    report = poll.poll()
+
+    # Then it read each group's instances once, looked at the one group that changed, and Bob is a member there
+    assert report.polled == 150
+    assert report.looked == [late]
+    assert world.graph.reads - reads == 150 + 2  # the look re-reads the group's members and instances
+    assert BOB in world.state.owned_memberships(late)
+    assert world.scheduler.of(BOB) == [T0 + timedelta(minutes=30)]
