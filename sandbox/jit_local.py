@@ -412,8 +412,11 @@ class LocalJit:
                         known[name] = (parse_at(detail["ScheduleExpression"]), json.loads(detail["Target"]["Input"]))
                     at, event = known[name]
                     if at is not None and at <= self.clock.now():
-                        scheduler.delete_schedule(Name=name, GroupName=self.schedule_group)
                         known.pop(name)
+                        try:
+                            scheduler.delete_schedule(Name=name, GroupName=self.schedule_group)
+                        except scheduler.exceptions.ResourceNotFoundException:
+                            continue  # deleted since the listing (an expiry cleared it): it never fires
                         self.fired.append(self._fire(name, at, event))
             except Exception as error:  # the loop outlives a hiccup of the local AWS
                 self.errors.append(f"scheduler: {error}")
