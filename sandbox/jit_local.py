@@ -388,12 +388,15 @@ class LocalJit:
     def _poll(self) -> None:
         """EventBridge's rate schedule of the PIM poller: one invocation every ``poll_seconds``."""
         assert self.poll_seconds is not None
-        while not self._stop.wait(self.poll_seconds):
+        due = time.monotonic() + self.poll_seconds
+        # a rate schedule fires every interval, however long the previous invocation took
+        while not self._stop.wait(max(0.0, due - time.monotonic())):
             try:
                 invoke(pim_poller, {}, "idsync-pim-poller", self.quiet)
             except Exception as error:  # a failed poll is repeated by the next tick
                 self.errors.append(f"poller: {error}")
             self.polls += 1
+            due = max(due + self.poll_seconds, time.monotonic())
 
     def _schedule(self) -> None:
         """EventBridge Scheduler: fire each due one-time schedule once, deleting it (ActionAfterCompletion)."""
