@@ -4,8 +4,7 @@ Graph's delivery latency for group notifications is undocumented, and whether an
 is too; a notification is a hint that makes idsync fast, the poller is what makes it right. On its own
 schedule (``pim.poll_interval_minutes``, default every minute) it reads each PIM group's assignment schedule
 instances, one Graph request per group: Graph's list requires ``$filter`` with ``eq`` on exactly one groupId or
-principalId, so no broader query is documented; the reads run ``concurrency`` at a time (one poll of 150
-groups then takes about 150 / 8 request times). It compares them with the recorded grants
+principalId, so no broader query is documented. It compares them with the recorded grants
 (``idsync.pim.stale_grants``) and, for a group whose grants no longer match, runs the worker's own
 ``JitService.look``: the same rule, under the same group lease, with the same token line. A look that must
 wait for a token (or for the group's lease) is handed to the queue as a hint due when the wait ends, so the
@@ -21,7 +20,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any
@@ -34,7 +32,6 @@ from idsync.services.jit import JitOutcome, JitService
 logger = logging.getLogger(__name__)
 
 POLL_REASON = "poll"
-READ_CONCURRENCY = 8  # Graph reads in flight at once during a poll
 
 
 @dataclass
@@ -61,23 +58,18 @@ class PollReport:
 class PimPoller:
     """Reads every PIM group's instances and looks at the groups whose grants no longer match them."""
 
-    def __init__(self, service: JitService, retry: HintRetry, concurrency: int = READ_CONCURRENCY) -> None:
+    def __init__(self, service: JitService, retry: HintRetry) -> None:
         self.service = service
         self.retry = retry
-        self.concurrency = max(1, concurrency)
 
     def poll(self) -> PollReport:
         """One poll of every configured PIM group. Raises DirectoryAuthError (Graph refuses the credentials:
         nothing can be read) and QueueError (a waiting look cannot be handed to the queue)."""
         report = PollReport()
-        groups = self.service.groups
-        # only Graph is read in parallel: the state store and the looks stay on this thread
-        with ThreadPoolExecutor(max_workers=min(self.concurrency, max(1, len(groups)))) as pool:
-            reads = {group: pool.submit(self.service.directory.instances, group) for group in groups}
-        for group in groups:
+        for group in self.service.groups:
             report.polled += 1
             try:
-                instances = reads[group].result()
+                instances = self.service.directory.instances(group)
                 records = self.service.grants.grants(group)
             except DirectoryAuthError:
                 raise
