@@ -10,22 +10,40 @@ webhook over HTTP -> SQS (moto) -> worker -> Identity Store (moto), with the def
 - races: the stateful property test's model (tests/pim_machine.py: worker, expiry and sync cycle interleaved
   with Graph's lag, lost and replayed notifications, early and duplicate fires, refused writes, lost lease
   races) run over random interleavings at scale; ``race_violations`` counts breaches of its two invariants
-  over ``race_steps`` steps (target 0 over at least 10,000).
+  over ``race_steps`` steps (target 0 over at least 10,000);
+- poll fallback, with the webhook down (no Graph subscription, so no notification at all) and ``groups``
+  PIM groups configured (at least 150): the PIM poller runs every ``poll_interval_s`` (shortened from the
+  default minute so the bench takes seconds); each activation lands in one of the groups at a random phase of
+  the interval; ``poll_fallback_s`` is the worst time from the activation to the membership being present
+  (target: the interval plus 2 s);
+- amplification: SQS messages enqueued for one webhook request of 1,000 items naming one PIM group (target 1);
+  and the webhook's load from a tenant-wide ``/groups`` subscription: the time the service takes for one
+  request of 1,000 changes of groups that are not PIM groups (``noise_post_ms``, median), and the messages
+  that enqueues (``noise_messages``, target 0).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import random
 import statistics
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import boto3
+
 from bench.world import fake_aws
+from idsync.adapters.clock import SystemClock
+from idsync.adapters.secrets import StaticSecrets
+from idsync.adapters.sqs_queue import SqsHintQueue
 from idsync.config import parse_settings
+from idsync.model import OwnedGroup
 from idsync.services.cycle import CycleOptions
+from idsync.services.notifications import Endpoint, NotificationService, WebhookRequest
 from idsync.services.token_bucket import BucketPolicy
 from idsync.wiring import build_engine
 from sandbox.graph_emulator import GraphEmulator
@@ -43,6 +61,13 @@ TARGET_EXPIRY_S = 2.0
 RACE_EXAMPLES = 400
 RACE_STEPS_PER_EXAMPLE = 50
 TARGET_RACE_STEPS = 10_000
+POLL_INTERVAL_S = 5.0
+POLL_SAMPLES = 6
+PIM_GROUPS = 150
+TARGET_POLL_SLACK_S = 2.0
+POST_ITEMS = 1000
+NOISE_POSTS = 20
+TARGET_AMPLIFICATION = 1
 
 
 class ShiftedClock:
@@ -93,6 +118,8 @@ def run() -> dict[str, Any]:
             expiries = _expiries(jit, clock, group, users[SINGLES + BURST : SINGLES + BURST + EXPIRIES])
             if jit.errors:
                 raise RuntimeError(f"the local flow reported errors: {jit.errors[:5]}")
+        taken = SINGLES + BURST + EXPIRIES
+        fallback, served = _poll_fallback(emulator, engine, settings, clock, group, users[taken : taken + POLL_SAMPLES])
     theoretical = (BURST - policy.capacity) / (policy.refill / policy.period_seconds)
     race = races()
     return {
@@ -109,8 +136,118 @@ def run() -> dict[str, Any]:
             "target_single_p99_s": TARGET_SINGLE_P99_S,
             "target_burst_ratio": TARGET_BURST_RATIO,
             "target_expiry_s": TARGET_EXPIRY_S,
+            "poll_interval_s": POLL_INTERVAL_S,
+            "poll_samples": len(fallback),
+            "poll_fallback_s": round(max(fallback), 2),
+            "poll_fallback_p50_s": round(statistics.median(fallback), 2),
+            "target_poll_fallback_s": POLL_INTERVAL_S + TARGET_POLL_SLACK_S,
+            "groups": served,
+            **_amplification(),
             **race,
         }
+    }
+
+
+def _poll_fallback(
+    emulator: GraphEmulator, engine: Any, settings: Any, clock: ShiftedClock, first: str, users: list[str]
+) -> tuple[list[float], int]:
+    """Seconds from an activation to its membership with no notification at all, over ``PIM_GROUPS`` groups."""
+    tenant = emulator.app.tenant
+    groups = [first]
+    for n in range(PIM_GROUPS - 1):
+        group_id = tenant.add_group(f"AWS PIM account {n:03d} role Admin")
+        target = engine.target.create_group(f"AWS PIM account {n:03d} role Admin", None)
+        engine.state.record_group(OwnedGroup(group_id, target, f"AWS PIM account {n:03d} role Admin"))
+        groups.append(group_id)
+    pim = settings.pim.model_copy(update={"groups": groups})
+    wide = settings.model_copy(update={"pim": pim})
+    chosen = random.Random(12)
+    latencies = []
+    with LocalJit(
+        emulator, wide, clock=clock, state=engine.state, poll_seconds=POLL_INTERVAL_S, webhook_down=True
+    ) as jit:
+        for user in users:
+            group = chosen.choice(groups)
+            time.sleep(chosen.uniform(0, POLL_INTERVAL_S))  # a random phase of the poll interval
+            jit.activate(group, user, LONG_GRANT_MINUTES)
+            started = time.time()
+            deadline = started + 3 * POLL_INTERVAL_S + 30
+            while not jit.member(group, user):
+                if time.time() > deadline:
+                    raise RuntimeError(f"the poller never applied {user} in {group}")
+                time.sleep(0.02)
+            latencies.append(time.time() - started)
+        if jit.errors:
+            raise RuntimeError(f"the local flow reported errors: {jit.errors[:5]}")
+    return latencies, len(groups)
+
+
+def _item(group: str, tenant: str, secret: str, n: int) -> dict[str, Any]:
+    return {
+        "id": f"item-{n}",
+        "subscriptionId": "a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d",
+        "subscriptionExpirationDateTime": "2030-01-20T11:23:45.9356913-08:00",
+        "tenantId": tenant,
+        "clientState": secret,
+        "changeType": "updated",
+        "resource": f"Groups/{group}",
+        "resourceData": {"@odata.type": "#Microsoft.Graph.Group", "@odata.id": f"Groups/{group}", "id": group},
+    }
+
+
+def _amplification() -> dict[str, Any]:
+    """SQS messages for one request of 1,000 items naming one PIM group; the cost of 1,000 other groups' changes."""
+    tenant, secret = "5f8c2a1e-3b4d-4c6e-9f0a-1b2c3d4e5f60", "bench-client-state"
+    rng = random.Random(7)
+
+    def guid() -> str:
+        return "-".join(f"{rng.getrandbits(b * 4):0{b}x}" for b in (8, 4, 4, 4, 12))
+
+    pim_groups = [guid() for _ in range(PIM_GROUPS)]
+    with fake_aws():
+        sqs = boto3.client("sqs")
+        url = sqs.create_queue(QueueName="idsync-bench-amplification")["QueueUrl"]
+        service = NotificationService(
+            SqsHintQueue(url, client=sqs),
+            StaticSecrets({"client-state": secret}),
+            "client-state",
+            pim_groups,
+            SystemClock(),
+            tenant_id=tenant,
+        )
+
+        def queued() -> int:
+            counts = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])
+            return int(counts["Attributes"]["ApproximateNumberOfMessages"])
+
+        def post(items: list[dict[str, Any]]) -> tuple[int, float]:
+            """Messages the request enqueued, and the milliseconds the webhook's service took to answer it."""
+            before = queued()
+            body = json.dumps({"value": items}).encode()
+            started = time.perf_counter()
+            reply = service.receive(Endpoint.NOTIFICATIONS, WebhookRequest(body, "application/json"))
+            took = (time.perf_counter() - started) * 1000
+            if reply.status != 202:
+                raise RuntimeError(f"the webhook answered {reply.status}: {reply.body}")
+            return queued() - before, took
+
+        messages, _ = post([_item(pim_groups[0], tenant, secret, n) for n in range(POST_ITEMS)])
+        noise = [[_item(guid(), tenant, secret, n) for n in range(POST_ITEMS)] for _ in range(NOISE_POSTS)]
+        timings, noise_messages = [], 0
+        logging.disable(logging.INFO)
+        try:
+            for items in noise:
+                enqueued, took = post(items)
+                noise_messages += enqueued
+                timings.append(took)
+        finally:
+            logging.disable(logging.NOTSET)
+    return {
+        "amplification": messages,
+        "target_amplification": TARGET_AMPLIFICATION,
+        "noise_items_per_post": POST_ITEMS,
+        "noise_post_ms": round(statistics.median(timings), 1),
+        "noise_messages": noise_messages,
     }
 
 
@@ -174,7 +311,9 @@ def _burst(jit: LocalJit, group: str, users: list[str]) -> float:
 
 
 def _expiries(jit: LocalJit, clock: ShiftedClock, group: str, users: list[str]) -> list[float]:
-    """Seconds from each schedule's fire to the membership being gone (Entra's own removal held back)."""
+    """Seconds from the fire that removed each membership to the expiry function returning (Entra's own removal
+    held back). An expiry applies the rule to the whole group, so the first of grants ending together removes
+    them all and deletes the others' schedules."""
     for user in users:
         jit.activate(group, user, 60)
         jit.wait_applied(group, user, timeout=30)
@@ -184,9 +323,15 @@ def _expiries(jit: LocalJit, clock: ShiftedClock, group: str, users: list[str]) 
     clock.advance(61 * 60)
     for user in users:
         jit.wait_removed(group, user, timeout=60)
-    fired = {f.event["user_id"]: f for f in jit.wait_fired(fired_before + len(users))[fired_before:]}
-    missing = [user for user in users if user not in fired or (fired[user].result or {}).get("removals") != [user]]
+    removed_by: dict[str, Any] = {}
+    deadline = time.monotonic() + 60
+    while len(removed_by) < len(users) and time.monotonic() < deadline:
+        for fired in jit.fired[fired_before:]:
+            for user in (fired.result or {}).get("removals", []):
+                removed_by.setdefault(user, fired)
+        time.sleep(0.02)
+    missing = [user for user in users if user not in removed_by]
     if missing:
-        raise RuntimeError(f"{len(missing)} membership(s) were not removed by their expiry schedule")
+        raise RuntimeError(f"{len(missing)} membership(s) were not removed by an expiry schedule")
     # the expiry function returns once the membership is gone
-    return [fired[user].seconds for user in users]
+    return [removed_by[user].seconds for user in users]

@@ -7,10 +7,12 @@
 * ``POST/GET/PATCH/DELETE /v1.0/subscriptions``: creating a subscription first runs Graph's validation
   handshake (a POST of ``?validationToken=...`` to the notification and lifecycle URLs, which must
   echo the token as ``text/plain`` with 200 within 10 s, else 400); expirationDateTime is bounded by
-  Graph's 41,760 minutes for directory resources;
+  Graph's 41,760 minutes for directory resources; resources ``/groups/{id}/members`` and ``/groups``
+  (every group), at most 100 group subscriptions per app (then 403, as Graph answers);
 * delivery, from a background thread, of a change notification to every subscription on a group's
   members whenever the tenant's change log shows a member added or removed (Graph's body: clientState,
-  subscriptionId, resource ``Groups/{id}/members``, resourceData); lifecycle notifications on demand.
+  subscriptionId, resource ``Groups/{id}/members``, resourceData), and to every ``/groups``
+  subscription for any group's change (resource ``Groups/{id}``); lifecycle notifications on demand.
 
 Tests and the demo act as Entra's PIM would: ``activate`` (a member for ``minutes``), ``assign`` (an
 active assignment, permanent when no minutes), ``deactivate``, ``extend``. Time comes from ``clock``
@@ -40,7 +42,7 @@ from werkzeug.wrappers import Request, Response
 from sandbox.graph_emulator import GraphFault, graph_error
 from sandbox.graph_emulator import _json as json_response
 from sandbox.graph_query import option, parse_filter, parse_select
-from sandbox.tenant import CLIENT_ID, MEMBER_CHANGE
+from sandbox.tenant import CLIENT_ID, GROUP_CHANGE, MEMBER_CHANGE
 
 if TYPE_CHECKING:
     from sandbox.graph_emulator import GraphApp
@@ -79,6 +81,8 @@ DELIVERY_ATTEMPTS = 3
 TICK_SECONDS = 0.02
 CHANGE_TYPES = frozenset({"created", "updated", "deleted"})
 _MEMBERS_RESOURCE = re.compile(r"^/?groups/([0-9a-fA-F-]{36})/members$", re.IGNORECASE)
+_GROUPS_RESOURCE = re.compile(r"^/?groups$", re.IGNORECASE)  # every group of the tenant, members included
+GROUP_SUBSCRIPTION_QUOTA = 100  # group subscriptions per app and tenant
 _LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
@@ -334,10 +338,20 @@ class Pim:
             raise GraphFault(400, "InvalidRequest", f"'{body['changeType']}' is not a valid changeType.")
         resource = body["resource"]
         match = _MEMBERS_RESOURCE.match(resource)
-        if match is None:
+        if match is None and not _GROUPS_RESOURCE.match(resource):
             raise GraphFault(400, "InvalidRequest", f"Resource '{resource}' is not supported for subscriptions.")
-        if match.group(1).lower() not in self.app.tenant.groups:
+        if match is not None and match.group(1).lower() not in self.app.tenant.groups:
             raise GraphFault(404, "ResourceNotFound", f"Resource '{match.group(1)}' does not exist.")
+        with self.lock:
+            self._drop_expired()
+            full = len(self.subscriptions) >= GROUP_SUBSCRIPTION_QUOTA
+        if full:
+            raise GraphFault(
+                403,
+                "ExtensionError",
+                "Operation: Create; Exception: [Status Code: Forbidden; Reason: Maximum number of subscriptions "
+                "has been reached]",
+            )
         client_state = body.get("clientState")
         if client_state is not None and (not isinstance(client_state, str) or len(client_state) > 128):
             raise GraphFault(400, "InvalidRequest", "clientState must be text of at most 128 characters.")
@@ -351,7 +365,7 @@ class Pim:
         sub = {
             "id": str(uuid.uuid4()),
             "resource": resource,
-            "group": match.group(1).lower(),
+            "group": match.group(1).lower() if match is not None else None,  # None: every group
             "changeType": body["changeType"],
             "clientState": client_state,
             "notificationUrl": notification_url,
@@ -492,34 +506,48 @@ class Pim:
         with self.lock:
             self._drop_expired()
             for change in changes:
-                if change.kind != MEMBER_CHANGE:
+                if change.kind not in (MEMBER_CHANGE, GROUP_CHANGE):
                     continue
                 for sub in self.subscriptions.values():
-                    if sub["group"] != change.object_id.lower() or "updated" not in sub["changeType"]:
+                    if "updated" not in sub["changeType"] or change.seq <= sub["since"]:
                         continue
-                    if change.seq <= sub["since"]:
+                    if sub["group"] is None:  # /groups: every change of every group, members included
+                        member = self._member(change, members) if change.kind == MEMBER_CHANGE else None
+                        item = self._notification(sub, change.object_id, member, f"Groups/{change.object_id}")
+                    elif sub["group"] == change.object_id.lower() and change.kind == MEMBER_CHANGE:
+                        member = self._member(change, members)
+                        item = self._notification(sub, change.object_id, member, f"Groups/{change.object_id}/members")
+                    else:
                         continue
-                    member: dict[str, Any] = {"id": change.member_id}
-                    if change.member_id not in members[change.object_id]:
-                        member["@removed"] = {"reason": "deleted"}
-                    out.setdefault(sub["notificationUrl"], []).append(self._notification(sub, change.object_id, member))
+                    out.setdefault(sub["notificationUrl"], []).append(item)
         return out
 
-    def _notification(self, sub: dict[str, Any], group_id: str, member: dict[str, Any]) -> dict[str, Any]:
+    @staticmethod
+    def _member(change: Any, members: dict[str, set[str]]) -> dict[str, Any]:
+        member: dict[str, Any] = {"id": change.member_id}
+        if change.member_id not in members[change.object_id]:
+            member["@removed"] = {"reason": "deleted"}
+        return member
+
+    def _notification(
+        self, sub: dict[str, Any], group_id: str, member: dict[str, Any] | None, resource: str
+    ) -> dict[str, Any]:
         tenant_id = self.app.tenant.tenant_id
+        data: dict[str, Any] = {
+            "@odata.type": "#Microsoft.Graph.Group",
+            "@odata.id": f"Groups/{group_id}",
+            "id": group_id,
+            "organizationId": tenant_id,
+        }
+        if member is not None:
+            data["members@delta"] = [member]
         item = {
             "id": secrets.token_urlsafe(12),
             "subscriptionId": sub["id"],
             "subscriptionExpirationDateTime": graph_time(sub["expiration"]),
             "changeType": "updated",
-            "resource": f"Groups/{group_id}/members",
-            "resourceData": {
-                "@odata.type": "#Microsoft.Graph.Group",
-                "@odata.id": f"Groups/{group_id}",
-                "id": group_id,
-                "organizationId": tenant_id,
-                "members@delta": [member],
-            },
+            "resource": resource,
+            "resourceData": data,
             "tenantId": tenant_id,
         }
         if sub["clientState"] is not None:

@@ -4,6 +4,8 @@
       -> webhook handler, served over HTTP on 127.0.0.1 as API Gateway REST proxy events
       -> SQS (moto) -> a worker loop handing SQS batches to the jit_worker handler -> Identity Store (moto)
       -> EventBridge Scheduler (moto) -> a scheduler loop firing due expiries into the jit_expiry handler
+    and, with ``poll_seconds``, a loop invoking the pim_poller handler that often (its EventBridge schedule);
+    with ``webhook_down``, no Graph subscription is made, so no notification ever arrives
 
 AWS is whatever boto3 reaches with its defaults: moto in-process (``mock_aws``) or a moto server
 (``AWS_ENDPOINT_URL``). The PIM groups must already be provisioned (one sync cycle)::
@@ -40,10 +42,10 @@ from werkzeug.wrappers import Request, Response
 from idsync.adapters.clock import SystemClock
 from idsync.adapters.scheduler import parse_at
 from idsync.config import SETTINGS_ENV, Settings
-from idsync.handlers import jit_expiry, jit_worker, webhook
+from idsync.handlers import jit_expiry, jit_worker, pim_poller, webhook
 from idsync.ports import BucketState, Clock, GrantStore, StateStore
 from idsync.services.jit import JitService
-from idsync.wiring import build_jit_service, build_jit_worker, build_subscriptions_service
+from idsync.wiring import build_jit_service, build_jit_worker, build_pim_poller, build_subscriptions_service
 from sandbox.graph_emulator import GraphEmulator
 
 ACCOUNT = "123456789012"
@@ -234,15 +236,21 @@ class LocalJit:
         clock: Clock | None = None,
         state: StateStore | None = None,
         quiet: bool = True,
+        poll_seconds: float | None = None,
+        webhook_down: bool = False,
     ) -> None:
         """``clock``: the time of the emulator's PIM, the JIT service (its token bucket included) and the
         scheduler loop; ``state``: the state store the sync engine uses (default: the settings' one);
-        ``quiet``: no metrics printed and only warnings logged while it runs."""
+        ``quiet``: no metrics printed and only warnings logged while it runs; ``poll_seconds``: run the PIM
+        poller this often (None: never); ``webhook_down``: make no Graph subscription (no notification)."""
         self.emulator = emulator
         self.base_settings = settings
         self.clock = clock or SystemClock()
         self.state = state
         self.quiet = quiet
+        self.poll_seconds = poll_seconds
+        self.webhook_down = webhook_down
+        self.polls = 0
         self.webhook = WebhookServer(quiet)
         self.fired: list[Fired] = []
         self.batches = 0
@@ -298,12 +306,20 @@ class LocalJit:
         self.service = build_jit_service(self.settings, clock=self.clock, state=self.state, bucket_store=bucket)
         jit_worker.use(build_jit_worker(self.settings, service=self.service))
         jit_expiry.use(self.service)
-        self._restore.append(lambda: (jit_worker.use(None), jit_expiry.use(None)))
-        subscriptions = build_subscriptions_service(self.settings, clock=self.clock, state=self.service.state)
-        report = subscriptions.ensure()
-        if report.failed:
-            raise RuntimeError(f"the Graph subscriptions could not be created: {report.failed}")
-        for target, name in ((self._work, "local-jit-worker"), (self._schedule, "local-jit-scheduler")):
+        pim_poller.use(build_pim_poller(self.settings, service=self.service))
+        self._restore.append(lambda: (jit_worker.use(None), jit_expiry.use(None), pim_poller.use(None)))
+        if not self.webhook_down:
+            subscriptions = build_subscriptions_service(self.settings, clock=self.clock, state=self.service.state)
+            report = subscriptions.ensure()
+            if report.failed:
+                raise RuntimeError(f"the Graph subscriptions could not be created: {report.failed}")
+        loops: list[tuple[Callable[[], None], str]] = [
+            (self._work, "local-jit-worker"),
+            (self._schedule, "local-jit-scheduler"),
+        ]
+        if self.poll_seconds is not None:
+            loops.append((self._poll, "local-pim-poller"))
+        for target, name in loops:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -369,6 +385,19 @@ class LocalJit:
                 if message["MessageId"] not in failed:
                     sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
 
+    def _poll(self) -> None:
+        """EventBridge's rate schedule of the PIM poller: one invocation every ``poll_seconds``."""
+        assert self.poll_seconds is not None
+        due = time.monotonic() + self.poll_seconds
+        # a rate schedule fires every interval, however long the previous invocation took
+        while not self._stop.wait(max(0.0, due - time.monotonic())):
+            try:
+                invoke(pim_poller, {}, "idsync-pim-poller", self.quiet)
+            except Exception as error:  # a failed poll is repeated by the next tick
+                self.errors.append(f"poller: {error}")
+            self.polls += 1
+            due = max(due + self.poll_seconds, time.monotonic())
+
     def _schedule(self) -> None:
         """EventBridge Scheduler: fire each due one-time schedule once, deleting it (ActionAfterCompletion)."""
         scheduler = boto3.client("scheduler")
@@ -386,8 +415,11 @@ class LocalJit:
                         known[name] = (parse_at(detail["ScheduleExpression"]), json.loads(detail["Target"]["Input"]))
                     at, event = known[name]
                     if at is not None and at <= self.clock.now():
-                        scheduler.delete_schedule(Name=name, GroupName=self.schedule_group)
                         known.pop(name)
+                        try:
+                            scheduler.delete_schedule(Name=name, GroupName=self.schedule_group)
+                        except scheduler.exceptions.ResourceNotFoundException:
+                            continue  # deleted since the listing (an expiry cleared it): it never fires
                         self.fired.append(self._fire(name, at, event))
             except Exception as error:  # the loop outlives a hiccup of the local AWS
                 self.errors.append(f"scheduler: {error}")

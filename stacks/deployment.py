@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from idsync.config import SETTINGS_ENV, STACK_SECTION, Settings, format_validation_error, parse_settings
 from idsync.errors import ConfigError
+from idsync.services.jit import RESEND_AFTER_RECEIVES
 
 # CloudWatch Logs accepts only these retention periods (days).
 LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557)
@@ -35,6 +36,7 @@ STACK_MANAGED: dict[str, Any] = {
         "scheduler_group",
         "scheduler_role_arn",
         "expiry_function_arn",
+        "expiry_dead_letter_arn",
         "notification_url",
         "lifecycle_url",
     },
@@ -71,7 +73,7 @@ class StackSettings(_Strict):
     api_rate_limit: float = Field(default=50.0, gt=0)  # steady requests per second on the webhook stage
     api_burst_limit: int = Field(default=100, ge=1)
     api_max_items: int = Field(default=1000, ge=1)  # notification items accepted in one request
-    jit_max_receive_count: int = Field(default=50, ge=10)  # receives before a JIT message goes to the DLQ
+    jit_max_receive_count: int = Field(default=50)  # receives before a JIT message goes to the DLQ
     architecture: Literal["arm64", "x86_64"] = "arm64"
     # The retained state table of an earlier deployment to adopt (ownership, escrow, grants and delta links
     # carry over); unset, the stack creates its own (and retains it when the stack is deleted).
@@ -81,6 +83,16 @@ class StackSettings(_Strict):
     api_gateway_cloudwatch_role: Literal["create", "existing"] = "create"
     log_retention_days: int = 90
     alarms: AlarmSettings = Field(default_factory=AlarmSettings)
+
+    @field_validator("jit_max_receive_count")
+    @classmethod
+    def _above_resend(cls, value: int) -> int:
+        if value < RESEND_AFTER_RECEIVES:
+            raise ValueError(
+                f"must be at least {RESEND_AFTER_RECEIVES}, the receive count at which the JIT worker sends a "
+                f"waiting hint afresh; with {value}, a hint waiting for a token would land in the dead-letter queue"
+            )
+        return value
 
     @field_validator("log_retention_days")
     @classmethod

@@ -30,7 +30,17 @@ from constructs import Construct
 from idsync.adapters.dynamodb_state import TABLE_SCHEMA
 from idsync.config import ENV_PREFIX, PLACEHOLDER_SECRET_KEY, SETTINGS_ENV
 from stacks.deployment import DeploymentConfig
-from stacks.metrics import JIT_EXPIRY, JIT_WORKER, NAMESPACE, SERVICE, SUBSCRIPTIONS, SYNC, WEBHOOK, Function
+from stacks.metrics import (
+    JIT_EXPIRY,
+    JIT_WORKER,
+    NAMESPACE,
+    PIM_POLLER,
+    SERVICE,
+    SUBSCRIPTIONS,
+    SYNC,
+    WEBHOOK,
+    Function,
+)
 from stacks.observability import Observability
 from stacks.packaging import RUNTIME
 from stacks.support import acknowledge, log_group
@@ -99,6 +109,12 @@ SCHEDULE_ACTIONS = [
     "scheduler:CreateSchedule",
     "scheduler:DeleteSchedule",
 ]
+# The poller applies and removes what the worker would (it runs the worker's look), and hands waiting looks
+# to the queue (SendMessage).
+POLLER_IDENTITY_STORE_ACTIONS = WORKER_IDENTITY_STORE_ACTIONS
+# The expiry function's asynchronous invocations (from EventBridge Scheduler): Lambda retries a failed one
+# this many times, then sends it to the expiry dead-letter queue.
+EXPIRY_RETRY_ATTEMPTS = 2
 # The event source mapping polls with the function's role; the worker also sends a long-waiting
 # activation afresh (SendMessage) so that waiting for tokens never counts it towards the dead-letter queue.
 CONSUME_ACTIONS = [
@@ -124,7 +140,7 @@ class FunctionSize:
 
 
 class IdsyncConstruct(Construct):
-    """The state table, secrets, topic, queues, scheduler group, five functions, API, alarms and dashboard.
+    """The state table, secrets, topic, queues, scheduler group, six functions, API, alarms and dashboard.
 
     ``code`` is the Lambda asset (``stacks.packaging.bundled_code`` for a deployment; tests pass the
     plain ``lambdas/`` directory). Raises nothing at construction beyond CDK's own errors: the
@@ -229,6 +245,20 @@ class IdsyncConstruct(Construct):
             ),
         )
 
+        # Expiries EventBridge Scheduler could not deliver, and expiry invocations that failed every attempt.
+        self.expiry_dead_letters = sqs.Queue(
+            self,
+            "ExpiryDeadLetters",
+            retention_period=Duration.days(14),
+            encryption=sqs.QueueEncryption.SQS_MANAGED,
+            enforce_ssl=True,
+        )
+        acknowledge(
+            self.expiry_dead_letters,
+            "AwsSolutions-SQS3",
+            "This queue is itself the dead-letter queue of the expiry schedules and the expiry function",
+        )
+
         # Named by CloudFormation (a fixed name collides after a failed create or a destroy); deleted with
         # the stack, since its schedules could only invoke this stack's expiry function.
         self.schedule_group = scheduler.ScheduleGroup(self, "ExpirySchedules", removal_policy=RemovalPolicy.DESTROY)
@@ -260,6 +290,10 @@ class IdsyncConstruct(Construct):
         self.scheduler_role.add_to_principal_policy(
             iam.PolicyStatement(actions=["lambda:InvokeFunction"], resources=[self.expiry_function.function_arn])
         )
+        # Scheduler sends an expiry it could not deliver to the schedule's dead-letter queue with this role.
+        self.scheduler_role.add_to_principal_policy(
+            iam.PolicyStatement(actions=["sqs:SendMessage"], resources=[self.expiry_dead_letters.queue_arn])
+        )
         self.worker_function = self._worker_function()
         self.webhook_function = self._webhook_function()
         self.webhook = WebhookApi(self, "Webhook", function=self.webhook_function, settings=config.stack)
@@ -267,6 +301,7 @@ class IdsyncConstruct(Construct):
         self.notification_url = self.webhook.notification_url
         self.lifecycle_url = self.webhook.lifecycle_url
         self.subscriptions_function = self._subscriptions_function()
+        self.poller_function = self._poller_function()
 
         self.observability = Observability(
             self,
@@ -277,6 +312,7 @@ class IdsyncConstruct(Construct):
             api=self.api,
             topic=self.topic,
             alarms=config.stack.alarms,
+            expiry_dead_letters=self.expiry_dead_letters,
         )
 
     # -- resources ---------------------------------------------------------------------------
@@ -378,6 +414,7 @@ class IdsyncConstruct(Construct):
             override("pim", "scheduler_group"): self.schedule_group.schedule_group_name,
             override("pim", "scheduler_role_arn"): self.scheduler_role.role_arn,
             override("pim", "expiry_function_arn"): self.expiry_function_arn,
+            override("pim", "expiry_dead_letter_arn"): self.expiry_dead_letters.queue_arn,
         }
 
     def _graph_environment(self) -> dict[str, str]:
@@ -396,7 +433,8 @@ class IdsyncConstruct(Construct):
             # A failed cycle is resumed by the next tick, not retried at once.
             retry_attempts=0,
         )
-        self._allow_state(function)
+        # bucket: the PIM safety net takes a token for each activation it applies, as the worker does
+        self._allow_state(function, bucket=True)
         self._allow_secrets(function, self.graph_secret)
         self._allow_identity_store(function, SYNC_IDENTITY_STORE_ACTIONS)
         # the cycle is the PIM safety net: it applies activations whose notification was lost and schedules their expiry
@@ -420,7 +458,15 @@ class IdsyncConstruct(Construct):
             FunctionSize(Duration.seconds(60), 512),
             {**self._state_environment(), **self._graph_environment(), **self._scheduler_environment()},
             function_name=function_name,
+            retry_attempts=EXPIRY_RETRY_ATTEMPTS,
         )
+        # Failed asynchronous invocations go to the expiry dead-letter queue. Set on the invoke config
+        # itself, because CDK's SqsDestination would also grant GetQueueAttributes and GetQueueUrl.
+        invoke_config = function.node.find_child("EventInvokeConfig").node.default_child
+        cast(lambda_.CfnEventInvokeConfig, invoke_config).add_property_override(
+            "DestinationConfig.OnFailure.Destination", self.expiry_dead_letters.queue_arn
+        )
+        self._allow(function, ["sqs:SendMessage"], [self.expiry_dead_letters.queue_arn])
         self._allow_state(function)
         self._allow_secrets(function, self.graph_secret)
         self._allow_identity_store(function, EXPIRY_IDENTITY_STORE_ACTIONS)
@@ -479,15 +525,47 @@ class IdsyncConstruct(Construct):
                 override("pim", "client_state_arn"): self.client_state_secret.secret_arn,
                 override("pim", "notification_url"): self.notification_url,
                 override("pim", "lifecycle_url"): self.lifecycle_url,
+                override("pim", "queue_url"): self.queue.queue_url,
             },
         )
         self._allow_state(function)
         self._allow_secrets(function, self.graph_secret, self.client_state_secret)
+        # a subscription found missing sends its groups to the queue for an immediate look
+        self._allow(function, ["sqs:SendMessage"], [self.queue.queue_arn])
         events.Rule(
             self,
             "SubscriptionsSchedule",
             description="Creates and renews the Graph subscriptions of the PIM groups",
             schedule=events.Schedule.rate(Duration.days(1)),
+            targets=[targets.LambdaFunction(function)],
+        )
+        return function
+
+    def _poller_function(self) -> lambda_.Function:
+        minutes = self._config.settings.pim.poll_interval_minutes
+        function = self._function(
+            PIM_POLLER,
+            # a poll that overruns its interval is harmless (group leases), but one tick should finish in one
+            FunctionSize(Duration.seconds(min(900, max(60, minutes * 60))), 512),
+            {
+                **self._state_environment(),
+                **self._graph_environment(),
+                **self._scheduler_environment(),
+                override("pim", "queue_url"): self.queue.queue_url,
+            },
+            # a failed poll is repeated by the next tick, not retried at once
+            retry_attempts=0,
+        )
+        self._allow_state(function, bucket=True)  # its looks take tokens, as the worker's do
+        self._allow_secrets(function, self.graph_secret)
+        self._allow_identity_store(function, POLLER_IDENTITY_STORE_ACTIONS)
+        self._allow_schedules(function)
+        self._allow(function, ["sqs:SendMessage"], [self.queue.queue_arn])
+        events.Rule(
+            self,
+            "PollerSchedule",
+            description="Reads the PIM groups' assignment schedule instances (lost notifications)",
+            schedule=events.Schedule.rate(Duration.minutes(minutes)),
             targets=[targets.LambdaFunction(function)],
         )
         return function

@@ -28,7 +28,10 @@ JIT_EXPIRY = Function("jit_expiry", "idsync.handlers.jit_expiry.lambda_handler",
 SUBSCRIPTIONS = Function(
     "subscriptions", "idsync.handlers.subscriptions.lambda_handler", "Graph subscription creation and renewal"
 )
-FUNCTIONS = (SYNC, WEBHOOK, JIT_WORKER, JIT_EXPIRY, SUBSCRIPTIONS)
+PIM_POLLER = Function(
+    "pim_poller", "idsync.handlers.pim_poller.lambda_handler", "PIM for Groups poller (lost notifications)"
+)
+FUNCTIONS = (SYNC, WEBHOOK, JIT_WORKER, JIT_EXPIRY, SUBSCRIPTIONS, PIM_POLLER)
 
 # sync cycle: one datapoint per invocation
 CYCLE_COMPLETE = "CycleComplete"  # 1 when the cycle finished, 0 when it stopped at a checkpoint

@@ -48,6 +48,7 @@ class Observability(Construct):
         api: apigw.RestApi,
         topic: sns.ITopic,
         alarms: AlarmSettings,
+        expiry_dead_letters: sqs.Queue | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         self._action = actions.SnsAction(topic)
@@ -67,6 +68,16 @@ class Observability(Construct):
             alarms.dlq_messages,
             "JIT activations gave up after every retry and wait in the dead-letter queue",
         )
+        if expiry_dead_letters is not None:
+            self._alarm(
+                "expiry-dead-letters",
+                expiry_dead_letters.metric_approximate_number_of_messages_visible(
+                    period=FIVE_MINUTES, statistic="Maximum"
+                ),
+                alarms.dlq_messages,
+                "PIM grant expiries failed every attempt and wait in the expiry dead-letter queue "
+                "(the PIM poller removes ended access within one poll interval)",
+            )
         self._alarm(
             "quarantine",
             app_metric(metrics.QUARANTINED, period=ONE_HOUR),

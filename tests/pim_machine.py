@@ -10,7 +10,8 @@ Entra is modelled as it fails: Graph's member list keeps a user for up to ``MAX_
 (less than the rule's ``SETTLE``), notifications are lost, duplicated or replayed, schedules fire early, late
 or twice (and are deleted once fired), the Identity Store refuses one user, the scheduler refuses a call, a
 lease race is lost, and a worker and a cycle run inside each other's reads. The scheduled sync cycle runs
-every ``CYCLE`` (delta, and every fourth one full); a hint that waited for a token comes back when due.
+every ``CYCLE`` (delta, and every fourth one full) and the PIM poller every ``POLL`` (and at any other moment);
+a hint that waited for a token (the worker's, or one the poller handed to the queue) comes back when due.
 ``PimMachine.strict`` False counts violations instead of failing (the benchmark runs it at scale).
 """
 
@@ -23,12 +24,15 @@ from typing import ClassVar
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
+from idsync.ports import Hint
+from idsync.services.poller import PimPoller
 from tests.pim_world import GROUP, PEOPLE, PimWorld
 
 USERS = list(PEOPLE)
 CYCLE = timedelta(minutes=10)
 SETTLE = timedelta(minutes=10)
 MAX_LAG = timedelta(minutes=5)
+POLL = timedelta(minutes=1)
 
 
 class Instance:
@@ -57,6 +61,16 @@ class PimMachine(RuleBasedStateMachine):
         self.next_cycle = self.now + CYCLE
         self.cycles = 0
         self.pending_hint: datetime | None = None
+        self.next_poll = self.now + POLL
+        self.poller = PimPoller(self.world.jit, self)
+
+    # ports.HintRetry, for the poller: a look that waits is handed to the queue, due when its wait ends
+    def delay(self, receipt_handle: str, seconds: int) -> None:
+        raise AssertionError("the poller holds no received message")
+
+    def resend(self, hint: Hint, seconds: int) -> None:
+        due = self.now + timedelta(seconds=seconds)
+        self.pending_hint = due if self.pending_hint is None else min(self.pending_hint, due)
 
     @property
     def now(self) -> datetime:
@@ -133,6 +147,29 @@ class PimMachine(RuleBasedStateMachine):
         self.world.cycle(full=full)
 
     @rule()
+    def poller_runs(self) -> None:
+        self._poll()
+
+    @rule()
+    def poller_inside_a_look(self) -> None:
+        """The poller's schedule fires while a worker's look is reading Graph (the look holds the group)."""
+        graph = self.world.graph
+        original = graph.members
+        fired: list[bool] = []
+
+        def members(group_id: str) -> set[str]:
+            if not fired:
+                fired.append(True)
+                self._poll()
+            return original(group_id)
+
+        graph.members = members  # type: ignore[method-assign]
+        try:
+            self._look()
+        finally:
+            del graph.members
+
+    @rule()
     def expiries_fire(self) -> None:
         self.world.fire_due()
 
@@ -202,7 +239,7 @@ class PimMachine(RuleBasedStateMachine):
         up, scheduled cycles run and waiting hints come back."""
         target = self.now + timedelta(seconds=seconds)
         while True:
-            events = [self.next_cycle, *self.lag.values()]
+            events = [self.next_cycle, self.next_poll, *self.lag.values()]
             if self.pending_hint is not None:
                 events.append(self.pending_hint)
             ends = [i.end for i in self.truth.values() if i.end is not None and self.now < i.end <= target]
@@ -223,6 +260,9 @@ class PimMachine(RuleBasedStateMachine):
             if self.pending_hint is not None and self.pending_hint <= self.now:
                 self.pending_hint = None
                 self._look()
+            if self.next_poll <= self.now:
+                self._poll()
+                self.next_poll = self.now + POLL
             if self.next_cycle <= self.now:
                 self.cycles += 1
                 self.world.cycle(full=self.cycles % 4 == 0)
@@ -266,6 +306,10 @@ class PimMachine(RuleBasedStateMachine):
         if outcome.wait_seconds is not None:
             self.pending_hint = self.now + timedelta(seconds=outcome.wait_seconds)
         self._check()  # also inside another actor's run: what a look applied counts as applied
+
+    def _poll(self) -> None:
+        self.poller.poll()
+        self._check()
 
     def _deadlines(self) -> list[datetime]:
         """The instants at which a member not entitled any more would break (a): checked on the way."""

@@ -38,8 +38,8 @@ class CountingBucket(TokenBucket):
     taken = 0
     given_back = 0
 
-    def try_take(self) -> Grant | Wait:
-        result = super().try_take()
+    def try_take(self, waiter: str | None = None) -> Grant | Wait:
+        result = super().try_take(waiter)
         if isinstance(result, Grant):
             self.taken += 1
         return result

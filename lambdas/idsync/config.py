@@ -220,6 +220,14 @@ class PimSettings(_Strict):
     scheduler_group: str | None = None  # EventBridge Scheduler group for grant expiries
     scheduler_role_arn: str | None = None  # role the scheduler assumes to invoke the expiry function
     expiry_function_arn: str | None = None
+    # where EventBridge Scheduler puts an expiry it could not deliver after its retries (SQS queue ARN)
+    expiry_dead_letter_arn: str | None = None
+    # how often the poller reads every PIM group's assignment schedule instances (the fallback for lost
+    # notifications: an activation lands within this interval even when no notification arrives)
+    poll_interval_minutes: int = Field(default=1, ge=1, le=60)
+    # Graph allows 100 group subscriptions per app and tenant: up to this many PIM groups get one each; beyond
+    # it one tenant-wide /groups subscription serves them all (the webhook filters it to the PIM groups)
+    max_group_subscriptions: int = Field(default=90, ge=0, le=100)
 
 
 class NotificationSettings(_Strict):

@@ -151,6 +151,32 @@ def judge_group(
     return out
 
 
+def stale_grants(
+    instances: Iterable[AssignmentInstance], records: Mapping[str, AccessGrant], now: datetime
+) -> list[str]:
+    """Why a group's recorded grants no longer match its assignment schedule instances (empty: they match).
+
+    What the poller checks from the instances alone (no member read): an active member instance without an
+    active grant (an activation not applied), a grant whose instances or end changed (an extension, a
+    second activation), an active grant without an active instance (an end or an early deactivation).
+    Owner instances grant nothing, so they never call for a look.
+    """
+    active = active_instances(instances, now)
+    reasons: list[str] = []
+    for user, found in sorted(active.items()):
+        record = records.get(user)
+        if record is None or not record.active:
+            reasons.append(f"{user}: an active member instance without an applied grant")
+            continue
+        terms = grant_terms(record.group_id, user, found, record.standing, record.applied_at)
+        if terms.instance_ids != record.instance_ids or terms.end != record.end:
+            reasons.append(f"{user}: the grant's instances or end changed")
+    for user, record in sorted(records.items()):
+        if record.active and user not in active:
+            reasons.append(f"{user}: the grant has no active member instance any more")
+    return reasons
+
+
 def latest_start(active: Sequence[AssignmentInstance]) -> datetime | None:
     """When the newest of ``active`` started (None when none says)."""
     starts = [i.start for i in active if i.start is not None]

@@ -248,15 +248,26 @@ class SubscriptionRenewer(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class Waiter:
+    """One hint waiting in line for a token: who (a PIM group), since when, and when it said it would be back."""
+
+    name: str
+    since_us: int
+    due_us: int
+
+
+@dataclass(frozen=True, slots=True)
 class BucketState:
     """A token bucket as stored: tokens in millionths and time in microseconds, so the arithmetic is exact.
 
     ``version`` grows by one on every write; a write succeeds only against the version it read.
+    ``waiting`` is the line of hints denied a token, which the next tokens are kept for (oldest first).
     """
 
     micro_tokens: int
     updated_us: int  # microseconds since the Unix epoch
     version: int
+    waiting: tuple[Waiter, ...] = ()
 
 
 class BucketStore(Protocol):

@@ -19,6 +19,7 @@ from idsync.ports import (
     Credential,
     ExpiryScheduler,
     GrantStore,
+    HintQueue,
     HintRetry,
     IdentityStore,
     Notifier,
@@ -30,6 +31,7 @@ from idsync.scope import Scope, build_scope
 from idsync.services.access import AccessService
 from idsync.services.cycle import CycleService, Scoping
 from idsync.services.jit import JitService, JitWorker
+from idsync.services.poller import PimPoller
 from idsync.services.rate_budget import TokenRateBudget
 from idsync.services.subscriptions import SubscriptionsService
 from idsync.services.token_bucket import BucketPolicy, TokenBucket
@@ -235,7 +237,13 @@ def build_expiry_scheduler(settings: Settings) -> ExpiryScheduler:
             f"pim.{', pim.'.join(missing)} required to schedule grant expiries (the schedule group, the role "
             "EventBridge Scheduler assumes, and the expiry function it invokes)"
         )
-    return EventBridgeExpiryScheduler(group, target, role, client=_aws_client("scheduler", None, None))
+    return EventBridgeExpiryScheduler(
+        group,
+        target,
+        role,
+        client=_aws_client("scheduler", None, None),
+        dead_letter_arn=pim.expiry_dead_letter_arn,
+    )
 
 
 def _bucket_store(settings: Settings) -> BucketStore:
@@ -293,17 +301,26 @@ def build_jit_service(
     )
 
 
+def _hint_retry(settings: Settings, who: str) -> HintRetry:
+    if not settings.pim.queue_url:
+        raise ConfigError(f"pim.queue_url is required by the {who} (it puts waiting hints back on the queue)")
+    from idsync.adapters.sqs_requeue import SqsHintRetry
+
+    return SqsHintRetry(settings.pim.queue_url, client=_aws_client("sqs", None, None))
+
+
 def build_jit_worker(
     settings: Settings, *, service: JitService | None = None, retry: HintRetry | None = None
 ) -> JitWorker:
     """The queue worker: the JIT service and the queue it puts waiting hints back on. Raises ConfigError."""
-    if retry is None:
-        if not settings.pim.queue_url:
-            raise ConfigError("pim.queue_url is required by the JIT worker (it puts waiting hints back on the queue)")
-        from idsync.adapters.sqs_requeue import SqsHintRetry
+    return JitWorker(service or build_jit_service(settings), retry or _hint_retry(settings, "JIT worker"))
 
-        retry = SqsHintRetry(settings.pim.queue_url, client=_aws_client("sqs", None, None))
-    return JitWorker(service or build_jit_service(settings), retry)
+
+def build_pim_poller(
+    settings: Settings, *, service: JitService | None = None, retry: HintRetry | None = None
+) -> PimPoller:
+    """The PIM poller: the JIT service and the queue it hands waiting looks to. Raises ConfigError."""
+    return PimPoller(service or build_jit_service(settings), retry or _hint_retry(settings, "PIM poller"))
 
 
 def client_state_source(settings: Settings) -> tuple[SecretSource, str]:
@@ -330,8 +347,11 @@ def build_subscriptions_service(
     state: StateStore | None = None,
     secrets: SecretSource | None = None,
     api: SubscriptionApi | None = None,
+    looks: HintQueue | None = None,
 ) -> SubscriptionsService:
-    """The PIM groups' Graph subscriptions (daily job, CLI, and the webhook's renewals). Raises ConfigError."""
+    """The PIM groups' Graph subscriptions (daily job, CLI, and the webhook's renewals); a subscription found
+    missing sends its groups to the JIT queue (``pim.queue_url``, when set) for an immediate look.
+    Raises ConfigError."""
     source, secret_name = client_state_source(settings)
     if api is None:
         from idsync.adapters.graph import GraphClient
@@ -347,4 +367,14 @@ def build_subscriptions_service(
         settings.pim.lifecycle_url,
         clock or SystemClock(),
         state if state is not None else build_state(settings),
+        max_group_subscriptions=settings.pim.max_group_subscriptions,
+        looks=looks if looks is not None else _hint_queue(settings),
     )
+
+
+def _hint_queue(settings: Settings) -> HintQueue | None:
+    if not settings.pim.queue_url:
+        return None
+    from idsync.adapters.sqs_queue import SqsHintQueue
+
+    return SqsHintQueue(settings.pim.queue_url, client=_aws_client("sqs", None, None))

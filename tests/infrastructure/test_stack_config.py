@@ -97,6 +97,31 @@ def test_a_missing_or_wrong_value_is_named(
     assert named in message
 
 
+@pytest.mark.parametrize("count", [10, 39])
+def test_a_receive_count_below_the_worker_s_resend_threshold_is_refused_at_synth(
+    example: dict[str, Any], count: int
+) -> None:
+    # Given a dead-letter redrive that would fire before the worker sends a waiting hint afresh (at 40)
+    example["stack"]["jit_max_receive_count"] = count
+    # Then the configuration is refused, naming the setting and the rule
+    message = error_for(example)
+    assert "stack.jit_max_receive_count" in message
+    assert "must be at least 40, the receive count at which the JIT worker sends a waiting hint afresh" in message
+
+
+def test_the_resend_threshold_itself_is_accepted(example: dict[str, Any]) -> None:
+    example["stack"]["jit_max_receive_count"] = 40
+    assert parse_deployment_config(example, "idsync.yaml").stack.jit_max_receive_count == 40
+
+
+@pytest.mark.parametrize(("field", "value"), [("poll_interval_minutes", 0), ("max_group_subscriptions", 101)])
+def test_pim_poll_and_subscription_settings_out_of_range_are_named(
+    example: dict[str, Any], field: str, value: int
+) -> None:
+    example["pim"][field] = value
+    assert f"pim.{field}" in error_for(example)
+
+
 def test_every_problem_is_reported_at_once(example: dict[str, Any]) -> None:
     example["graph"].pop("client_id")
     example["stack"]["api_burst_limit"] = 0
@@ -150,6 +175,7 @@ def test_cdk_app_stops_with_the_field_named(example: dict[str, Any], tmp_path: P
 @pytest.fixture(scope="module")
 def custom(tmp_path_factory: pytest.TempPathFactory) -> Synthesized:
     data: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
+    data["pim"]["poll_interval_minutes"] = 5
     data["stack"] = {
         "stack_name": "idsync-test",
         "region": "us-west-2",
@@ -171,12 +197,12 @@ def test_stack_settings_reach_the_resources(custom: Synthesized) -> None:
     # Given non-default stack settings, Then each lands on its resource
     assert custom.stack.stack_name == "idsync-test"
     assert custom.stack.region == "us-west-2"
-    (rate,) = [
+    rates = sorted(
         r["Properties"]["ScheduleExpression"]
         for r in custom.resources("AWS::Events::Rule").values()
         if r["Properties"]["ScheduleExpression"] != "rate(1 day)"
-    ]
-    assert rate == "rate(1 minute)"
+    )
+    assert rates == ["rate(1 minute)", "rate(5 minutes)"]  # the sync cycle, and the PIM poller's setting
     for _, properties in custom.functions().values():
         assert properties["Architectures"] == ["x86_64"]
     retention = {g["Properties"]["RetentionInDays"] for g in custom.resources("AWS::Logs::LogGroup").values()}

@@ -36,6 +36,7 @@ ALLOWED: dict[str, set[str]] = {
     | STATE
     | SECRET
     | SCHEDULES  # the PIM safety net schedules the expiry of an activation it applies
+    | BUCKET  # and takes a token for it
     | {"sns:Publish", "kms:Decrypt", "kms:GenerateDataKey"}
     | {
         f"identitystore:{action}"
@@ -72,8 +73,24 @@ ALLOWED: dict[str, set[str]] = {
         "sqs:GetQueueAttributes",
         "sqs:SendMessage",
     },
-    "jit_expiry": LOGS | XRAY | STATE | SECRET | SCHEDULES | {"identitystore:DeleteGroupMembership"},
-    "subscriptions": LOGS | XRAY | STATE | SECRET,
+    "jit_expiry": LOGS
+    | XRAY
+    | STATE
+    | SECRET
+    | SCHEDULES
+    | {"identitystore:DeleteGroupMembership"}
+    | {"sqs:SendMessage"},  # Lambda sends a failed invocation to the expiry dead-letter queue with this role
+    "subscriptions": LOGS | XRAY | STATE | SECRET | {"sqs:SendMessage"},  # hints for subscriptions found missing
+    # the poller runs the worker's look, and hands looks that wait for a token to the queue
+    "pim_poller": LOGS
+    | XRAY
+    | STATE
+    | SECRET
+    | SCHEDULES
+    | BUCKET
+    | ADOPTION_LOOKUPS
+    | {"identitystore:CreateUser", "identitystore:CreateGroupMembership", "identitystore:DeleteGroupMembership"}
+    | {"sqs:SendMessage"},
 }
 
 
@@ -180,9 +197,10 @@ def test_function_roles_trust_lambda_only_and_carry_no_managed_policy(synthesize
         assert trust["Action"] == "sts:AssumeRole"
 
 
-def test_scheduler_role_may_only_invoke_the_expiry_function(synthesized: Synthesized) -> None:
+def test_scheduler_role_may_only_invoke_the_expiry_function_and_dead_letter_it(synthesized: Synthesized) -> None:
     role_id = synthesized.logical_id("AWS::IAM::Role", "SchedulerRole")
     expiry_id, _ = synthesized.functions()["jit_expiry"]
+    dlq_id = synthesized.logical_id("AWS::SQS::Queue", "ExpiryDeadLetters")
     group_id = synthesized.only("AWS::Scheduler::ScheduleGroup")[0]
     role = synthesized.json["Resources"][role_id]["Properties"]
     (trust,) = render(role["AssumeRolePolicyDocument"]["Statement"])
@@ -193,8 +211,17 @@ def test_scheduler_role_may_only_invoke_the_expiry_function(synthesized: Synthes
         "ArnLike": {"aws:SourceArn": f"${{{group_id}.Arn}}"},
     }
     assert statements_of_role(synthesized, role_id) == [
-        {"Action": "lambda:InvokeFunction", "Effect": "Allow", "Resource": f"${{{expiry_id}.Arn}}"}
+        {"Action": "lambda:InvokeFunction", "Effect": "Allow", "Resource": f"${{{expiry_id}.Arn}}"},
+        {"Action": "sqs:SendMessage", "Effect": "Allow", "Resource": f"${{{dlq_id}.Arn}}"},
     ]
+
+
+def test_queue_senders_may_send_to_their_own_queue_only(synthesized: Synthesized) -> None:
+    queue = "${" + synthesized.logical_id("AWS::SQS::Queue", "JitQueue") + ".Arn}"
+    dlq = "${" + synthesized.logical_id("AWS::SQS::Queue", "ExpiryDeadLetters") + ".Arn}"
+    for key, target in (("pim_poller", queue), ("subscriptions", queue), ("webhook", queue), ("jit_expiry", dlq)):
+        sends = [s for s in function_statements(synthesized, key) if "sqs:SendMessage" in as_list(s["Action"])]
+        assert [s["Resource"] for s in sends] == [target], key
 
 
 def test_no_other_roles_or_policies_exist(synthesized: Synthesized) -> None:

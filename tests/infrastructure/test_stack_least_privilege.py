@@ -21,6 +21,7 @@ from test_stack_iam import function_statements
 
 from stacks.idsync_construct import (
     EXPIRY_IDENTITY_STORE_ACTIONS,
+    POLLER_IDENTITY_STORE_ACTIONS,
     SYNC_ACCESS_ACTIONS,
     SYNC_IDENTITY_STORE_ACTIONS,
     SYNC_ORGANIZATIONS_ACTIONS,
@@ -56,22 +57,34 @@ PLATFORM = {
 }
 # Which adapters each function's wiring builds (idsync.wiring); the Graph secret comes through Powertools.
 ADAPTERS_OF = {
-    "sync": ["dynamodb_state", "notify", "scheduler"],  # the cycle's PIM safety net re-arms expiries
+    # the cycle's PIM safety net takes tokens and (re-)arms expiries, as the worker does
+    "sync": ["dynamodb_state", "dynamodb_bucket", "notify", "scheduler"],
     "jit_worker": ["dynamodb_state", "dynamodb_bucket", "scheduler", "sqs_requeue"],
     "jit_expiry": ["dynamodb_state", "scheduler"],  # an expiry never takes a token
     "webhook": ["sqs_queue"],
-    "subscriptions": ["dynamodb_state"],
+    "subscriptions": ["dynamodb_state", "sqs_queue"],  # groups of a subscription found missing: a look now
+    "pim_poller": ["dynamodb_state", "dynamodb_bucket", "scheduler", "sqs_requeue"],
+}
+# Adapter calls a function's code path never reaches (the scan is per adapter module), and why.
+UNREACHED_OF = {
+    "pim_poller": {"sqs:ChangeMessageVisibility": "the poller only resends hints; it holds no queue message to delay"},
+}
+# Calls made with one function's role by the platform on its behalf, and why.
+PLATFORM_OF = {
+    "jit_expiry": {"sqs:SendMessage": "Lambda sends a failed asynchronous invocation to the dead-letter queue"},
 }
 SECRETS = {"secretsmanager:GetSecretValue"}  # Powertools' SecretsProvider.get
 ENTRY = {
     "sync": (["services/cycle.py", "services/sync.py", "services/jit.py"], "run"),  # jit.py: the PIM pass
     "jit_worker": (["services/jit.py"], "handle"),
     "jit_expiry": (["services/jit.py"], "expire"),
+    "pim_poller": (["services/poller.py", "services/jit.py"], "poll"),
 }
 TABLE = {
     "sync": SYNC_IDENTITY_STORE_ACTIONS,
     "jit_worker": WORKER_IDENTITY_STORE_ACTIONS,
     "jit_expiry": EXPIRY_IDENTITY_STORE_ACTIONS,
+    "pim_poller": POLLER_IDENTITY_STORE_ACTIONS,
 }
 
 
@@ -195,9 +208,9 @@ def test_every_granted_action_is_called_by_the_functions_code_or_its_platform(
     if key in TABLE:
         from_code |= code_identity_store_actions(key)
     actions = granted(synthesized, key)
-    unused = actions - from_code - set(PLATFORM)
+    unused = actions - from_code - set(PLATFORM) - set(PLATFORM_OF.get(key, {}))
     assert unused == set(), f"{key} holds actions no code path calls: {sorted(unused)}"
-    missing = from_code - actions
+    missing = from_code - actions - set(UNREACHED_OF.get(key, {}))
     assert missing == set(), f"{key} calls actions its role lacks: {sorted(missing)}"
 
 

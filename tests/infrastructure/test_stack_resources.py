@@ -62,6 +62,7 @@ def test_state_table_is_on_demand_recoverable_encrypted_and_retained(synthesized
         ("jit_worker", 60, 512),
         ("jit_expiry", 60, 512),
         ("subscriptions", 300, 512),
+        ("pim_poller", 60, 512),
     ],
 )
 def test_functions_run_arm64_python_with_tracing_and_their_own_log_group(
@@ -83,15 +84,41 @@ def test_sync_runs_on_the_configured_rate_without_async_retries(synthesized: Syn
     functions = synthesized.functions()
     sync_id, _ = functions["sync"]
     subscriptions_id, _ = functions["subscriptions"]
+    poller_id, _ = functions["pim_poller"]
     rules = {
         rule["Properties"]["ScheduleExpression"]: render(rule["Properties"]["Targets"][0]["Arn"])
         for rule in synthesized.resources("AWS::Events::Rule").values()
     }
-    assert rules == {"rate(10 minutes)": f"${{{sync_id}.Arn}}", "rate(1 day)": f"${{{subscriptions_id}.Arn}}"}
-    synthesized.template.has_resource_properties(
-        "AWS::Lambda::EventInvokeConfig",
-        {"FunctionName": {"Ref": sync_id}, "MaximumRetryAttempts": 0},
-    )
+    assert rules == {
+        "rate(10 minutes)": f"${{{sync_id}.Arn}}",
+        "rate(1 day)": f"${{{subscriptions_id}.Arn}}",
+        "rate(1 minute)": f"${{{poller_id}.Arn}}",  # pim.poll_interval_minutes' default
+    }
+    for function_id in (sync_id, poller_id):
+        synthesized.template.has_resource_properties(
+            "AWS::Lambda::EventInvokeConfig",
+            {"FunctionName": {"Ref": function_id}, "MaximumRetryAttempts": 0},
+        )
+
+
+def test_expiry_failures_land_in_a_dead_letter_queue_with_an_alarm(synthesized: Synthesized) -> None:
+    expiry_id, _ = synthesized.functions()["jit_expiry"]
+    dlq_id = synthesized.logical_id("AWS::SQS::Queue", "ExpiryDeadLetters")
+    # Lambda retries a failed expiry twice, then sends it to the expiry dead-letter queue
+    configs = [render(c["Properties"]) for c in synthesized.resources("AWS::Lambda::EventInvokeConfig").values()]
+    (config,) = [c for c in configs if c["FunctionName"] == f"${{{expiry_id}}}"]
+    assert config["MaximumRetryAttempts"] == 2
+    assert config["DestinationConfig"] == {"OnFailure": {"Destination": f"${{{dlq_id}.Arn}}"}}
+    # the scheduler's schedules are pointed at the same queue (the runtime sets it on every schedule)
+    env = synthesized.functions()["jit_expiry"][1]["Environment"]["Variables"]
+    assert render(env["IDSYNC__PIM__EXPIRY_DEAD_LETTER_ARN"]) == f"${{{dlq_id}.Arn}}"
+    queue = synthesized.json["Resources"][dlq_id]["Properties"]
+    assert queue["SqsManagedSseEnabled"] is True
+    assert queue["MessageRetentionPeriod"] == 14 * 24 * 3600
+    alarms = [render(a["Properties"]) for a in synthesized.resources("AWS::CloudWatch::Alarm").values()]
+    (alarm,) = [a for a in alarms if "expiry dead-letter queue" in a["AlarmDescription"]]
+    assert alarm["Dimensions"] == [{"Name": "QueueName", "Value": f"${{{dlq_id}.QueueName}}"}]
+    assert (alarm["MetricName"], alarm["Threshold"]) == ("ApproximateNumberOfMessagesVisible", 1)
 
 
 def test_jit_queue_redrives_to_a_dead_letter_queue_after_many_receives(synthesized: Synthesized) -> None:
@@ -103,9 +130,12 @@ def test_jit_queue_redrives_to_a_dead_letter_queue_after_many_receives(synthesiz
     assert queue["MessageRetentionPeriod"] == 14 * 24 * 3600
     for logical_id in (queue_id, dlq_id):
         assert synthesized.json["Resources"][logical_id]["Properties"]["SqsManagedSseEnabled"] is True
-    # Both queues refuse requests without TLS
+    # Every queue refuses requests without TLS
+    expiry_dlq_id = synthesized.logical_id("AWS::SQS::Queue", "ExpiryDeadLetters")
     policies = [render(p["Properties"]) for p in synthesized.resources("AWS::SQS::QueuePolicy").values()]
-    assert sorted(p["Queues"][0] for p in policies) == sorted([f"${{{queue_id}}}", f"${{{dlq_id}}}"])
+    assert sorted(p["Queues"][0] for p in policies) == sorted(
+        [f"${{{queue_id}}}", f"${{{dlq_id}}}", f"${{{expiry_dlq_id}}}"]
+    )
     for policy in policies:
         (statement,) = policy["PolicyDocument"]["Statement"]
         assert statement["Effect"] == "Deny"
@@ -255,6 +285,9 @@ def test_each_function_gets_the_settings_and_only_the_pointers_it_uses(
         "IDSYNC__PIM__SCHEDULER_GROUP": group["Properties"]["Name"],
         "IDSYNC__PIM__SCHEDULER_ROLE_ARN": role,
         "IDSYNC__PIM__EXPIRY_FUNCTION_ARN": expiry_arn,
+        "IDSYNC__PIM__EXPIRY_DEAD_LETTER_ARN": "${"
+        + synthesized.logical_id("AWS::SQS::Queue", "ExpiryDeadLetters")
+        + ".Arn}",
     }
     graph = {"IDSYNC__GRAPH__CLIENT_SECRET_ARN": graph_secret}
     expected = {
@@ -268,7 +301,9 @@ def test_each_function_gets_the_settings_and_only_the_pointers_it_uses(
             "IDSYNC__PIM__CLIENT_STATE_ARN": client_state,
             "IDSYNC__PIM__NOTIFICATION_URL": f"{url}/graph/notifications",
             "IDSYNC__PIM__LIFECYCLE_URL": f"{url}/graph/lifecycle",
+            "IDSYNC__PIM__QUEUE_URL": queue,
         },
+        "pim_poller": {**state, **graph, **scheduler, "IDSYNC__PIM__QUEUE_URL": queue},
     }
     for key, pointers in expected.items():
         env = _env(synthesized, key)
@@ -315,7 +350,15 @@ ALARMS = {
     "jit_worker function failed": ("AWS/Lambda", "Errors", "Sum", 1, "GreaterThanOrEqualToThreshold"),
     "jit_expiry function failed": ("AWS/Lambda", "Errors", "Sum", 1, "GreaterThanOrEqualToThreshold"),
     "subscriptions function failed": ("AWS/Lambda", "Errors", "Sum", 1, "GreaterThanOrEqualToThreshold"),
-    "dead-letter queue": (
+    "pim_poller function failed": ("AWS/Lambda", "Errors", "Sum", 1, "GreaterThanOrEqualToThreshold"),
+    "expiry dead-letter queue": (
+        "AWS/SQS",
+        "ApproximateNumberOfMessagesVisible",
+        "Maximum",
+        1,
+        "GreaterThanOrEqualToThreshold",
+    ),
+    "JIT activations gave up": (
         "AWS/SQS",
         "ApproximateNumberOfMessagesVisible",
         "Maximum",
@@ -343,7 +386,7 @@ def test_alarms_watch_errors_dead_letters_quarantine_latency_and_throttling(synt
         assert alarm["ComparisonOperator"] == comparison, fragment
     (throttles,) = [a for a in alarms if "throttled" in a["AlarmDescription"]]
     expression = next(m for m in throttles["Metrics"] if "Expression" in m)
-    assert expression["Expression"].count("FILL(") == 5
+    assert expression["Expression"].count("FILL(") == 6
     assert throttles["Threshold"] == 5
 
 

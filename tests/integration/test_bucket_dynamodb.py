@@ -147,3 +147,24 @@ def test_eight_concurrent_workers_share_one_bucket_without_double_spending(dynam
     assert len(grants) == 7
     assert store(dynamodb).load("activations") == BucketState(250_000, to_micros(T0) + 4_500_000, 7)
     assert workers[0].try_take() == Wait(seconds=1.5)
+
+
+def test_the_waiting_line_is_kept_in_the_item_and_served_in_order(dynamodb: Any) -> None:
+    # Given the bucket over the table, emptied, and two groups denied in turn
+    clock = FakeClock(T0)
+    tokens = TokenBucket(store(dynamodb), clock, BucketPolicy())
+    for _ in range(5):
+        tokens.try_take()
+    assert tokens.try_take("group-a") == Wait(seconds=2.0)
+    assert tokens.try_take("group-b") == Wait(seconds=4.0)
+
+    # When a second worker (its own store object) reads the line, and B comes back first
+    other = TokenBucket(store(dynamodb), clock, BucketPolicy())
+    clock.advance(2.0)
+    b_first = other.try_take("group-b")
+
+    # Then the line survives the round trip, and the token due to A is kept for A
+    assert isinstance(b_first, Wait)
+    assert [w.name for w in other.line()] == ["group-a", "group-b"]
+    assert isinstance(tokens.try_take("group-a"), Grant)
+    assert [w.name for w in other.line()] == ["group-b"]

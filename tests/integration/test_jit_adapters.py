@@ -67,6 +67,23 @@ def test_an_expiry_is_a_one_time_schedule_that_deletes_itself(scheduler: Any) ->
     assert parse_at(schedule["ScheduleExpression"]) == fire_time(END) > END
 
 
+def test_an_expiry_schedule_retries_and_then_goes_to_the_dead_letter_queue(scheduler: Any) -> None:
+    # Given the scheduler wired with the expiry dead-letter queue
+    dlq = boto3.client("sqs").create_queue(QueueName="idsync-expiry-dlq")["QueueUrl"]
+    dlq_arn = boto3.client("sqs").get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    expiries = EventBridgeExpiryScheduler("idsync-expiry", TARGET, ROLE, client=scheduler, dead_letter_arn=dlq_arn)
+
+    # When an expiry is set
+    expiries.set(GROUP, ADA, END)
+
+    # Then its target retries a delivery it cannot make, then hands it to the dead-letter queue
+    [schedule] = schedules(scheduler).values()
+    assert schedule["Target"]["RetryPolicy"] == {"MaximumRetryAttempts": 10, "MaximumEventAgeInSeconds": 3600}
+    assert schedule["Target"]["DeadLetterConfig"] == {"Arn": dlq_arn}
+
+
 def test_setting_the_same_expiry_twice_keeps_one_schedule(scheduler: Any) -> None:
     expiries = EventBridgeExpiryScheduler("idsync-expiry", TARGET, ROLE, client=scheduler)
 

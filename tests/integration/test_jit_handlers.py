@@ -19,12 +19,12 @@ from idsync.adapters.scheduler import fire_time
 from idsync.adapters.sqlite_state import SqliteStateStore
 from idsync.adapters.sqs_queue import SqsHintQueue
 from idsync.config import Settings, parse_settings
-from idsync.handlers import jit_expiry, jit_worker
+from idsync.handlers import jit_expiry, jit_worker, pim_poller
 from idsync.model import OwnedGroup
 from idsync.ports import Hint
 from idsync.services.jit import JitService
 from idsync.services.token_bucket import Wait
-from idsync.wiring import build_jit_service, build_jit_worker
+from idsync.wiring import build_jit_service, build_jit_worker, build_pim_poller
 from sandbox.graph_emulator import GraphEmulator
 from sandbox.jit_local import LambdaContext, MemoryBucketStore
 from sandbox.tenant import CLIENT_ID, CLIENT_SECRET, Tenant
@@ -128,9 +128,11 @@ def world(identity_store_id: str, tmp_path: Path) -> Iterator[World]:
         service = build_jit_service(settings, clock=clock, state=state, bucket_store=MemoryBucketStore())
         jit_worker.use(build_jit_worker(settings, service=service))
         jit_expiry.use(service)
+        pim_poller.use(build_pim_poller(settings, service=service))
         yield World(emulator, settings, clock, service, state, sqs, queue_url, identity_store_id, group_target)
         jit_worker.use(None)
         jit_expiry.use(None)
+        pim_poller.use(None)
     state.close()
 
 
@@ -255,3 +257,29 @@ def test_a_hint_that_cannot_be_processed_fails_alone_and_is_logged(
     assert [e["message"] for e in errors] == ["hint not processed; SQS delivers it again"]
     assert "HTTP 503" in errors[0]["exception"]
     assert metrics(capsys.readouterr().out)["HintsFailed"] == [1.0]
+
+
+def test_the_poller_applies_an_activation_no_notification_announced(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given Ada activated 40 s ago on the grant clock, and no hint on the queue (the webhook is down)
+    world.emulator.app.pim.activate(GROUP, ADA, 60)
+    world.clock.advance(40)
+    before = len(world.emulator.log)
+
+    # When the poller's schedule invokes it
+    summary = pim_poller.lambda_handler({}, LambdaContext("idsync-pim-poller"))  # type: ignore[arg-type]
+
+    # Then Ada is a member, with her expiry scheduled, and the poll read the group with Graph's required filter
+    assert summary["looked"] == [GROUP]
+    assert world.is_member(ADA)
+    assert len(boto3.client("scheduler").list_schedules(GroupName="idsync-expiry")["Schedules"]) == 1
+    reads = [line for line in world.emulator.log[before:] if "assignmentScheduleInstances" in line]
+    assert reads
+    assert all(f"$filter=groupId eq '{GROUP}'" in line for line in reads)
+    emitted = metrics(capsys.readouterr().out)
+    assert emitted["PimGroupsPolled"] == [1.0]
+    assert emitted["ActivationsApplied"] == [1.0]
+    assert emitted["ActivationLatency"] == [pytest.approx(40)]
+    # And a second poll finds nothing to do: one read, no look
+    assert pim_poller.lambda_handler({}, LambdaContext("idsync-pim-poller"))["looked"] == []  # type: ignore[arg-type]

@@ -163,6 +163,8 @@ def test_a_subscription_graph_deleted_is_recreated(world: World) -> None:
     assert report.recreated == [GROUP_A]
     assert report.unchanged == [GROUP_B]
     assert world.held()[GROUP_A]["id"] != old
+    # and its group's notifications may have been lost meanwhile: it is looked at now
+    assert [(h.group_id, h.reason) for h in world.hints()] == [(GROUP_A, "subscription")]
 
 
 def test_expired_subscriptions_are_recreated(world: World) -> None:
@@ -241,6 +243,69 @@ def test_member_changes_reach_the_webhook_and_become_hints(world: World) -> None
     assert item["subscriptionId"] == world.held()[GROUP_A]["id"]
     assert item["resourceData"]["members@delta"] == [{"id": ADA}]
     assert [h.group_id for h in world.hints()] == [GROUP_A]
+
+
+def test_past_the_limit_one_groups_subscription_serves_every_pim_group(world: World) -> None:
+    # Given per-group subscriptions, then a limit the PIM groups now exceed (2 groups, at most 1 each)
+    world.service().ensure()
+    per_group = {s["id"] for s in world.held().values()}
+
+    # When the subscriptions are ensured
+    report = world.service(max_group_subscriptions=1).ensure()
+
+    # Then one /groups subscription replaces them, created before they are deleted
+    subs = list(world.emulator.app.pim.subscriptions.values())
+    assert [(s["resource"], s["group"]) for s in subs] == [("/groups", None)]
+    assert report.created == [GROUP_A, GROUP_B]
+    assert sorted(report.deleted) == sorted(per_group)
+    assert world.service(max_group_subscriptions=1).status()[0].subscription is not None
+    # And a second ensure changes nothing
+    before = world.writes()
+    assert world.service(max_group_subscriptions=1).ensure().unchanged == [GROUP_A, GROUP_B]
+    assert world.writes() == before
+
+
+def test_the_groups_subscription_brings_every_group_s_changes_and_the_webhook_keeps_the_pim_ones(
+    world: World,
+) -> None:
+    # Given the PIM groups served by one /groups subscription
+    world.service(max_group_subscriptions=1).ensure()
+
+    # When a group that is not a PIM group changes, then Ada activates in group B
+    world.emulator.app.tenant.add_member(OTHER_GROUP, ADA)
+    other = world.emulator.app.pim.wait_for(lambda d: d.kind == "notification")
+    world.emulator.app.pim.activate(GROUP_B, ADA, 30)
+    pim = world.emulator.app.pim.wait_for(lambda d: d.kind == "notification" and d is not other)
+
+    # Then both reached the webhook (202), and only group B became a hint
+    assert (other.status, other.items[0]["resource"]) == (202, f"Groups/{OTHER_GROUP}")
+    assert (pim.status, pim.items[0]["resource"]) == (202, f"Groups/{GROUP_B}")
+    assert [h.group_id for h in world.hints()] == [GROUP_B]
+
+
+def test_a_groups_subscription_that_disappeared_is_recreated_and_every_pim_group_looked_at(world: World) -> None:
+    world.service(max_group_subscriptions=1).ensure()
+    [old] = list(world.emulator.app.pim.subscriptions)
+    world.api().delete(old)
+
+    report = world.service(max_group_subscriptions=1).ensure()
+
+    assert report.recreated == [GROUP_A, GROUP_B]
+    assert sorted((h.group_id, h.reason) for h in world.hints()) == [
+        (GROUP_A, "subscription"),
+        (GROUP_B, "subscription"),
+    ]
+
+
+def test_graph_refuses_the_101st_group_subscription_of_an_app(world: World) -> None:
+    url = world.settings.pim.notification_url
+    assert url is not None
+    api, expires = world.api(), world.clock.now() + timedelta(days=1)
+    for _ in range(100):
+        api.create(f"/groups/{OTHER_GROUP}/members", "updated", url, None, CLIENT_STATE, expires)
+
+    with pytest.raises(DirectoryError, match="Maximum number of subscriptions"):
+        api.create(f"/groups/{GROUP_A}/members", "updated", url, None, CLIENT_STATE, expires)
 
 
 def test_lifecycle_notifications_are_delivered_on_demand(world: World) -> None:

@@ -214,18 +214,34 @@ def test_no_client_state_is_ever_logged(webhook: Webhook, caplog: pytest.LogCapt
         assert forged not in text
 
 
-def test_a_group_that_is_not_a_configured_pim_group_is_dropped(
+def test_a_group_that_is_not_a_configured_pim_group_is_counted_and_logged_once_per_request(
     webhook: Webhook, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="idsync")
+    # Given a tenant-wide subscription's request: 50 changes of groups that are not PIM groups
+    caplog.set_level(logging.DEBUG, logger="idsync")
+    items = [change(resource=f"Groups/{OTHER_GROUP[:-3]}{n:03d}") for n in range(50)]
 
-    reply = webhook.post({"value": [change(resource=f"groups/{OTHER_GROUP}/members")]})
+    # When posted
+    reply = webhook.post({"value": items})
 
+    # Then nothing is enqueued, they are counted, and one summary line is logged (no line per item)
     assert reply.status == 202
     assert webhook.queue.hints == []
-    assert [r.reason for r in caplog.records if r.getMessage() == "notification dropped"] == [  # type: ignore[attr-defined]
-        "not a configured PIM group"
-    ]
+    assert reply.metrics == {Metric.OTHER_GROUPS: 50}
+    assert [r.getMessage() for r in caplog.records] == ["notifications received"]
+    assert caplog.records[0].other_groups == 50  # type: ignore[attr-defined]
+
+
+def test_a_request_of_1000_items_for_one_group_becomes_one_hint(webhook: Webhook) -> None:
+    # Given Graph's largest request: 1,000 member changes of one PIM group
+    items = [change(id=f"item-{n}") for n in range(1000)]
+
+    # When posted
+    reply = webhook.post({"value": items})
+
+    # Then one message is enqueued: the look re-reads the whole group anyway
+    assert [h.group_id for h in webhook.queue.hints] == [GROUP_A]
+    assert reply.metrics == {Metric.ACCEPTED: 1000, Metric.COALESCED: 999}
 
 
 def test_a_notification_from_another_tenant_is_dropped(webhook: Webhook) -> None:
@@ -303,9 +319,9 @@ def test_a_mixed_request_enqueues_exactly_the_accepted_items_in_order(webhook: W
     # When posted
     reply = webhook.post(body)
 
-    # Then one hint per accepted item, nothing for the others
-    assert [h.group_id for h in webhook.queue.hints] == [GROUP_A, GROUP_B, GROUP_A]
-    assert reply.metrics == {Metric.ACCEPTED: 3, Metric.DROPPED: 2}
+    # Then one hint per group named by an accepted item, in order of first mention, nothing for the others
+    assert [h.group_id for h in webhook.queue.hints] == [GROUP_A, GROUP_B]
+    assert reply.metrics == {Metric.ACCEPTED: 3, Metric.COALESCED: 1, Metric.DROPPED: 1, Metric.OTHER_GROUPS: 1}
 
 
 def test_one_item_of_the_wrong_shape_never_costs_the_good_ones(
@@ -416,19 +432,44 @@ def test_a_forged_reauthorization_renews_nothing(webhook: Webhook) -> None:
     ("event", "metric"),
     [("subscriptionRemoved", Metric.SUBSCRIPTION_REMOVED), ("missed", Metric.MISSED)],
 )
-def test_other_lifecycle_events_are_logged_and_counted_but_renew_nothing(
+def test_a_lost_notifications_event_asks_for_a_look_of_every_pim_group_at_once(
     webhook: Webhook, event: str, metric: Metric, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # Given a lifecycle event saying notifications were (or will be) lost, naming no resource
     caplog.set_level(logging.INFO, logger="idsync")
 
+    # When it arrives
     reply = webhook.post(fixture(f"lifecycle-{event}.json"), Endpoint.LIFECYCLE)
 
+    # Then every PIM group gets one hint (an immediate look), nothing is renewed, and it is logged
     assert reply.status == 202
-    assert reply.metrics == {metric: 1}
+    assert reply.metrics == {metric: 1, Metric.LOOKS_REQUESTED: 2}
     assert webhook.renewer.renewed == []
-    assert webhook.queue.hints == []
-    logged = [r for r in caplog.records if r.getMessage() == "lifecycle event"]
+    assert sorted((h.group_id, h.reason) for h in webhook.queue.hints) == [
+        (GROUP_A, "lifecycle"),
+        (GROUP_B, "lifecycle"),
+    ]
+    logged = [r for r in caplog.records if r.getMessage().startswith("lifecycle event")]
     assert [(r.lifecycle_event, r.subscription_id) for r in logged] == [(event, SUBSCRIPTION)]  # type: ignore[attr-defined]
+
+
+def test_a_missed_event_naming_one_group_and_its_changes_make_one_hint(webhook: Webhook) -> None:
+    # Given a missed event whose resource names group B, and a change of B in the same request
+    body = {"value": [lifecycle("missed", resource=f"groups/{GROUP_B}/members"), change(resource=f"groups/{GROUP_B}")]}
+
+    # When posted
+    reply = webhook.post(body)
+
+    # Then B alone is looked at, once
+    assert [h.group_id for h in webhook.queue.hints] == [GROUP_B]
+    assert reply.metrics == {Metric.MISSED: 1, Metric.ACCEPTED: 1}
+
+
+def test_a_forged_missed_event_asks_for_nothing(webhook: Webhook) -> None:
+    reply = webhook.post({"value": [lifecycle("missed", clientState="forged")]}, Endpoint.LIFECYCLE)
+
+    assert webhook.queue.hints == []
+    assert reply.metrics == {Metric.DROPPED: 1}
 
 
 def test_a_failed_renewal_is_counted_and_graph_still_gets_202() -> None:

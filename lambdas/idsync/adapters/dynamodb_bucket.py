@@ -1,14 +1,16 @@
 """Token buckets in the state table (DynamoDB): one item per bucket, written by conditional UpdateItem.
 
 Item: pk ``BUCKET#<name>``, sk ``BUCKET``; ``micro_tokens`` (millionths of a token), ``updated_us``
-(microseconds since the epoch), ``version`` (grows by one per write) and ``ttl`` (epoch seconds; an
-idle bucket expires and comes back full, which is what an idle bucket is anyway).
+(microseconds since the epoch), ``version`` (grows by one per write), ``waiting`` (the line of hints
+waiting for a token, JSON: ``[[name, since_us, due_us], ...]``; at most one entry per PIM group) and
+``ttl`` (epoch seconds; an idle bucket expires and comes back full, which is what an idle bucket is anyway).
 Reads are strongly consistent; a write carries a condition on the version it read, so of two
 workers racing for the same token exactly one succeeds.
 """
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 import boto3
@@ -16,7 +18,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from idsync.errors import StateError
-from idsync.ports import BucketState
+from idsync.ports import BucketState, Waiter
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -24,8 +26,19 @@ if TYPE_CHECKING:
 SORT_KEY = "BUCKET"
 TTL_SECONDS = 7 * 24 * 3600
 _MICROS = 1_000_000
-_UPDATE = "SET #tokens = :tokens, #updated = :updated, #version = :version, #ttl = :ttl"
-_NAMES = {"#tokens": "micro_tokens", "#updated": "updated_us", "#version": "version", "#ttl": "ttl"}
+_UPDATE = "SET #tokens = :tokens, #updated = :updated, #version = :version, #ttl = :ttl, #waiting = :waiting"
+_NAMES = {
+    "#tokens": "micro_tokens",
+    "#updated": "updated_us",
+    "#version": "version",
+    "#ttl": "ttl",
+    "#waiting": "waiting",
+}
+
+
+def _line(item: dict[str, Any]) -> tuple[Waiter, ...]:
+    raw = item.get("waiting", {}).get("S", "[]")
+    return tuple(Waiter(str(name), int(since), int(due)) for name, since, due in json.loads(raw))
 
 
 def _key(name: str) -> dict[str, dict[str, str]]:
@@ -54,9 +67,10 @@ class DynamoDbBucketStore:
                 micro_tokens=int(item["micro_tokens"]["N"]),
                 updated_us=int(item["updated_us"]["N"]),
                 version=int(item["version"]["N"]),
+                waiting=_line(item),
             )
-        except (KeyError, ValueError) as error:
-            raise StateError(f"token bucket {name}: item in table {self._table} lacks a numeric {error}") from None
+        except (KeyError, ValueError, TypeError) as error:
+            raise StateError(f"token bucket {name}: item in table {self._table} is malformed: {error}") from None
 
     def replace(self, name: str, expected: BucketState | None, new: BucketState) -> bool:
         values = {
@@ -64,6 +78,7 @@ class DynamoDbBucketStore:
             ":updated": {"N": str(new.updated_us)},
             ":version": {"N": str(new.version)},
             ":ttl": {"N": str(new.updated_us // _MICROS + TTL_SECONDS)},
+            ":waiting": {"S": json.dumps([[w.name, w.since_us, w.due_us] for w in new.waiting])},
         }
         if expected is None:
             condition = "attribute_not_exists(pk)"

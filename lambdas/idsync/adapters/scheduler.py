@@ -2,7 +2,11 @@
 
 Each schedule is ``at(...)`` in UTC, in idsync's schedule group, targets the expiry function with
 ``{"group_id", "user_id"}`` as its input, runs with the scheduler role, and deletes itself once it
-has fired (``ActionAfterCompletion: DELETE``).
+has fired (``ActionAfterCompletion: DELETE``). A delivery the scheduler cannot make (the function
+throttled or unavailable) is retried (``RETRY_POLICY``) and then, when a dead-letter queue is
+configured, put there so an alarm says so; the expiry function's own failures go to the same queue
+through its asynchronous-invocation failure destination. The PIM poller removes an ended grant within
+one poll interval whatever became of its schedule.
 
 Schedules fire with one-minute precision (any second of the minute named), so the time is rounded
 up to the next whole minute: an expiry never fires before the grant's end.
@@ -33,6 +37,8 @@ if TYPE_CHECKING:
     from mypy_boto3_scheduler import EventBridgeSchedulerClient
 
 NAME_PREFIX = "grant-"
+# Scheduler's retries of a delivery it could not make; an expiry older than an hour is the poller's by then
+RETRY_POLICY = {"MaximumRetryAttempts": 10, "MaximumEventAgeInSeconds": 3600}
 _AT = re.compile(r"^at\((\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})\)$")
 
 
@@ -68,10 +74,12 @@ class EventBridgeExpiryScheduler:
         target_arn: str,
         role_arn: str,
         client: EventBridgeSchedulerClient | None = None,
+        dead_letter_arn: str | None = None,
     ) -> None:
         self.group_name = group_name
         self._target_arn = target_arn
         self._role_arn = role_arn
+        self._dead_letter_arn = dead_letter_arn
         self._client: Any = client or boto3.client(
             "scheduler", config=Config(retries={"mode": "adaptive", "max_attempts": 5})
         )
@@ -80,6 +88,14 @@ class EventBridgeExpiryScheduler:
         """Create the schedule for ``end`` (one that exists already is kept), then delete the one for
         ``previous`` when it is another. Raises SchedulerError."""
         name = schedule_name(group_id, user_id, end)
+        target: dict[str, Any] = {
+            "Arn": self._target_arn,
+            "RoleArn": self._role_arn,
+            "Input": json.dumps({"group_id": group_id, "user_id": user_id}),
+            "RetryPolicy": dict(RETRY_POLICY),
+        }
+        if self._dead_letter_arn:
+            target["DeadLetterConfig"] = {"Arn": self._dead_letter_arn}
         try:
             self._client.create_schedule(
                 Name=name,
@@ -90,11 +106,7 @@ class EventBridgeExpiryScheduler:
                 FlexibleTimeWindow={"Mode": "OFF"},
                 ActionAfterCompletion="DELETE",
                 State="ENABLED",
-                Target={
-                    "Arn": self._target_arn,
-                    "RoleArn": self._role_arn,
-                    "Input": json.dumps({"group_id": group_id, "user_id": user_id}),
-                },
+                Target=target,
             )
         except ClientError as error:
             if _code(error) != "ConflictException":

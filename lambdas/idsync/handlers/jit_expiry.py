@@ -1,8 +1,9 @@
 """Lambda entry point: a grant's end, invoked by its one-time EventBridge Scheduler schedule.
 
 The event is the schedule's input, ``{"group_id": ..., "user_id": ...}``; the logic is in
-``JitService.expire``. A failure raises, so Lambda retries the invocation; the sync cycle remains
-the safety net behind it.
+``JitService.expire``. A failure raises, so Lambda retries the invocation (twice), then sends it to the
+expiry dead-letter queue, whose alarm says so; the PIM poller removes the ended access within one poll
+interval whatever became of the expiry.
 """
 
 from __future__ import annotations

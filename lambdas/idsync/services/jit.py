@@ -243,6 +243,7 @@ class JitService:
             run.outcome.wait_seconds = LEASE_RETRY_SECONDS
             logger.info("group busy: another writer holds its lease; the hint comes back", extra={"group_id": group})
             return run.outcome
+        run.waiter = group
         try:
             run.reconcile(lease, adds=not paused, rearm=())
             if paused and run.outcome.held:
@@ -251,6 +252,8 @@ class JitService:
         finally:
             run.flush()
             lease.release()
+        if run.outcome.wait_seconds is None:
+            self.bucket.leave(group)  # nothing of this group waits for a token any more
         return run.outcome
 
     def expire(self, group_id: str, user_id: str) -> JitOutcome:
@@ -363,6 +366,8 @@ class _Run:
         self.entries: list[LogEntry] = []
         self._group: OwnedGroup | None = None
         self.lease: GroupLease | None = None
+        # a look's hint waits in the token line under its group's name; the cycle takes only unreserved tokens
+        self.waiter: str | None = None
 
     def reconcile(self, lease: GroupLease, adds: bool, rearm: Iterable[str] | None, only: str | None = None) -> None:
         """Read, judge and write for the group under ``lease`` (for the user ``only``, when given). ``rearm``:
@@ -486,7 +491,7 @@ class _Run:
                 self._write_record(user_id, facts.record, refused.record)
             return True
         if verdict.activation:
-            taken = service.bucket.try_take()
+            taken = service.bucket.try_take(self.waiter)
             if isinstance(taken, Wait):
                 self.outcome.wait_seconds = taken.seconds
                 logger.info(

@@ -6,15 +6,17 @@ is checked on its own: an item of the wrong shape (a missing field, both ``chang
 ``lifecycleEvent``, ...) is dropped and logged naming its index and the rule, and the others go on
 (only a request in which no item has a valid shape is rejected, 400). Then its clientState is
 compared in constant time with the secret, its tenant with ours, and its resource must name a
-configured PIM group. An item that passes becomes one hint ("look at group G", with the configured
-group id, never a string from the request); one that fails is dropped and logged,
-and the request is still answered 202, as Graph expects.
+configured PIM group. Items that pass become hints ("look at group G", with the configured group id,
+never a string from the request), one per group per request however many items name it (a look
+re-reads the whole group); one that fails is dropped and logged, and the request is still answered
+202, as Graph expects. Changes of groups that are not PIM groups (a tenant-wide ``/groups``
+subscription carries every group's changes) are counted and logged once per request.
 
 Lifecycle items (``lifecycleEvent``) are handled on either path, because Graph sends them to the
 notification URL when a subscription has no lifecycle URL: reauthorizationRequired renews the
-subscription, subscriptionRemoved and missed are logged and counted (the subscriptions job and the
-sync cycle repair what they imply); a lifecycle event idsync does not know is ignored (logged and
-counted), as Microsoft asks receivers to do.
+subscription; missed and subscriptionRemoved mean notifications were or will be lost, so every PIM
+group the item concerns (the one its resource names, else all of them) gets a hint: an immediate look;
+a lifecycle event idsync does not know is ignored (logged and counted), as Microsoft asks receivers to do.
 
 Graph adds properties to notifications over time: unknown ones are ignored, never read.
 """
@@ -45,6 +47,7 @@ MAX_DEPTH = 10
 MAX_TOKEN_CHARS = 1024
 MAX_DETAILS = 10
 HINT_REASON = "notification"
+LOST_REASON = "lifecycle"  # a missed or subscriptionRemoved event: look at every group it concerns
 
 GUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 _GUID = re.compile(GUID, re.ASCII)
@@ -54,6 +57,7 @@ _GROUP_RESOURCE = re.compile(
     re.IGNORECASE | re.ASCII,
 )
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+OTHER_GROUP = "not a configured PIM group"
 
 
 class Endpoint(StrEnum):
@@ -83,7 +87,10 @@ class WebhookReply:
 class Metric(StrEnum):
     HANDSHAKES = "ValidationHandshakes"
     ACCEPTED = "NotificationsAccepted"
+    COALESCED = "NotificationsCoalesced"  # accepted items whose group already had a hint in the same request
+    OTHER_GROUPS = "NotificationsOtherGroups"  # changes of groups that are not PIM groups (broad subscription)
     DROPPED = "NotificationsDropped"
+    LOOKS_REQUESTED = "LooksRequested"  # hints sent for lost notifications (missed, subscriptionRemoved)
     REJECTED = "RequestsRejected"
     REAUTHORIZATION_REQUIRED = "LifecycleReauthorizationRequired"
     SUBSCRIPTION_REMOVED = "LifecycleSubscriptionRemoved"
@@ -412,7 +419,8 @@ class NotificationService:
         secret = self._secrets.get(self._client_state_secret)
         received_at = self._clock.now().astimezone(UTC).isoformat(timespec="milliseconds")
         counts: Counter[str] = Counter()
-        hints: list[Hint] = []
+        hints: dict[str, Hint] = {}  # one per group: a look re-reads the whole group
+        lost: set[str] = set()  # groups whose notifications a lifecycle event says were lost
         for index, problem in body.invalid:
             logger.warning(
                 "notification dropped", extra={"endpoint": endpoint.value, "index": index, "reason": problem[:500]}
@@ -421,10 +429,13 @@ class NotificationService:
         for index, item in enumerate(body.value):
             reason = self._untrusted(item, secret)
             if reason is None and item.lifecycle_event is not None:
-                self._lifecycle(endpoint, index, item, counts)
+                lost |= self._lifecycle(endpoint, index, item, counts)
                 continue
             group, reason = (None, reason) if reason else self._group(item)
             if group is None:
+                if reason == OTHER_GROUP:
+                    counts[Metric.OTHER_GROUPS] += 1
+                    continue
                 logger.warning(
                     "notification dropped",
                     extra={
@@ -437,10 +448,16 @@ class NotificationService:
                 )
                 counts[Metric.DROPPED] += 1
                 continue
-            hints.append(Hint(group_id=group, reason=HINT_REASON, received_at=received_at))
             counts[Metric.ACCEPTED] += 1
+            if group in hints:
+                counts[Metric.COALESCED] += 1
+                continue
+            hints[group] = Hint(group_id=group, reason=HINT_REASON, received_at=received_at)
+        for group in sorted(lost - set(hints)):
+            hints[group] = Hint(group_id=group, reason=LOST_REASON, received_at=received_at)
+            counts[Metric.LOOKS_REQUESTED] += 1
         if hints:
-            self._queue.send(hints)
+            self._queue.send(list(hints.values()))
         logger.info(
             "notifications received",
             extra={
@@ -448,7 +465,8 @@ class NotificationService:
                 "items": len(body.value),
                 "accepted": counts[Metric.ACCEPTED],
                 "dropped": counts[Metric.DROPPED],
-                "groups": sorted({hint.group_id for hint in hints}),
+                "other_groups": counts[Metric.OTHER_GROUPS],
+                "groups": sorted(hints),
             },
         )
         return WebhookReply(202, "", None, dict(counts))
@@ -467,33 +485,47 @@ class NotificationService:
         if found is None:
             return None, "resource is not a group's members"
         if found not in self._groups:
-            return None, "not a configured PIM group"
+            return None, OTHER_GROUP
         return self._groups[found], None
 
-    def _lifecycle(self, endpoint: Endpoint, index: int, item: NotificationItem, counts: Counter[str]) -> None:
+    def _lifecycle(self, endpoint: Endpoint, index: int, item: NotificationItem, counts: Counter[str]) -> set[str]:
+        """Handle one trusted lifecycle item; the PIM groups whose notifications it says were lost."""
         event = item.lifecycle_event or ""
         context = {"endpoint": endpoint.value, "index": index, "subscription_id": item.subscription_id}
         if event not in _LIFECYCLE_METRICS:
             # Microsoft may add lifecycle events; receivers are asked to ignore the ones they do not know
             counts[Metric.LIFECYCLE_UNKNOWN] += 1
             logger.info("unknown lifecycle event ignored", extra={**context, "lifecycle_event": event[:64]})
-            return
+            return set()
         counts[_LIFECYCLE_METRICS[event]] += 1
         if event != "reauthorizationRequired":
-            logger.warning("lifecycle event", extra={**context, "lifecycle_event": event})
-            return
+            concerned = self._concerned(item)
+            logger.warning(
+                "lifecycle event: notifications lost, the PIM groups it concerns are looked at now",
+                extra={**context, "lifecycle_event": event, "groups": len(concerned)},
+            )
+            return concerned
         if self._renewer is None:
             logger.warning(
                 "reauthorization required; renewal left to the scheduled subscriptions job",
                 extra=context,
             )
-            return
+            return set()
         try:
             self._renewer.renew(item.subscription_id)
         except DirectoryError as error:
             # the scheduled subscriptions job renews it later; Graph must still get its 202 now
             counts[Metric.RENEWAL_FAILED] += 1
             logger.error("subscription renewal failed", extra={**context, "error": str(error)})
-            return
+            return set()
         counts[Metric.RENEWED] += 1
         logger.info("subscription renewed", extra=context)
+        return set()
+
+    def _concerned(self, item: NotificationItem) -> set[str]:
+        """The configured group a lifecycle item's resource names; every PIM group when it names none
+        (lifecycle items need not carry a resource, and a tenant-wide subscription concerns them all)."""
+        found = group_of(item.resource or "")
+        if found is not None and found in self._groups:
+            return {self._groups[found]}
+        return set(self._groups.values())

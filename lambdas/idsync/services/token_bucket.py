@@ -8,20 +8,30 @@ So concurrent workers can never spend the same token twice.
 Only activations take tokens. Removals (expiry, early deactivation) never ask the bucket: access
 is taken away on time whatever the load.
 
+Fairness: a take that finds no token for it names its waiter (the PIM group whose hint waits) and joins
+a line kept in the bucket, oldest first. The tokens that refill are kept for the waiters ahead: a take
+succeeds only while the bucket holds a whole token for every waiter ahead of it plus one, and a new
+arrival queues behind everyone. A waiter served leaves the line; if its group still has activations
+waiting, its next take queues again at the back (round robin by waiting time). So with ``W`` groups
+waiting and ``r = refill / period`` tokens a second, a hint waits at most ``W / r`` seconds plus the
+lateness of the hints ahead of it coming back, which the line forgives for at most ``WAITER_GRACE``:
+a waiter not back by ``due + WAITER_GRACE`` (its hint lost, its worker crashed) is dropped from the line.
+
 Arithmetic is in integers (millionths of a token, microseconds), so refills and waits are exact;
 the only rounding is down, by less than a millionth of a token per take, which never over-grants.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from idsync.config import PimSettings
-from idsync.ports import BucketState, BucketStore, Clock
+from idsync.ports import BucketState, BucketStore, Clock, Waiter
 
 SCALE = 1_000_000  # micro-tokens per token, and microseconds per second
 CONTENTION_RETRY_SECONDS = 0.2  # how soon to come back after losing every compare-and-set round
+WAITER_GRACE_SECONDS = 30  # a waiter not back this long after its due time has given up its place
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -94,6 +104,23 @@ def micros_until_token(state: BucketState | None, now_us: int, policy: BucketPol
     return max(0, ready_us - max(now_us, state.updated_us))
 
 
+def live_line(state: BucketState | None, now_us: int) -> list[Waiter]:
+    """The waiters still in line at ``now_us``, oldest first (ties by name); the ones long overdue are gone."""
+    if state is None:
+        return []
+    grace = WAITER_GRACE_SECONDS * SCALE
+    return sorted((w for w in state.waiting if w.due_us + grace >= now_us), key=lambda w: (w.since_us, w.name))
+
+
+def micros_until_tokens(tokens: int, wanted: int, policy: BucketPolicy) -> int:
+    """Microseconds of refill until ``tokens`` (micro-tokens) grow to ``wanted`` whole tokens, capacity aside
+    (the waiters ahead spend what refills; rounded up: the answer is never early)."""
+    missing = wanted * SCALE - tokens
+    if missing <= 0:
+        return 0
+    return -(-missing * policy.period_us // (policy.refill * SCALE))
+
+
 class TokenBucket:
     """One named bucket in a shared store. ``try_take`` is safe to call from any number of workers."""
 
@@ -111,29 +138,66 @@ class TokenBucket:
         self._name = name
         self._max_attempts = max(1, max_attempts)
 
-    def try_take(self) -> Grant | Wait:
-        """Take one token for one activation, at the injected clock's now.
+    def try_take(self, waiter: str | None = None) -> Grant | Wait:
+        """Take one token for one activation, at the injected clock's now, in line order.
 
-        Returns Grant, or Wait with the exact time until the next token. Removals must never call
-        this: they are not metered. Raises StateError when the store cannot be read or written.
+        ``waiter`` names who waits (a PIM group): denied, it joins the line (keeping its place if already in
+        it); served, it leaves it. Unnamed, the take queues behind every waiter and never joins the line.
+        Returns Grant, or Wait with the time until its turn. Removals must never call this: they are not
+        metered. Raises StateError when the store cannot be read or written.
         """
         state = self._store.load(self._name)
         for _ in range(self._max_attempts):
             now_us = to_micros(self._clock.now())
             tokens = available(state, now_us, self._policy)
-            if tokens < SCALE:
-                return Wait(seconds=micros_until_token(state, now_us, self._policy) / SCALE)
-            # the stored time never moves back, so a worker with a lagging clock cannot mint tokens
+            line = live_line(state, now_us)
+            mine = next((w for w in line if w.name == waiter), None) if waiter is not None else None
+            ahead = line.index(mine) if mine is not None else len(line)
             updated_us = now_us if state is None else max(now_us, state.updated_us)
-            new = BucketState(
-                micro_tokens=tokens - SCALE,
-                updated_us=updated_us,
-                version=1 if state is None else state.version + 1,
+            version = 1 if state is None else state.version + 1
+            if tokens >= (ahead + 1) * SCALE:
+                rest = tuple(w for w in line if w is not mine)
+                new = BucketState(tokens - SCALE, updated_us, version, rest)
+                if self._store.replace(self._name, state, new):
+                    return Grant(tokens_left=new.micro_tokens / SCALE)
+                state = self._store.load(self._name)
+                continue
+            wait_us = micros_until_token(state, now_us, self._policy)
+            if ahead:
+                wait_us = max(wait_us, micros_until_tokens(tokens, ahead + 1, self._policy))
+            if waiter is None:
+                return Wait(seconds=wait_us / SCALE)
+            place = (
+                replace(mine, due_us=now_us + wait_us) if mine is not None else Waiter(waiter, now_us, now_us + wait_us)
             )
+            # the tokens as they are now (the refill is folded in), so no time is counted twice
+            kept = (*(w for w in line if w is not mine), place)
+            new = BucketState(tokens, updated_us, version, kept)
             if self._store.replace(self._name, state, new):
-                return Grant(tokens_left=new.micro_tokens / SCALE)
+                return Wait(seconds=wait_us / SCALE)
             state = self._store.load(self._name)
         return Wait(seconds=CONTENTION_RETRY_SECONDS, contended=True)
+
+    def leave(self, waiter: str) -> None:
+        """Take ``waiter`` out of the line (its hint needs no token any more); nothing when it is not in it.
+
+        Best effort: a lost race leaves the place to expire. Raises StateError.
+        """
+        state = self._store.load(self._name)
+        for _ in range(self._max_attempts):
+            if state is None or all(w.name != waiter for w in state.waiting):
+                return
+            now_us = to_micros(self._clock.now())
+            updated_us = max(now_us, state.updated_us)
+            rest = tuple(w for w in live_line(state, now_us) if w.name != waiter)
+            new = BucketState(available(state, now_us, self._policy), updated_us, state.version + 1, rest)
+            if self._store.replace(self._name, state, new):
+                return
+            state = self._store.load(self._name)
+
+    def line(self) -> list[Waiter]:
+        """The waiters in line now, oldest first. Raises StateError."""
+        return live_line(self._store.load(self._name), to_micros(self._clock.now()))
 
     def give_back(self) -> bool:
         """Return one token taken for an activation whose write then failed (never above capacity).
@@ -148,7 +212,7 @@ class TokenBucket:
             now_us = to_micros(self._clock.now())
             updated_us = max(now_us, state.updated_us)
             tokens = min(self._policy.capacity * SCALE, available(state, now_us, self._policy) + SCALE)
-            new = BucketState(micro_tokens=tokens, updated_us=updated_us, version=state.version + 1)
+            new = BucketState(tokens, updated_us, state.version + 1, state.waiting)
             if self._store.replace(self._name, state, new):
                 return True
             state = self._store.load(self._name)
