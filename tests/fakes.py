@@ -134,6 +134,10 @@ class FakeIdentityStore:
     def update_group(self, group_id: str, changes: Sequence[AttributeChange]) -> None:
         if group_id not in self.groups:
             raise TargetNotFound(group_id)
+        for change in changes:
+            # AWS refuses a displayName another group holds (UNIQUENESS_CONSTRAINT_VIOLATION)
+            if change.attribute == "DisplayName" and self.find_group(str(change.new)) not in (None, group_id):
+                raise TargetConflict(f"displayName {change.new} exists")
         self._write("UpdateGroup")
         for change in changes:
             self.groups[group_id][change.attribute] = change.new
