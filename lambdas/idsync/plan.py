@@ -164,6 +164,8 @@ class _UserPlanner:
         # source id -> target id for every user idsync will own after this plan (created ones excluded)
         self.targets: dict[str, str] = {sid: o.target_id for sid, o in owned.users.items()}
         self.creating: set[str] = set()
+        # managed users refused a new userName: they keep the one they hold, and all their other changes
+        self.kept: set[str] = set()
 
     def manager_value(self, user: User) -> str | SourceRef | None:
         if not user.manager_source_id:
@@ -210,6 +212,7 @@ class _UserPlanner:
                         user.user_name,
                     )
                 )
+                self._keep_held_name(user, taken_names, updates)
                 continue
             taken_names[folded] = sid
             owned = self.owned.users.get(sid)
@@ -269,6 +272,18 @@ class _UserPlanner:
         renames, update_ops = _order_renames(update_ops, self.current.users)
         # creates that need a name a rename frees come after the renames
         return renames + create_ops, adopts, update_ops
+
+    def _keep_held_name(
+        self, user: User, taken: dict[str, str], updates: list[tuple[User, TargetUser, UserDoc]]
+    ) -> None:
+        """A managed user refused a new userName goes on under the userName it holds (unless another took it)."""
+        owned = self.owned.users.get(user.source_id)
+        target = self.current.users.get(owned.target_id) if owned is not None else None
+        if target is None or target.user_name.casefold() in taken:
+            return
+        taken[target.user_name.casefold()] = user.source_id
+        self.kept.add(user.source_id)
+        updates.append((replace(user, user_name=target.user_name), target, self._current_doc(target)))
 
     def _park_retained_names(self, taken: Mapping[str, str]) -> list[Operation]:
         """Renames to a temporary name of managed users that stay or wait for deletion (restorable,
@@ -373,7 +388,10 @@ def _order_renames(
 
 def _plan_groups(
     desired: DesiredView, current: CurrentView, owned: Ownership, policy: PlanPolicy, refused: set[str]
-) -> tuple[list[Operation], list[Operation], dict[str, str], list[Refusal]]:
+) -> tuple[list[Operation], list[Operation], dict[str, str], list[Refusal], set[str]]:
+    """(creates and updates, deletions, source id -> target id, refusals, refused groups left out of the plan).
+
+    A managed group refused a new displayName goes on under the displayName it holds: it is not left out."""
     ops: list[Operation] = []
     refusals: list[Refusal] = []
     targets = {sid: o.target_id for sid, o in owned.groups.items()}
@@ -384,6 +402,7 @@ def _plan_groups(
             free_by_name.setdefault(target.display_name, target)
     taken: dict[str, str] = {}
     creates: list[Operation] = []
+    left_out: set[str] = set()
 
     def claim_order(sid: str) -> tuple[int, str]:
         # the group holding a contested displayName keeps it, then managed groups, then newcomers
@@ -408,7 +427,12 @@ def _plan_groups(
                     group.display_name,
                 )
             )
-            continue
+            mine = owned.groups.get(sid)
+            held_now = current.groups.get(mine.target_id) if mine is not None else None
+            if held_now is None or held_now.display_name in taken:
+                left_out.add(sid)
+                continue
+            group = replace(group, display_name=held_now.display_name)
         taken[group.display_name] = sid
         mine = owned.groups.get(sid)
         held: TargetGroup | None = None
@@ -470,7 +494,7 @@ def _plan_groups(
                     reason="no longer in scope (or deleted) in Entra",
                 )
             )
-    return creates + ops, deletes, targets, refusals
+    return creates + ops, deletes, targets, refusals, left_out
 
 
 def _plan_memberships(
@@ -565,14 +589,15 @@ def make_plan(desired: DesiredView, current: CurrentView, owned: Ownership, poli
     refused = {r.source_id for r in desired.refusals}
     users = _UserPlanner(desired, current, owned, policy)
     user_creates, user_adopts, user_updates = users.run()
-    refused |= {r.source_id for r in users.refusals}
+    refused |= {r.source_id for r in users.refusals} - users.kept
     user_deletes = users.deletions(refused)
-    group_ops, group_deletes, group_targets, group_refusals = _plan_groups(desired, current, owned, policy, refused)
+    group_ops, group_deletes, group_targets, group_refusals, refused_groups = _plan_groups(
+        desired, current, owned, policy, refused
+    )
     live_users = {sid for sid, u in desired.users.items() if u.active and sid not in refused}
-    refused_groups = {r.source_id for r in group_refusals}
     live_groups = set(desired.groups) - refused_groups
     membership_adds, membership_removes = _plan_memberships(
-        desired, current, owned, users.targets, group_targets, live_users, live_groups, refused
+        desired, current, owned, users.targets, group_targets, live_users, live_groups, refused | refused_groups
     )
     guard = _guard(user_deletes, group_deletes, membership_removes, owned, policy)
     held_back: list[Operation] = []

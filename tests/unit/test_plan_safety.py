@@ -219,3 +219,39 @@ def test_groups_stay_when_delete_groups_is_off() -> None:
     assert report.guard is None
     assert store.find_group("Team 5") is not None
     assert "DeleteGroup" not in store.writes
+
+
+def test_a_managed_group_refused_a_taken_display_name_keeps_its_name_and_follows_entra() -> None:
+    # Given two managed groups, each with five members
+    people = _people(10)
+    groups = [{"id": "g0", "displayName": "Team 0"}, {"id": "g1", "displayName": "Team 1"}]
+    directory = FakeSource(people, groups, {"g0": [p["id"] for p in people[:5]], "g1": [p["id"] for p in people[5:]]})
+    store, state = FakeIdentityStore(), FakeState()
+    make_service(directory, store, state).run()
+    # When Entra renames g1 onto g0's displayName and one member leaves g1, another joins it
+    directory.groups[1] = {"id": "g1", "displayName": "Team 0", "description": "copied"}
+    directory.members["g1"] = [p["id"] for p in people[6:]] + [people[0]["id"]]
+    report = make_service(directory, store, state).run()
+    # Then g1 is refused the name but keeps "Team 1" and exactly Entra's members (nothing is cut wholesale)
+    assert [r.source_id for r in report.refusals] == ["g1"]
+    assert store.members_of("Team 1") == {f"u{i}@example.com" for i in [0, 6, 7, 8, 9]}
+    assert store.groups[state.groups["g1"].target_id]["Description"] == "copied"
+    assert store.members_of("Team 0") == {f"u{i}@example.com" for i in range(5)}
+    assert report.failures == ()
+
+
+def test_a_managed_user_refused_a_taken_user_name_keeps_its_name_and_loses_memberships_entra_removed() -> None:
+    # Given two managed users in one group
+    people = _people(2)
+    directory = FakeSource(people, [{"id": "g1", "displayName": "Admins"}], {"g1": ["e00", "e01"]})
+    store, state = FakeIdentityStore(), FakeState()
+    make_service(directory, store, state).run()
+    # When Entra renames e01 onto e00's userName (case aside) and removes it from the group
+    directory.users[1] = dict(people[1], userPrincipalName="U0@example.com", displayName="Moved")
+    directory.members["g1"] = ["e00"]
+    report = make_service(directory, store, state, max_deletion_percent=100.0).run()
+    # Then e01 is refused the name, keeps "u1@example.com", takes its other changes and leaves the group
+    assert [r.source_id for r in report.refusals] == ["e01"]
+    assert store.members_of("Admins") == {"u0@example.com"}
+    assert store.user_by_name("u1@example.com")["doc"]["DisplayName"] == "Moved"
+    assert report.failures == ()
