@@ -8,7 +8,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from idsync.errors import SchedulerError, TargetConflict, TargetError, TargetNotFound, TargetTransient
+from idsync.errors import (
+    SchedulerError,
+    TargetConflict,
+    TargetError,
+    TargetNotFound,
+    TargetThrottled,
+    TargetTransient,
+)
 from idsync.mirror import MemberChange
 from idsync.model import (
     AttributeChange,
@@ -58,7 +65,7 @@ class FakeIdentityStore:
             raise TargetError(self.fail_on[name])
         if self.throttled_writes > 0:
             self.throttled_writes -= 1
-            raise TargetTransient(f"{what} {name}: ThrottlingException: Rate exceeded")
+            raise TargetThrottled(f"{what} {name}: ThrottlingException: Rate exceeded")
         if self.crash_after_writes is not None and len(self.writes) >= self.crash_after_writes:
             raise RuntimeError("simulated crash")
         self.writes.append(what)

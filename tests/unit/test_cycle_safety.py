@@ -247,3 +247,84 @@ def test_a_full_reconcile_keeps_a_soft_deleted_user_within_the_grace_period() ->
     world.clock.advance(29 * 86400)
     world.run(force_full=True)
     assert world.store.find_user("u4@example.com") is None
+
+
+def _always_500_for(world: World, user_name: str) -> None:
+    from idsync.errors import TargetTransient
+
+    original = world.store.update_user
+
+    def update_user(user_id: str, changes: Any) -> None:
+        if world.store.users[user_id]["UserName"] == user_name:
+            raise TargetTransient("UpdateUser: InternalServerException (HTTP 500)")
+        original(user_id, changes)
+
+    world.store.update_user = update_user  # type: ignore[method-assign]
+
+
+def test_an_operation_that_always_answers_5xx_is_escrowed_after_three_runs_and_later_writes_go_on() -> None:
+    # Given a provisioned tenant where u1's UpdateUser answers HTTP 500 every time
+    world = World()
+    world.run()
+    _always_500_for(world, "u1@example.com")
+    # When u1 gets a new title and u11 leaves (its removals come after u1's update)
+    world.source.users[1]["jobTitle"] = "Lead"
+    world.source.users.pop(11)
+    for members in world.source.members.values():
+        if "e11" in members:
+            members.remove("e11")
+    stopped = [world.run() for _ in range(2)]
+    # Then two runs stop at u1 without a failure, and the third escrows u1's update and goes on
+    assert [o.report.complete for o in stopped] == [False, False]
+    assert all(o.report.failures == () for o in stopped)
+    assert world.store.find_user("u11@example.com") is not None
+    third = world.run()
+    assert third.report.complete
+    assert [(f.name, f.action) for f in third.report.failures] == [("u1@example.com", "update")]
+    assert world.store.find_user("u11@example.com") is None
+    assert world.store.users[world.store.find_user("u1@example.com")]["doc"]["Title"] == "Engineer"
+
+
+def test_operations_a_stopped_run_never_attempted_keep_their_escrow() -> None:
+    from idsync.errors import TargetError
+    from idsync.services.escrow import Escrow
+
+    # Given u2's update failed once (escrowed: retried on the next cycle)
+    world = World()
+    world.run()
+    original = world.store.update_user
+    failing = {"once": True}
+
+    def update_user(user_id: str, changes: Any) -> None:
+        if world.store.users[user_id]["UserName"] == "u2@example.com" and failing.pop("once", False):
+            raise TargetError("ValidationException")
+        original(user_id, changes)
+
+    world.store.update_user = update_user  # type: ignore[method-assign]
+    world.source.users[2]["jobTitle"] = "Lead"
+    first = world.run()
+    assert [f.name for f in first.report.failures] == ["u2@example.com"]
+    # When the next run stops at u1's update (planned before u2's), which answers HTTP 500
+    _always_500_for(world, "u1@example.com")
+    world.source.users[1]["jobTitle"] = "Lead"
+    second = world.run()
+    assert not second.report.complete
+    # Then u2's escrow entry is still there, with its one attempt
+    entries = Escrow(world.state).entries
+    assert [(k, e.attempts) for k, e in entries.items() if k == "user:e2"] == [("user:e2", 1)]
+
+
+def test_no_cycle_completing_for_longer_than_the_full_reconcile_interval_is_notified_once() -> None:
+    from datetime import timedelta
+
+    # Given a provisioned tenant whose cycles then keep stopping on their time budget
+    world = World()
+    world.run()
+    world.source.users[1]["jobTitle"] = "Lead"
+    world.notifier.sent.clear()
+    for _ in range(4 * 30):  # 30 hours of 15-minute cycles
+        world.clock.advance(timedelta(minutes=15).total_seconds())
+        assert world.run(should_stop=lambda: True).report.complete is False
+    # Then exactly one notice says no cycle has completed, naming since when
+    stalls = [s for s, _ in world.notifier.sent if "not completing" in s]
+    assert len(stalls) == 1

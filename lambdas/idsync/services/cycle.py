@@ -74,6 +74,7 @@ MIRROR_KEY = "mirror"
 CHECKPOINT_KEY = "checkpoint"  # a full cycle stopped by its time budget: its mirror and links
 RUN_CURRENT, RUN_LAST = "run:current", "run:last"
 REFUSALS_KEY = "refusals"
+COMPLETED_KEY = "last-complete"  # when a cycle last completed, and whether a stall was notified
 STATUS_EVERY_SECONDS = 2.0
 
 
@@ -353,6 +354,7 @@ class CycleService:
             self._finish(mirror, links, mode, record, started)
         status.finish(report, mode)
         self._after(report, applier.attempted, quarantine)
+        self._watch_completion(complete, started, applier.stopped_by)
         return CycleOutcome(report, mode=mode, plan=plan)
 
     # ------------------------------------------------------------------ PIM for Groups
@@ -583,7 +585,9 @@ class CycleService:
             source = op.key.split(":", 1)[1] if op.kind is Kind.MEMBERSHIP else op.source_id
             entry = failed.get((op.kind.value, op.action.value, source))
             if entry is None:
-                escrow.succeeded(op.key)
+                if op.key in applier.succeeded:
+                    escrow.succeeded(op.key)
+                # never attempted (the run stopped first): its escrow stays as it was
                 continue
             held = escrow.failed(op.key, self._fingerprint(op, desired), entry.error or "", now)
             if held.given_up:
@@ -627,6 +631,26 @@ class CycleService:
         new_record.pop("links", None)
         self.state.put_item(CYCLE_KEY, new_record)
         self.state.delete_item(CHECKPOINT_KEY)
+
+    def _watch_completion(self, complete: bool, started: datetime, stopped_by: str | None) -> None:
+        """Notify once when no cycle has completed for longer than the full-reconcile interval."""
+        item = self.state.get_item(COMPLETED_KEY)
+        if complete:
+            self.state.put_item(COMPLETED_KEY, {"at": started.isoformat()})
+            return
+        if item is None:
+            self.state.put_item(COMPLETED_KEY, {"at": started.isoformat()})
+            return
+        since = datetime.fromisoformat(str(item["at"]))
+        if item.get("notified") or self.clock.now() - since <= self.full_reconcile:
+            return
+        self.state.put_item(COMPLETED_KEY, {"at": item["at"], "notified": True})
+        if self.notifier is not None:
+            self.notifier.notify(
+                "idsync cycles are not completing",
+                f"No sync cycle has completed since {since.isoformat()}; the last one stopped: "
+                f"{stopped_by or 'time budget'}. Later writes (removals, deletions) wait until one completes.",
+            )
 
     def _enter_quarantine(self, previous: Quarantine | None, reason: str) -> None:
         now = self.clock.now()

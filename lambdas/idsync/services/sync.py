@@ -13,7 +13,9 @@ Invariants:
 * a managed user or group found deleted by hand is created again and gets every membership the
   desired view gives it, in the same cycle;
 * throttling and AWS-side faults (``TargetTransient``, after the client's own retries) are not
-  failures: the cycle stops there and the next invocation carries on.
+  failures: the cycle stops there and the next invocation carries on; but one operation that stops
+  ``TRANSIENT_STOPS_LIMIT`` runs in a row (``TRANSIENT_KEY``) becomes a failure (escrowed) and the
+  run goes on past it, so one object that always answers 5xx cannot stall every later write.
 """
 
 from __future__ import annotations
@@ -21,7 +23,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 
-from idsync.errors import TargetAuthError, TargetConflict, TargetError, TargetNotFound, TargetTransient
+from idsync.errors import (
+    TargetAuthError,
+    TargetConflict,
+    TargetError,
+    TargetNotFound,
+    TargetThrottled,
+    TargetTransient,
+)
 from idsync.model import (
     Action,
     AttributeChange,
@@ -56,6 +65,8 @@ from idsync.ports import Clock, IdentityStore, StateStore
 
 LOG_FLUSH_EVERY = 500
 INTENT_KEY = "create-intent"  # the one create in flight: {"kind", "source_id", "name"}
+TRANSIENT_KEY = "transient-stops"  # {"key": operation key, "count": runs in a row it stopped}
+TRANSIENT_STOPS_LIMIT = 3
 Progress = Callable[[int, int], None]
 
 
@@ -130,6 +141,9 @@ class Applier:
         self.followups: list[Operation] = []  # memberships of objects created again after a hand-made delete
         self.intent_written = False
         self.stopped_by: str | None = None  # why the cycle ended early (throttling, AWS faults)
+        self.succeeded: set[str] = set()  # keys of the operations that went through this run
+        # the operation that stopped earlier runs with transient errors (counted in TRANSIENT_KEY)
+        self.transient_key: str | None = None
 
     # ------------------------------------------------------------------ loop
 
@@ -138,6 +152,7 @@ class Applier:
     ) -> bool:
         """Apply in order; False when stopped early (time budget, or AWS throttling past the retries)."""
         ops = list(operations)
+        self.transient_key = str((self.state.get_item(TRANSIENT_KEY) or {}).get("key") or "") or None
         index = 0
         while index < len(ops) or self.followups:
             if index >= len(ops):
@@ -157,14 +172,21 @@ class Applier:
                 self._end()
                 raise
             except TargetTransient as error:
-                # not a failure of this object: AWS asked to slow down or failed on its side; a create
-                # may still have landed, so its intent stays for the next run to resolve
-                self.stopped_by = str(error)
-                self._log(op, Status.SKIPPED, op.target_id, (), f"{error}; the next run carries on", 0.0)
-                self.flush()
-                return False
+                # throttling is account-wide; only an operation AWS keeps failing on is counted against it
+                stops = 0 if isinstance(error, TargetThrottled) else self._transient_stop(op)
+                if stops < TRANSIENT_STOPS_LIMIT:
+                    # not a failure of this object: AWS asked to slow down or failed on its side; a create
+                    # may still have landed, so its intent stays for the next run to resolve
+                    self.stopped_by = str(error)
+                    self._log(op, Status.SKIPPED, op.target_id, (), f"{error}; the next run carries on", 0.0)
+                    self.flush()
+                    return False
+                status, target_id, changes = Status.FAILURE, op.target_id, op.changes
+                note = f"{error} (stopped {stops} runs in a row: escrowed so that later operations go on)"
             except TargetError as error:
                 status, target_id, changes, note = Status.FAILURE, op.target_id, op.changes, str(error)
+            if status is not Status.FAILURE:
+                self._transient_cleared(op)
             self._log(op, status, target_id, changes, note, time.perf_counter() - started)
             if progress is not None:
                 progress(index, len(ops))
@@ -173,6 +195,20 @@ class Applier:
         self._resolve_deferred_managers()
         self._end()
         return True
+
+    def _transient_stop(self, op: Operation) -> int:
+        """Count one more run in a row that ``op`` stopped with a transient error; returns the count."""
+        item = self.state.get_item(TRANSIENT_KEY) or {}
+        count = int(item.get("count", 0)) + 1 if item.get("key") == op.key else 1
+        self.state.put_item(TRANSIENT_KEY, {"key": op.key, "count": count})
+        self.transient_key = op.key
+        return count
+
+    def _transient_cleared(self, op: Operation) -> None:
+        self.succeeded.add(op.key)
+        if self.transient_key == op.key:
+            self.state.delete_item(TRANSIENT_KEY)
+            self.transient_key = None
 
     def _end(self) -> None:
         if self.intent_written:
@@ -228,6 +264,10 @@ class Applier:
             started = time.perf_counter()
             try:
                 status, target_id, changes, note = self._update_user(op)
+            except TargetTransient as error:
+                # not this user's failure: the manager reference waits for the next run
+                status, target_id, changes = Status.SKIPPED, owned.target_id, (change,)
+                note = f"{error}; the next run carries on"
             except TargetError as error:
                 status, target_id, changes, note = Status.FAILURE, owned.target_id, (change,), str(error)
             self._log(op, status, target_id, changes, note, time.perf_counter() - started)
