@@ -328,3 +328,24 @@ def test_no_cycle_completing_for_longer_than_the_full_reconcile_interval_is_noti
     # Then exactly one notice says no cycle has completed, naming since when
     stalls = [s for s, _ in world.notifier.sent if "not completing" in s]
     assert len(stalls) == 1
+
+
+def test_on_demand_provisioning_settles_a_create_a_stopped_cycle_left_unrecorded() -> None:
+    from idsync.services.sync import INTENT_KEY
+
+    # Given a cycle that created u12 but crashed before recording it (its intent is all that is left)
+    world = World()
+    world.run()
+    world.source.users.append(
+        {"id": "e12", "userPrincipalName": "u12@example.com", "displayName": "User 12", "accountEnabled": True}
+    )
+    created = world.store.create_user("u12@example.com", {"DisplayName": "User 12"})
+    world.state.put_item(INTENT_KEY, {"kind": "user", "source_id": "e12", "name": "u12@example.com", "doc": {}})
+    # When an operator provisions another user on demand
+    world.source.users[3]["jobTitle"] = "Lead"
+    outcome = world.service().provision("user", "e3")
+    # Then the stopped cycle's create is recorded as e12's (not lost), and the intent is settled
+    assert outcome.report is not None
+    assert outcome.report.failures == ()
+    assert world.state.users["e12"].target_id == created
+    assert world.state.get_item(INTENT_KEY) is None

@@ -421,6 +421,9 @@ class CycleService:
                 reason = self._out_of_scope_reason(mirror, "group", next(iter(group_ids)))
                 return CycleOutcome(None, skipped=f"group {key} is not in scope: {reason}", mode=mode)
             owned_now = self.state.load_ownership()
+            if resolve_intent(self.state, self.target, owned_now):
+                # a cycle stopped between a create and its record: settle it before this applier intends its own
+                owned_now = self.state.load_ownership()
             inactive = [u for u in user_ids if u in desired.users and not desired.users[u].active]
             if kind == "user" and inactive and inactive[0] not in owned_now.users:
                 return CycleOutcome(

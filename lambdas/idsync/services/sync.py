@@ -7,9 +7,12 @@ there adopts it).
 
 Invariants:
 
-* write-ahead: every create is recorded as intended (``INTENT_KEY``) before it is sent, so a crash
-  or a state error between CreateUser/CreateGroup and its ownership record leaves an intent that the
-  next run resolves by looking the object up by name (``resolve_intent``), never an orphan;
+* write-ahead: every create is recorded as intended before it is sent, so a crash or a state error
+  between CreateUser/CreateGroup and its ownership record leaves an intent that the next run resolves
+  by looking the object up by name (``resolve_intent``), never an orphan. Each writer has its own
+  intent item, written and resolved only under its lease (``INTENT_KEY`` under the sync lease, which
+  cycles and on-demand provisioning share; ``jit_intent_key(group)`` under a PIM group's lease), so
+  no writer overwrites or deletes another's;
 * a managed user or group found deleted by hand is created again and gets every membership the
   desired view gives it, in the same cycle;
 * throttling and AWS-side faults (``TargetTransient``, after the client's own retries) are not
@@ -64,22 +67,35 @@ from idsync.plan import (
 from idsync.ports import Clock, IdentityStore, StateStore
 
 LOG_FLUSH_EVERY = 500
-INTENT_KEY = "create-intent"  # the one create in flight: {"kind", "source_id", "name"}
+INTENT_KEY = "create-intent"  # the sync lease holder's create in flight: {"kind", "source_id", "name"}
+
+
+def jit_intent_key(group_id: str) -> str:
+    """The intent item of the JIT writer holding ``group_id``'s lease."""
+    return f"{INTENT_KEY}:jit:{group_id}"
+
+
 TRANSIENT_KEY = "transient-stops"  # {"key": operation key, "count": runs in a row it stopped}
 TRANSIENT_STOPS_LIMIT = 3
 Progress = Callable[[int, int], None]
 
 
-def resolve_intent(state: StateStore, target: IdentityStore, owned: Ownership) -> bool:
-    """Settle a create a previous run sent but may not have recorded; True when ownership changed.
+def resolve_intent(
+    state: StateStore, target: IdentityStore, owned: Ownership | None = None, key: str = INTENT_KEY
+) -> bool:
+    """Settle a create a previous run of the writer owning ``key`` sent but may not have recorded; True
+    when ownership changed. Call it under that writer's lease, before its first write.
 
     The object is looked up by the name it was created with (GetUserId / GetGroupId): found and
     owned by nobody, it is recorded as the intended source object's; the next plan then updates or
-    renames it. Raises TargetError / StateError (the intent stays for the next run).
+    renames it. ``owned`` is loaded only when an intent is found and none is given.
+    Raises TargetError / StateError (the intent stays for the next run).
     """
-    intent = state.get_item(INTENT_KEY)
+    intent = state.get_item(key)
     if not intent:
         return False
+    if owned is None:
+        owned = state.load_ownership()
     kind, source_id, name = str(intent["kind"]), str(intent["source_id"]), str(intent["name"])
     changed = False
     if kind == "user":
@@ -101,7 +117,7 @@ def resolve_intent(state: StateStore, target: IdentityStore, owned: Ownership) -
                 state.forget_membership(group, member)
             state.record_group(OwnedGroup(source_id, found, name, intent.get("description")))
             changed = True
-    state.delete_item(INTENT_KEY)
+    state.delete_item(key)
     return changed
 
 
