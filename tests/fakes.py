@@ -332,7 +332,12 @@ class FakeDeltaSource(FakeSource):
                 self.outage = False
                 return DirectoryChanges([], {}, [], {}, [], out, full=True)
             changes = [MemberChange(g, u, "user", True) for g, u in sorted(now[2])]
-            return DirectoryChanges(list(now[0].values()), {}, list(now[1].values()), {}, changes, out, full=True)
+            # Graph's deleted users (idsync reads no deleted groups), read alongside a full delta round
+            were_users = {i for users, _, _ in self.snapshots.values() for i in users}
+            deleted = dict.fromkeys(sorted(self.soft_deleted & were_users), "")
+            return DirectoryChanges(
+                list(now[0].values()), {}, list(now[1].values()), {}, changes, out, full=True, deleted_items=deleted
+            )
         before = self.snapshots[links["users"]]
 
         def removed(old: dict[str, Any], new: dict[str, Any]) -> dict[str, str]:

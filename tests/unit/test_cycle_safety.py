@@ -349,3 +349,55 @@ def test_on_demand_provisioning_settles_a_create_a_stopped_cycle_left_unrecorded
     assert outcome.report.failures == ()
     assert world.state.users["e12"].target_id == created
     assert world.state.get_item(INTENT_KEY) is None
+
+
+def _soft_delete(world: World, *user_ids: str) -> None:
+    source = world.source
+    assert isinstance(source, FakeDeltaSource)
+    for user_id in user_ids:
+        source.users[:] = [u for u in source.users if u["id"] != user_id]
+        for members in source.members.values():
+            if user_id in members:
+                members.remove(user_id)
+        source.soft_deleted.add(user_id)
+
+
+def test_restorable_users_outlive_a_tripped_guard_and_an_allowed_deletion_run() -> None:
+    # Given three users moved to Entra's deleted items, enough membership removals to trip the guard
+    world = delta_world()
+    world.run()
+    ids = {n: world.store.find_user(n) for n in ("u4@example.com", "u5@example.com", "u7@example.com")}
+    _soft_delete(world, "e4", "e5", "e7")
+    assert world.run().report.guard is not None
+    # When the next (full) read follows the distrusted one, and an operator then allows deletions
+    full = world.run()
+    assert full.mode == "full"
+    assert [op for op in full.plan.held_back if op.kind.value == "user"] == []
+    world.run(allow_deletions=True)
+    # Then the users are still there without memberships, and a restore brings the same ids back
+    assert {n: world.store.find_user(n) for n in ids} == ids
+    assert all(n not in world.store.members_of(f"Team {j}") for n in ids for j in range(3))
+    base = tenant()
+    source = world.source
+    assert isinstance(source, FakeDeltaSource)
+    source.users += [u for u in base.users if u["id"] in ("e4", "e5", "e7")]
+    source.members.clear()
+    source.members.update(base.members)
+    source.soft_deleted.clear()
+    world.run()
+    assert {n: world.store.find_user(n) for n in ids} == ids
+    assert "u4@example.com" in world.store.members_of("Team 1")
+
+
+def test_a_soft_delete_first_seen_by_a_full_read_is_kept_for_the_grace_period() -> None:
+    # Given a provisioned tenant, and a user moved to Entra's deleted items before a full read
+    world = delta_world(max_deletion_percent=100.0)
+    world.run()
+    held = world.store.find_user("u4@example.com")
+    _soft_delete(world, "e4")
+    # When the full read runs
+    outcome = world.run(force_full=True)
+    # Then the user loses its memberships but keeps its object
+    assert not [op for op in outcome.plan.operations if op.kind.value == "user" and op.action.value == "delete"]
+    assert world.store.find_user("u4@example.com") == held
+    assert "u4@example.com" not in world.store.members_of("Team 1")
