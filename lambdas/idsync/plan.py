@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+from idsync.expressions import is_soft_deleted
 from idsync.model import (
     ENTERPRISE_EXTENSION,
     Action,
@@ -655,7 +656,8 @@ def build_desired(
     group_mapper: _MapsGroups,
     scope: _Scopes,
 ) -> DesiredView:
-    """Scope and map Entra objects into the desired view; invalid objects become refusals."""
+    """Scope and map Entra objects into the desired view; invalid objects become refusals, except a
+    disabled or soft-deleted user, which stays (inactive) so that it is deprovisioned all the same."""
     mapped_users: dict[str, User] = {}
     mapped_groups: dict[str, Group] = {}
     refusals: list[Refusal] = []
@@ -663,7 +665,10 @@ def build_desired(
         if not scope.user(obj).in_scope:
             continue
         result = user_mapper.map(obj)
-        if isinstance(result, Refusal):
+        if isinstance(result, Refusal) and (obj.get("accountEnabled") is False or is_soft_deleted(obj)):
+            # a disabled or deleted account needs no valid attributes to be deprovisioned
+            mapped_users[result.source_id] = User(result.source_id, result.name, {}, None, active=False)
+        elif isinstance(result, Refusal):
             refusals.append(result)
         else:
             mapped_users[result.source_id] = result

@@ -255,3 +255,29 @@ def test_a_managed_user_refused_a_taken_user_name_keeps_its_name_and_loses_membe
     assert store.members_of("Admins") == {"u0@example.com"}
     assert store.user_by_name("u1@example.com")["doc"]["DisplayName"] == "Moved"
     assert report.failures == ()
+
+
+def test_a_disabled_user_whose_attributes_no_longer_map_is_deprovisioned() -> None:
+    from idsync.model import Refusal
+    from tests.unit.test_plan_laws import SimpleUserMapper
+
+    people = _people(10)
+    directory = FakeSource(people, [{"id": "g1", "displayName": "Admins"}], {"g1": [p["id"] for p in people]})
+    store, state = FakeIdentityStore(), FakeState()
+    runner = make_service(directory, store, state)
+    runner.run()
+
+    # Given offboarding disables e03 and clears an attribute the mapping needs, in the same change
+    class Refusing(SimpleUserMapper):
+        def map(self, obj: dict[str, Any]) -> Any:
+            if not obj.get("displayName"):
+                return Refusal("user", obj["id"], obj["userPrincipalName"], "displayName", "is required")
+            return super().map(obj)
+
+    directory.users[3] = dict(people[3], accountEnabled=False, displayName="")
+    runner.service.user_mapper = Refusing()
+    report = runner.run()
+    # Then it is deprovisioned like any disabled user, not kept as a refusal
+    assert store.find_user("u3@example.com") is None
+    assert "u3@example.com" not in store.members_of("Admins")
+    assert report.refusals == ()
