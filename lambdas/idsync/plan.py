@@ -188,6 +188,12 @@ class _UserPlanner:
             if target.target_id not in owned_targets:
                 free_by_name.setdefault(target.user_name.casefold(), target)
         taken_names: dict[str, str] = {}
+        for refusal in self.desired.refusals:
+            # a managed user refused for its data keeps the userName it holds: a newcomer cannot take it
+            mine = self.owned.users.get(refusal.source_id) if refusal.kind == "user" else None
+            holding = self.current.users.get(mine.target_id) if mine is not None else None
+            if holding is not None:
+                taken_names.setdefault(holding.user_name.casefold(), refusal.source_id)
         live = {sid for sid, u in self.desired.users.items() if u.active}
         if self.policy.deprovision is DeprovisionMode.KEEP:
             live |= set(self.owned.users)  # kept users stay valid manager references

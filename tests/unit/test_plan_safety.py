@@ -281,3 +281,39 @@ def test_a_disabled_user_whose_attributes_no_longer_map_is_deprovisioned() -> No
     assert store.find_user("u3@example.com") is None
     assert "u3@example.com" not in store.members_of("Admins")
     assert report.refusals == ()
+
+
+def test_a_managed_user_refused_for_its_data_keeps_its_user_name_against_a_newcomer() -> None:
+    from idsync.model import Refusal
+    from tests.unit.test_plan_laws import SimpleUserMapper
+
+    people = _people(5)
+    directory = FakeSource(people, [{"id": "g1", "displayName": "Admins"}], {"g1": [p["id"] for p in people]})
+    store, state = FakeIdentityStore(), FakeState()
+    runner = make_service(directory, store, state)
+    runner.run()
+    held = store.find_user("u3@example.com")
+
+    # Given managed e03 refused for an unrelated attribute, and a newcomer whose userName differs only in case
+    class Refusing(SimpleUserMapper):
+        def map(self, obj: dict[str, Any]) -> Any:
+            if not obj.get("displayName"):
+                return Refusal("user", obj["id"], obj["userPrincipalName"], "displayName", "is required")
+            return super().map(obj)
+
+    runner.service.user_mapper = Refusing()
+    directory.users[3] = dict(people[3], displayName="")
+    directory.users.append(
+        {"id": "e99", "userPrincipalName": "U3@example.com", "displayName": "New", "accountEnabled": True}
+    )
+    report = runner.run()
+    # Then e03 keeps its userName and group; the newcomer is refused, naming e03
+    assert store.users[held or ""]["UserName"] == "u3@example.com"
+    assert "u3@example.com" in store.members_of("Admins")
+    assert sorted(r.source_id for r in report.refusals) == ["e03", "e99"]
+    assert "e03" in next(r.message for r in report.refusals if r.source_id == "e99")
+    # and once e03's data is fixed, it is simply updated under the same name
+    directory.users[3] = dict(people[3], displayName="Fixed")
+    runner.run()
+    assert store.users[held or ""]["UserName"] == "u3@example.com"
+    assert store.users[held or ""]["doc"]["DisplayName"] == "Fixed"
