@@ -276,7 +276,8 @@ class _UserPlanner:
                     )
                 )
         update_ops += self._park_retained_names(taken_names)
-        renames, update_ops = _order_renames(update_ops, self.current.users)
+        names = {t: u.user_name for t, u in self.current.users.items()}
+        renames, update_ops = _order_renames(update_ops, names, case_blind=True)
         # creates that need a name a rename frees come after the renames
         return renames + create_ops, adopts, update_ops
 
@@ -343,52 +344,62 @@ TEMPORARY_NAME_PREFIX = "idsync-renaming-"
 
 
 def _order_renames(
-    updates: list[Operation], current: Mapping[str, TargetUser]
+    updates: list[Operation], names: Mapping[str, str], case_blind: bool
 ) -> tuple[list[Operation], list[Operation]]:
-    """(renames, other updates): every userName change as its own operation, ordered so that each
-    name is freed before it is taken; a cycle of renames (a swap) goes through a temporary name.
+    """(renames, other updates): every userName (users, compared without regard to case) or displayName
+    (groups) change as its own operation, ordered so that each name is freed before it is taken; a cycle
+    of renames (a swap) goes through a temporary name.
 
-    Law: applying the renames in order to ``current`` never asks for a name another of them still holds.
+    ``names``: target id -> the name it holds now; ``case_blind``: names compare without regard to case.
+    Law: applying the renames in order to ``names`` never asks for a name another of them still holds.
     """
-    holder = {u.user_name.casefold(): t for t, u in current.items()}
+
+    def fold(name: str) -> str:
+        return name.casefold() if case_blind else name
+
+    holder = {fold(name): t for t, name in names.items()}
     pending: dict[str, tuple[Operation, str, str]] = {}  # target id -> (op, old name, new name)
     rest: list[Operation] = []
     for op in updates:
-        rename = next((c for c in op.changes if c.attribute == USER_NAME), None)
+        attribute = DISPLAY_NAME if op.kind is Kind.GROUP else USER_NAME
+        rename = next((c for c in op.changes if c.attribute == attribute), None)
         if rename is None:
             rest.append(op)
             continue
         assert op.target_id is not None
         pending[op.target_id] = (op, str(rename.old), str(rename.new))
-        others = tuple(c for c in op.changes if c.attribute != USER_NAME)
+        others = tuple(c for c in op.changes if c.attribute != attribute)
         if others:
             rest.append(replace(op, changes=others))
     ordered: list[Operation] = []
 
-    def emit(target_id: str, op: Operation, old: str, new: str, user: User) -> None:
-        ordered.append(replace(op, name=new, changes=(AttributeChange(USER_NAME, old, new),), user=user))
-        if holder.get(old.casefold()) == target_id:
-            del holder[old.casefold()]
-        holder[new.casefold()] = target_id
+    def emit(target_id: str, op: Operation, old: str, new: str, temporary: bool) -> None:
+        if op.kind is Kind.GROUP:
+            assert op.group is not None
+            group = replace(op.group, display_name=new) if temporary else op.group
+            ordered.append(replace(op, name=new, changes=(AttributeChange(DISPLAY_NAME, old, new),), group=group))
+        else:
+            assert op.user is not None
+            user = replace(op.user, user_name=new) if temporary else op.user
+            ordered.append(replace(op, name=new, changes=(AttributeChange(USER_NAME, old, new),), user=user))
+        if holder.get(fold(old)) == target_id:
+            del holder[fold(old)]
+        holder[fold(new)] = target_id
 
     while pending:
         ready = [
-            t
-            for t, (_, _, new) in pending.items()
-            if holder.get(new.casefold(), t) == t or holder[new.casefold()] not in pending
+            t for t, (_, _, new) in pending.items() if holder.get(fold(new), t) == t or holder[fold(new)] not in pending
         ]
         if ready:
             for target_id in sorted(ready, key=lambda t: pending[t][0].source_id):
                 op, old, new = pending.pop(target_id)
-                assert op.user is not None
-                emit(target_id, op, old, new, op.user)
+                emit(target_id, op, old, new, temporary=False)
             continue
         # every remaining rename waits on another: free one name through a temporary one
         target_id = min(pending, key=lambda t: pending[t][0].source_id)
         op, old, new = pending[target_id]
-        assert op.user is not None
         temporary = f"{TEMPORARY_NAME_PREFIX}{op.source_id}"
-        emit(target_id, op, old, temporary, replace(op.user, user_name=temporary))
+        emit(target_id, op, old, temporary, temporary=True)
         pending[target_id] = (op, temporary, new)
     return ordered, rest
 
@@ -501,7 +512,9 @@ def _plan_groups(
                     reason="no longer in scope (or deleted) in Entra",
                 )
             )
-    return creates + ops, deletes, targets, refusals, left_out
+    renames, ops = _order_renames(ops, {t: g.display_name for t, g in current.groups.items()}, case_blind=False)
+    # creates that need a displayName a rename frees come after the renames
+    return renames + creates + ops, deletes, targets, refusals, left_out
 
 
 def _plan_memberships(

@@ -317,3 +317,29 @@ def test_a_managed_user_refused_for_its_data_keeps_its_user_name_against_a_newco
     runner.run()
     assert store.users[held or ""]["UserName"] == "u3@example.com"
     assert store.users[held or ""]["doc"]["DisplayName"] == "Fixed"
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.permutations(list(range(4))), st.booleans())
+def test_any_permutation_of_group_display_names_converges_in_one_cycle(order: list[int], newcomer: bool) -> None:
+    # Given four managed groups
+    groups = [{"id": f"g{i}", "displayName": f"Team {i}"} for i in range(4)]
+    directory = FakeSource(_people(4), groups, {f"g{i}": [f"e{i:02d}"] for i in range(4)})
+    store, state = FakeIdentityStore(), FakeState()
+    service = make_service(directory, store, state)
+    service.run()
+    ids = {g["id"]: state.groups[g["id"]].target_id for g in groups}
+    # When Entra permutes their displayNames (and group 0 moves to a new name a new group takes over)
+    directory.groups = [dict(g, displayName=f"Team {order[i]}") for i, g in enumerate(groups)]
+    if newcomer:
+        directory.groups[0]["displayName"] = "Moved"
+        directory.groups.append({"id": "g9", "displayName": f"Team {order[0]}"})
+    report = service.run()
+    # Then one cycle converges: every group keeps its id and its members, and carries its new name
+    assert report.failures == ()
+    for group in directory.groups:
+        target = ids.get(group["id"], state.groups[group["id"]].target_id)
+        assert store.find_group(group["displayName"]) == target
+    assert all(store.members_of(f"Team {order[i]}") == {f"u{i}@example.com"} for i in range(1, 4))
+    assert service.run().writes == 0
+    assert service.run(force_full=True).writes == 0
