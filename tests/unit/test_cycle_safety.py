@@ -158,13 +158,15 @@ def test_a_state_error_between_create_and_record_leaves_no_orphan_even_after_a_f
     assert set(failing.users) == {u["id"] for u in world.source.users}
 
 
-def test_a_soft_deleted_user_or_group_keeps_its_aws_id_and_a_restore_brings_it_back() -> None:
+def test_a_soft_deleted_user_or_group_keeps_its_aws_id_loses_only_managed_memberships_and_restores() -> None:
     world = delta_world(max_deletion_percent=50.0)
     world.run()
     source = world.source
     assert isinstance(source, FakeDeltaSource)
     user_id = world.store.find_user("u4@example.com")
     group_id = world.store.find_group("Team 0")
+    hand_made = world.store.create_group("Break glass", None)
+    world.store.create_membership(hand_made, user_id or "")
     # Given a user and a Microsoft 365 group moved to Entra's deleted items
     user = source.users.pop(4)
     group = source.groups.pop(0)
@@ -172,11 +174,13 @@ def test_a_soft_deleted_user_or_group_keeps_its_aws_id_and_a_restore_brings_it_b
     source.members["g1"].remove("e4")
     source.soft_deleted |= {"e4", "g0"}
     world.run()
-    # Then neither is deleted in AWS, but nobody holds access through them
+    # Then neither is deleted in AWS, and the memberships idsync manages are gone; what idsync does not
+    # manage (a hand-made group's membership) stays for the grace period, as the README says
     assert world.store.find_user("u4@example.com") == user_id
     assert world.store.find_group("Team 0") == group_id
     assert world.store.members_of("Team 0") == set()
     assert "u4@example.com" not in world.store.members_of("Team 1")
+    assert world.store.members_of("Break glass") == {"u4@example.com"}
     # When both are restored in Entra
     source.users.insert(4, user)
     source.groups.insert(0, group)
@@ -187,6 +191,7 @@ def test_a_soft_deleted_user_or_group_keeps_its_aws_id_and_a_restore_brings_it_b
     # Then they come back with the same ids and their memberships
     assert world.store.find_user("u4@example.com") == user_id
     assert world.store.find_group("Team 0") == group_id
+    world.store.delete_group(hand_made)
     assert world.snapshot() == expected()
 
 
