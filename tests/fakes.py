@@ -310,6 +310,7 @@ class FakeDeltaSource(FakeSource):
 
     outage: bool = False
     soft_deleted: set[str] = field(default_factory=set)
+    deleted_at: dict[str, str] = field(default_factory=dict)  # soft-deleted id -> Graph's deletedDateTime
     purged: dict[str, int] = field(default_factory=dict)  # soft-deleted ids deleted for good -> reads by then
     snapshots: dict[str, tuple[dict[str, Any], dict[str, Any], set[tuple[str, str]]]] = field(default_factory=dict)
     asked: list[Mapping[str, str] | None] = field(default_factory=list)
@@ -334,7 +335,7 @@ class FakeDeltaSource(FakeSource):
             changes = [MemberChange(g, u, "user", True) for g, u in sorted(now[2])]
             # Graph's deleted users (idsync reads no deleted groups), read alongside a full delta round
             were_users = {i for users, _, _ in self.snapshots.values() for i in users}
-            deleted = dict.fromkeys(sorted(self.soft_deleted & were_users), "")
+            deleted = {i: self.deleted_at.get(i, "") for i in sorted(self.soft_deleted & were_users)}
             return DirectoryChanges(
                 list(now[0].values()), {}, list(now[1].values()), {}, changes, out, full=True, deleted_items=deleted
             )

@@ -128,6 +128,7 @@ class CycleMachine(RuleBasedStateMachine):
             user = self.source.users.pop(index)
             self.parked[user["id"]] = user
             self.source.soft_deleted.add(user["id"])
+            self.source.deleted_at[user["id"]] = self.clock.now().isoformat()
             for members in self.source.members.values():
                 if user["id"] in members:
                     members.remove(user["id"])
