@@ -308,6 +308,8 @@ class GraphApp:
                     endpoint="members",
                     methods=["GET"],
                 ),
+                Rule("/v1.0/directory/deletedItems/microsoft.graph.user", endpoint="deleted_users", methods=["GET"]),
+                Rule("/v1.0/directory/deletedItems/microsoft.graph.group", endpoint="deleted_groups", methods=["GET"]),
                 Rule("/v1.0/servicePrincipals/<key>", endpoint="service_principal", methods=["GET"]),
                 Rule("/v1.0/servicePrincipals/<key>/appRoleAssignedTo", endpoint="assigned_to", methods=["GET"]),
                 Rule("/_emulator/stats", endpoint="admin_stats", methods=["GET"]),
@@ -691,6 +693,26 @@ class GraphApp:
             users = [u for u in self.tenant.users.values() if matches is None or matches(u)]
             rendered = self._page_slice(request, users, lambda u: self._render_user(u, select, expand))
         return self._paged(request, rendered, "users")
+
+    def _deleted_users(self, request: Request) -> Response:
+        """Users in deleted items (restorable), with when they were deleted."""
+        self._authorize(request, READ_USERS)
+        with self.tenant.lock:
+            items = [
+                {"id": uid, "deletedDateTime": held.user.get("deletedDateTime")}
+                for uid, held in self.tenant.deleted_users.items()
+            ]
+        return self._paged(request, items, "directoryObjects")
+
+    def _deleted_groups(self, request: Request) -> Response:
+        """Microsoft 365 groups in deleted items (restorable), with when they were deleted."""
+        self._authorize(request, READ_GROUPS)
+        with self.tenant.lock:
+            items = [
+                {"id": gid, "deletedDateTime": group.get("deletedDateTime")}
+                for gid, (group, _) in self.tenant.deleted_groups.items()
+            ]
+        return self._paged(request, items, "directoryObjects")
 
     def _page_slice(
         self,

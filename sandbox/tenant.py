@@ -387,6 +387,7 @@ class Tenant:
                 self._unlink(parent, group_id)
             del self.members[group_id]
             del self.groups[group_id]
+            group["deletedDateTime"] = _now()
             self.deleted_groups[group_id] = (group, members)
             self._record(GROUP_CHANGE, group_id)
 

@@ -9,7 +9,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from idsync.errors import SchedulerError, TargetConflict, TargetError, TargetNotFound, TargetTransient
+from idsync.errors import (
+    SchedulerError,
+    TargetConflict,
+    TargetError,
+    TargetNotFound,
+    TargetThrottled,
+    TargetTransient,
+)
 from idsync.mirror import MemberChange
 from idsync.model import (
     AttributeChange,
@@ -59,7 +66,7 @@ class FakeIdentityStore:
             raise TargetError(self.fail_on[name])
         if self.throttled_writes > 0:
             self.throttled_writes -= 1
-            raise TargetTransient(f"{what} {name}: ThrottlingException: Rate exceeded")
+            raise TargetThrottled(f"{what} {name}: ThrottlingException: Rate exceeded")
         if self.crash_after_writes is not None and len(self.writes) >= self.crash_after_writes:
             raise RuntimeError("simulated crash")
         self.writes.append(what)
@@ -135,6 +142,10 @@ class FakeIdentityStore:
     def update_group(self, group_id: str, changes: Sequence[AttributeChange]) -> None:
         if group_id not in self.groups:
             raise TargetNotFound(group_id)
+        for change in changes:
+            # AWS refuses a displayName another group holds (UNIQUENESS_CONSTRAINT_VIOLATION)
+            if change.attribute == "DisplayName" and self.find_group(str(change.new)) not in (None, group_id):
+                raise TargetConflict(f"displayName {change.new} exists")
         self._write("UpdateGroup")
         for change in changes:
             self.groups[group_id][change.attribute] = change.new
@@ -300,6 +311,7 @@ class FakeDeltaSource(FakeSource):
 
     outage: bool = False
     soft_deleted: set[str] = field(default_factory=set)
+    deleted_at: dict[str, str] = field(default_factory=dict)  # soft-deleted id -> Graph's deletedDateTime
     purged: dict[str, int] = field(default_factory=dict)  # soft-deleted ids deleted for good -> reads by then
     snapshots: dict[str, tuple[dict[str, Any], dict[str, Any], set[tuple[str, str]]]] = field(default_factory=dict)
     asked: list[Mapping[str, str] | None] = field(default_factory=list)
@@ -322,7 +334,12 @@ class FakeDeltaSource(FakeSource):
                 self.outage = False
                 return DirectoryChanges([], {}, [], {}, [], out, full=True)
             changes = [MemberChange(g, u, "user", True) for g, u in sorted(now[2])]
-            return DirectoryChanges(list(now[0].values()), {}, list(now[1].values()), {}, changes, out, full=True)
+            # Graph's deleted users (idsync reads no deleted groups), read alongside a full delta round
+            were_users = {i for users, _, _ in self.snapshots.values() for i in users}
+            deleted = {i: self.deleted_at.get(i, "") for i in sorted(self.soft_deleted & were_users)}
+            return DirectoryChanges(
+                list(now[0].values()), {}, list(now[1].values()), {}, changes, out, full=True, deleted_items=deleted
+            )
         before = self.snapshots[links["users"]]
 
         def removed(old: dict[str, Any], new: dict[str, Any]) -> dict[str, str]:

@@ -40,6 +40,10 @@ class TargetTransient(TargetError):
     """AWS throttled or failed on its side (ThrottlingException, 5xx) after the client's retries: try later."""
 
 
+class TargetThrottled(TargetTransient):
+    """AWS asked the whole account to slow down (ThrottlingException): no one object is at fault."""
+
+
 class TargetNotFound(TargetError):
     """The object does not exist (deleted by hand, for one)."""
 

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+from idsync.expressions import is_soft_deleted
 from idsync.model import (
     ENTERPRISE_EXTENSION,
     Action,
@@ -164,6 +165,8 @@ class _UserPlanner:
         # source id -> target id for every user idsync will own after this plan (created ones excluded)
         self.targets: dict[str, str] = {sid: o.target_id for sid, o in owned.users.items()}
         self.creating: set[str] = set()
+        # managed users refused a new userName: they keep the one they hold, and all their other changes
+        self.kept: set[str] = set()
 
     def manager_value(self, user: User) -> str | SourceRef | None:
         if not user.manager_source_id:
@@ -185,6 +188,12 @@ class _UserPlanner:
             if target.target_id not in owned_targets:
                 free_by_name.setdefault(target.user_name.casefold(), target)
         taken_names: dict[str, str] = {}
+        for refusal in self.desired.refusals:
+            # a managed user refused for its data keeps the userName it holds: a newcomer cannot take it
+            mine = self.owned.users.get(refusal.source_id) if refusal.kind == "user" else None
+            holding = self.current.users.get(mine.target_id) if mine is not None else None
+            if holding is not None:
+                taken_names.setdefault(holding.user_name.casefold(), refusal.source_id)
         live = {sid for sid, u in self.desired.users.items() if u.active}
         if self.policy.deprovision is DeprovisionMode.KEEP:
             live |= set(self.owned.users)  # kept users stay valid manager references
@@ -210,6 +219,7 @@ class _UserPlanner:
                         user.user_name,
                     )
                 )
+                self._keep_held_name(user, taken_names, updates)
                 continue
             taken_names[folded] = sid
             owned = self.owned.users.get(sid)
@@ -266,9 +276,22 @@ class _UserPlanner:
                     )
                 )
         update_ops += self._park_retained_names(taken_names)
-        renames, update_ops = _order_renames(update_ops, self.current.users)
+        names = {t: u.user_name for t, u in self.current.users.items()}
+        renames, update_ops = _order_renames(update_ops, names, case_blind=True)
         # creates that need a name a rename frees come after the renames
         return renames + create_ops, adopts, update_ops
+
+    def _keep_held_name(
+        self, user: User, taken: dict[str, str], updates: list[tuple[User, TargetUser, UserDoc]]
+    ) -> None:
+        """A managed user refused a new userName goes on under the userName it holds (unless another took it)."""
+        owned = self.owned.users.get(user.source_id)
+        target = self.current.users.get(owned.target_id) if owned is not None else None
+        if target is None or target.user_name.casefold() in taken:
+            return
+        taken[target.user_name.casefold()] = user.source_id
+        self.kept.add(user.source_id)
+        updates.append((replace(user, user_name=target.user_name), target, self._current_doc(target)))
 
     def _park_retained_names(self, taken: Mapping[str, str]) -> list[Operation]:
         """Renames to a temporary name of managed users that stay or wait for deletion (restorable,
@@ -321,59 +344,72 @@ TEMPORARY_NAME_PREFIX = "idsync-renaming-"
 
 
 def _order_renames(
-    updates: list[Operation], current: Mapping[str, TargetUser]
+    updates: list[Operation], names: Mapping[str, str], case_blind: bool
 ) -> tuple[list[Operation], list[Operation]]:
-    """(renames, other updates): every userName change as its own operation, ordered so that each
-    name is freed before it is taken; a cycle of renames (a swap) goes through a temporary name.
+    """(renames, other updates): every userName (users, compared without regard to case) or displayName
+    (groups) change as its own operation, ordered so that each name is freed before it is taken; a cycle
+    of renames (a swap) goes through a temporary name.
 
-    Law: applying the renames in order to ``current`` never asks for a name another of them still holds.
+    ``names``: target id -> the name it holds now; ``case_blind``: names compare without regard to case.
+    Law: applying the renames in order to ``names`` never asks for a name another of them still holds.
     """
-    holder = {u.user_name.casefold(): t for t, u in current.items()}
+
+    def fold(name: str) -> str:
+        return name.casefold() if case_blind else name
+
+    holder = {fold(name): t for t, name in names.items()}
     pending: dict[str, tuple[Operation, str, str]] = {}  # target id -> (op, old name, new name)
     rest: list[Operation] = []
     for op in updates:
-        rename = next((c for c in op.changes if c.attribute == USER_NAME), None)
+        attribute = DISPLAY_NAME if op.kind is Kind.GROUP else USER_NAME
+        rename = next((c for c in op.changes if c.attribute == attribute), None)
         if rename is None:
             rest.append(op)
             continue
         assert op.target_id is not None
         pending[op.target_id] = (op, str(rename.old), str(rename.new))
-        others = tuple(c for c in op.changes if c.attribute != USER_NAME)
+        others = tuple(c for c in op.changes if c.attribute != attribute)
         if others:
             rest.append(replace(op, changes=others))
     ordered: list[Operation] = []
 
-    def emit(target_id: str, op: Operation, old: str, new: str, user: User) -> None:
-        ordered.append(replace(op, name=new, changes=(AttributeChange(USER_NAME, old, new),), user=user))
-        if holder.get(old.casefold()) == target_id:
-            del holder[old.casefold()]
-        holder[new.casefold()] = target_id
+    def emit(target_id: str, op: Operation, old: str, new: str, temporary: bool) -> None:
+        if op.kind is Kind.GROUP:
+            assert op.group is not None
+            group = replace(op.group, display_name=new) if temporary else op.group
+            ordered.append(replace(op, name=new, changes=(AttributeChange(DISPLAY_NAME, old, new),), group=group))
+        else:
+            assert op.user is not None
+            user = replace(op.user, user_name=new) if temporary else op.user
+            ordered.append(replace(op, name=new, changes=(AttributeChange(USER_NAME, old, new),), user=user))
+        if holder.get(fold(old)) == target_id:
+            del holder[fold(old)]
+        holder[fold(new)] = target_id
 
     while pending:
         ready = [
-            t
-            for t, (_, _, new) in pending.items()
-            if holder.get(new.casefold(), t) == t or holder[new.casefold()] not in pending
+            t for t, (_, _, new) in pending.items() if holder.get(fold(new), t) == t or holder[fold(new)] not in pending
         ]
         if ready:
             for target_id in sorted(ready, key=lambda t: pending[t][0].source_id):
                 op, old, new = pending.pop(target_id)
-                assert op.user is not None
-                emit(target_id, op, old, new, op.user)
+                emit(target_id, op, old, new, temporary=False)
             continue
         # every remaining rename waits on another: free one name through a temporary one
         target_id = min(pending, key=lambda t: pending[t][0].source_id)
         op, old, new = pending[target_id]
-        assert op.user is not None
         temporary = f"{TEMPORARY_NAME_PREFIX}{op.source_id}"
-        emit(target_id, op, old, temporary, replace(op.user, user_name=temporary))
+        emit(target_id, op, old, temporary, temporary=True)
         pending[target_id] = (op, temporary, new)
     return ordered, rest
 
 
 def _plan_groups(
     desired: DesiredView, current: CurrentView, owned: Ownership, policy: PlanPolicy, refused: set[str]
-) -> tuple[list[Operation], list[Operation], dict[str, str], list[Refusal]]:
+) -> tuple[list[Operation], list[Operation], dict[str, str], list[Refusal], set[str]]:
+    """(creates and updates, deletions, source id -> target id, refusals, refused groups left out of the plan).
+
+    A managed group refused a new displayName goes on under the displayName it holds: it is not left out."""
     ops: list[Operation] = []
     refusals: list[Refusal] = []
     targets = {sid: o.target_id for sid, o in owned.groups.items()}
@@ -384,6 +420,7 @@ def _plan_groups(
             free_by_name.setdefault(target.display_name, target)
     taken: dict[str, str] = {}
     creates: list[Operation] = []
+    left_out: set[str] = set()
 
     def claim_order(sid: str) -> tuple[int, str]:
         # the group holding a contested displayName keeps it, then managed groups, then newcomers
@@ -408,7 +445,12 @@ def _plan_groups(
                     group.display_name,
                 )
             )
-            continue
+            mine = owned.groups.get(sid)
+            held_now = current.groups.get(mine.target_id) if mine is not None else None
+            if held_now is None or held_now.display_name in taken:
+                left_out.add(sid)
+                continue
+            group = replace(group, display_name=held_now.display_name)
         taken[group.display_name] = sid
         mine = owned.groups.get(sid)
         held: TargetGroup | None = None
@@ -470,7 +512,9 @@ def _plan_groups(
                     reason="no longer in scope (or deleted) in Entra",
                 )
             )
-    return creates + ops, deletes, targets, refusals
+    renames, ops = _order_renames(ops, {t: g.display_name for t, g in current.groups.items()}, case_blind=False)
+    # creates that need a displayName a rename frees come after the renames
+    return renames + creates + ops, deletes, targets, refusals, left_out
 
 
 def _plan_memberships(
@@ -565,14 +609,15 @@ def make_plan(desired: DesiredView, current: CurrentView, owned: Ownership, poli
     refused = {r.source_id for r in desired.refusals}
     users = _UserPlanner(desired, current, owned, policy)
     user_creates, user_adopts, user_updates = users.run()
-    refused |= {r.source_id for r in users.refusals}
+    refused |= {r.source_id for r in users.refusals} - users.kept
     user_deletes = users.deletions(refused)
-    group_ops, group_deletes, group_targets, group_refusals = _plan_groups(desired, current, owned, policy, refused)
+    group_ops, group_deletes, group_targets, group_refusals, refused_groups = _plan_groups(
+        desired, current, owned, policy, refused
+    )
     live_users = {sid for sid, u in desired.users.items() if u.active and sid not in refused}
-    refused_groups = {r.source_id for r in group_refusals}
     live_groups = set(desired.groups) - refused_groups
     membership_adds, membership_removes = _plan_memberships(
-        desired, current, owned, users.targets, group_targets, live_users, live_groups, refused
+        desired, current, owned, users.targets, group_targets, live_users, live_groups, refused | refused_groups
     )
     guard = _guard(user_deletes, group_deletes, membership_removes, owned, policy)
     held_back: list[Operation] = []
@@ -630,7 +675,8 @@ def build_desired(
     group_mapper: _MapsGroups,
     scope: _Scopes,
 ) -> DesiredView:
-    """Scope and map Entra objects into the desired view; invalid objects become refusals."""
+    """Scope and map Entra objects into the desired view; invalid objects become refusals, except a
+    disabled or soft-deleted user, which stays (inactive) so that it is deprovisioned all the same."""
     mapped_users: dict[str, User] = {}
     mapped_groups: dict[str, Group] = {}
     refusals: list[Refusal] = []
@@ -638,7 +684,10 @@ def build_desired(
         if not scope.user(obj).in_scope:
             continue
         result = user_mapper.map(obj)
-        if isinstance(result, Refusal):
+        if isinstance(result, Refusal) and (obj.get("accountEnabled") is False or is_soft_deleted(obj)):
+            # a disabled or deleted account needs no valid attributes to be deprovisioned
+            mapped_users[result.source_id] = User(result.source_id, result.name, {}, None, active=False)
+        elif isinstance(result, Refusal):
             refusals.append(result)
         else:
             mapped_users[result.source_id] = result

@@ -300,6 +300,8 @@ class DirectoryChanges:
     member_changes: Sequence[MemberChange]
     links: Mapping[str, str]
     full: bool
+    # full reads only: users and groups in Entra's deleted items (restorable) -> when deleted (ISO 8601)
+    deleted_items: Mapping[str, str] = field(default_factory=dict)
 
 
 class ChangeSource(Protocol):

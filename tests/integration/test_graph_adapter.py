@@ -551,3 +551,19 @@ def test_a_delta_item_without_an_id_is_a_directory_error_naming_the_page(
     monkeypatch.setattr(client, "documents", lambda url, params=None: iter(pages if url == "g" else users))
     with pytest.raises(DirectoryError, match=r"the groups delta page 2 holds an item without an id"):
         directory(client).read_changes({"users": "u", "groups": "g"})
+
+
+def test_a_full_read_lists_what_is_in_entra_deleted_items_with_when_it_was_deleted(
+    client: GraphClient, tenant: Tenant
+) -> None:
+    # Given a user moved to Entra's deleted items (restorable), and one deleted for good
+    ids = [u for u in tenant.users if u in tenant.managers and u not in tenant.managers.values()]
+    soft, hard = ids[3], ids[4]
+    tenant.soft_delete_user(soft)
+    tenant.hard_delete_user(hard)
+    # When idsync reads everything
+    changes = directory(client).read_changes(None)
+    # Then the restorable user is named with its deletion time, and the other is not there at all
+    assert set(changes.deleted_items) == {soft}
+    assert changes.deleted_items[soft] == tenant.deleted_users[soft].user["deletedDateTime"]
+    assert soft not in {u["id"] for u in changes.users}

@@ -15,7 +15,7 @@ from moto.ssoadmin.models import ssoadmin_backends
 
 from idsync.adapters.identitystore import IdentityStoreTarget, from_settings
 from idsync.config import IdentityStoreSettings
-from idsync.errors import TargetAuthError, TargetConflict, TargetError, TargetNotFound, TargetTransient
+from idsync.errors import TargetAuthError, TargetConflict, TargetError, TargetNotFound, TargetThrottled, TargetTransient
 from idsync.model import ENTERPRISE_EXTENSION, AttributeChange, freeze_doc
 from idsync.ports import CallCounter
 from sandbox import moto_ext
@@ -346,16 +346,18 @@ def test_retry_after_seconds_is_honoured(aws: None, identity_store_id: str, retr
     assert retry_sleeps[0] >= 4
 
 
-@pytest.mark.parametrize("code", ["ThrottlingException", "InternalServerException"])
+@pytest.mark.parametrize(
+    ("code", "kind"), [("ThrottlingException", TargetThrottled), ("InternalServerException", TargetTransient)]
+)
 def test_throttling_or_a_server_fault_past_the_attempts_is_transient(
-    aws: None, identity_store_id: str, retry_sleeps: list[float], code: str
+    aws: None, identity_store_id: str, retry_sleeps: list[float], code: str, kind: type[TargetTransient]
 ) -> None:
     client = boto3.client("identitystore", config=Config(retries={"mode": "standard", "max_attempts": 1}))
     store = IdentityStoreTarget(identity_store_id, client)
     moto_ext.fail_next("ListUsers", code, times=5)
     with pytest.raises(TargetTransient, match=rf"ListUsers users: {code}: ") as excinfo:
         list(store.list_users())
-    assert type(excinfo.value) is TargetTransient
+    assert type(excinfo.value) is kind
     assert len(retry_sleeps) == 1
 
 

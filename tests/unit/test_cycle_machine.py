@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
+from idsync.errors import TargetTransient
 from idsync.model import PlanPolicy
 from idsync.services.cycle import CycleOptions, CycleService, Scoping
 from tests.fakes import FakeClock, FakeDeltaSource, FakeIdentityStore, FakeState
@@ -95,6 +96,25 @@ class CycleMachine(RuleBasedStateMachine):
         self._run()
         self.store.throttled_writes = 0
 
+    @rule(index=st.integers(0, USERS - 1), runs=st.integers(1, 4))
+    def server_fault_on_one_user(self, index: int, runs: int) -> None:
+        """AWS answers HTTP 500 to every write about one user for ``runs`` cycles (after its retries)."""
+        if index >= len(self.source.users):
+            return
+        self.source.users[index]["displayName"] += "!"
+        sick = self.source.users[index]["userPrincipalName"].casefold()
+        update = self.store.update_user
+
+        def failing(user_id: str, changes: Any) -> None:
+            if self.store.users.get(user_id, {}).get("UserName", "").casefold() == sick:
+                raise TargetTransient("UpdateUser: InternalServerException (HTTP 500)")
+            update(user_id, changes)
+
+        self.store.update_user = failing  # type: ignore[method-assign]
+        for _ in range(runs):
+            self._run()
+        self.store.update_user = update  # type: ignore[method-assign]
+
     @rule()
     def lost_answer(self) -> None:
         self.store.lost_create_answers = 1
@@ -122,12 +142,19 @@ class CycleMachine(RuleBasedStateMachine):
         for user, name in zip(self.source.users, shuffled, strict=True):
             user["userPrincipalName"] = name
 
+    @rule(data=st.data())
+    def permute_group_names(self, data: st.DataObject) -> None:
+        names = [g["displayName"] for g in self.source.groups]
+        for group, name in zip(self.source.groups, data.draw(st.permutations(names)), strict=True):
+            group["displayName"] = name
+
     @rule(index=st.integers(0, USERS - 1))
     def soft_delete(self, index: int) -> None:
         if index < len(self.source.users):
             user = self.source.users.pop(index)
             self.parked[user["id"]] = user
             self.source.soft_deleted.add(user["id"])
+            self.source.deleted_at[user["id"]] = self.clock.now().isoformat()
             for members in self.source.members.values():
                 if user["id"] in members:
                     members.remove(user["id"])

@@ -158,13 +158,15 @@ def test_a_state_error_between_create_and_record_leaves_no_orphan_even_after_a_f
     assert set(failing.users) == {u["id"] for u in world.source.users}
 
 
-def test_a_soft_deleted_user_or_group_keeps_its_aws_id_and_a_restore_brings_it_back() -> None:
+def test_a_soft_deleted_user_or_group_keeps_its_aws_id_loses_only_managed_memberships_and_restores() -> None:
     world = delta_world(max_deletion_percent=50.0)
     world.run()
     source = world.source
     assert isinstance(source, FakeDeltaSource)
     user_id = world.store.find_user("u4@example.com")
     group_id = world.store.find_group("Team 0")
+    hand_made = world.store.create_group("Break glass", None)
+    world.store.create_membership(hand_made, user_id or "")
     # Given a user and a Microsoft 365 group moved to Entra's deleted items
     user = source.users.pop(4)
     group = source.groups.pop(0)
@@ -172,11 +174,13 @@ def test_a_soft_deleted_user_or_group_keeps_its_aws_id_and_a_restore_brings_it_b
     source.members["g1"].remove("e4")
     source.soft_deleted |= {"e4", "g0"}
     world.run()
-    # Then neither is deleted in AWS, but nobody holds access through them
+    # Then neither is deleted in AWS, and the memberships idsync manages are gone; what idsync does not
+    # manage (a hand-made group's membership) stays for the grace period, as the README says
     assert world.store.find_user("u4@example.com") == user_id
     assert world.store.find_group("Team 0") == group_id
     assert world.store.members_of("Team 0") == set()
     assert "u4@example.com" not in world.store.members_of("Team 1")
+    assert world.store.members_of("Break glass") == {"u4@example.com"}
     # When both are restored in Entra
     source.users.insert(4, user)
     source.groups.insert(0, group)
@@ -187,6 +191,7 @@ def test_a_soft_deleted_user_or_group_keeps_its_aws_id_and_a_restore_brings_it_b
     # Then they come back with the same ids and their memberships
     assert world.store.find_user("u4@example.com") == user_id
     assert world.store.find_group("Team 0") == group_id
+    world.store.delete_group(hand_made)
     assert world.snapshot() == expected()
 
 
@@ -247,3 +252,157 @@ def test_a_full_reconcile_keeps_a_soft_deleted_user_within_the_grace_period() ->
     world.clock.advance(29 * 86400)
     world.run(force_full=True)
     assert world.store.find_user("u4@example.com") is None
+
+
+def _always_500_for(world: World, user_name: str) -> None:
+    from idsync.errors import TargetTransient
+
+    original = world.store.update_user
+
+    def update_user(user_id: str, changes: Any) -> None:
+        if world.store.users[user_id]["UserName"] == user_name:
+            raise TargetTransient("UpdateUser: InternalServerException (HTTP 500)")
+        original(user_id, changes)
+
+    world.store.update_user = update_user  # type: ignore[method-assign]
+
+
+def test_an_operation_that_always_answers_5xx_is_escrowed_after_three_runs_and_later_writes_go_on() -> None:
+    # Given a provisioned tenant where u1's UpdateUser answers HTTP 500 every time
+    world = World()
+    world.run()
+    _always_500_for(world, "u1@example.com")
+    # When u1 gets a new title and u11 leaves (its removals come after u1's update)
+    world.source.users[1]["jobTitle"] = "Lead"
+    world.source.users.pop(11)
+    for members in world.source.members.values():
+        if "e11" in members:
+            members.remove("e11")
+    stopped = [world.run() for _ in range(2)]
+    # Then two runs stop at u1 without a failure, and the third escrows u1's update and goes on
+    assert [o.report.complete for o in stopped] == [False, False]
+    assert all(o.report.failures == () for o in stopped)
+    assert world.store.find_user("u11@example.com") is not None
+    third = world.run()
+    assert third.report.complete
+    assert [(f.name, f.action) for f in third.report.failures] == [("u1@example.com", "update")]
+    assert world.store.find_user("u11@example.com") is None
+    assert world.store.users[world.store.find_user("u1@example.com")]["doc"]["Title"] == "Engineer"
+
+
+def test_operations_a_stopped_run_never_attempted_keep_their_escrow() -> None:
+    from idsync.errors import TargetError
+    from idsync.services.escrow import Escrow
+
+    # Given u2's update failed once (escrowed: retried on the next cycle)
+    world = World()
+    world.run()
+    original = world.store.update_user
+    failing = {"once": True}
+
+    def update_user(user_id: str, changes: Any) -> None:
+        if world.store.users[user_id]["UserName"] == "u2@example.com" and failing.pop("once", False):
+            raise TargetError("ValidationException")
+        original(user_id, changes)
+
+    world.store.update_user = update_user  # type: ignore[method-assign]
+    world.source.users[2]["jobTitle"] = "Lead"
+    first = world.run()
+    assert [f.name for f in first.report.failures] == ["u2@example.com"]
+    # When the next run stops at u1's update (planned before u2's), which answers HTTP 500
+    _always_500_for(world, "u1@example.com")
+    world.source.users[1]["jobTitle"] = "Lead"
+    second = world.run()
+    assert not second.report.complete
+    # Then u2's escrow entry is still there, with its one attempt
+    entries = Escrow(world.state).entries
+    assert [(k, e.attempts) for k, e in entries.items() if k == "user:e2"] == [("user:e2", 1)]
+
+
+def test_no_cycle_completing_for_longer_than_the_full_reconcile_interval_is_notified_once() -> None:
+    from datetime import timedelta
+
+    # Given a provisioned tenant whose cycles then keep stopping on their time budget
+    world = World()
+    world.run()
+    world.source.users[1]["jobTitle"] = "Lead"
+    world.notifier.sent.clear()
+    for _ in range(4 * 30):  # 30 hours of 15-minute cycles
+        world.clock.advance(timedelta(minutes=15).total_seconds())
+        assert world.run(should_stop=lambda: True).report.complete is False
+    # Then exactly one notice says no cycle has completed, naming since when
+    stalls = [s for s, _ in world.notifier.sent if "not completing" in s]
+    assert len(stalls) == 1
+
+
+def test_on_demand_provisioning_settles_a_create_a_stopped_cycle_left_unrecorded() -> None:
+    from idsync.services.sync import INTENT_KEY
+
+    # Given a cycle that created u12 but crashed before recording it (its intent is all that is left)
+    world = World()
+    world.run()
+    world.source.users.append(
+        {"id": "e12", "userPrincipalName": "u12@example.com", "displayName": "User 12", "accountEnabled": True}
+    )
+    created = world.store.create_user("u12@example.com", {"DisplayName": "User 12"})
+    world.state.put_item(INTENT_KEY, {"kind": "user", "source_id": "e12", "name": "u12@example.com", "doc": {}})
+    # When an operator provisions another user on demand
+    world.source.users[3]["jobTitle"] = "Lead"
+    outcome = world.service().provision("user", "e3")
+    # Then the stopped cycle's create is recorded as e12's (not lost), and the intent is settled
+    assert outcome.report is not None
+    assert outcome.report.failures == ()
+    assert world.state.users["e12"].target_id == created
+    assert world.state.get_item(INTENT_KEY) is None
+
+
+def _soft_delete(world: World, *user_ids: str) -> None:
+    source = world.source
+    assert isinstance(source, FakeDeltaSource)
+    for user_id in user_ids:
+        source.users[:] = [u for u in source.users if u["id"] != user_id]
+        for members in source.members.values():
+            if user_id in members:
+                members.remove(user_id)
+        source.soft_deleted.add(user_id)
+
+
+def test_restorable_users_outlive_a_tripped_guard_and_an_allowed_deletion_run() -> None:
+    # Given three users moved to Entra's deleted items, enough membership removals to trip the guard
+    world = delta_world()
+    world.run()
+    ids = {n: world.store.find_user(n) for n in ("u4@example.com", "u5@example.com", "u7@example.com")}
+    _soft_delete(world, "e4", "e5", "e7")
+    assert world.run().report.guard is not None
+    # When the next (full) read follows the distrusted one, and an operator then allows deletions
+    full = world.run()
+    assert full.mode == "full"
+    assert [op for op in full.plan.held_back if op.kind.value == "user"] == []
+    world.run(allow_deletions=True)
+    # Then the users are still there without memberships, and a restore brings the same ids back
+    assert {n: world.store.find_user(n) for n in ids} == ids
+    assert all(n not in world.store.members_of(f"Team {j}") for n in ids for j in range(3))
+    base = tenant()
+    source = world.source
+    assert isinstance(source, FakeDeltaSource)
+    source.users += [u for u in base.users if u["id"] in ("e4", "e5", "e7")]
+    source.members.clear()
+    source.members.update(base.members)
+    source.soft_deleted.clear()
+    world.run()
+    assert {n: world.store.find_user(n) for n in ids} == ids
+    assert "u4@example.com" in world.store.members_of("Team 1")
+
+
+def test_a_soft_delete_first_seen_by_a_full_read_is_kept_for_the_grace_period() -> None:
+    # Given a provisioned tenant, and a user moved to Entra's deleted items before a full read
+    world = delta_world(max_deletion_percent=100.0)
+    world.run()
+    held = world.store.find_user("u4@example.com")
+    _soft_delete(world, "e4")
+    # When the full read runs
+    outcome = world.run(force_full=True)
+    # Then the user loses its memberships but keeps its object
+    assert not [op for op in outcome.plan.operations if op.kind.value == "user" and op.action.value == "delete"]
+    assert world.store.find_user("u4@example.com") == held
+    assert "u4@example.com" not in world.store.members_of("Team 1")

@@ -523,3 +523,51 @@ def test_removals_are_applied_even_when_activations_must_wait(world: World) -> N
     assert outcome.activations == []
     assert outcome.wait_seconds is not None
     assert not present(world, ADA)
+
+
+def test_the_jit_create_is_intended_before_it_is_sent_and_settled_after_a_crash(world: World) -> None:
+    from idsync.errors import StateError
+    from idsync.services.sync import jit_intent_key
+
+    # Given Ada activated, and the state store failing once right after CreateUser answered
+    world.graph.grant("i1", ADA, T0, 30)
+    intents: list[Any] = []
+    create = world.identity.create_user
+
+    def create_user(user_name: str, doc: Any) -> str:
+        intents.append(world.state.get_item(jit_intent_key(GROUP)))
+        return create(user_name, doc)
+
+    world.identity.create_user = create_user  # type: ignore[method-assign]
+    record = world.state.record_user
+    world.state.record_user = lambda owned: (_ for _ in ()).throw(StateError("DynamoDB: 500"))  # type: ignore[method-assign]
+    with pytest.raises(StateError):
+        world.service.look(GROUP)
+    # Then the create was intended before it was sent, and the intent outlived the crash
+    assert [(i or {}).get("source_id") for i in intents] == [ADA]
+    created = world.identity.find_user("ada@contoso.example")
+    assert world.state.get_item(jit_intent_key(GROUP)) is not None
+    # When the state store is back and the hint comes again, the intent is settled: same object, one create
+    world.state.record_user = record  # type: ignore[method-assign]
+    world.service.look(GROUP)
+    assert world.state.users[ADA].target_id == created
+    assert world.writes().count("CreateUser") == 1
+    assert world.state.get_item(jit_intent_key(GROUP)) is None
+    assert present(world, ADA)
+
+
+def test_a_user_name_held_by_another_managed_user_is_not_adopted_by_an_activation(world: World) -> None:
+    # Given IAM Identity Center's "ada@contoso.example" is the object idsync manages for Bob (renamed in Entra since)
+    bob_target = world.identity.create_user("ada@contoso.example", {"DisplayName": "Bob Dylan"})
+    world.state.record_user(OwnedUser(BOB, bob_target, "ada@contoso.example", {"DisplayName": "Bob Dylan"}))
+    world.identity.writes.clear()
+    world.graph.grant("i1", ADA, T0, 30)
+    # When Ada's activation is applied
+    world.service.look(GROUP)
+    # Then Bob's object is not taken for Ada: the failure names both, and nothing was added
+    assert ADA not in world.state.users
+    assert world.state.users[BOB].target_id == bob_target
+    assert world.members_in_identity_center() == set()
+    failure = next(e for e in world.state.logs if e.kind == "user" and e.status.value == "failure")
+    assert BOB in (failure.error or "")
+    assert bob_target in (failure.error or "")

@@ -219,3 +219,127 @@ def test_groups_stay_when_delete_groups_is_off() -> None:
     assert report.guard is None
     assert store.find_group("Team 5") is not None
     assert "DeleteGroup" not in store.writes
+
+
+def test_a_managed_group_refused_a_taken_display_name_keeps_its_name_and_follows_entra() -> None:
+    # Given two managed groups, each with five members
+    people = _people(10)
+    groups = [{"id": "g0", "displayName": "Team 0"}, {"id": "g1", "displayName": "Team 1"}]
+    directory = FakeSource(people, groups, {"g0": [p["id"] for p in people[:5]], "g1": [p["id"] for p in people[5:]]})
+    store, state = FakeIdentityStore(), FakeState()
+    make_service(directory, store, state).run()
+    # When Entra renames g1 onto g0's displayName and one member leaves g1, another joins it
+    directory.groups[1] = {"id": "g1", "displayName": "Team 0", "description": "copied"}
+    directory.members["g1"] = [p["id"] for p in people[6:]] + [people[0]["id"]]
+    report = make_service(directory, store, state).run()
+    # Then g1 is refused the name but keeps "Team 1" and exactly Entra's members (nothing is cut wholesale)
+    assert [r.source_id for r in report.refusals] == ["g1"]
+    assert store.members_of("Team 1") == {f"u{i}@example.com" for i in [0, 6, 7, 8, 9]}
+    assert store.groups[state.groups["g1"].target_id]["Description"] == "copied"
+    assert store.members_of("Team 0") == {f"u{i}@example.com" for i in range(5)}
+    assert report.failures == ()
+
+
+def test_a_managed_user_refused_a_taken_user_name_keeps_its_name_and_loses_memberships_entra_removed() -> None:
+    # Given two managed users in one group
+    people = _people(2)
+    directory = FakeSource(people, [{"id": "g1", "displayName": "Admins"}], {"g1": ["e00", "e01"]})
+    store, state = FakeIdentityStore(), FakeState()
+    make_service(directory, store, state).run()
+    # When Entra renames e01 onto e00's userName (case aside) and removes it from the group
+    directory.users[1] = dict(people[1], userPrincipalName="U0@example.com", displayName="Moved")
+    directory.members["g1"] = ["e00"]
+    report = make_service(directory, store, state, max_deletion_percent=100.0).run()
+    # Then e01 is refused the name, keeps "u1@example.com", takes its other changes and leaves the group
+    assert [r.source_id for r in report.refusals] == ["e01"]
+    assert store.members_of("Admins") == {"u0@example.com"}
+    assert store.user_by_name("u1@example.com")["doc"]["DisplayName"] == "Moved"
+    assert report.failures == ()
+
+
+def test_a_disabled_user_whose_attributes_no_longer_map_is_deprovisioned() -> None:
+    from idsync.model import Refusal
+    from tests.unit.test_plan_laws import SimpleUserMapper
+
+    people = _people(10)
+    directory = FakeSource(people, [{"id": "g1", "displayName": "Admins"}], {"g1": [p["id"] for p in people]})
+    store, state = FakeIdentityStore(), FakeState()
+    runner = make_service(directory, store, state)
+    runner.run()
+
+    # Given offboarding disables e03 and clears an attribute the mapping needs, in the same change
+    class Refusing(SimpleUserMapper):
+        def map(self, obj: dict[str, Any]) -> Any:
+            if not obj.get("displayName"):
+                return Refusal("user", obj["id"], obj["userPrincipalName"], "displayName", "is required")
+            return super().map(obj)
+
+    directory.users[3] = dict(people[3], accountEnabled=False, displayName="")
+    runner.service.user_mapper = Refusing()
+    report = runner.run()
+    # Then it is deprovisioned like any disabled user, not kept as a refusal
+    assert store.find_user("u3@example.com") is None
+    assert "u3@example.com" not in store.members_of("Admins")
+    assert report.refusals == ()
+
+
+def test_a_managed_user_refused_for_its_data_keeps_its_user_name_against_a_newcomer() -> None:
+    from idsync.model import Refusal
+    from tests.unit.test_plan_laws import SimpleUserMapper
+
+    people = _people(5)
+    directory = FakeSource(people, [{"id": "g1", "displayName": "Admins"}], {"g1": [p["id"] for p in people]})
+    store, state = FakeIdentityStore(), FakeState()
+    runner = make_service(directory, store, state)
+    runner.run()
+    held = store.find_user("u3@example.com")
+
+    # Given managed e03 refused for an unrelated attribute, and a newcomer whose userName differs only in case
+    class Refusing(SimpleUserMapper):
+        def map(self, obj: dict[str, Any]) -> Any:
+            if not obj.get("displayName"):
+                return Refusal("user", obj["id"], obj["userPrincipalName"], "displayName", "is required")
+            return super().map(obj)
+
+    runner.service.user_mapper = Refusing()
+    directory.users[3] = dict(people[3], displayName="")
+    directory.users.append(
+        {"id": "e99", "userPrincipalName": "U3@example.com", "displayName": "New", "accountEnabled": True}
+    )
+    report = runner.run()
+    # Then e03 keeps its userName and group; the newcomer is refused, naming e03
+    assert store.users[held or ""]["UserName"] == "u3@example.com"
+    assert "u3@example.com" in store.members_of("Admins")
+    assert sorted(r.source_id for r in report.refusals) == ["e03", "e99"]
+    assert "e03" in next(r.message for r in report.refusals if r.source_id == "e99")
+    # and once e03's data is fixed, it is simply updated under the same name
+    directory.users[3] = dict(people[3], displayName="Fixed")
+    runner.run()
+    assert store.users[held or ""]["UserName"] == "u3@example.com"
+    assert store.users[held or ""]["doc"]["DisplayName"] == "Fixed"
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.permutations(list(range(4))), st.booleans())
+def test_any_permutation_of_group_display_names_converges_in_one_cycle(order: list[int], newcomer: bool) -> None:
+    # Given four managed groups
+    groups = [{"id": f"g{i}", "displayName": f"Team {i}"} for i in range(4)]
+    directory = FakeSource(_people(4), groups, {f"g{i}": [f"e{i:02d}"] for i in range(4)})
+    store, state = FakeIdentityStore(), FakeState()
+    service = make_service(directory, store, state)
+    service.run()
+    ids = {g["id"]: state.groups[g["id"]].target_id for g in groups}
+    # When Entra permutes their displayNames (and group 0 moves to a new name a new group takes over)
+    directory.groups = [dict(g, displayName=f"Team {order[i]}") for i, g in enumerate(groups)]
+    if newcomer:
+        directory.groups[0]["displayName"] = "Moved"
+        directory.groups.append({"id": "g9", "displayName": f"Team {order[0]}"})
+    report = service.run()
+    # Then one cycle converges: every group keeps its id and its members, and carries its new name
+    assert report.failures == ()
+    for group in directory.groups:
+        target = ids.get(group["id"], state.groups[group["id"]].target_id)
+        assert store.find_group(group["displayName"]) == target
+    assert all(store.members_of(f"Team {order[i]}") == {f"u{i}@example.com"} for i in range(1, 4))
+    assert service.run().writes == 0
+    assert service.run(force_full=True).writes == 0

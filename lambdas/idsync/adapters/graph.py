@@ -581,7 +581,17 @@ class GraphDirectory:
             groups.member_changes,
             dict(self.delta_links),
             full,
+            self._deleted_items() if full else {},
         )
+
+    def _deleted_items(self) -> dict[str, str]:
+        """Users in Entra's deleted items -> when deleted (a full delta round does not list them).
+
+        Groups' deleted items need Group.Read.All, beyond the permissions a cycle asks for: restorable
+        groups are known from delta reads only."""
+        path = "/directory/deletedItems/microsoft.graph.user"
+        params = {"$select": "id,deletedDateTime", "$top": self._page}
+        return {str(item["id"]): str(item.get("deletedDateTime") or "") for item in self.client.pages(path, params)}
 
     def read_assignments(self) -> tuple[set[str], set[str]]:
         """(user ids, group ids) assigned to the enterprise application. Raises DirectoryError."""

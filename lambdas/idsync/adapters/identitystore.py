@@ -41,7 +41,14 @@ from botocore.exceptions import (
 )
 
 from idsync.config import IdentityStoreSettings
-from idsync.errors import TargetAuthError, TargetConflict, TargetError, TargetNotFound, TargetTransient
+from idsync.errors import (
+    TargetAuthError,
+    TargetConflict,
+    TargetError,
+    TargetNotFound,
+    TargetThrottled,
+    TargetTransient,
+)
 from idsync.model import (
     ENTERPRISE_EXTENSION,
     AttributeChange,
@@ -72,12 +79,11 @@ _AUTH_ERROR_CODES = frozenset(
         "MissingAuthenticationTokenException",
     }
 )
-_TRANSIENT_ERROR_CODES = frozenset(
+_THROTTLING_ERROR_CODES = frozenset(
+    {"ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded"}
+)
+_TRANSIENT_ERROR_CODES = _THROTTLING_ERROR_CODES | frozenset(
     {
-        "ThrottlingException",
-        "Throttling",
-        "TooManyRequestsException",
-        "RequestLimitExceeded",
         "InternalServerException",
         "InternalFailure",
         "ServiceUnavailable",
@@ -152,6 +158,8 @@ def _translate(error: ClientError, operation: str, subject: str, iam_action: str
     if code in _AUTH_ERROR_CODES:
         return TargetAuthError(f"{text} (the AWS credentials were rejected: check or renew them)")
     status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+    if code in _THROTTLING_ERROR_CODES:
+        return TargetThrottled(f"{text} (still throttled after the client's retries)")
     if code in _TRANSIENT_ERROR_CODES or status >= 500:
         return TargetTransient(f"{text} (still failing after the client's retries)")
     return TargetError(text)

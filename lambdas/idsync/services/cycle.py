@@ -76,6 +76,8 @@ MIRROR_KEY = "mirror"
 CHECKPOINT_KEY = "checkpoint"  # a full cycle stopped by its time budget: its mirror and links
 RUN_CURRENT, RUN_LAST = "run:current", "run:last"
 REFUSALS_KEY = "refusals"
+SOFT_DELETED_KEY = "soft-deleted"  # Entra's deleted items -> when first seen: kept even when a read is distrusted
+COMPLETED_KEY = "last-complete"  # when a cycle last completed, and whether a stall was notified
 STATUS_EVERY_SECONDS = 2.0
 
 
@@ -217,7 +219,10 @@ class CycleService:
         mirror.merge_users(changes.users, changes.removed_users, now)
         mirror.merge_groups(changes.groups, changes.removed_groups, changes.member_changes, full=changes.full, now=now)
         if changes.full:
-            # a full read does not list deleted items: what was restorable before still is
+            # a full delta round does not list deleted items: what was restorable before still is, and
+            # Graph's deleted items (read alongside) add what was soft-deleted since, with its deletion time
+            for object_id, deleted_at in changes.deleted_items.items():
+                mirror.soft_deleted.setdefault(object_id, _iso_or(deleted_at, now))
             alive = set(mirror.users) | set(mirror.groups)
             mirror.soft_deleted = {i: t for i, t in mirror.soft_deleted.items() if i not in alive}
         if self.scoping.mode == "assigned":
@@ -226,11 +231,20 @@ class CycleService:
         return mirror, dict(changes.links), mode, record
 
     def _soft_deleted_before(self, mirror: Mirror | None) -> dict[str, str]:
-        """Objects in Entra's deleted items as the stored mirror knows them (a full read cannot tell)."""
+        """Objects in Entra's deleted items as last known: the state item, else the stored mirror."""
+        kept = self.state.get_item(SOFT_DELETED_KEY)
+        if kept is not None:
+            return {str(k): str(v) for k, v in (kept.get("items") or {}).items()}
         if mirror is None or not mirror.soft_deleted:
             blob = load_blob(self.state, MIRROR_KEY)
             mirror = Mirror.from_bytes(blob) if blob else None
         return dict(mirror.soft_deleted) if mirror is not None else {}
+
+    def _keep_soft_deleted(self, mirror: Mirror) -> None:
+        """Store what is in Entra's deleted items apart from the mirror, which a distrusted read throws away."""
+        kept = self.state.get_item(SOFT_DELETED_KEY)
+        if kept is None or kept.get("items") != mirror.soft_deleted:
+            self.state.put_item(SOFT_DELETED_KEY, {"items": dict(mirror.soft_deleted)})
 
     def _delta_allowed(self, record: Mapping[str, Any]) -> bool:
         if not record.get("links") or record.get("fingerprint") != self.fingerprint:
@@ -307,6 +321,8 @@ class CycleService:
         started = self.clock.now()
         cycle_id = f"{started.strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:6]}"
         mirror, links, mode, record = self._read(opts.force_full)
+        if not opts.dry_run:
+            self._keep_soft_deleted(mirror)
         desired = self.desired(mirror)
         owned = self.state.load_ownership()
         if not opts.dry_run and resolve_intent(self.state, self.target, owned):
@@ -362,6 +378,7 @@ class CycleService:
             self._finish(mirror, links, mode, record, started)
         status.finish(report, mode)
         self._after(report, attempted, quarantine)
+        self._watch_completion(complete, started, applier.stopped_by)
         return CycleOutcome(report, mode=mode, plan=plan)
 
     # ------------------------------------------------------------------ PIM for Groups
@@ -481,6 +498,9 @@ class CycleService:
                 reason = self._out_of_scope_reason(mirror, "group", next(iter(group_ids)))
                 return CycleOutcome(None, skipped=f"group {key} is not in scope: {reason}", mode=mode)
             owned_now = self.state.load_ownership()
+            if resolve_intent(self.state, self.target, owned_now):
+                # a cycle stopped between a create and its record: settle it before this applier intends its own
+                owned_now = self.state.load_ownership()
             inactive = [u for u in user_ids if u in desired.users and not desired.users[u].active]
             if kind == "user" and inactive and inactive[0] not in owned_now.users:
                 return CycleOutcome(
@@ -645,7 +665,9 @@ class CycleService:
             source = op.key.split(":", 1)[1] if op.kind is Kind.MEMBERSHIP else op.source_id
             entry = failed.get((op.kind.value, op.action.value, source))
             if entry is None:
-                escrow.succeeded(op.key)
+                if op.key in applier.succeeded:
+                    escrow.succeeded(op.key)
+                # never attempted (the run stopped first): its escrow stays as it was
                 continue
             held = escrow.failed(op.key, self._fingerprint(op, desired), entry.error or "", now)
             if held.given_up:
@@ -689,6 +711,26 @@ class CycleService:
         new_record.pop("links", None)
         self.state.put_item(CYCLE_KEY, new_record)
         self.state.delete_item(CHECKPOINT_KEY)
+
+    def _watch_completion(self, complete: bool, started: datetime, stopped_by: str | None) -> None:
+        """Notify once when no cycle has completed for longer than the full-reconcile interval."""
+        item = self.state.get_item(COMPLETED_KEY)
+        if complete:
+            self.state.put_item(COMPLETED_KEY, {"at": started.isoformat()})
+            return
+        if item is None:
+            self.state.put_item(COMPLETED_KEY, {"at": started.isoformat()})
+            return
+        since = datetime.fromisoformat(str(item["at"]))
+        if item.get("notified") or self.clock.now() - since <= self.full_reconcile:
+            return
+        self.state.put_item(COMPLETED_KEY, {"at": item["at"], "notified": True})
+        if self.notifier is not None:
+            self.notifier.notify(
+                "idsync cycles are not completing",
+                f"No sync cycle has completed since {since.isoformat()}; the last one stopped: "
+                f"{stopped_by or 'time budget'}. Later writes (removals, deletions) wait until one completes.",
+            )
 
     def _enter_quarantine(self, previous: Quarantine | None, reason: str) -> None:
         now = self.clock.now()
@@ -758,3 +800,11 @@ class _StatusWriter:
         }
         self.state.put_item(RUN_LAST, summary)
         self.state.delete_item(RUN_CURRENT)
+
+
+def _iso_or(moment: str, fallback: str) -> str:
+    """``moment`` when it is an ISO 8601 time (Graph's ``Z`` accepted), else ``fallback``."""
+    try:
+        return datetime.fromisoformat(moment.replace("Z", "+00:00")).isoformat()
+    except ValueError:
+        return fallback

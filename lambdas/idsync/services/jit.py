@@ -68,6 +68,7 @@ from idsync.ports import (
     StateStore,
 )
 from idsync.services.control import PAUSE_RECHECK_SECONDS, load_pause
+from idsync.services.sync import jit_intent_key, resolve_intent
 from idsync.services.token_bucket import TokenBucket, Wait
 
 logger = logging.getLogger(__name__)
@@ -609,17 +610,34 @@ class _Run:
             if manager is not None:
                 targets[user.manager_source_id] = manager.target_id
         doc = desired_doc_for_create(user, targets)
+        intent = jit_intent_key(self.group_id)
         try:
+            # a create this group's writer sent before a crash is settled before this one is intended
+            resolve_intent(service.state, service.target, key=intent)
+            recorded = service.grants.owned_user(user.source_id)
+            if recorded is not None:
+                return recorded
+            service.state.put_item(
+                intent, {"kind": "user", "source_id": user.source_id, "name": user.user_name, "doc": doc}
+            )
             try:
                 target_id = service.target.create_user(user.user_name, doc)
                 action, changes = "create", tuple(AttributeChange(k, None, v) for k, v in sorted(doc.items()))
-            except TargetConflict:
+            except TargetConflict as conflict:
                 existing = service.target.find_user(user.user_name)
                 if existing is None:
                     raise
                 recorded = service.grants.owned_user(user.source_id)
                 if recorded is not None and recorded.target_id == existing:
+                    service.state.delete_item(intent)
                     return recorded  # another writer (the sync cycle) created and recorded it meanwhile
+                holders = sorted(s for s, o in service.state.load_ownership().users.items() if o.target_id == existing)
+                if holders:
+                    service.state.delete_item(intent)
+                    raise TargetConflict(
+                        f"user {user.user_name}: userName is held by IAM Identity Center user {existing}, which "
+                        f"idsync manages for Entra user {holders[0]}; the sync cycle settles the names"
+                    ) from conflict
                 # matched on first sight, as the cycle adopts; its attributes are unknown here, so the
                 # recorded document is empty and the next cycle writes every managed attribute
                 target_id, action, changes, doc = existing, "adopt", (), {}
@@ -635,6 +653,7 @@ class _Run:
             fingerprint=user.fingerprint(),
         )
         service.state.record_user(owned)
+        service.state.delete_item(intent)
         self._log("user", action, Status.SUCCESS, user.source_id, user.user_name, target_id, changes)
         return owned
 

@@ -7,13 +7,18 @@ there adopts it).
 
 Invariants:
 
-* write-ahead: every create is recorded as intended (``INTENT_KEY``) before it is sent, so a crash
-  or a state error between CreateUser/CreateGroup and its ownership record leaves an intent that the
-  next run resolves by looking the object up by name (``resolve_intent``), never an orphan;
+* write-ahead: every create is recorded as intended before it is sent, so a crash or a state error
+  between CreateUser/CreateGroup and its ownership record leaves an intent that the next run resolves
+  by looking the object up by name (``resolve_intent``), never an orphan. Each writer has its own
+  intent item, written and resolved only under its lease (``INTENT_KEY`` under the sync lease, which
+  cycles and on-demand provisioning share; ``jit_intent_key(group)`` under a PIM group's lease), so
+  no writer overwrites or deletes another's;
 * a managed user or group found deleted by hand is created again and gets every membership the
   desired view gives it, in the same cycle;
 * throttling and AWS-side faults (``TargetTransient``, after the client's own retries) are not
-  failures: the cycle stops there and the next invocation carries on.
+  failures: the cycle stops there and the next invocation carries on; but one operation that stops
+  ``TRANSIENT_STOPS_LIMIT`` runs in a row (``TRANSIENT_KEY``) becomes a failure (escrowed) and the
+  run goes on past it, so one object that always answers 5xx cannot stall every later write.
 """
 
 from __future__ import annotations
@@ -21,7 +26,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 
-from idsync.errors import TargetAuthError, TargetConflict, TargetError, TargetNotFound, TargetTransient
+from idsync.errors import (
+    TargetAuthError,
+    TargetConflict,
+    TargetError,
+    TargetNotFound,
+    TargetThrottled,
+    TargetTransient,
+)
 from idsync.model import (
     Action,
     AttributeChange,
@@ -55,20 +67,35 @@ from idsync.plan import (
 from idsync.ports import Clock, IdentityStore, StateStore
 
 LOG_FLUSH_EVERY = 500
-INTENT_KEY = "create-intent"  # the one create in flight: {"kind", "source_id", "name"}
+INTENT_KEY = "create-intent"  # the sync lease holder's create in flight: {"kind", "source_id", "name"}
+
+
+def jit_intent_key(group_id: str) -> str:
+    """The intent item of the JIT writer holding ``group_id``'s lease."""
+    return f"{INTENT_KEY}:jit:{group_id}"
+
+
+TRANSIENT_KEY = "transient-stops"  # {"key": operation key, "count": runs in a row it stopped}
+TRANSIENT_STOPS_LIMIT = 3
 Progress = Callable[[int, int], None]
 
 
-def resolve_intent(state: StateStore, target: IdentityStore, owned: Ownership) -> bool:
-    """Settle a create a previous run sent but may not have recorded; True when ownership changed.
+def resolve_intent(
+    state: StateStore, target: IdentityStore, owned: Ownership | None = None, key: str = INTENT_KEY
+) -> bool:
+    """Settle a create a previous run of the writer owning ``key`` sent but may not have recorded; True
+    when ownership changed. Call it under that writer's lease, before its first write.
 
     The object is looked up by the name it was created with (GetUserId / GetGroupId): found and
     owned by nobody, it is recorded as the intended source object's; the next plan then updates or
-    renames it. Raises TargetError / StateError (the intent stays for the next run).
+    renames it. ``owned`` is loaded only when an intent is found and none is given.
+    Raises TargetError / StateError (the intent stays for the next run).
     """
-    intent = state.get_item(INTENT_KEY)
+    intent = state.get_item(key)
     if not intent:
         return False
+    if owned is None:
+        owned = state.load_ownership()
     kind, source_id, name = str(intent["kind"]), str(intent["source_id"]), str(intent["name"])
     changed = False
     if kind == "user":
@@ -90,7 +117,7 @@ def resolve_intent(state: StateStore, target: IdentityStore, owned: Ownership) -
                 state.forget_membership(group, member)
             state.record_group(OwnedGroup(source_id, found, name, intent.get("description")))
             changed = True
-    state.delete_item(INTENT_KEY)
+    state.delete_item(key)
     return changed
 
 
@@ -130,6 +157,9 @@ class Applier:
         self.followups: list[Operation] = []  # memberships of objects created again after a hand-made delete
         self.intent_written = False
         self.stopped_by: str | None = None  # why the cycle ended early (throttling, AWS faults)
+        self.succeeded: set[str] = set()  # keys of the operations that went through this run
+        # the operation that stopped earlier runs with transient errors (counted in TRANSIENT_KEY)
+        self.transient_key: str | None = None
 
     # ------------------------------------------------------------------ loop
 
@@ -138,6 +168,7 @@ class Applier:
     ) -> bool:
         """Apply in order; False when stopped early (time budget, or AWS throttling past the retries)."""
         ops = list(operations)
+        self.transient_key = str((self.state.get_item(TRANSIENT_KEY) or {}).get("key") or "") or None
         index = 0
         while index < len(ops) or self.followups:
             if index >= len(ops):
@@ -157,14 +188,21 @@ class Applier:
                 self._end()
                 raise
             except TargetTransient as error:
-                # not a failure of this object: AWS asked to slow down or failed on its side; a create
-                # may still have landed, so its intent stays for the next run to resolve
-                self.stopped_by = str(error)
-                self._log(op, Status.SKIPPED, op.target_id, (), f"{error}; the next run carries on", 0.0)
-                self.flush()
-                return False
+                # throttling is account-wide; only an operation AWS keeps failing on is counted against it
+                stops = 0 if isinstance(error, TargetThrottled) else self._transient_stop(op)
+                if stops < TRANSIENT_STOPS_LIMIT:
+                    # not a failure of this object: AWS asked to slow down or failed on its side; a create
+                    # may still have landed, so its intent stays for the next run to resolve
+                    self.stopped_by = str(error)
+                    self._log(op, Status.SKIPPED, op.target_id, (), f"{error}; the next run carries on", 0.0)
+                    self.flush()
+                    return False
+                status, target_id, changes = Status.FAILURE, op.target_id, op.changes
+                note = f"{error} (stopped {stops} runs in a row: escrowed so that later operations go on)"
             except TargetError as error:
                 status, target_id, changes, note = Status.FAILURE, op.target_id, op.changes, str(error)
+            if status is not Status.FAILURE:
+                self._transient_cleared(op)
             self._log(op, status, target_id, changes, note, time.perf_counter() - started)
             if progress is not None:
                 progress(index, len(ops))
@@ -173,6 +211,20 @@ class Applier:
         self._resolve_deferred_managers()
         self._end()
         return True
+
+    def _transient_stop(self, op: Operation) -> int:
+        """Count one more run in a row that ``op`` stopped with a transient error; returns the count."""
+        item = self.state.get_item(TRANSIENT_KEY) or {}
+        count = int(item.get("count", 0)) + 1 if item.get("key") == op.key else 1
+        self.state.put_item(TRANSIENT_KEY, {"key": op.key, "count": count})
+        self.transient_key = op.key
+        return count
+
+    def _transient_cleared(self, op: Operation) -> None:
+        self.succeeded.add(op.key)
+        if self.transient_key == op.key:
+            self.state.delete_item(TRANSIENT_KEY)
+            self.transient_key = None
 
     def _end(self) -> None:
         if self.intent_written:
@@ -228,6 +280,10 @@ class Applier:
             started = time.perf_counter()
             try:
                 status, target_id, changes, note = self._update_user(op)
+            except TargetTransient as error:
+                # not this user's failure: the manager reference waits for the next run
+                status, target_id, changes = Status.SKIPPED, owned.target_id, (change,)
+                note = f"{error}; the next run carries on"
             except TargetError as error:
                 status, target_id, changes, note = Status.FAILURE, owned.target_id, (change,), str(error)
             self._log(op, status, target_id, changes, note, time.perf_counter() - started)
