@@ -40,6 +40,7 @@ from idsync.errors import (
     DirectoryError,
     LeaseLost,
     SchedulerError,
+    StateError,
     TargetConflict,
     TargetError,
 )
@@ -57,6 +58,7 @@ from idsync.model import (
 from idsync.pim import SETTLE, Facts, Verdict, judge, judge_group, latest_start
 from idsync.plan import desired_doc_for_create
 from idsync.ports import (
+    GRANT_ACTIVE,
     AccessGrant,
     Clock,
     ExpiryScheduler,
@@ -386,9 +388,13 @@ class _Run:
             try:
                 if verdict.removes(facts):
                     self._remove(facts, verdict, owned[facts.user_id])
+                elif self._ends_unrecorded(facts, verdict):
+                    self._sweep(facts, verdict, again is None or facts.user_id in again)
                 else:
                     self._keep(facts, verdict, again is None or facts.user_id in again)
-            except (TargetError, SchedulerError) as error:
+            except LeaseLost:
+                raise
+            except (TargetError, SchedulerError, StateError) as error:
                 self._failed(facts.user_id, error)
         if not adds:
             self.outcome.held = len(additions)
@@ -428,6 +434,31 @@ class _Run:
             extra={"group_id": self.group_id, "user_id": facts.user_id, "why": verdict.why, "cycle": self.cycle_id},
         )
         self._write_record(facts.user_id, facts.record, verdict.record)
+
+    @staticmethod
+    def _ends_unrecorded(facts: Facts, verdict: Verdict) -> bool:
+        """A live grant ends while idsync records no membership: a write that failed after the membership was
+        created may have left one behind (the grant is written ahead, the membership recorded after)."""
+        live = facts.record is not None and facts.record.phase == GRANT_ACTIVE
+        return live and not verdict.member and not facts.member
+
+    def _sweep(self, facts: Facts, verdict: Verdict, rearm: bool) -> None:
+        """Remove the membership Identity Center holds for an ended grant that idsync never recorded, then write
+        the record as the rule says. Raises TargetError, StateError, LeaseLost, SchedulerError."""
+        service = self.service
+        user = service.grants.owned_user(facts.user_id)
+        group = self._owned_group()
+        found = None
+        if user is not None and group is not None:
+            found = service.target.find_membership(group.target_id, user.target_id)
+        if found is None:
+            self._keep(facts, verdict, rearm)
+            return
+        logger.warning(
+            "membership held without a record: removed with its ended grant",
+            extra={"group_id": self.group_id, "user_id": facts.user_id, "membership_id": found},
+        )
+        self._remove(facts, verdict, OwnedMembership(self.group_id, facts.user_id, found))
 
     def _keep(self, facts: Facts, verdict: Verdict, rearm: bool) -> None:
         """No membership change: record, move or forget the grant; re-arm a still-active grant's schedule."""
@@ -499,7 +530,9 @@ class _Run:
         except LeaseLost:
             self._give_back(verdict)
             raise
-        except TargetError as error:
+        except (TargetError, StateError) as error:
+            # a state write lost after the membership was created: the write-ahead grant lets a later run
+            # find and remove that membership when the grant ends (``_sweep``)
             self._give_back(verdict)
             self._failed(user_id, error)
             return True
