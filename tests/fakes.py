@@ -246,7 +246,13 @@ class FakeState:
             self.lose_lease_races -= 1
             return False  # another writer's conditional write landed first
         held = self.leases.get(name)
-        if held and held[0] != owner and held[1] > now:
+        if held and held[0] != owner and held[1] >= now:
+            return False  # DynamoDB's condition takes an expired lease over only once ``expires < now``
+        self.leases[name] = (owner, now + timedelta(seconds=ttl_seconds))
+        return True
+
+    def renew_lease(self, name: str, owner: str, now: datetime, ttl_seconds: int) -> bool:
+        if self.leases.get(name, ("", None))[0] != owner:
             return False
         self.leases[name] = (owner, now + timedelta(seconds=ttl_seconds))
         return True

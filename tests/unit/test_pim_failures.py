@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from idsync.errors import StateError
+import pytest
+
+from idsync.adapters.identitystore import jit_client_config
+from idsync.errors import LeaseLost, StateError
+from idsync.services.jit import LEASE_SECONDS
 from tests.pim_world import ADA, BOB, GROUP, PimWorld
 
 
@@ -37,3 +41,52 @@ def test_a_membership_whose_record_was_lost_is_removed_when_its_grant_ends() -> 
     assert not world.is_member(BOB)
     assert world.phase(BOB) is None
     assert world.is_member(ADA)
+
+
+def test_a_writer_whose_lease_was_taken_over_and_released_never_writes_again() -> None:
+    world = PimWorld()
+    world.cycle()
+    world.graph.grant("i1", ADA, world.clock.now(), 30)
+    world.look()
+    world.clock.current += timedelta(minutes=30, seconds=1)
+    world.graph.end("i1", unlist=True)
+    stale = world.jit.lease(GROUP)
+    assert stale.acquire()
+    world.clock.current += timedelta(seconds=61)  # the writer stalls past its lease
+    world.graph.grant("i2", ADA, world.clock.now(), 60)
+    world.look()  # a look takes the lapsed lease over, records the new grant and releases the lease
+    assert world.phase(ADA) == "active"
+    with pytest.raises(LeaseLost):
+        stale.keep()
+
+
+def test_a_removal_that_outlives_its_lease_never_overwrites_the_new_holders_grant() -> None:
+    world = PimWorld()
+    world.cycle()
+    world.graph.grant("i1", ADA, world.clock.now(), 30)
+    world.look()
+    world.clock.current += timedelta(minutes=30, seconds=1)
+    world.graph.end("i1", unlist=True)
+    delete = world.identity.delete_membership
+
+    def slow_delete(membership_id: str) -> None:
+        world.clock.current += timedelta(seconds=70)
+        world.graph.grant("i2", ADA, world.clock.now(), 60)
+        world.look()  # Ada activates again: the look takes the lapsed lease and records her new grant
+        delete(membership_id)
+
+    world.identity.delete_membership = slow_delete  # type: ignore[method-assign]
+    with pytest.raises(LeaseLost):
+        world.jit.expire(GROUP, ADA)
+    world.identity.delete_membership = delete  # type: ignore[method-assign]
+    assert world.phase(ADA) == "active", "the stale writer never overwrites the new grant"
+    assert world.scheduler.of(ADA)
+
+
+def test_the_jit_identity_store_client_answers_well_within_the_group_lease() -> None:
+    config = jit_client_config()
+    retries = config.retries or {}
+    attempts = retries["total_max_attempts"]
+    worst = attempts * (config.connect_timeout + config.read_timeout) + 2 ** (attempts - 1)
+    assert retries["mode"] == "standard"
+    assert worst <= LEASE_SECONDS / 2

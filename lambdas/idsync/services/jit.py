@@ -124,8 +124,9 @@ class GroupLease:
         return self.held
 
     def keep(self) -> None:
-        """Renew before a write. Raises LeaseLost when another writer holds it now, StateError."""
-        if not self.held or not self.state.acquire_lease(self.name, self.owner, self.clock.now(), self.seconds):
+        """Renew before a write and after every external call. Raises LeaseLost once another writer took the lease
+        over (even one that released it since: the renewal is conditioned on this owner), StateError."""
+        if not self.held or not self.state.renew_lease(self.name, self.owner, self.clock.now(), self.seconds):
             self.held = False
             raise LeaseLost(f"lease {self.name} was taken over by another writer")
 
@@ -426,6 +427,7 @@ class _Run:
         except TargetError as error:
             self._log("membership", "delete", Status.FAILURE, source, name, owned.membership_id, error=str(error))
             raise
+        self._keep_lease()  # the call may have outlived the lease: a new holder decides then
         service.state.forget_membership(self.group_id, facts.user_id)
         self._log("membership", "delete", Status.SUCCESS, source, name, owned.membership_id)
         self.outcome.removals.append(facts.user_id)
@@ -490,6 +492,7 @@ class _Run:
         after = new.end if new is not None and new.active else None
         if after is not None and after != before:
             service.scheduler.set(self.group_id, user_id, after, before)
+            self._keep_lease()
         if new is not None:
             if not new.same_terms(old):
                 service.grants.record_grant(new)
@@ -642,6 +645,7 @@ class _Run:
                 target_id = service.target.create_user(user.user_name, doc)
                 action, changes = "create", tuple(AttributeChange(k, None, v) for k, v in sorted(doc.items()))
             except TargetConflict:
+                self._keep_lease()
                 existing = service.target.find_user(user.user_name)
                 if existing is None:
                     raise
@@ -662,6 +666,7 @@ class _Run:
             manager_source_id=user.manager_source_id,
             fingerprint=user.fingerprint(),
         )
+        self._keep_lease()
         service.state.record_user(owned)
         self._log("user", action, Status.SUCCESS, user.source_id, user.user_name, target_id, changes)
         return owned
@@ -678,6 +683,7 @@ class _Run:
                 membership_id = service.target.create_membership(group.target_id, user.target_id)
                 action = "create"
             except TargetConflict:
+                self._keep_lease()
                 found = service.target.find_membership(group.target_id, user.target_id)
                 if found is None:
                     raise
@@ -685,6 +691,7 @@ class _Run:
         except TargetError as error:
             self._log("membership", "create", Status.FAILURE, source, name, error=str(error))
             raise
+        self._keep_lease()
         service.state.record_membership(OwnedMembership(self.group_id, user.source_id, membership_id))
         changes = (AttributeChange("members", None, user.target_id),) if action == "create" else ()
         self._log("membership", action, Status.SUCCESS, source, name, membership_id, changes)
