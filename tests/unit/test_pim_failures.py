@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
 from idsync.adapters.identitystore import jit_client_config
-from idsync.errors import LeaseLost, StateError
+from idsync.errors import LeaseLost, SchedulerError, StateError
+from idsync.services.control import pause
 from idsync.services.jit import LEASE_SECONDS
 from tests.pim_world import ADA, BOB, GROUP, PimWorld
 
@@ -90,3 +91,40 @@ def test_the_jit_identity_store_client_answers_well_within_the_group_lease() -> 
     worst = attempts * (config.connect_timeout + config.read_timeout) + 2 ** (attempts - 1)
     assert retries["mode"] == "standard"
     assert worst <= LEASE_SECONDS / 2
+
+
+def _extended_then_paused(world: PimWorld) -> datetime:
+    world.cycle()
+    start = world.clock.now()
+    world.graph.grant("i1", ADA, start, 30)
+    world.look()
+    world.graph.extend("i1", 15)  # an extension: no member change, so no notification
+    pause(world.state, world.clock.now(), "incident", "ops")
+    return start
+
+
+def test_an_expiry_whose_re_arm_fails_raises_so_that_it_is_retried() -> None:
+    world = PimWorld()
+    start = _extended_then_paused(world)
+    world.clock.current = start + timedelta(minutes=31)
+    world.scheduler.fail_next = 1
+    due = world.scheduler.due(world.clock.now())
+    assert len(due) == 1
+    with pytest.raises(SchedulerError):
+        world.jit.expire(*world.scheduler.fire(due[0]))
+    world.jit.expire(GROUP, ADA)  # Lambda's retry of the failed invocation
+    assert world.scheduler.of(ADA) == [start + timedelta(minutes=45)]
+
+
+def test_a_paused_cycle_still_ends_pim_access_and_adds_nobody() -> None:
+    world = PimWorld()
+    start = _extended_then_paused(world)
+    world.scheduler.schedules.clear()  # every expiry schedule lost
+    world.graph.grant("i2", BOB, world.clock.now(), 60)  # an activation whose notification was lost
+    world.clock.current = start + timedelta(minutes=46)
+    world.graph.end("i1", unlist=True)
+    outcome = world.cycle()
+    assert outcome.skipped is not None
+    assert not world.is_member(ADA)
+    assert not world.is_member(BOB), "a pause holds activations"
+    assert world.scheduler.of(BOB) == []

@@ -24,6 +24,7 @@ Safety rules (each has a test in tests/unit/test_cycle_safety.py):
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
-from idsync.errors import DeltaExpired, DirectoryAuthError, TargetAuthError
+from idsync.errors import DeltaExpired, DirectoryAuthError, DirectoryError, StateError, TargetAuthError
 from idsync.mirror import SOFT_DELETED, Mirror
 from idsync.model import (
     Action,
@@ -67,6 +68,8 @@ from idsync.services.sync import Applier, resolve_intent
 
 if TYPE_CHECKING:
     from idsync.services.jit import JitService
+
+logger = logging.getLogger(__name__)
 
 LEASE = "sync"
 CYCLE_KEY = "cycle"  # delta links, last full reconcile, configuration fingerprint
@@ -268,7 +271,8 @@ class CycleService:
         """Run one cycle unless paused, quarantined or another cycle holds the lease.
 
         A pause holds every cycle but a dry run (nothing is written); ``ignore_quarantine`` does not
-        override it.
+        override it. A held cycle (paused, in quarantine) still runs the PIM pass without additions, so PIM
+        access ends on time (``_pim_removals``).
 
         Raises DirectoryError / TargetError when Entra or AWS cannot be reached (after
         recording quarantine when credentials were rejected).
@@ -277,9 +281,11 @@ class CycleService:
         now = self.clock.now()
         paused = load_pause(self.state)
         if paused is not None and not opts.dry_run:
+            self._pim_removals("paused")
             return CycleOutcome(None, skipped=paused.describe())
         quarantine = load_quarantine(self.state)
         if quarantine and not quarantine.due(now) and not opts.ignore_quarantine and not opts.dry_run:
+            self._pim_removals("quarantine")
             return CycleOutcome(
                 None,
                 skipped=f"in quarantine since {quarantine.since.isoformat()}: {quarantine.reason}; "
@@ -392,6 +398,18 @@ class CycleService:
             )
             allowed = [op for op in deletions if op.source_id not in protected]
             return applier.apply(allowed, lambda: opts.should_stop() or not net.keep(), progress)
+
+    def _pim_removals(self, why: str) -> None:
+        """A held cycle's PIM pass: ended access removed and active grants' schedules re-armed, nothing added.
+        Failures are logged, never raised: the hold stands either way and the next cycle retries."""
+        if self.pim is None:
+            return
+        cycle_id = f"{self.clock.now().strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:6]}-{why}"
+        try:
+            with self.pim.cycle_pass(cycle_id) as net:
+                net.reconcile(adds=False)
+        except (DirectoryError, StateError) as error:
+            logger.error("PIM removals of a held cycle failed", extra={"why": why, "error": str(error)})
 
     @staticmethod
     def _skip(applier: Applier, ops: list[Operation], why: str) -> None:

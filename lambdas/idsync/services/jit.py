@@ -261,7 +261,9 @@ class JitService:
         token; every other grant has its own schedule, and the cycle is the safety net).
 
         A grant still active (the schedule fired early, or the grant was extended) gets its schedule again;
-        when another writer holds the group's lease, the expiry is re-armed a minute later.
+        when another writer holds the group's lease, the expiry is re-armed a minute later. A schedule that
+        cannot be set raises (after the run's other writes), so the invocation fails and is retried: a fired
+        one-time schedule is gone, and nothing else would end the grant while the cycle is held.
         Raises DirectoryError, StateError, SchedulerError.
         """
         group = self.configured(group_id)
@@ -275,6 +277,7 @@ class JitService:
             self.scheduler.set(group, user_id, run.now + EXPIRY_RETRY)
             logger.info("group busy: the expiry fires again in a minute", extra={"group_id": group, "user_id": user_id})
             return run.outcome
+        run.scheduler_errors_raise = True
         try:
             run.reconcile(lease, adds=False, rearm=(user_id,), only=user_id)
         finally:
@@ -313,14 +316,15 @@ class CyclePass:
     def all_held(self) -> bool:
         return not self.busy
 
-    def reconcile(self) -> list[JitOutcome]:
-        """One reconciliation per held group; a group whose run fails (Graph unreadable, lease lost) is logged and
-        the others go on. Raises DirectoryAuthError, StateError."""
+    def reconcile(self, adds: bool = True) -> list[JitOutcome]:
+        """One reconciliation per held group (``adds`` False: removals and re-arms only, for a held cycle); a group
+        whose run fails (Graph unreadable, lease lost) is logged and the others go on.
+        Raises DirectoryAuthError, StateError."""
         outcomes: list[JitOutcome] = []
         for group, lease in sorted(self.leases.items()):
             run = _Run(self.service, group, "cycle", self.cycle_id)
             try:
-                run.reconcile(lease, adds=True, rearm=None)
+                run.reconcile(lease, adds=adds, rearm=None)
             except DirectoryAuthError:
                 raise  # the cycle's quarantine handles rejected credentials
             except (DirectoryError, LeaseLost) as error:
@@ -366,6 +370,7 @@ class _Run:
         self.entries: list[LogEntry] = []
         self._group: OwnedGroup | None = None
         self.lease: GroupLease | None = None
+        self.scheduler_errors_raise = False  # an expiry's schedule is its only trigger: failing it must retry
 
     def reconcile(self, lease: GroupLease, adds: bool, rearm: Iterable[str] | None, only: str | None = None) -> None:
         """Read, judge and write for the group under ``lease`` (for the user ``only``, when given). ``rearm``:
@@ -397,6 +402,8 @@ class _Run:
                 raise
             except (TargetError, SchedulerError, StateError) as error:
                 self._failed(facts.user_id, error)
+                if isinstance(error, SchedulerError) and self.scheduler_errors_raise:
+                    raise
         if not adds:
             self.outcome.held = len(additions)
             if additions:
