@@ -128,3 +128,29 @@ def test_a_paused_cycle_still_ends_pim_access_and_adds_nobody() -> None:
     assert not world.is_member(ADA)
     assert not world.is_member(BOB), "a pause holds activations"
     assert world.scheduler.of(BOB) == []
+
+
+def test_an_ended_activation_is_never_added_back_however_long_graph_keeps_listing_her() -> None:
+    world = PimWorld()
+    world.cycle()
+    start = world.clock.now()
+    world.graph.grant("i1", ADA, start, 30)
+    world.look()
+    end = start + timedelta(minutes=30)
+    world.clock.current = end
+    world.graph.end("i1", unlist=False)  # the instance is gone; the member list lags 25 minutes
+    world.clock.current = end + timedelta(seconds=61)
+    world.fire_due()
+    for minutes in (10, 20):
+        world.clock.current = end + timedelta(minutes=minutes, seconds=5)
+        world.cycle()
+        assert not world.is_member(ADA)
+        assert world.phase(ADA) == "ended"
+    world.clock.current = end + timedelta(minutes=25)
+    world.graph.unlist(GROUP, ADA)
+    world.cycle()
+    assert world.phase(ADA) is None
+    # a positive signal makes her a permanent member: an active assignment
+    world.graph.grant("p1", ADA, world.clock.now(), None, assignment_type="assigned")
+    world.look()
+    assert world.is_member(ADA)
