@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from idsync.errors import SchedulerError, TargetConflict, TargetError, TargetNotFound, TargetTransient
+from idsync.errors import DirectoryError, SchedulerError, TargetConflict, TargetError, TargetNotFound, TargetTransient
 from idsync.mirror import MemberChange
 from idsync.model import (
     AttributeChange,
@@ -356,7 +356,8 @@ class FakePimGraph:
     """Entra as the JIT path reads it (``ports.PimDirectory``): direct members, assignment instances, users.
 
     ``grant`` lists the user with the instance (PIM's activation); ``end`` drops the instance and, unless
-    ``unlist`` is False (Graph's member list lagging behind), the member nothing else holds.
+    ``unlist`` is False (Graph's member list lagging behind), the member nothing else holds. ``down``: every
+    read answers HTTP 503 (Graph unreachable).
     """
 
     def __init__(self, default_group: str = "") -> None:
@@ -365,6 +366,13 @@ class FakePimGraph:
         self.current: list[AssignmentInstance] = []
         self.users: dict[str, dict[str, Any]] = {}
         self.reads = 0
+        self.down = False
+
+    def answer(self, counted: bool = True) -> None:
+        """One read. Raises DirectoryError while ``down``."""
+        if self.down:
+            raise DirectoryError("Graph answered HTTP 503 Service Unavailable")
+        self.reads += counted
 
     def add_user(self, user_id: str, name: str, **extra: Any) -> None:
         first, last = name.split(" ")
@@ -425,14 +433,15 @@ class FakePimGraph:
 
     # ports.PimDirectory
     def members(self, group_id: str) -> set[str]:
-        self.reads += 1
+        self.answer()
         return set(self.listed.get(group_id, set()))
 
     def instances(self, group_id: str, user_id: str | None = None) -> list[AssignmentInstance]:
-        self.reads += 1
+        self.answer()
         return [i for i in self.current if i.group_id == group_id and user_id in (None, i.principal_id)]
 
     def user(self, user_id: str) -> dict[str, Any] | None:
+        self.answer(counted=False)
         return self.users.get(user_id)
 
 

@@ -60,6 +60,7 @@ class LinkedSource(FakeSource):
         self.after_read: Callable[[], None] | None = None
 
     def read_changes(self, links: Mapping[str, str] | None) -> DirectoryChanges:
+        self.graph.answer(counted=False)
         self.users = [dict(u) for u in self.graph.users.values()]
         self.members = {GROUP: sorted(self.graph.listed.get(GROUP, set()))}
         changes = super().read_changes(links)

@@ -8,8 +8,9 @@ from datetime import datetime, timedelta
 import pytest
 
 from idsync.adapters.identitystore import jit_client_config
-from idsync.errors import LeaseLost, SchedulerError, StateError
+from idsync.errors import DirectoryError, LeaseLost, SchedulerError, StateError
 from idsync.services.control import pause
+from idsync.services.cycle import CycleOptions
 from idsync.services.jit import LEASE_SECONDS
 from tests.pim_world import ADA, BOB, GROUP, PimWorld
 
@@ -154,3 +155,44 @@ def test_an_ended_activation_is_never_added_back_however_long_graph_keeps_listin
     world.graph.grant("p1", ADA, world.clock.now(), None, assignment_type="assigned")
     world.look()
     assert world.is_member(ADA)
+
+
+def _activated_and_schedule_lost(world: PimWorld) -> datetime:
+    world.cycle()
+    start = world.clock.now()
+    world.graph.grant("i1", ADA, start, 30)
+    world.look()
+    world.scheduler.schedules.clear()  # the expiry schedule is lost: only the cycle can end her access
+    return start
+
+
+def test_with_graph_down_the_cycle_removes_access_whose_recorded_grant_ended() -> None:
+    world = PimWorld()
+    start = _activated_and_schedule_lost(world)
+    world.graph.grant("i2", BOB, start, 60)
+    world.look()
+    world.graph.end("i1", unlist=True)
+    world.clock.current = start + timedelta(minutes=31)
+    world.graph.down = True
+    with pytest.raises(DirectoryError):
+        world.cycle()
+    assert not world.is_member(ADA), "fail closed: her recorded grant ended"
+    assert world.phase(ADA) == "ended"
+    assert world.is_member(BOB), "a grant whose recorded end is ahead is kept"
+    world.graph.down = False
+    world.cycle()
+    assert world.phase(ADA) is None
+    assert not world.is_member(ADA)
+    assert world.is_member(BOB)
+
+
+def test_a_cycle_stopped_by_its_time_budget_still_removes_ended_pim_access() -> None:
+    world = PimWorld()
+    start = _activated_and_schedule_lost(world)
+    world.graph.end("i1", unlist=True)
+    world.graph.add_user("0f0e0d0c-0b0a-4909-8807-060504030201", "Nia Newcomer", department="Engineering")
+    world.clock.current = start + timedelta(minutes=31)
+    outcome = world.cycle_service.run(CycleOptions(should_stop=lambda: True))
+    assert outcome.report is not None
+    assert not outcome.report.complete
+    assert not world.is_member(ADA)

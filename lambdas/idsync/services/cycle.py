@@ -32,7 +32,14 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
-from idsync.errors import DeltaExpired, DirectoryAuthError, DirectoryError, StateError, TargetAuthError
+from idsync.errors import (
+    DeltaExpired,
+    DirectoryAuthError,
+    DirectoryError,
+    StateError,
+    TargetAuthError,
+    TargetError,
+)
 from idsync.mirror import SOFT_DELETED, Mirror
 from idsync.model import (
     Action,
@@ -300,6 +307,11 @@ class CycleService:
         except (DirectoryAuthError, TargetAuthError) as error:
             if not opts.dry_run:
                 self._enter_quarantine(quarantine, f"credentials or permissions rejected: {error}")
+                self._pim_removals("failed")
+            raise
+        except (DirectoryError, TargetError, StateError):
+            if not opts.dry_run:
+                self._pim_removals("failed")  # the PIM safety net never waits for Entra or AWS to recover
             raise
         finally:
             if not opts.dry_run:
@@ -337,8 +349,12 @@ class CycleService:
 
         ordinary, user_deletions = self._split_user_deletions(runnable)
         complete = applier.apply(ordinary, opts.should_stop, on_progress)
-        if complete and self.pim is not None:
-            complete = self._pim_pass(applier, user_deletions, cycle_id, opts, on_progress)
+        if self.pim is not None:
+            # the PIM safety net runs even when the ordinary work stopped early; user deletions then wait
+            if not complete:
+                self._skip(applier, user_deletions, "waits for the next cycle: this one stopped early")
+            done = self._pim_pass(applier, user_deletions if complete else [], cycle_id, opts, on_progress)
+            complete = complete and done
         applier.log_held_back(plan.held_back)
         for entry, op in held:
             applier.pending.append(

@@ -30,7 +30,7 @@ import math
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
@@ -59,6 +59,7 @@ from idsync.pim import SETTLE, Facts, Verdict, judge, judge_group, latest_start
 from idsync.plan import desired_doc_for_create
 from idsync.ports import (
     GRANT_ACTIVE,
+    GRANT_ENDED,
     AccessGrant,
     Clock,
     ExpiryScheduler,
@@ -326,8 +327,13 @@ class CyclePass:
             try:
                 run.reconcile(lease, adds=adds, rearm=None)
             except DirectoryAuthError:
+                run.fail_closed(lease)
                 raise  # the cycle's quarantine handles rejected credentials
-            except (DirectoryError, LeaseLost) as error:
+            except DirectoryError as error:
+                run.outcome.failed.append(("", str(error)))
+                logger.error("PIM group not reconciled by the cycle", extra={"group_id": group, "error": str(error)})
+                run.fail_closed(lease)
+            except LeaseLost as error:
                 # the cycle's own writes stand; this group is retried by the next look or cycle
                 run.outcome.failed.append(("", str(error)))
                 logger.error("PIM group not reconciled by the cycle", extra={"group_id": group, "error": str(error)})
@@ -420,6 +426,34 @@ class _Run:
                 continue
             if not self._add(facts, verdict):
                 metered = False
+
+    def fail_closed(self, lease: GroupLease) -> None:
+        """Graph unreadable: remove the membership of every non-standing grant whose recorded end is past (its
+        expiry never ran), keeping an ended marker so that the first run with Graph back re-adds only a grant
+        that was extended meanwhile. Raises StateError; stops quietly when the lease is lost."""
+        self.lease = lease
+        grants = self.service.grants
+        owned = grants.owned_memberships(self.group_id)
+        stamp = self.now.astimezone(UTC).isoformat()
+        for user, record in sorted(grants.grants(self.group_id).items()):
+            if record.phase != GRANT_ACTIVE or record.standing or record.end is None or record.end > self.now:
+                continue
+            facts = Facts(user, True, (), record, user in owned)
+            marker = replace(record, phase=GRANT_ENDED, applied_at=stamp)
+            verdict = Verdict(user, False, marker, False, "the recorded grant ended; Graph unreadable (fail closed)")
+            logger.warning(
+                "Graph unreadable: access whose recorded grant ended is removed",
+                extra={"group_id": self.group_id, "user_id": user, "end": _iso(record.end)},
+            )
+            try:
+                if facts.member:
+                    self._remove(facts, verdict, owned[user])
+                else:
+                    self._sweep(facts, verdict, rearm=False)
+            except LeaseLost:
+                return
+            except (TargetError, SchedulerError, StateError) as error:
+                self._failed(user, error)
 
     # ------------------------------------------------------------------ removals and records
 
