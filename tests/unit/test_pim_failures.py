@@ -196,3 +196,19 @@ def test_a_cycle_stopped_by_its_time_budget_still_removes_ended_pim_access() -> 
     assert outcome.report is not None
     assert not outcome.report.complete
     assert not world.is_member(ADA)
+
+
+def test_a_user_listed_before_her_instance_is_visible_is_looked_at_again_within_a_minute() -> None:
+    world = PimWorld()
+    world.cycle()
+    world.graph.listed.setdefault(GROUP, set()).add(ADA)  # the member list shows her first
+    outcome = world.look()
+    assert outcome.sighted == 1
+    assert outcome.wait_seconds is not None
+    assert outcome.wait_seconds <= 60
+    assert not world.is_member(ADA)
+    world.clock.current += timedelta(seconds=outcome.wait_seconds)
+    world.graph.grant("i1", ADA, world.clock.now(), 60)  # her instance becomes visible
+    again = world.look()
+    assert [a.user_id for a in again.activations] == [ADA]
+    assert again.wait_seconds is None, "a sighting already recorded asks for no further look"

@@ -60,6 +60,7 @@ from idsync.plan import desired_doc_for_create
 from idsync.ports import (
     GRANT_ACTIVE,
     GRANT_ENDED,
+    GRANT_SIGHTED,
     AccessGrant,
     Clock,
     ExpiryScheduler,
@@ -81,6 +82,7 @@ RESEND_AFTER_RECEIVES = 40
 LEASE_PREFIX = "pim:"
 LEASE_SECONDS = 60  # renewed before every write; a crashed holder blocks the group at most this long
 LEASE_RETRY_SECONDS = 1.0  # a look that found the group's lease held comes back this soon
+SIGHTING_RECHECK_SECONDS = 30.0  # Graph may list an activated user before her instance: look again this soon
 EXPIRY_RETRY = timedelta(minutes=1)  # an expiry that could not run (lease held, fired early) fires again
 
 
@@ -163,6 +165,7 @@ class JitOutcome:
     wait_seconds: float | None = None  # an activation waits for the next token, or for the group's lease
     busy: bool = False  # another writer held the group's lease: nothing was read or written
     held: int = 0  # activations not applied because idsync is paused (or left to others by an expiry)
+    sighted: int = 0  # users first seen listed without an instance (perhaps an activation not visible yet)
     ignored: str | None = None
 
     def summary(self) -> dict[str, Any]:
@@ -178,6 +181,7 @@ class JitOutcome:
             "waitSeconds": self.wait_seconds,
             "busy": self.busy,
             "held": self.held,
+            "sighted": self.sighted,
             "ignored": self.ignored,
         }
 
@@ -232,7 +236,8 @@ class JitService:
         """Bring IAM Identity Center in line with the rule for one PIM group: removals first, then activations
         while tokens last (``wait_seconds`` tells when the next is due, or when the held lease is worth retrying).
         While ``paused``, removals still apply and activations are held (``held``; ``wait_seconds`` asks to look
-        again later).
+        again later). A user first seen listed without an instance asks for another look in
+        ``SIGHTING_RECHECK_SECONDS`` (her instance may not be visible yet).
 
         Raises DirectoryError, StateError (the hint is then retried).
         """
@@ -252,6 +257,10 @@ class JitService:
             if paused and run.outcome.held:
                 run.outcome.wait_seconds = PAUSE_RECHECK_SECONDS
                 logger.info("activations held: idsync is paused", extra={"group_id": group, "held": run.outcome.held})
+            if run.outcome.sighted:
+                # the notification may have come before Graph shows her instance: look again soon, not a cycle later
+                waits = run.outcome.wait_seconds
+                run.outcome.wait_seconds = min(waits, SIGHTING_RECHECK_SECONDS) if waits else SIGHTING_RECHECK_SECONDS
         finally:
             run.flush()
             lease.release()
@@ -515,6 +524,8 @@ class _Run:
         self._keep_lease()
         self._write_record(facts.user_id, old, new)
         self.outcome.moved += 1
+        if old is None and new is not None and new.phase == GRANT_SIGHTED:
+            self.outcome.sighted += 1
         logger.info(
             "grant recorded",
             extra={
