@@ -84,9 +84,11 @@ WORKER_IDENTITY_STORE_ACTIONS = [
     "identitystore:GetGroupMembershipId",
     "identitystore:GetUserId",
 ]
-# An expiry only ever removes a membership idsync recorded (by its id).
+# An expiry only ever removes a membership: the one idsync recorded (by its id), or one whose record write
+# failed, looked up by group and user.
 EXPIRY_IDENTITY_STORE_ACTIONS = [
     "identitystore:DeleteGroupMembership",
+    "identitystore:GetGroupMembershipId",
 ]
 # Access as code (idsync.adapters.sso_admin, as the sync cycle reconciles): account assignments of the
 # one instance, and the permission set names; granted only when the configuration has an access section.

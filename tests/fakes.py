@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from idsync.errors import (
+    DirectoryError,
     SchedulerError,
     TargetConflict,
     TargetError,
@@ -258,7 +259,13 @@ class FakeState:
             self.lose_lease_races -= 1
             return False  # another writer's conditional write landed first
         held = self.leases.get(name)
-        if held and held[0] != owner and held[1] > now:
+        if held and held[0] != owner and held[1] >= now:
+            return False  # DynamoDB's condition takes an expired lease over only once ``expires < now``
+        self.leases[name] = (owner, now + timedelta(seconds=ttl_seconds))
+        return True
+
+    def renew_lease(self, name: str, owner: str, now: datetime, ttl_seconds: int) -> bool:
+        if self.leases.get(name, ("", None))[0] != owner:
             return False
         self.leases[name] = (owner, now + timedelta(seconds=ttl_seconds))
         return True
@@ -368,7 +375,8 @@ class FakePimGraph:
     """Entra as the JIT path reads it (``ports.PimDirectory``): direct members, assignment instances, users.
 
     ``grant`` lists the user with the instance (PIM's activation); ``end`` drops the instance and, unless
-    ``unlist`` is False (Graph's member list lagging behind), the member nothing else holds.
+    ``unlist`` is False (Graph's member list lagging behind), the member nothing else holds. ``down``: every
+    read answers HTTP 503 (Graph unreachable).
     """
 
     def __init__(self, default_group: str = "") -> None:
@@ -377,6 +385,13 @@ class FakePimGraph:
         self.current: list[AssignmentInstance] = []
         self.users: dict[str, dict[str, Any]] = {}
         self.reads = 0
+        self.down = False
+
+    def answer(self, counted: bool = True) -> None:
+        """One read. Raises DirectoryError while ``down``."""
+        if self.down:
+            raise DirectoryError("Graph answered HTTP 503 Service Unavailable")
+        self.reads += counted
 
     def add_user(self, user_id: str, name: str, **extra: Any) -> None:
         first, last = name.split(" ")
@@ -437,14 +452,15 @@ class FakePimGraph:
 
     # ports.PimDirectory
     def members(self, group_id: str) -> set[str]:
-        self.reads += 1
+        self.answer()
         return set(self.listed.get(group_id, set()))
 
     def instances(self, group_id: str, user_id: str | None = None) -> list[AssignmentInstance]:
-        self.reads += 1
+        self.answer()
         return [i for i in self.current if i.group_id == group_id and user_id in (None, i.principal_id)]
 
     def user(self, user_id: str) -> dict[str, Any] | None:
+        self.answer(counted=False)
         return self.users.get(user_id)
 
 

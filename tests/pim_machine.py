@@ -7,16 +7,22 @@ checked after every step (and at every event inside a clock advance).
     continuous stretch of instances.
 
 Entra is modelled as it fails: Graph's member list keeps a user for up to ``MAX_LAG`` after her instances end
-(less than the rule's ``SETTLE``), notifications are lost, duplicated or replayed, schedules fire early, late
-or twice (and are deleted once fired), the Identity Store refuses one user, the scheduler refuses a call, a
-lease race is lost, and a worker and a cycle run inside each other's reads. The scheduled sync cycle runs
-every ``CYCLE`` (delta, and every fourth one full) and the PIM poller every ``POLL`` (and at any other moment);
-a hint that waited for a token (the worker's, or one the poller handed to the queue) comes back when due.
+(longer than the rule's ``SETTLE``; ``SIGHTED_MAX_LAG`` for an activation idsync never saw), lists a user
+before her instance is visible, and is unreachable for a while; notifications are lost, duplicated or
+replayed, schedules fire early, late or twice (and are deleted once fired), the Identity Store refuses one
+user, the scheduler refuses a call, a state write is throttled, a lease race is lost, a writer stalls past
+its lease, a cycle runs out of time, idsync is paused and resumed, and a worker and a cycle run inside each
+other's reads. The scheduled sync cycle runs every ``CYCLE`` (delta,
+and every fourth one full) and the PIM poller every ``POLL`` (and at any other moment); a hint that waited (for a
+token, or after a failed look; the worker's, or one the poller handed to the queue) comes back when due.
+While Graph is unreachable and for one cycle after, (a) is not checked and a lost membership is no breach
+of (b): the cycle then fails closed (ends access whose recorded grant ended) and re-adds once Graph answers.
 ``PimMachine.strict`` False counts violations instead of failing (the benchmark runs it at scale).
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from datetime import datetime, timedelta
 from typing import ClassVar
@@ -24,15 +30,21 @@ from typing import ClassVar
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
+from idsync.errors import DirectoryError, SchedulerError, StateError
 from idsync.ports import Hint
+from idsync.services.control import pause, resume
+from idsync.services.cycle import CycleOptions
+from idsync.services.jit import LEASE_SECONDS
 from idsync.services.poller import PimPoller
 from tests.pim_world import GROUP, PEOPLE, PimWorld
 
 USERS = list(PEOPLE)
 CYCLE = timedelta(minutes=10)
 SETTLE = timedelta(minutes=10)
-MAX_LAG = timedelta(minutes=5)
+MAX_LAG = timedelta(minutes=25)  # longer than SETTLE: time alone must never re-admit an ended activation
+SIGHTED_MAX_LAG = timedelta(minutes=5)  # the rule's assumption for activations idsync never saw (< SETTLE)
 POLL = timedelta(minutes=1)
+RETRY = timedelta(seconds=30)  # a look that failed comes back (SQS visibility timeout)
 
 
 class Instance:
@@ -61,6 +73,8 @@ class PimMachine(RuleBasedStateMachine):
         self.next_cycle = self.now + CYCLE
         self.cycles = 0
         self.pending_hint: datetime | None = None
+        self.graph_back: datetime | None = None  # Graph is unreachable until then
+        self.recovered_at: datetime | None = None
         self.next_poll = self.now + POLL
         self.poller = PimPoller(self.world.jit, self)
 
@@ -69,8 +83,7 @@ class PimMachine(RuleBasedStateMachine):
         raise AssertionError("the poller holds no received message")
 
     def resend(self, hint: Hint, seconds: int) -> None:
-        due = self.now + timedelta(seconds=seconds)
-        self.pending_hint = due if self.pending_hint is None else min(self.pending_hint, due)
+        self._hint_at(self.now + timedelta(seconds=seconds))
 
     @property
     def now(self) -> datetime:
@@ -106,7 +119,7 @@ class PimMachine(RuleBasedStateMachine):
         instance = data.draw(st.sampled_from(sorted(active, key=lambda i: i.id)))
         self.world.graph.end(instance.id, unlist=False)
         instance.end = self.now
-        self._lag(instance.user, self.now + timedelta(seconds=lag))
+        self._lag(instance.user, self.now + self._ended_lag(instance.user, lag))
         if hint:
             self._look()
 
@@ -144,7 +157,103 @@ class PimMachine(RuleBasedStateMachine):
 
     @rule(full=st.booleans())
     def extra_cycle(self, full: bool) -> None:
-        self.world.cycle(full=full)
+        self._cycle(full)
+
+    @rule()
+    def cycle_out_of_time(self) -> None:
+        """A cycle whose time budget is spent before its own work is done."""
+        with contextlib.suppress(DirectoryError, StateError):
+            self.world.cycle_service.run(CycleOptions(should_stop=lambda: True))
+
+    @rule(on=st.booleans())
+    def pause_or_resume(self, on: bool) -> None:
+        if on:
+            pause(self.world.state, self.now, "incident", "ops")
+        else:
+            resume(self.world.state)
+
+    @rule(minutes=st.integers(1, 30))
+    def graph_unreachable(self, minutes: int) -> None:
+        """Graph answers HTTP 503 to every read for ``minutes``."""
+        self.world.graph.down = True
+        self.graph_back = max(self.graph_back or self.now, self.now + timedelta(minutes=minutes))
+
+    @rule()
+    def state_write_throttled(self) -> None:
+        """The next membership record write fails (DynamoDB throttling after retries), inside a look."""
+        state = self.world.state
+
+        def throttled(membership: object) -> None:
+            del state.record_membership
+            raise StateError("ProvisionedThroughputExceededException")
+
+        state.record_membership = throttled  # type: ignore[assignment,method-assign]
+        try:
+            self._look()
+        finally:
+            state.__dict__.pop("record_membership", None)
+
+    @rule(user=st.sampled_from(USERS), minutes=st.sampled_from([30, 60]))
+    def writer_stalls_past_its_lease(self, user: str, minutes: int) -> None:
+        """A look stalls after reading (longer than its lease); meanwhile the user activates and another look
+        applies it. The stalled writer must not write what it read."""
+        state = self.world.state
+        original = state.owned_memberships
+
+        def stalled(group_id: str) -> object:
+            del state.owned_memberships
+            self.world.clock.current += timedelta(seconds=LEASE_SECONDS + 1)
+            self.activate(user, minutes, 1)
+            return original(group_id)
+
+        state.owned_memberships = stalled  # type: ignore[assignment,method-assign]
+        try:
+            self._look()
+        finally:
+            state.__dict__.pop("owned_memberships", None)
+
+    @rule(user=st.sampled_from(USERS), seconds=st.integers(1, 60), minutes=st.sampled_from([30, 60]))
+    def listed_before_instance(self, user: str, seconds: int, minutes: int) -> None:
+        """Graph lists an activated user (the notification is sent) before her instance is visible."""
+        if self._entitled(user, self.now) or user in self.world.graph.listed.get(GROUP, set()):
+            return
+        self.world.graph.listed.setdefault(GROUP, set()).add(user)
+        self.permanent_until[user] = self.now  # listed: the model counts her as entitled from now on
+        self._look()
+        self.world.clock.current += timedelta(seconds=seconds)
+        self.activate(user, minutes, 0)
+
+    @rule()
+    def expiries_fire(self) -> None:
+        self.world.fire_due()
+
+    @rule(data=st.data())
+    def expiry_fires_early(self, data: st.DataObject) -> None:
+        if not self.world.scheduler.schedules:
+            return
+        schedule = data.draw(st.sampled_from(sorted(self.world.scheduler.schedules)))
+        self._expire(*self.world.scheduler.fire(schedule))
+
+    @rule(user=st.sampled_from(USERS))
+    def expiry_delivered_twice(self, user: str) -> None:
+        self._expire(GROUP, user)
+
+    @rule(user=st.sampled_from(USERS), refuse=st.booleans())
+    def identity_store_refuses(self, user: str, refuse: bool) -> None:
+        name = self.world.user_name(user)
+        if refuse:
+            self.world.identity.fail_on[name] = "ValidationException: refused"
+        else:
+            self.world.identity.fail_on.pop(name, None)
+
+    @rule()
+    def scheduler_refuses_once(self) -> None:
+        self.world.scheduler.fail_next = 1
+
+    @rule()
+    def lease_race_lost(self) -> None:
+        self.world.state.lose_lease_races = 1
+        self._look()
 
     @rule()
     def poller_runs(self) -> None:
@@ -170,38 +279,6 @@ class PimMachine(RuleBasedStateMachine):
             del graph.members
 
     @rule()
-    def expiries_fire(self) -> None:
-        self.world.fire_due()
-
-    @rule(data=st.data())
-    def expiry_fires_early(self, data: st.DataObject) -> None:
-        if not self.world.scheduler.schedules:
-            return
-        schedule = data.draw(st.sampled_from(sorted(self.world.scheduler.schedules)))
-        self.world.jit.expire(*self.world.scheduler.fire(schedule))
-
-    @rule(user=st.sampled_from(USERS))
-    def expiry_delivered_twice(self, user: str) -> None:
-        self.world.jit.expire(GROUP, user)
-
-    @rule(user=st.sampled_from(USERS), refuse=st.booleans())
-    def identity_store_refuses(self, user: str, refuse: bool) -> None:
-        name = self.world.user_name(user)
-        if refuse:
-            self.world.identity.fail_on[name] = "ValidationException: refused"
-        else:
-            self.world.identity.fail_on.pop(name, None)
-
-    @rule()
-    def scheduler_refuses_once(self) -> None:
-        self.world.scheduler.fail_next = 1
-
-    @rule()
-    def lease_race_lost(self) -> None:
-        self.world.state.lose_lease_races = 1
-        self._look()
-
-    @rule()
     def cycle_inside_a_look(self) -> None:
         """A cycle starts while a worker's look is reading Graph (the look holds the group)."""
         graph = self.world.graph
@@ -211,7 +288,7 @@ class PimMachine(RuleBasedStateMachine):
         def members(group_id: str) -> set[str]:
             if not fired:
                 fired.append(True)
-                self.world.cycle()
+                self._cycle(False)
             return original(group_id)
 
         graph.members = members  # type: ignore[method-assign]
@@ -228,7 +305,7 @@ class PimMachine(RuleBasedStateMachine):
             self.activate(user, minutes, 1)
 
         self.world.source.after_read = activation
-        self.world.cycle()
+        self._cycle(False)
 
     @rule(
         seconds=st.one_of(st.integers(1, 90), st.integers(1, 20 * 60)),
@@ -242,6 +319,8 @@ class PimMachine(RuleBasedStateMachine):
             events = [self.next_cycle, self.next_poll, *self.lag.values()]
             if self.pending_hint is not None:
                 events.append(self.pending_hint)
+            if self.graph_back is not None:
+                events.append(self.graph_back)
             ends = [i.end for i in self.truth.values() if i.end is not None and self.now < i.end <= target]
             events.extend(ends)
             events.extend(self._deadlines())
@@ -249,9 +328,12 @@ class PimMachine(RuleBasedStateMachine):
             if moment > target:
                 break
             self.world.clock.current = max(self.now, moment)
+            if self.graph_back is not None and self.graph_back <= self.now:
+                self.world.graph.down = False
+                self.graph_back, self.recovered_at = None, self.now
             for instance in self.truth.values():
                 if instance.end == self.now and instance.user not in self.lag:
-                    self._lag(instance.user, self.now + timedelta(seconds=lag))
+                    self._lag(instance.user, self.now + self._ended_lag(instance.user, lag))
             for user, until in sorted(self.lag.items()):
                 if until <= self.now:
                     del self.lag[user]
@@ -265,7 +347,7 @@ class PimMachine(RuleBasedStateMachine):
                 self.next_poll = self.now + POLL
             if self.next_cycle <= self.now:
                 self.cycles += 1
-                self.world.cycle(full=self.cycles % 4 == 0)
+                self._cycle(self.cycles % 4 == 0)
                 self.next_cycle = self.now + CYCLE
             self._check()
         self.world.clock.current = target
@@ -280,10 +362,11 @@ class PimMachine(RuleBasedStateMachine):
     def _check(self) -> None:
         PimMachine.checks += 1
         now = self.now
+        unreadable = self.world.graph.down or (self.recovered_at is not None and now - self.recovered_at <= CYCLE)
         for user in USERS:
             member = self.world.is_member(user)
             last = self._last_entitled(user, now)
-            if member and (last is None or now - last > CYCLE):
+            if member and not unreadable and (last is None or now - last > CYCLE):
                 self._violation(f"(a) {user} is a member at {now}, last entitled {last}")
             stretch = self._stretch(user, now)
             if stretch is None:
@@ -291,7 +374,8 @@ class PimMachine(RuleBasedStateMachine):
             elif member:
                 self.applied_in[user] = stretch
             elif self.applied_in.get(user) == stretch:
-                self._violation(f"(b) {user} lost her membership at {now} while an instance is active")
+                if not self.world.graph.down:  # fail closed while Graph is unreachable: re-added once it answers
+                    self._violation(f"(b) {user} lost her membership at {now} while an instance is active")
                 self.applied_in.pop(user, None)
 
     def _violation(self, message: str) -> None:
@@ -302,14 +386,34 @@ class PimMachine(RuleBasedStateMachine):
     # ------------------------------------------------------------------ the model's truth
 
     def _look(self) -> None:
-        outcome = self.world.look()
-        if outcome.wait_seconds is not None:
-            self.pending_hint = self.now + timedelta(seconds=outcome.wait_seconds)
+        try:
+            outcome = self.world.look()
+        except (DirectoryError, StateError):  # SQS delivers the hint again after its visibility timeout
+            self._hint_at(self.now + RETRY)
+        else:
+            if outcome.wait_seconds is not None:
+                self._hint_at(self.now + timedelta(seconds=outcome.wait_seconds))
         self._check()  # also inside another actor's run: what a look applied counts as applied
 
     def _poll(self) -> None:
-        self.poller.poll()
+        self.poller.poll()  # a group Graph cannot read is logged and polled again next time
         self._check()
+
+    def _hint_at(self, moment: datetime) -> None:
+        self.pending_hint = min(moment, self.pending_hint or moment)
+
+    def _cycle(self, full: bool) -> None:
+        with contextlib.suppress(DirectoryError, StateError):  # the next scheduled cycle runs again
+            self.world.cycle(full=full)
+
+    def _expire(self, group_id: str, user_id: str) -> None:
+        """One expiry invocation; a failed one is retried twice by Lambda."""
+        for _ in range(3):
+            try:
+                self.world.jit.expire(group_id, user_id)
+                return
+            except (DirectoryError, StateError, SchedulerError):
+                continue
 
     def _deadlines(self) -> list[datetime]:
         """The instants at which a member not entitled any more would break (a): checked on the way."""
@@ -321,6 +425,13 @@ class PimMachine(RuleBasedStateMachine):
                 if deadline > self.now:
                     out.append(deadline)
         return out
+
+    def _ended_lag(self, user: str, seconds: int) -> timedelta:
+        """How long Graph keeps listing a user after her instances end. An activation idsync never saw (no
+        grant recorded when it ends) leaves no trace but the listing: the rule then relies on Graph lagging
+        less than ``SETTLE`` (``SIGHTED_MAX_LAG``); a seen one may lag up to ``MAX_LAG``."""
+        lag = timedelta(seconds=seconds)
+        return lag if self.world.state.grant(GROUP, user) is not None else min(lag, SIGHTED_MAX_LAG)
 
     def _lag(self, user: str, until: datetime) -> None:
         self.lag[user] = max(until, self.lag.get(user, until))

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from idsync.config import MappingSettings, ScopeSettings
+from idsync.errors import DirectoryError, SchedulerError, StateError
 from idsync.mapping import build_mappers
 from idsync.model import PlanPolicy
 from idsync.ports import DirectoryChanges
@@ -60,6 +61,7 @@ class LinkedSource(FakeSource):
         self.after_read: Callable[[], None] | None = None
 
     def read_changes(self, links: Mapping[str, str] | None) -> DirectoryChanges:
+        self.graph.answer(counted=False)
         self.users = [dict(u) for u in self.graph.users.values()]
         self.members = {GROUP: sorted(self.graph.listed.get(GROUP, set()))}
         changes = super().read_changes(links)
@@ -113,6 +115,7 @@ class PimWorld:
             pim=self.jit,
         )
         self.fired: list[JitOutcome] = []
+        self.lost_expiries: list[tuple[str, str]] = []
 
     # ------------------------------------------------------------------ actors
 
@@ -123,8 +126,18 @@ class PimWorld:
         return self.cycle_service.run(CycleOptions(force_full=full))
 
     def fire_due(self) -> list[JitOutcome]:
-        """EventBridge Scheduler: every due schedule fires once (and is deleted) into the expiry function."""
-        outcomes = [self.jit.expire(*self.scheduler.fire(s)) for s in self.scheduler.due(self.clock.now())]
+        """EventBridge Scheduler: every due schedule fires once (and is deleted) into the expiry function, whose
+        failed invocation Lambda retries twice; an event that fails all three is lost (``lost_expiries``)."""
+        outcomes = []
+        for schedule in self.scheduler.due(self.clock.now()):
+            event = self.scheduler.fire(schedule)
+            for attempt in range(3):
+                try:
+                    outcomes.append(self.jit.expire(*event))
+                    break
+                except (DirectoryError, StateError, SchedulerError):
+                    if attempt == 2:
+                        self.lost_expiries.append(event)
         self.fired.extend(outcomes)
         return outcomes
 

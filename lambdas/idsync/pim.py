@@ -13,8 +13,10 @@ members; her ``member`` assignment schedule instances active now), what idsync r
    becomes an ``ended`` marker while Graph lists her, and is forgotten once Graph stops. A ``standing``
    grant (she was a member before idsync saw an instance) only ends the grant: a listed user stays.
 3. No active instance, an ``ended`` marker (``applied_at``: when the end was seen): not a member; the
-   marker stays until Graph stops listing her or a new instance appears (rule 1). Still listed ``settle``
-   after the end, she is a permanent member (rule 4): Graph's member list lags by less than that.
+   marker stays until Graph stops listing her or a new instance appears (rule 1), however long Graph's
+   member list lags: time alone never makes her a member again. A permanent membership needs a positive
+   signal: an ``assigned`` instance (rule 1), or being listed again after Graph stopped listing her
+   (rule 4, from no record).
 4. Listed, no instance, no record: a permanent member. Idsync already holding the membership keeps it. A
    new one is first recorded as ``sighted`` and added once listed for ``settle`` (a lagging member list
    after an activation idsync never saw must not look like a permanent member). Owner instances
@@ -110,10 +112,7 @@ def judge(group_id: str, facts: Facts, now: datetime, settle: timedelta = SETTLE
     if record is not None and record.phase == GRANT_ENDED:
         if not facts.listed:
             return Verdict(user, False, None, False, "the grant ended")
-        if now - datetime.fromisoformat(record.applied_at) < settle:
-            return Verdict(user, False, record, False, "the grant ended; Graph still lists the user")
-        # listed for longer than Graph lags since the end was seen: a permanent member now
-        record = replace(record, phase=GRANT_SIGHTED)
+        return Verdict(user, False, record, False, "the grant ended; Graph still lists the user")
     if not facts.listed:
         return Verdict(user, False, None, False, "not a member in Entra")
     if facts.member:

@@ -149,6 +149,11 @@ class StateStore(Protocol):
         """Take the named lease if free or expired. True when this owner holds it."""
         ...
 
+    def renew_lease(self, name: str, owner: str, now: datetime, ttl_seconds: int) -> bool:
+        """Extend a lease this owner holds (expired or not). False once another owner took it over, even one
+        that has since released it: a fencing check, so a writer that lost its lease never writes again."""
+        ...
+
     def release_lease(self, name: str, owner: str) -> None: ...
 
 

@@ -289,7 +289,7 @@ def build_jit_service(
     bucket = TokenBucket(bucket_store or _bucket_store(settings), clock, BucketPolicy.from_settings(settings.pim))
     return JitService(
         directory,
-        target or from_settings(settings.identity_store, counters.aws),
+        target or from_settings(settings.identity_store, counters.aws, bounded=True),
         store,
         store,
         bucket,

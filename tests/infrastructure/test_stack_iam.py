@@ -78,7 +78,7 @@ ALLOWED: dict[str, set[str]] = {
     | STATE
     | SECRET
     | SCHEDULES
-    | {"identitystore:DeleteGroupMembership"}
+    | {"identitystore:DeleteGroupMembership", "identitystore:GetGroupMembershipId"}
     | {"sqs:SendMessage"},  # Lambda sends a failed invocation to the expiry dead-letter queue with this role
     "subscriptions": LOGS | XRAY | STATE | SECRET | {"sqs:SendMessage"},  # hints for subscriptions found missing
     # the poller runs the worker's look, and hands looks that wait for a token to the queue

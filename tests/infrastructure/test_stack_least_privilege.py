@@ -195,7 +195,11 @@ def test_identity_store_actions_are_exactly_those_the_functions_code_path_calls(
 
 
 def test_the_expiry_only_ever_removes_and_the_worker_never_reads_whole_groups() -> None:
-    assert code_identity_store_actions("jit_expiry") == {"identitystore:DeleteGroupMembership"}
+    # it finds a membership whose record write failed by group and user, and deletes it; it creates nothing
+    assert code_identity_store_actions("jit_expiry") == {
+        "identitystore:DeleteGroupMembership",
+        "identitystore:GetGroupMembershipId",
+    }
     worker = code_identity_store_actions("jit_worker")
     assert not {"identitystore:ListGroupMemberships", "identitystore:GetGroupId"} & worker
 

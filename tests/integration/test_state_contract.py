@@ -382,6 +382,21 @@ def test_lease_free_held_renewed_expired_released(store: StateStore) -> None:
     store.release_lease("never-taken", "a")
 
 
+def test_lease_taken_over_only_after_expiry_and_a_renewal_is_fenced(store: StateStore) -> None:
+    assert store.acquire_lease("pim:g", "a", T0, 60) is True
+    # at exactly its expiry the lease is still a's (DynamoDB takes over once expires < now)
+    assert store.acquire_lease("pim:g", "b", T0 + timedelta(seconds=60), 60) is False
+    # a renews a lease that expired while nobody took it over
+    assert store.renew_lease("pim:g", "a", T0 + timedelta(seconds=70), 60) is True
+    # b takes over after expiry, writes, releases: a's renewal now fails although the lease is free
+    assert store.acquire_lease("pim:g", "b", T0 + timedelta(seconds=131), 60) is True
+    assert store.renew_lease("pim:g", "a", T0 + timedelta(seconds=132), 60) is False
+    store.release_lease("pim:g", "b")
+    assert store.renew_lease("pim:g", "a", T0 + timedelta(seconds=133), 60) is False
+    # a lease never taken cannot be renewed
+    assert store.renew_lease("never-taken", "a", T0, 60) is False
+
+
 @pytest.fixture
 def atomic_moto_put(monkeypatch: pytest.MonkeyPatch) -> None:
     # DynamoDB checks a condition and writes atomically; moto does not, so give it that guarantee

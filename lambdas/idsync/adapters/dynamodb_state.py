@@ -320,6 +320,24 @@ class DynamoDbStateStore:
             return False
         return True
 
+    def renew_lease(self, name: str, owner: str, now: datetime, ttl_seconds: int) -> bool:
+        """Extend the lease while this owner still holds it (expired or not), with one conditional PutItem.
+
+        False once another owner took it over, even one that released it since. Raises StateError.
+        """
+        try:
+            self._call(
+                "put_item",
+                TableName=self._table,
+                Item=_key(_LEASE, name) | {"owner": _s(owner), "expires": _n(_epoch(now) + ttl_seconds)},
+                ConditionExpression="#owner = :owner",
+                ExpressionAttributeNames={"#owner": "owner"},
+                ExpressionAttributeValues={":owner": _s(owner)},
+            )
+        except ClientError:  # _call lets only a failed condition through: the lease is someone else's
+            return False
+        return True
+
     def release_lease(self, name: str, owner: str) -> None:
         """Give the lease up; a lease held by another owner is left alone. Raises StateError."""
         try:

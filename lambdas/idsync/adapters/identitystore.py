@@ -106,12 +106,19 @@ def retry_config(max_attempts: int) -> Config:
     return Config(retries={"mode": "adaptive", "max_attempts": max_attempts})
 
 
-def _aws_client(service: str, settings: IdentityStoreSettings) -> Any:
+def jit_client_config() -> Config:
+    """The JIT functions' bounded client: every call answers (or fails) within 2 x (3 + 10) s plus one
+    backoff, well inside the PIM group's 60 s lease, which is renewed before and after each call. Standard
+    retries: the adaptive mode's client-side rate limiter may wait without bound."""
+    return Config(connect_timeout=3, read_timeout=10, retries={"mode": "standard", "total_max_attempts": 2})
+
+
+def _aws_client(service: str, settings: IdentityStoreSettings, config: Config | None = None) -> Any:
     return boto3.client(
         service,
         region_name=settings.region,
         endpoint_url=settings.endpoint_url,
-        config=retry_config(settings.max_attempts),
+        config=config or retry_config(settings.max_attempts),
     )
 
 
@@ -441,12 +448,16 @@ def discover_identity_store_id(sso_admin: Any, counter: CallCounter | None = Non
     )
 
 
-def from_settings(settings: IdentityStoreSettings, counter: CallCounter | None = None) -> IdentityStoreTarget:
+def from_settings(
+    settings: IdentityStoreSettings, counter: CallCounter | None = None, bounded: bool = False
+) -> IdentityStoreTarget:
     """An IdentityStoreTarget built from settings; the identity store id is discovered when not set.
+    ``bounded``: the JIT functions' client (``jit_client_config``), whose calls never outlive a group lease.
 
     Raises TargetError / TargetAuthError when the discovery fails.
     """
     store_id: str | Callable[[], str] = settings.identity_store_id or (
         lambda: discover_identity_store_id(_aws_client("sso-admin", settings), counter)
     )
-    return IdentityStoreTarget(store_id, _aws_client("identitystore", settings), counter)
+    config = jit_client_config() if bounded else None
+    return IdentityStoreTarget(store_id, _aws_client("identitystore", settings, config), counter)

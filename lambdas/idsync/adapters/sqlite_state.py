@@ -243,6 +243,14 @@ class SqliteStateStore:
             conn.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?)", (name, owner, at + ttl_seconds))
         return True
 
+    def renew_lease(self, name: str, owner: str, now: datetime, ttl_seconds: int) -> bool:
+        """Extend the lease while this owner still holds it (expired or not). False once another took it."""
+        with self._transaction("BEGIN IMMEDIATE") as conn:
+            updated = conn.execute(
+                "UPDATE leases SET expires = ? WHERE name = ? AND owner = ?", (_epoch(now) + ttl_seconds, name, owner)
+            )
+            return updated.rowcount == 1
+
     def release_lease(self, name: str, owner: str) -> None:
         """Give the lease up; a lease held by another owner is left alone."""
         self._execute("DELETE FROM leases WHERE name = ? AND owner = ?", (name, owner))

@@ -24,6 +24,7 @@ Safety rules (each has a test in tests/unit/test_cycle_safety.py):
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -32,7 +33,14 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from idsync.access import AccessPlan, AccessPolicy
-from idsync.errors import DeltaExpired, DirectoryAuthError, TargetAuthError
+from idsync.errors import (
+    DeltaExpired,
+    DirectoryAuthError,
+    DirectoryError,
+    StateError,
+    TargetAuthError,
+    TargetError,
+)
 from idsync.mirror import SOFT_DELETED, Mirror
 from idsync.model import (
     Action,
@@ -69,6 +77,8 @@ from idsync.services.sync import Applier, resolve_intent
 
 if TYPE_CHECKING:
     from idsync.services.jit import JitService
+
+logger = logging.getLogger(__name__)
 
 LEASE = "sync"
 CYCLE_KEY = "cycle"  # delta links, last full reconcile, configuration fingerprint
@@ -286,7 +296,8 @@ class CycleService:
         """Run one cycle unless paused, quarantined or another cycle holds the lease.
 
         A pause holds every cycle but a dry run (nothing is written); ``ignore_quarantine`` does not
-        override it.
+        override it. A held cycle (paused, in quarantine) still runs the PIM pass without additions, so PIM
+        access ends on time (``_pim_removals``).
 
         Raises DirectoryError / TargetError when Entra or AWS cannot be reached (after
         recording quarantine when credentials were rejected).
@@ -295,9 +306,11 @@ class CycleService:
         now = self.clock.now()
         paused = load_pause(self.state)
         if paused is not None and not opts.dry_run:
+            self._pim_removals("paused")
             return CycleOutcome(None, skipped=paused.describe())
         quarantine = load_quarantine(self.state)
         if quarantine and not quarantine.due(now) and not opts.ignore_quarantine and not opts.dry_run:
+            self._pim_removals("quarantine")
             return CycleOutcome(
                 None,
                 skipped=f"in quarantine since {quarantine.since.isoformat()}: {quarantine.reason}; "
@@ -312,6 +325,11 @@ class CycleService:
         except (DirectoryAuthError, TargetAuthError) as error:
             if not opts.dry_run:
                 self._enter_quarantine(quarantine, f"credentials or permissions rejected: {error}")
+                self._pim_removals("failed")
+            raise
+        except (DirectoryError, TargetError, StateError):
+            if not opts.dry_run:
+                self._pim_removals("failed")  # the PIM safety net never waits for Entra or AWS to recover
             raise
         finally:
             if not opts.dry_run:
@@ -351,8 +369,12 @@ class CycleService:
 
         ordinary, user_deletions = self._split_user_deletions(runnable)
         complete = applier.apply(ordinary, opts.should_stop, on_progress)
-        if complete and self.pim is not None:
-            complete = self._pim_pass(applier, user_deletions, cycle_id, opts, on_progress)
+        if self.pim is not None:
+            # the PIM safety net runs even when the ordinary work stopped early; user deletions then wait
+            if not complete:
+                self._skip(applier, user_deletions, "waits for the next cycle: this one stopped early")
+            done = self._pim_pass(applier, user_deletions if complete else [], cycle_id, opts, on_progress)
+            complete = complete and done
         applier.log_held_back(plan.held_back)
         for entry, op in held:
             applier.pending.append(
@@ -418,6 +440,18 @@ class CycleService:
             )
             allowed = [op for op in deletions if op.source_id not in protected]
             return applier.apply(allowed, lambda: opts.should_stop() or not net.keep(), progress)
+
+    def _pim_removals(self, why: str) -> None:
+        """A held cycle's PIM pass: ended access removed and active grants' schedules re-armed, nothing added.
+        Failures are logged, never raised: the hold stands either way and the next cycle retries."""
+        if self.pim is None:
+            return
+        cycle_id = f"{self.clock.now().strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:6]}-{why}"
+        try:
+            with self.pim.cycle_pass(cycle_id) as net:
+                net.reconcile(adds=False)
+        except (DirectoryError, StateError) as error:
+            logger.error("PIM removals of a held cycle failed", extra={"why": why, "error": str(error)})
 
     @staticmethod
     def _skip(applier: Applier, ops: list[Operation], why: str) -> None:

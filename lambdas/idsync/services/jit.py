@@ -30,7 +30,7 @@ import math
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
@@ -40,6 +40,7 @@ from idsync.errors import (
     DirectoryError,
     LeaseLost,
     SchedulerError,
+    StateError,
     TargetConflict,
     TargetError,
 )
@@ -57,6 +58,9 @@ from idsync.model import (
 from idsync.pim import SETTLE, Facts, Verdict, judge, judge_group, latest_start
 from idsync.plan import desired_doc_for_create
 from idsync.ports import (
+    GRANT_ACTIVE,
+    GRANT_ENDED,
+    GRANT_SIGHTED,
     AccessGrant,
     Clock,
     ExpiryScheduler,
@@ -79,6 +83,7 @@ RESEND_AFTER_RECEIVES = 40
 LEASE_PREFIX = "pim:"
 LEASE_SECONDS = 60  # renewed before every write; a crashed holder blocks the group at most this long
 LEASE_RETRY_SECONDS = 1.0  # a look that found the group's lease held comes back this soon
+SIGHTING_RECHECK_SECONDS = 30.0  # Graph may list an activated user before her instance: look again this soon
 EXPIRY_RETRY = timedelta(minutes=1)  # an expiry that could not run (lease held, fired early) fires again
 
 
@@ -123,8 +128,9 @@ class GroupLease:
         return self.held
 
     def keep(self) -> None:
-        """Renew before a write. Raises LeaseLost when another writer holds it now, StateError."""
-        if not self.held or not self.state.acquire_lease(self.name, self.owner, self.clock.now(), self.seconds):
+        """Renew before a write and after every external call. Raises LeaseLost once another writer took the lease
+        over (even one that released it since: the renewal is conditioned on this owner), StateError."""
+        if not self.held or not self.state.renew_lease(self.name, self.owner, self.clock.now(), self.seconds):
             self.held = False
             raise LeaseLost(f"lease {self.name} was taken over by another writer")
 
@@ -160,6 +166,7 @@ class JitOutcome:
     wait_seconds: float | None = None  # an activation waits for the next token, or for the group's lease
     busy: bool = False  # another writer held the group's lease: nothing was read or written
     held: int = 0  # activations not applied because idsync is paused (or left to others by an expiry)
+    sighted: int = 0  # users first seen listed without an instance (perhaps an activation not visible yet)
     ignored: str | None = None
 
     def summary(self) -> dict[str, Any]:
@@ -175,6 +182,7 @@ class JitOutcome:
             "waitSeconds": self.wait_seconds,
             "busy": self.busy,
             "held": self.held,
+            "sighted": self.sighted,
             "ignored": self.ignored,
         }
 
@@ -229,7 +237,8 @@ class JitService:
         """Bring IAM Identity Center in line with the rule for one PIM group: removals first, then activations
         while tokens last (``wait_seconds`` tells when the next is due, or when the held lease is worth retrying).
         While ``paused``, removals still apply and activations are held (``held``; ``wait_seconds`` asks to look
-        again later).
+        again later). A user first seen listed without an instance asks for another look in
+        ``SIGHTING_RECHECK_SECONDS`` (her instance may not be visible yet).
 
         Raises DirectoryError, StateError (the hint is then retried).
         """
@@ -246,10 +255,14 @@ class JitService:
             return run.outcome
         run.waiter = group
         try:
-            run.reconcile(lease, adds=not paused, rearm=())
+            run.apply_additions(run.settle(lease, adds=not paused, rearm=()))
             if paused and run.outcome.held:
                 run.outcome.wait_seconds = PAUSE_RECHECK_SECONDS
                 logger.info("activations held: idsync is paused", extra={"group_id": group, "held": run.outcome.held})
+            if run.outcome.sighted:
+                # the notification may have come before Graph shows her instance: look again soon, not a cycle later
+                waits = run.outcome.wait_seconds
+                run.outcome.wait_seconds = min(waits, SIGHTING_RECHECK_SECONDS) if waits else SIGHTING_RECHECK_SECONDS
         finally:
             run.flush()
             lease.release()
@@ -262,7 +275,9 @@ class JitService:
         token; every other grant has its own schedule, and the cycle is the safety net).
 
         A grant still active (the schedule fired early, or the grant was extended) gets its schedule again;
-        when another writer holds the group's lease, the expiry is re-armed a minute later.
+        when another writer holds the group's lease, the expiry is re-armed a minute later. A schedule that
+        cannot be set raises (after the run's other writes), so the invocation fails and is retried: a fired
+        one-time schedule is gone, and nothing else would end the grant while the cycle is held.
         Raises DirectoryError, StateError, SchedulerError.
         """
         group = self.configured(group_id)
@@ -276,8 +291,9 @@ class JitService:
             self.scheduler.set(group, user_id, run.now + EXPIRY_RETRY)
             logger.info("group busy: the expiry fires again in a minute", extra={"group_id": group, "user_id": user_id})
             return run.outcome
+        run.scheduler_errors_raise = True
         try:
-            run.reconcile(lease, adds=False, rearm=(user_id,), only=user_id)
+            run.settle(lease, adds=False, rearm=(user_id,), only=user_id)
         finally:
             run.flush()
             lease.release()
@@ -314,17 +330,25 @@ class CyclePass:
     def all_held(self) -> bool:
         return not self.busy
 
-    def reconcile(self) -> list[JitOutcome]:
-        """One reconciliation per held group; a group whose run fails (Graph unreadable, lease lost) is logged and
-        the others go on. Raises DirectoryAuthError, StateError."""
+    def reconcile(self, adds: bool = True) -> list[JitOutcome]:
+        """One reconciliation per held group (``adds`` False: removals and re-arms only, for a held cycle); a group
+        whose run fails (Graph unreadable, lease lost) is logged and the others go on.
+        Raises DirectoryAuthError, StateError."""
         outcomes: list[JitOutcome] = []
         for group, lease in sorted(self.leases.items()):
             run = _Run(self.service, group, "cycle", self.cycle_id)
             try:
-                run.reconcile(lease, adds=True, rearm=None)
+                additions = run.settle(lease, adds=adds, rearm=None)
+                if adds:
+                    run.apply_additions(additions)
             except DirectoryAuthError:
+                run.fail_closed(lease)
                 raise  # the cycle's quarantine handles rejected credentials
-            except (DirectoryError, LeaseLost) as error:
+            except DirectoryError as error:
+                run.outcome.failed.append(("", str(error)))
+                logger.error("PIM group not reconciled by the cycle", extra={"group_id": group, "error": str(error)})
+                run.fail_closed(lease)
+            except LeaseLost as error:
                 # the cycle's own writes stand; this group is retried by the next look or cycle
                 run.outcome.failed.append(("", str(error)))
                 logger.error("PIM group not reconciled by the cycle", extra={"group_id": group, "error": str(error)})
@@ -369,10 +393,16 @@ class _Run:
         self.lease: GroupLease | None = None
         # a look's hint waits in the token line under its group's name; the cycle takes only unreserved tokens
         self.waiter: str | None = None
+        self.scheduler_errors_raise = False  # an expiry's schedule is its only trigger: failing it must retry
 
-    def reconcile(self, lease: GroupLease, adds: bool, rearm: Iterable[str] | None, only: str | None = None) -> None:
-        """Read, judge and write for the group under ``lease`` (for the user ``only``, when given). ``rearm``:
-        users whose active grant's schedule is set again (None: every one).
+    def settle(
+        self, lease: GroupLease, adds: bool, rearm: Iterable[str] | None, only: str | None = None
+    ) -> list[tuple[Facts, Verdict]]:
+        """Read, judge and write for the group under ``lease`` (for the user ``only``, when given): removals,
+        records and re-arms. ``rearm``: users whose active grant's schedule is set again (None: every one).
+        Returns the additions the rule asks for; only a caller that may add (``adds``) applies them, through
+        ``apply_additions``, so that the expiry's code path holds no call that creates anything (the stack's
+        least-privilege test reads it).
         Raises DirectoryError, StateError, LeaseLost."""
         service = self.service
         self.lease = lease
@@ -392,10 +422,16 @@ class _Run:
             try:
                 if verdict.removes(facts):
                     self._remove(facts, verdict, owned[facts.user_id])
+                elif self._ends_unrecorded(facts, verdict):
+                    self._sweep(facts, verdict, again is None or facts.user_id in again)
                 else:
                     self._keep(facts, verdict, again is None or facts.user_id in again)
-            except (TargetError, SchedulerError) as error:
+            except LeaseLost:
+                raise
+            except (TargetError, SchedulerError, StateError) as error:
                 self._failed(facts.user_id, error)
+                if isinstance(error, SchedulerError) and self.scheduler_errors_raise:
+                    raise
         if not adds:
             self.outcome.held = len(additions)
             if additions:
@@ -403,7 +439,11 @@ class _Run:
                     "access to apply left for later (an expiry never adds; a paused idsync holds activations)",
                     extra={"group_id": self.group_id, "users": [f.user_id for f, _ in additions]},
                 )
-            return
+            return []
+        return additions
+
+    def apply_additions(self, additions: list[tuple[Facts, Verdict]]) -> None:
+        """Apply what ``reconcile`` found to add, while tokens last. Raises StateError, LeaseLost."""
         # the longest-waiting activation first; permanent members are not metered and come last
         additions.sort(key=lambda a: (not a[1].activation, latest_start(a[0].active) or self.now, a[0].user_id))
         metered = True
@@ -412,6 +452,34 @@ class _Run:
                 continue
             if not self._add(facts, verdict):
                 metered = False
+
+    def fail_closed(self, lease: GroupLease) -> None:
+        """Graph unreadable: remove the membership of every non-standing grant whose recorded end is past (its
+        expiry never ran), keeping an ended marker so that the first run with Graph back re-adds only a grant
+        that was extended meanwhile. Raises StateError; stops quietly when the lease is lost."""
+        self.lease = lease
+        grants = self.service.grants
+        owned = grants.owned_memberships(self.group_id)
+        stamp = self.now.astimezone(UTC).isoformat()
+        for user, record in sorted(grants.grants(self.group_id).items()):
+            if record.phase != GRANT_ACTIVE or record.standing or record.end is None or record.end > self.now:
+                continue
+            facts = Facts(user, True, (), record, user in owned)
+            marker = replace(record, phase=GRANT_ENDED, applied_at=stamp)
+            verdict = Verdict(user, False, marker, False, "the recorded grant ended; Graph unreadable (fail closed)")
+            logger.warning(
+                "Graph unreadable: access whose recorded grant ended is removed",
+                extra={"group_id": self.group_id, "user_id": user, "end": _iso(record.end)},
+            )
+            try:
+                if facts.member:
+                    self._remove(facts, verdict, owned[user])
+                else:
+                    self._sweep(facts, verdict, rearm=False)
+            except LeaseLost:
+                return
+            except (TargetError, SchedulerError, StateError) as error:
+                self._failed(user, error)
 
     # ------------------------------------------------------------------ removals and records
 
@@ -426,6 +494,7 @@ class _Run:
         except TargetError as error:
             self._log("membership", "delete", Status.FAILURE, source, name, owned.membership_id, error=str(error))
             raise
+        self._keep_lease()  # the call may have outlived the lease: a new holder decides then
         service.state.forget_membership(self.group_id, facts.user_id)
         self._log("membership", "delete", Status.SUCCESS, source, name, owned.membership_id)
         self.outcome.removals.append(facts.user_id)
@@ -434,6 +503,31 @@ class _Run:
             extra={"group_id": self.group_id, "user_id": facts.user_id, "why": verdict.why, "cycle": self.cycle_id},
         )
         self._write_record(facts.user_id, facts.record, verdict.record)
+
+    @staticmethod
+    def _ends_unrecorded(facts: Facts, verdict: Verdict) -> bool:
+        """A live grant ends while idsync records no membership: a write that failed after the membership was
+        created may have left one behind (the grant is written ahead, the membership recorded after)."""
+        live = facts.record is not None and facts.record.phase == GRANT_ACTIVE
+        return live and not verdict.member and not facts.member
+
+    def _sweep(self, facts: Facts, verdict: Verdict, rearm: bool) -> None:
+        """Remove the membership Identity Center holds for an ended grant that idsync never recorded, then write
+        the record as the rule says. Raises TargetError, StateError, LeaseLost, SchedulerError."""
+        service = self.service
+        user = service.grants.owned_user(facts.user_id)
+        group = self._owned_group()
+        found = None
+        if user is not None and group is not None:
+            found = service.target.find_membership(group.target_id, user.target_id)
+        if found is None:
+            self._keep(facts, verdict, rearm)
+            return
+        logger.warning(
+            "membership held without a record: removed with its ended grant",
+            extra={"group_id": self.group_id, "user_id": facts.user_id, "membership_id": found},
+        )
+        self._remove(facts, verdict, OwnedMembership(self.group_id, facts.user_id, found))
 
     def _keep(self, facts: Facts, verdict: Verdict, rearm: bool) -> None:
         """No membership change: record, move or forget the grant; re-arm a still-active grant's schedule."""
@@ -447,6 +541,8 @@ class _Run:
         self._keep_lease()
         self._write_record(facts.user_id, old, new)
         self.outcome.moved += 1
+        if old is None and new is not None and new.phase == GRANT_SIGHTED:
+            self.outcome.sighted += 1
         logger.info(
             "grant recorded",
             extra={
@@ -465,6 +561,7 @@ class _Run:
         after = new.end if new is not None and new.active else None
         if after is not None and after != before:
             service.scheduler.set(self.group_id, user_id, after, before)
+            self._keep_lease()
         if new is not None:
             if not new.same_terms(old):
                 service.grants.record_grant(new)
@@ -505,7 +602,9 @@ class _Run:
         except LeaseLost:
             self._give_back(verdict)
             raise
-        except TargetError as error:
+        except (TargetError, StateError) as error:
+            # a state write lost after the membership was created: the write-ahead grant lets a later run
+            # find and remove that membership when the grant ends (``_sweep``)
             self._give_back(verdict)
             self._failed(user_id, error)
             return True
@@ -624,6 +723,7 @@ class _Run:
                 target_id = service.target.create_user(user.user_name, doc)
                 action, changes = "create", tuple(AttributeChange(k, None, v) for k, v in sorted(doc.items()))
             except TargetConflict as conflict:
+                self._keep_lease()
                 existing = service.target.find_user(user.user_name)
                 if existing is None:
                     raise
@@ -652,6 +752,7 @@ class _Run:
             manager_source_id=user.manager_source_id,
             fingerprint=user.fingerprint(),
         )
+        self._keep_lease()
         service.state.record_user(owned)
         service.state.delete_item(intent)
         self._log("user", action, Status.SUCCESS, user.source_id, user.user_name, target_id, changes)
@@ -669,6 +770,7 @@ class _Run:
                 membership_id = service.target.create_membership(group.target_id, user.target_id)
                 action = "create"
             except TargetConflict:
+                self._keep_lease()
                 found = service.target.find_membership(group.target_id, user.target_id)
                 if found is None:
                     raise
@@ -676,6 +778,7 @@ class _Run:
         except TargetError as error:
             self._log("membership", "create", Status.FAILURE, source, name, error=str(error))
             raise
+        self._keep_lease()
         service.state.record_membership(OwnedMembership(self.group_id, user.source_id, membership_id))
         changes = (AttributeChange("members", None, user.target_id),) if action == "create" else ()
         self._log("membership", action, Status.SUCCESS, source, name, membership_id, changes)

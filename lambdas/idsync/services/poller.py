@@ -27,6 +27,7 @@ from typing import Any
 from idsync.errors import DirectoryAuthError, DirectoryError, QueueError, StateError
 from idsync.pim import stale_grants
 from idsync.ports import Hint, HintRetry
+from idsync.services.control import load_pause
 from idsync.services.jit import JitOutcome, JitService
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class PimPoller:
         """One poll of every configured PIM group. Raises DirectoryAuthError (Graph refuses the credentials:
         nothing can be read) and QueueError (a waiting look cannot be handed to the queue)."""
         report = PollReport()
+        paused = load_pause(self.service.state) is not None  # held activations: looked at again next poll
         for group in self.service.groups:
             report.polled += 1
             try:
@@ -81,7 +83,7 @@ class PimPoller:
                 continue
             reasons = stale_grants(instances, records, self.service.clock.now())
             if reasons:
-                self._look(group, reasons, report)
+                self._look(group, reasons, report, paused)
         logger.info("PIM groups polled", extra=report.summary())
         return report
 
@@ -90,14 +92,17 @@ class PimPoller:
 
         Raises DirectoryAuthError, QueueError."""
         report = PollReport()
+        paused = load_pause(self.service.state) is not None
         for group in groups:
             report.polled += 1
-            self._look(group, [why], report)
+            self._look(group, [why], report, paused)
         return report
 
-    def _look(self, group: str, reasons: list[str], report: PollReport) -> None:
+    def _look(self, group: str, reasons: list[str], report: PollReport, paused: bool = False) -> None:
+        """The worker's look (removals always; activations held while ``paused``). Raises DirectoryAuthError,
+        QueueError."""
         try:
-            outcome = self.service.look(group)
+            outcome = self.service.look(group, paused=paused)
         except DirectoryAuthError:
             raise
         except (DirectoryError, StateError) as error:
@@ -109,7 +114,7 @@ class PimPoller:
         report.looked.append(group)
         report.outcomes.append(outcome)
         logger.info("PIM group looked at by the poller", extra={"group_id": group, "reasons": reasons[:10]})
-        if outcome.wait_seconds is None:
+        if outcome.wait_seconds is None or paused:  # while paused, the next poll looks again
             return
         now = self.service.clock.now().astimezone(UTC).isoformat(timespec="milliseconds")
         seconds = max(1, math.ceil(outcome.wait_seconds))
