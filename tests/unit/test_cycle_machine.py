@@ -13,7 +13,6 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from idsync.errors import TargetTransient
 from idsync.model import PlanPolicy
 from idsync.services.cycle import CycleOptions, CycleService, Scoping
 from tests.fakes import FakeClock, FakeDeltaSource, FakeIdentityStore, FakeState
@@ -95,25 +94,6 @@ class CycleMachine(RuleBasedStateMachine):
         self.store.throttled_writes = count
         self._run()
         self.store.throttled_writes = 0
-
-    @rule(index=st.integers(0, USERS - 1), runs=st.integers(1, 4))
-    def server_fault_on_one_user(self, index: int, runs: int) -> None:
-        """AWS answers HTTP 500 to every write about one user for ``runs`` cycles (after its retries)."""
-        if index >= len(self.source.users):
-            return
-        self.source.users[index]["displayName"] += "!"
-        sick = self.source.users[index]["userPrincipalName"].casefold()
-        update = self.store.update_user
-
-        def failing(user_id: str, changes: Any) -> None:
-            if self.store.users.get(user_id, {}).get("UserName", "").casefold() == sick:
-                raise TargetTransient("UpdateUser: InternalServerException (HTTP 500)")
-            update(user_id, changes)
-
-        self.store.update_user = failing  # type: ignore[method-assign]
-        for _ in range(runs):
-            self._run()
-        self.store.update_user = update  # type: ignore[method-assign]
 
     @rule()
     def lost_answer(self) -> None:

@@ -406,3 +406,21 @@ def test_a_soft_delete_first_seen_by_a_full_read_is_kept_for_the_grace_period() 
     assert not [op for op in outcome.plan.operations if op.kind.value == "user" and op.action.value == "delete"]
     assert world.store.find_user("u4@example.com") == held
     assert "u4@example.com" not in world.store.members_of("Team 1")
+
+
+def test_the_grace_period_counts_from_entra_deletion_time_once_a_full_read_knows_it() -> None:
+    from datetime import timedelta
+
+    # Given a user Entra soft-deleted 31 days before a delta read first reports it
+    world = delta_world()
+    world.run()
+    source = world.source
+    assert isinstance(source, FakeDeltaSource)
+    _soft_delete(world, "e4")
+    source.deleted_at["e4"] = (world.clock.now() - timedelta(days=31)).isoformat()
+    assert world.run().mode == "delta"
+    assert world.store.find_user("u4@example.com") is not None
+    # When the next full read lists Entra's deleted items with their deletion times
+    world.run(force_full=True)
+    # Then the grace period is counted from the deletion in Entra: it has passed, so the user is deleted
+    assert world.store.find_user("u4@example.com") is None

@@ -232,7 +232,11 @@ class CycleService:
             # a full delta round does not list deleted items: what was restorable before still is, and
             # Graph's deleted items (read alongside) add what was soft-deleted since, with its deletion time
             for object_id, deleted_at in changes.deleted_items.items():
-                mirror.soft_deleted.setdefault(object_id, _iso_or(deleted_at, now))
+                when = _iso_or(deleted_at, now)
+                seen = mirror.soft_deleted.get(object_id)
+                # a delta read only knows when it saw the removal: Graph's deletion time is earlier, or equal
+                if seen is None or datetime.fromisoformat(when) < datetime.fromisoformat(seen):
+                    mirror.soft_deleted[object_id] = when
             alive = set(mirror.users) | set(mirror.groups)
             mirror.soft_deleted = {i: t for i, t in mirror.soft_deleted.items() if i not in alive}
         if self.scoping.mode == "assigned":
