@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
-from collections.abc import Iterator, Mapping, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -31,7 +34,28 @@ from idsync.model import (
     UserDoc,
     freeze_doc,
 )
-from idsync.ports import AccessGrant, AssignmentInstance, AssignmentStatus, Check, DirectoryChanges
+from idsync.ports import (
+    AccessGrant,
+    AssignmentInstance,
+    AssignmentStatus,
+    Check,
+    DirectoryChanges,
+    Forget,
+    OwnershipWrite,
+)
+
+
+def _atomic(method: Callable[..., Any]) -> Callable[..., Any]:
+    """One call at a time, as the service answers each request atomically; the fake's latency (if any) is
+    spent before taking the lock, so calls from several threads overlap the way real requests do."""
+
+    @functools.wraps(method)
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        self._arrive()
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return call
 
 
 class FakeClock:
@@ -58,6 +82,20 @@ class FakeIdentityStore:
     throttled_writes: int = 0  # the next n writes are throttled (after the client's retries), as AWS would
     lost_create_answers: int = 0  # the next n CreateUser calls land, but their answer is an AWS-side fault
     ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+    latency: float = 0.0  # seconds each call takes (spent outside the lock: concurrent calls overlap)
+    in_flight: int = 0
+    max_in_flight: int = 0  # the most calls that were in flight at once
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+
+    def _arrive(self) -> None:
+        if not self.latency:
+            return
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        time.sleep(self.latency)
+        with self._lock:
+            self.in_flight -= 1
 
     def _next(self, prefix: str) -> str:
         return f"{prefix}-{next(self.ids):06d}"
@@ -88,16 +126,20 @@ class FakeIdentityStore:
             if gid == group_id:
                 yield mid, uid
 
+    @_atomic
     def find_user(self, user_name: str) -> str | None:
         return next((i for i, u in self.users.items() if u["UserName"].casefold() == user_name.casefold()), None)
 
+    @_atomic
     def find_group(self, display_name: str) -> str | None:
         return next((i for i, g in self.groups.items() if g["DisplayName"] == display_name), None)
 
+    @_atomic
     def find_membership(self, group_id: str, user_id: str) -> str | None:
         return next((m for m, pair in self.memberships.items() if pair == (group_id, user_id)), None)
 
     # writes
+    @_atomic
     def create_user(self, user_name: str, doc: UserDoc) -> str:
         if self.find_user(user_name):
             raise TargetConflict(f"userName {user_name} exists")
@@ -109,6 +151,7 @@ class FakeIdentityStore:
             raise TargetTransient(f"CreateUser {user_name}: InternalServerException (HTTP 500)")
         return uid
 
+    @_atomic
     def update_user(self, user_id: str, changes: Sequence[AttributeChange]) -> None:
         if user_id not in self.users:
             raise TargetNotFound(user_id)
@@ -126,12 +169,14 @@ class FakeIdentityStore:
                 doc[change.attribute] = change.new
         self.users[user_id]["doc"] = freeze_doc(doc)
 
+    @_atomic
     def delete_user(self, user_id: str) -> None:
         self._write("DeleteUser")
         self.users.pop(user_id, None)
         for mid in [m for m, (_, uid) in self.memberships.items() if uid == user_id]:
             del self.memberships[mid]
 
+    @_atomic
     def create_group(self, display_name: str, description: str | None) -> str:
         if self.find_group(display_name):
             raise TargetConflict(f"displayName {display_name} exists")
@@ -140,6 +185,7 @@ class FakeIdentityStore:
         self.groups[gid] = {"DisplayName": display_name, "Description": description}
         return gid
 
+    @_atomic
     def update_group(self, group_id: str, changes: Sequence[AttributeChange]) -> None:
         if group_id not in self.groups:
             raise TargetNotFound(group_id)
@@ -151,12 +197,14 @@ class FakeIdentityStore:
         for change in changes:
             self.groups[group_id][change.attribute] = change.new
 
+    @_atomic
     def delete_group(self, group_id: str) -> None:
         self._write("DeleteGroup")
         self.groups.pop(group_id, None)
         for mid in [m for m, (gid, _) in self.memberships.items() if gid == group_id]:
             del self.memberships[mid]
 
+    @_atomic
     def create_membership(self, group_id: str, user_id: str) -> str:
         if self.find_membership(group_id, user_id):
             raise TargetConflict("membership exists")
@@ -167,6 +215,7 @@ class FakeIdentityStore:
         self.memberships[mid] = (group_id, user_id)
         return mid
 
+    @_atomic
     def delete_membership(self, membership_id: str) -> None:
         self._write("DeleteGroupMembership")
         self.memberships.pop(membership_id, None)
@@ -202,6 +251,8 @@ class FakeState:
     crash_after_records: int | None = None  # simulate dying right after an AWS write, before recording it
     records: int = 0
     lose_lease_races: int = 0  # the next N acquisitions lose the conditional write to another writer
+    batches: list[int] = field(default_factory=list)  # the size of each write_ownership batch
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     def _recording(self) -> None:
         if self.crash_after_records is not None and self.records >= self.crash_after_records:
@@ -232,11 +283,31 @@ class FakeState:
     def forget_membership(self, group_source_id: str, user_source_id: str) -> None:
         self.memberships.pop((group_source_id, user_source_id), None)
 
+    def write_ownership(self, writes: Sequence[OwnershipWrite]) -> None:
+        """In order, one by one: a crash (``crash_after_records``) leaves a prefix applied, as BatchWriteItem may."""
+        with self._lock:
+            self.batches.append(len(writes))
+            for write in writes:
+                if isinstance(write, OwnedUser):
+                    self.record_user(write)
+                elif isinstance(write, OwnedGroup):
+                    self.record_group(write)
+                elif isinstance(write, OwnedMembership):
+                    self.record_membership(write)
+                elif isinstance(write, Forget) and write.kind == "user":
+                    self.forget_user(*write.key)
+                elif isinstance(write, Forget) and write.kind == "group":
+                    self.forget_group(*write.key)
+                else:
+                    self.forget_membership(*write.key)
+
     def get_item(self, key: str) -> dict[str, Any] | None:
-        return self.items.get(key)
+        with self._lock:
+            return self.items.get(key)
 
     def put_item(self, key: str, value: Mapping[str, Any]) -> None:
-        self.items[key] = dict(value)
+        with self._lock:
+            self.items[key] = dict(value)
 
     def delete_item(self, key: str) -> None:
         self.items.pop(key, None)

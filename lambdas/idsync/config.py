@@ -114,6 +114,8 @@ class IdentityStoreSettings(_Strict):
         default=None, pattern=r"^arn:aws[a-z-]*:sso:::instance/(sso)?ins-[a-zA-Z0-9-.]{16}$"
     )
     rate_per_second: float = Field(default=20.0, gt=0)  # IAM Identity Center's collective limit
+    # writes the sync applies at once (independent ones, in plan order); enough to keep rate_per_second busy
+    concurrency: int = Field(default=6, ge=1, le=64)
 
 
 class SyncSettings(_Strict):

@@ -7,6 +7,7 @@ DynamoDB and local files; tests use in-memory fakes of the same protocols.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -109,6 +110,18 @@ class IdentityStore(Protocol):
     def check(self) -> list[Check]: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Forget:
+    """An ownership record to delete: ``kind`` "user" / "group" (key: source id) or "membership"
+    (key: group source id, user source id)."""
+
+    kind: str
+    key: tuple[str, ...]
+
+
+OwnershipWrite = OwnedUser | OwnedGroup | OwnedMembership | Forget
+
+
 class StateStore(Protocol):
     """Sync state: ownership, delta links, runs, provisioning logs, leases.
 
@@ -138,6 +151,12 @@ class StateStore(Protocol):
     def delete_item(self, key: str) -> None: ...
 
     def append_logs(self, entries: Sequence[LogEntry]) -> None: ...
+
+    def write_ownership(self, writes: Sequence[OwnershipWrite]) -> None:
+        """Apply ownership records and forgets in one batch (a transaction, or BatchWriteItem with its
+        unprocessed items retried), in order: the last write of a key wins. Not atomic across keys:
+        a crash may leave a prefix applied. Raises ValueError for a doc that is not JSON, StateError."""
+        ...
 
     def query_logs(
         self, cycle_id: str | None = None, status: str | None = None, limit: int = 100
@@ -172,9 +191,11 @@ class CallCounter:
     """Counts calls by operation; adapters fill it for the CLI summary and the benchmarks."""
 
     calls: dict[str, int] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, operation: str) -> None:
-        self.calls[operation] = self.calls.get(operation, 0) + 1
+        with self._lock:  # the applier's pool counts from several threads
+            self.calls[operation] = self.calls.get(operation, 0) + 1
 
     @property
     def total(self) -> int:
@@ -543,6 +564,10 @@ class RateBudget(Protocol):
 
     def acquire(self) -> None:
         """Block until one call may be made now."""
+        ...
+
+    def throttled(self) -> None:
+        """The service answered a call with throttling: slow down (never fail a call)."""
         ...
 
 

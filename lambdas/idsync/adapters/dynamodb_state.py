@@ -45,7 +45,7 @@ from idsync.adapters.state_codec import log_time as _log_time
 from idsync.adapters.state_codec import time_key as _time_key
 from idsync.errors import StateError
 from idsync.model import LogEntry, OwnedGroup, OwnedMembership, OwnedUser, Ownership, Status
-from idsync.ports import AccessGrant
+from idsync.ports import AccessGrant, Forget, OwnershipWrite
 
 
 class IndexSchema(TypedDict):
@@ -77,6 +77,37 @@ _CONDITION_FAILED = "ConditionalCheckFailedException"
 _AFTER_ANY_TIME = ":"
 _BATCH_SIZE = 25  # BatchWriteItem's limit
 _BATCH_ATTEMPTS = 8
+
+
+def _user_item(owned: OwnedUser) -> dict[str, Any]:
+    item = _key(_USER, owned.source_id) | {
+        "targetId": _s(owned.target_id),
+        "userName": _s(owned.user_name),
+        "doc": _s(_encode(owned.doc, f"user {owned.user_name} [{owned.source_id}]: attribute doc")),
+        "fingerprint": _s(owned.fingerprint),
+    }
+    if owned.manager_source_id is not None:
+        item["managerSourceId"] = _s(owned.manager_source_id)
+    return item
+
+
+def _group_item(owned: OwnedGroup) -> dict[str, Any]:
+    item = _key(_GROUP, owned.source_id) | {
+        "targetId": _s(owned.target_id),
+        "displayName": _s(owned.display_name),
+        "fingerprint": _s(owned.fingerprint),
+    }
+    if owned.description is not None:
+        item["description"] = _s(owned.description)
+    return item
+
+
+def _membership_item(owned: OwnedMembership) -> dict[str, Any]:
+    return _key(_MEMBERSHIP, f"{owned.group_source_id}#{owned.user_source_id}") | {
+        "group": _s(owned.group_source_id),
+        "user": _s(owned.user_source_id),
+        "membershipId": _s(owned.membership_id),
+    }
 
 
 def table_definition(table_name: str) -> dict[str, Any]:
@@ -134,43 +165,48 @@ class DynamoDbStateStore:
 
     def record_user(self, owned: OwnedUser) -> None:
         """Record (or replace) an owned user. Raises ValueError for a doc that is not JSON, StateError."""
-        item = _key(_USER, owned.source_id) | {
-            "targetId": _s(owned.target_id),
-            "userName": _s(owned.user_name),
-            "doc": _s(_encode(owned.doc, f"user {owned.user_name} [{owned.source_id}]: attribute doc")),
-            "fingerprint": _s(owned.fingerprint),
-        }
-        if owned.manager_source_id is not None:
-            item["managerSourceId"] = _s(owned.manager_source_id)
-        self._call("put_item", TableName=self._table, Item=item)
+        self._call("put_item", TableName=self._table, Item=_user_item(owned))
 
     def forget_user(self, source_id: str) -> None:
         self._call("delete_item", TableName=self._table, Key=_key(_USER, source_id))
 
     def record_group(self, owned: OwnedGroup) -> None:
-        item = _key(_GROUP, owned.source_id) | {
-            "targetId": _s(owned.target_id),
-            "displayName": _s(owned.display_name),
-            "fingerprint": _s(owned.fingerprint),
-        }
-        if owned.description is not None:
-            item["description"] = _s(owned.description)
-        self._call("put_item", TableName=self._table, Item=item)
+        self._call("put_item", TableName=self._table, Item=_group_item(owned))
 
     def forget_group(self, source_id: str) -> None:
         self._call("delete_item", TableName=self._table, Key=_key(_GROUP, source_id))
 
     def record_membership(self, owned: OwnedMembership) -> None:
-        item = _key(_MEMBERSHIP, f"{owned.group_source_id}#{owned.user_source_id}") | {
-            "group": _s(owned.group_source_id),
-            "user": _s(owned.user_source_id),
-            "membershipId": _s(owned.membership_id),
-        }
-        self._call("put_item", TableName=self._table, Item=item)
+        self._call("put_item", TableName=self._table, Item=_membership_item(owned))
 
     def forget_membership(self, group_source_id: str, user_source_id: str) -> None:
         key = _key(_MEMBERSHIP, f"{group_source_id}#{user_source_id}")
         self._call("delete_item", TableName=self._table, Key=key)
+
+    def write_ownership(self, writes: Sequence[OwnershipWrite]) -> None:
+        """Apply the records and forgets with BatchWriteItem (25 a request, unprocessed items retried); the
+        last write of a key wins, as a batch refuses two requests on one key. Not atomic across requests.
+
+        Raises ValueError for a doc that is not JSON, StateError.
+        """
+        requests: dict[tuple[str, str], dict[str, Any]] = {}
+        for write in writes:
+            if isinstance(write, OwnedUser):
+                item = _user_item(write)
+            elif isinstance(write, OwnedGroup):
+                item = _group_item(write)
+            elif isinstance(write, OwnedMembership):
+                item = _membership_item(write)
+            else:
+                family = {"user": _USER, "group": _GROUP, "membership": _MEMBERSHIP}[write.kind]
+                item = _key(family, "#".join(write.key))
+            identity = (item["pk"]["S"], item["sk"]["S"])
+            requests.pop(identity, None)
+            forget = isinstance(write, Forget)
+            requests[identity] = {"DeleteRequest": {"Key": item}} if forget else {"PutRequest": {"Item": item}}
+        batch = list(requests.values())
+        for start in range(0, len(batch), _BATCH_SIZE):
+            self._write_batch(batch[start : start + _BATCH_SIZE])
 
     # ------------------------------------------------------------------ named documents
 
@@ -399,7 +435,7 @@ class DynamoDbStateStore:
                 return
             time.sleep(min(0.05 * 2**attempt, 2.0))  # unprocessed items mean throttling: back off
         raise StateError(
-            f"DynamoDB table {self._table}: batch_write_item left {len(pending)} log items unprocessed "
+            f"DynamoDB table {self._table}: batch_write_item left {len(pending)} items unprocessed "
             f"after {_BATCH_ATTEMPTS} attempts"
         )
 

@@ -29,7 +29,7 @@ from idsync.adapters.state_codec import log_time as _log_time
 from idsync.adapters.state_codec import time_key as _time_key
 from idsync.errors import StateError
 from idsync.model import LogEntry, OwnedGroup, OwnedMembership, OwnedUser, Ownership
-from idsync.ports import AccessGrant
+from idsync.ports import AccessGrant, OwnershipWrite
 
 SCHEMA_VERSION = 1
 
@@ -174,6 +174,18 @@ class SqliteStateStore:
             "DELETE FROM owned_memberships WHERE group_source_id = ? AND user_source_id = ?",
             (group_source_id, user_source_id),
         )
+
+    def write_ownership(self, writes: Sequence[OwnershipWrite]) -> None:
+        """Apply the records and forgets in order, in one transaction (all or none).
+
+        Raises ValueError for a doc that is not JSON, StateError.
+        """
+        statements = [_ownership_statement(write) for write in writes]
+        if not statements:
+            return
+        with self._transaction("BEGIN IMMEDIATE") as conn:
+            for sql, params in statements:
+                conn.execute(sql, params)
 
     # ------------------------------------------------------------------ named documents
 
@@ -331,6 +343,24 @@ class SqliteStateStore:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+
+
+def _ownership_statement(write: OwnershipWrite) -> tuple[str, tuple[Any, ...]]:
+    if isinstance(write, OwnedUser):
+        doc = _encode(write.doc, f"user {write.user_name} [{write.source_id}]: attribute doc")
+        user = (write.source_id, write.target_id, write.user_name, doc, write.manager_source_id, write.fingerprint)
+        return "INSERT OR REPLACE INTO owned_users VALUES (?, ?, ?, ?, ?, ?)", user
+    if isinstance(write, OwnedGroup):
+        group = (write.source_id, write.target_id, write.display_name, write.description, write.fingerprint)
+        return "INSERT OR REPLACE INTO owned_groups VALUES (?, ?, ?, ?, ?)", group
+    if isinstance(write, OwnedMembership):
+        pair = (write.group_source_id, write.user_source_id, write.membership_id)
+        return "INSERT OR REPLACE INTO owned_memberships VALUES (?, ?, ?)", pair
+    if write.kind == "user":
+        return "DELETE FROM owned_users WHERE source_id = ?", write.key
+    if write.kind == "group":
+        return "DELETE FROM owned_groups WHERE source_id = ?", write.key
+    return "DELETE FROM owned_memberships WHERE group_source_id = ? AND user_source_id = ?", write.key
 
 
 def _log_sort_key(entry: LogEntry) -> str:

@@ -2,7 +2,8 @@
 
 ``SsoAdminAccess`` implements ``ports.AccountAccess``. Every sso-admin request (each retry included)
 first takes a turn from the shared ``RateBudget``, so idsync stays under IAM Identity Center's
-collective rate; botocore's adaptive retries handle the throttling that remains. Errors become
+collective rate (``adapters.budget.attach_budget``, re-exported here); botocore's retries handle the
+throttling that remains, each throttled answer slowing the budget down. Errors become
 idsync's as in the Identity Store adapter: ResourceNotFoundException -> TargetNotFound,
 AccessDeniedException -> TargetAuthError (naming the IAM action), anything else -> TargetError.
 """
@@ -16,10 +17,13 @@ from typing import Any
 import boto3
 from botocore.exceptions import ClientError
 
+from idsync.adapters.budget import attach_budget
 from idsync.adapters.identitystore import _translated, instrument, retry_config
 from idsync.config import IdentityStoreSettings
 from idsync.errors import TargetError, TargetNotFound
 from idsync.ports import AssignmentStatus, CallCounter, RateBudget
+
+__all__ = ["SsoAdminAccess", "attach_budget", "discover_instance_arn", "from_settings"]
 
 PRINCIPAL_TYPE = "GROUP"
 TARGET_TYPE = "AWS_ACCOUNT"
@@ -35,16 +39,6 @@ def _parent_missing(parent: str) -> Iterator[None]:
         if isinstance(cause, ClientError) and cause.response.get("Error", {}).get("Code") == "ParentNotFoundException":
             raise TargetNotFound(f"no organizational unit or root {parent}: {error}") from error
         raise
-
-
-def attach_budget(client: Any, budget: RateBudget) -> None:
-    """Make every request the client sends (retries too) wait for a turn of ``budget`` first."""
-    service = client.meta.service_model.service_id.hyphenize()
-
-    def take(**_: Any) -> None:
-        budget.acquire()
-
-    client.meta.events.register_first(f"before-send.{service}", take, unique_id=f"idsync-budget-{id(budget)}")
 
 
 def _status(payload: dict[str, Any]) -> AssignmentStatus:

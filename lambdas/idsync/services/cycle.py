@@ -174,7 +174,11 @@ class CycleService:
         pim: JitService | None = None,
         pim_groups: Iterable[str] = (),
         access: AccessService | None = None,
+        concurrency: int = 1,
+        record_every: int = 1,
     ) -> None:
+        """``concurrency``: Identity Store writes in flight at once; ``record_every``: ownership records
+        written per batch (see ``services.sync.Applier``)."""
         self.source = source
         self.target = target
         self.state = state
@@ -192,10 +196,15 @@ class CycleService:
         self.full_reconcile = full_reconcile
         self.restorable_grace = restorable_grace
         self.access = access
+        self.concurrency = concurrency
+        self.record_every = record_every
         self.fingerprint = content_hash([config_fingerprint, scope.fingerprint, sorted(self.policy.managed_attributes)])
         # PIM for Groups: the plan leaves these groups' memberships to idsync.pim's rule (see _pim_pass)
         self.pim = pim
         self.pim_groups = tuple(pim.groups if pim is not None else pim_groups)
+
+    def _pool(self) -> tuple[int, int]:
+        return self.concurrency, self.record_every
 
     # ------------------------------------------------------------------ reading Entra
 
@@ -356,7 +365,9 @@ class CycleService:
         plan = make_plan(*set_aside_memberships(desired, current, owned, self.pim_groups), policy)
         escrow = Escrow(self.state)
         runnable, held = self._escrow_filter(plan, escrow, desired)
-        applier = Applier(self.target, self.state, self.clock, cycle_id, owned, current, policy, desired)
+        applier = Applier(
+            self.target, self.state, self.clock, cycle_id, owned, current, policy, desired, *self._pool()
+        )
         if opts.dry_run:
             return CycleOutcome(applier.report(plan, started.isoformat(), True, True), mode=mode, plan=plan)
         if mode == "full" and plan.writes > 0 and plan.guard is None:
@@ -557,7 +568,9 @@ class CycleService:
             plan = make_plan(*views, policy)
             started = self.clock.now()
             cycle_id = f"ondemand-{started.strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:6]}"
-            applier = Applier(self.target, self.state, self.clock, cycle_id, owned, current, policy, narrowed)
+            applier = Applier(
+                self.target, self.state, self.clock, cycle_id, owned, current, policy, narrowed, *self._pool()
+            )
             applier.apply(plan.operations, lambda: False, None)
             applier.log_refusals(plan.refusals)
             applier.flush()

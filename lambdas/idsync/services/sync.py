@@ -1,30 +1,49 @@
-"""Applying a plan: one write at a time, each recorded in state and in the provisioning log.
+"""Applying a plan: independent writes run concurrently through a small pool, in the order the plan needs.
 
-Speaks to ports only. Every applied write is recorded in state before the next one starts, so a
-cycle stopped at any point (crash, time budget) is finished by the next: the next cycle plans again
-from what is recorded, and a replayed write is harmless (a create that finds its object already
-there adopts it).
+Speaks to ports only. Each operation declares the resources it touches (``resources``), shared or
+exclusive; an operation starts only when every earlier operation (plan order) that conflicts with it
+has finished, so the pool keeps every ordering the plan requires and overlaps the rest. Ownership
+records and log entries are written in batches (``StateStore.write_ownership``, ``append_logs``),
+always before ``apply`` returns; a cycle stopped at any point (crash, time budget) is finished by the
+next: the next cycle plans again from what is recorded, and a replayed write is harmless (a create that
+finds its object already there adopts it, a membership added again answers ConflictException and is
+looked up, the delete of an object already gone returns quietly).
 
 Invariants:
 
-* write-ahead: every create is recorded as intended before it is sent, so a crash or a state error
-  between CreateUser/CreateGroup and its ownership record leaves an intent that the next run resolves
+* ordering (``resources``): a user (its source id) exclusively for its own create / adopt / update /
+  delete, shared for its memberships and for the users whose manager it is; a group likewise; a
+  membership pair exclusively; a case-folded userName / displayName exclusively for the create that
+  takes it, the rename that frees or takes it (temporary ``idsync-renaming-`` names included) and the
+  delete that frees it. So no membership is sent before its user and group exist, no group is deleted
+  before its memberships are removed, no name is taken while another operation still holds it, and a
+  report is created after its manager. Concurrency 1 is the one-at-a-time applier;
+* write-ahead: every create is recorded as intended before it is sent. The intent item names every
+  create that may be in flight (``{"intents": [{kind, source_id, name, doc | description}, ...]}``),
+  written for a window of upcoming creates in one put before the first of them is dispatched, and an
+  entry leaves it only once its ownership record is durable; so a crash or a state error between
+  CreateUser/CreateGroup and its (batched) ownership record leaves an intent that the next run resolves
   by looking the object up by name (``resolve_intent``), never an orphan. Each writer has its own
   intent item, written and resolved only under its lease (``INTENT_KEY`` under the sync lease, which
   cycles and on-demand provisioning share; ``jit_intent_key(group)`` under a PIM group's lease), so
   no writer overwrites or deletes another's;
 * a managed user or group found deleted by hand is created again and gets every membership the
-  desired view gives it, in the same cycle;
+  desired view gives it, in the same cycle (these rare paths, and the operations waiting on them,
+  run one at a time after the pool drains, as do the created-again followups and deferred managers);
 * throttling and AWS-side faults (``TargetTransient``, after the client's own retries) are not
-  failures: the cycle stops there and the next invocation carries on; but one operation that stops
-  ``TRANSIENT_STOPS_LIMIT`` runs in a row (``TRANSIENT_KEY``) becomes a failure (escrowed) and the
-  run goes on past it, so one object that always answers 5xx cannot stall every later write.
+  failures: no new operation starts, the ones in flight finish and are recorded, and the next
+  invocation carries on; but one operation that stops ``TRANSIENT_STOPS_LIMIT`` runs in a row
+  (``TRANSIENT_KEY``) becomes a failure (escrowed) and the run goes on past it, so one object that
+  always answers 5xx cannot stall every later write. A failed operation never costs the others.
 """
 
 from __future__ import annotations
 
+import heapq
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 from idsync.errors import (
     TargetAuthError,
@@ -58,16 +77,22 @@ from idsync.model import (
     freeze_doc,
 )
 from idsync.plan import (
+    DISPLAY_NAME,
     EXTENSIONS,
     TEMPORARY_NAME_PREFIX,
+    USER_NAME,
     desired_doc_for_create,
     resolve_refs,
     with_manager,
 )
-from idsync.ports import Clock, IdentityStore, StateStore
+from idsync.ports import Clock, Forget, IdentityStore, OwnershipWrite, StateStore
 
 LOG_FLUSH_EVERY = 500
-INTENT_KEY = "create-intent"  # the sync lease holder's create in flight: {"kind", "source_id", "name"}
+RECORD_FLUSH_EVERY = 25  # ownership writes per batch: one BatchWriteItem
+RECORD_FLUSH_SECONDS = 1.0  # and at least this often while applying
+INTENT_WINDOW = 16  # creates intended ahead in one put of the intent item
+INTENT_SCAN = 512  # operations looked through for the next window's creates
+INTENT_KEY = "create-intent"  # the sync lease holder's creates in flight: {"intents": [{"kind", "source_id", "name"}]}
 
 
 def jit_intent_key(group_id: str) -> str:
@@ -78,26 +103,43 @@ def jit_intent_key(group_id: str) -> str:
 TRANSIENT_KEY = "transient-stops"  # {"key": operation key, "count": runs in a row it stopped}
 TRANSIENT_STOPS_LIMIT = 3
 Progress = Callable[[int, int], None]
+Outcome = tuple[Status, str | None, tuple[AttributeChange, ...], str | None]
+
+
+def intent_entries(intent: dict[str, object]) -> list[dict[str, object]]:
+    """The creates an intent item names: the list shape, or the older single-create shape."""
+    entries = intent.get("intents")
+    if isinstance(entries, list):
+        return [e for e in entries if isinstance(e, dict)]
+    return [intent] if "kind" in intent else []
 
 
 def resolve_intent(
     state: StateStore, target: IdentityStore, owned: Ownership | None = None, key: str = INTENT_KEY
 ) -> bool:
-    """Settle a create a previous run of the writer owning ``key`` sent but may not have recorded; True
+    """Settle every create a previous run of the writer owning ``key`` sent but may not have recorded; True
     when ownership changed. Call it under that writer's lease, before its first write.
 
-    The object is looked up by the name it was created with (GetUserId / GetGroupId): found and
+    Each object is looked up by the name it was created with (GetUserId / GetGroupId): found and
     owned by nobody, it is recorded as the intended source object's; the next plan then updates or
-    renames it. ``owned`` is loaded only when an intent is found and none is given.
-    Raises TargetError / StateError (the intent stays for the next run).
+    renames it. An entry whose create was never sent finds nothing (or an object of that name made by
+    hand, which the plan would have adopted anyway). ``owned`` is loaded only when an intent is found
+    and none is given. Raises TargetError / StateError (the intent stays for the next run).
     """
     intent = state.get_item(key)
     if not intent:
         return False
     if owned is None:
         owned = state.load_ownership()
-    kind, source_id, name = str(intent["kind"]), str(intent["source_id"]), str(intent["name"])
     changed = False
+    for entry in intent_entries(intent):
+        changed = _resolve_one(state, target, owned, entry) or changed
+    state.delete_item(key)
+    return changed
+
+
+def _resolve_one(state: StateStore, target: IdentityStore, owned: Ownership, intent: dict[str, object]) -> bool:
+    kind, source_id, name = str(intent["kind"]), str(intent["source_id"]), str(intent["name"])
     if kind == "user":
         found = target.find_user(name)
         mine = owned.users.get(source_id)
@@ -106,8 +148,9 @@ def resolve_intent(
             # the create landed: it replaces whatever stale record the source object had
             for group, member in [m for m in owned.memberships if m[1] == source_id]:
                 state.forget_membership(group, member)
-            state.record_user(OwnedUser(source_id, found, name, freeze_doc(intent.get("doc") or {})))
-            changed = True
+            doc = intent.get("doc")
+            state.record_user(OwnedUser(source_id, found, name, freeze_doc(doc if isinstance(doc, dict) else {})))
+            return True
     elif kind == "group":
         found = target.find_group(name)
         held = owned.groups.get(source_id)
@@ -115,14 +158,95 @@ def resolve_intent(
         if found is not None and found not in others and (held is None or held.target_id != found):
             for group, member in [m for m in owned.memberships if m[0] == source_id]:
                 state.forget_membership(group, member)
-            state.record_group(OwnedGroup(source_id, found, name, intent.get("description")))
-            changed = True
-    state.delete_item(key)
-    return changed
+            description = intent.get("description")
+            state.record_group(
+                OwnedGroup(source_id, found, name, description if isinstance(description, str) else None)
+            )
+            return True
+    return False
+
+
+def resources(op: Operation) -> list[tuple[str, bool]]:
+    """What ``op`` touches, as (resource, exclusive): two operations conflict when they share a resource
+    and at least one of them holds it exclusively."""
+    out: list[tuple[str, bool]] = []
+    if op.kind is Kind.MEMBERSHIP:
+        member = op.member_source_id or ""
+        return [(f"g:{op.source_id}", False), (f"u:{member}", False), (f"m:{op.source_id}:{member}", True)]
+    user = op.kind is Kind.USER
+    prefix, names = ("u", "un") if user else ("g", "gn")
+    out.append((f"{prefix}:{op.source_id}", True))
+    if user and op.user is not None and op.user.manager_source_id and op.user.manager_source_id != op.source_id:
+        out.append((f"u:{op.user.manager_source_id}", False))
+    renamed = USER_NAME if user else DISPLAY_NAME
+    held = {str(v) for c in op.changes if c.attribute == renamed for v in (c.old, c.new) if v is not None}
+    if op.action in (Action.CREATE, Action.DELETE, Action.ADOPT):
+        held.add(op.name)
+    # compared without regard to case: a stricter order than AWS may need, never a looser one
+    out.extend((f"{names}:{name.casefold()}", True) for name in sorted(held))
+    return out
+
+
+class _Schedule:
+    """Plan-order dependencies between conflicting operations, and the ones ready to start (lowest first)."""
+
+    def __init__(self, ops: Sequence[Operation]) -> None:
+        self.waiting = [0] * len(ops)
+        self.dependents: dict[int, list[int]] = {}
+        self.state = [0] * len(ops)  # 0 waiting, 1 started, 2 finished, 3 deferred to the serial tail
+        last: dict[str, int] = {}  # the last exclusive holder of each resource
+        readers: dict[str, list[int]] = {}  # shared holders since then
+        for index, op in enumerate(ops):
+            needs: set[int] = set()
+            for resource, exclusive in resources(op):
+                before = last.get(resource)
+                if before is not None:
+                    needs.add(before)
+                if exclusive:
+                    needs.update(readers.pop(resource, ()))
+                    last[resource] = index
+                else:
+                    readers.setdefault(resource, []).append(index)
+            needs.discard(index)
+            self.waiting[index] = len(needs)
+            for before in needs:
+                self.dependents.setdefault(before, []).append(index)
+        self.ready = [i for i, n in enumerate(self.waiting) if n == 0]
+        heapq.heapify(self.ready)
+
+    def pop(self) -> int:
+        index = heapq.heappop(self.ready)
+        self.state[index] = 1
+        return index
+
+    def finish(self, index: int) -> None:
+        self.state[index] = 2
+        for after in self.dependents.pop(index, ()):
+            self.waiting[after] -= 1
+            if self.waiting[after] == 0:
+                heapq.heappush(self.ready, after)
+
+    def defer(self, index: int) -> None:
+        """Leave ``index`` (and, through its held resources, whatever waits on it) to the serial tail."""
+        self.state[index] = 3
+
+    def unfinished(self) -> list[int]:
+        return [i for i, s in enumerate(self.state) if s != 2]
+
+    def started(self, index: int) -> bool:
+        return self.state[index] != 0
+
+
+class _SerialTail(Exception):
+    """A pooled operation reached a path that mutates shared maps (creating again what was deleted by hand)."""
 
 
 class Applier:
-    """Applies operations in order, recording ownership and a log entry for each."""
+    """Applies operations in plan order (``concurrency`` at a time where they do not conflict), recording
+    ownership and a log entry for each.
+
+    ``record_every``: ownership writes buffered per batch (1: each written before the next operation).
+    """
 
     def __init__(
         self,
@@ -134,7 +258,12 @@ class Applier:
         current: CurrentView,
         policy: PlanPolicy,
         desired: DesiredView | None = None,
+        concurrency: int = 1,
+        record_every: int = 1,
     ) -> None:
+        """Raises ValueError when ``concurrency`` or ``record_every`` is below 1."""
+        if concurrency < 1 or record_every < 1:
+            raise ValueError(f"applier: concurrency ({concurrency}) and record_every ({record_every}) must be >= 1")
         self.target = target
         self.desired = desired
         self.state = state
@@ -142,6 +271,8 @@ class Applier:
         self.cycle_id = cycle_id
         self.current = current
         self.policy = policy
+        self.concurrency = concurrency
+        self.record_every = record_every
         self.users: dict[str, OwnedUser] = dict(owned.users)
         self.groups: dict[str, OwnedGroup] = dict(owned.groups)
         self.user_targets: dict[str, str] = {sid: o.target_id for sid, o in owned.users.items()}
@@ -155,20 +286,112 @@ class Applier:
         self.sequence = 0
         self.deferred_managers: list[User] = []  # created before their manager (a management cycle)
         self.followups: list[Operation] = []  # memberships of objects created again after a hand-made delete
-        self.intent_written = False
         self.stopped_by: str | None = None  # why the cycle ended early (throttling, AWS faults)
         self.succeeded: set[str] = set()  # keys of the operations that went through this run
         # the operation that stopped earlier runs with transient errors (counted in TRANSIENT_KEY)
         self.transient_key: str | None = None
+        self.max_in_flight = 0  # the most operations the pool ran at once
+        # guards the maps above and the buffers below against the pool's threads
+        self._lock = threading.RLock()
+        self._pooled = threading.local()
+        self._records: dict[tuple[str, ...], OwnershipWrite] = {}  # buffered ownership writes, last per key
+        self._flushed_at = time.monotonic()
+        self._intended: dict[str, dict[str, JsonValue]] = {}  # intent key -> entry, as last written
+        self._intent_written = False
+        self._settling: set[str] = set()  # intents whose create finished: dropped once its record is durable
+        self._unsettled: set[str] = set()  # intents of creates that ended transient: they may have landed
+        self._previous_transient: tuple[str | None, int] = (None, 0)
+        self._counted = False
 
     # ------------------------------------------------------------------ loop
 
     def apply(
         self, operations: Iterable[Operation], should_stop: Callable[[], bool], progress: Progress | None
     ) -> bool:
-        """Apply in order; False when stopped early (time budget, or AWS throttling past the retries)."""
+        """Apply in plan order, up to ``concurrency`` non-conflicting operations at a time; False when stopped
+        early (time budget, or AWS throttling past the retries: in-flight operations finish and are recorded
+        first). Raises TargetAuthError (after the in-flight operations finish) and whatever a crash raises."""
         ops = list(operations)
-        self.transient_key = str((self.state.get_item(TRANSIENT_KEY) or {}).get("key") or "") or None
+        item = self.state.get_item(TRANSIENT_KEY) or {}
+        self.transient_key = str(item.get("key") or "") or None
+        self._previous_transient = (self.transient_key, int(item.get("count", 0)))
+        self._counted = False
+        done = [0]
+
+        def advance() -> None:
+            done[0] += 1
+            if progress is not None:
+                progress(done[0], len(ops))
+
+        rest = ops
+        if self.concurrency > 1 and len(ops) > 1:
+            schedule = _Schedule(ops)
+            if not self._run_pool(ops, schedule, should_stop, advance):
+                self._end()
+                return False
+            rest = [ops[i] for i in schedule.unfinished()]
+        if not self._run_serial(rest, should_stop, advance):
+            self._end()
+            return False
+        self._resolve_deferred_managers()
+        self._end()
+        return True
+
+    def _run_pool(
+        self, ops: list[Operation], schedule: _Schedule, should_stop: Callable[[], bool], advance: Callable[[], None]
+    ) -> bool:
+        """Run what the schedule allows through the pool; False when stopped (the in-flight ones finished).
+        Operations deferred to the serial tail, and those waiting on them, stay unfinished."""
+        stopping = False
+        crash: BaseException | None = None
+        flight: dict[Future[tuple[Outcome | BaseException, float]], int] = {}
+        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="idsync-apply") as pool:
+            while True:
+                while not stopping and crash is None and len(flight) < self.concurrency and schedule.ready:
+                    if should_stop():
+                        stopping = True
+                        break
+                    index = schedule.pop()
+                    self._intend_ahead(ops, index, schedule.started)
+                    flight[pool.submit(self._pooled_one, ops[index])] = index
+                    self.max_in_flight = max(self.max_in_flight, len(flight))
+                if not flight:
+                    break
+                finished, _ = wait(flight, return_when=FIRST_COMPLETED)
+                for future in sorted(finished, key=flight.__getitem__):
+                    index = flight.pop(future)
+                    outcome, seconds = future.result()
+                    if isinstance(outcome, _SerialTail):
+                        schedule.defer(index)
+                        continue
+                    if isinstance(outcome, BaseException) and not isinstance(outcome, TargetError):
+                        crash = crash or outcome
+                        continue
+                    if isinstance(outcome, TargetAuthError):
+                        crash = crash or outcome
+                        continue
+                    if not self._complete(ops[index], outcome, seconds):
+                        stopping = True
+                    schedule.finish(index)
+                    advance()
+                    self._maybe_flush()
+        if isinstance(crash, TargetAuthError):
+            self._end()
+            raise crash
+        if crash is not None:
+            raise crash  # a crash records nothing more: the write-ahead intents and replays cover it
+        return not stopping
+
+    def _pooled_one(self, op: Operation) -> tuple[Outcome | BaseException, float]:
+        self._pooled.active = True
+        started = time.perf_counter()
+        try:
+            return self._apply_one(op), time.perf_counter() - started
+        except BaseException as error:  # handed to the dispatching thread, which decides
+            return error, time.perf_counter() - started
+
+    def _run_serial(self, ops: list[Operation], should_stop: Callable[[], bool], advance: Callable[[], None]) -> bool:
+        """One at a time, then the followups; False when stopped early."""
         index = 0
         while index < len(ops) or self.followups:
             if index >= len(ops):
@@ -179,43 +402,60 @@ class Applier:
             op = ops[index]
             index += 1
             if should_stop():
-                self._end()
                 return False
+            self._intend_ahead(ops, index - 1, index.__gt__)
             started = time.perf_counter()
             try:
-                status, target_id, changes, note = self._apply_one(op)
+                outcome: Outcome | TargetError = self._apply_one(op)
             except TargetAuthError:
                 self._end()
                 raise
-            except TargetTransient as error:
-                # throttling is account-wide; only an operation AWS keeps failing on is counted against it
-                stops = 0 if isinstance(error, TargetThrottled) else self._transient_stop(op)
-                if stops < TRANSIENT_STOPS_LIMIT:
-                    # not a failure of this object: AWS asked to slow down or failed on its side; a create
-                    # may still have landed, so its intent stays for the next run to resolve
-                    self.stopped_by = str(error)
-                    self._log(op, Status.SKIPPED, op.target_id, (), f"{error}; the next run carries on", 0.0)
-                    self.flush()
-                    return False
-                status, target_id, changes = Status.FAILURE, op.target_id, op.changes
-                note = f"{error} (stopped {stops} runs in a row: escrowed so that later operations go on)"
             except TargetError as error:
-                status, target_id, changes, note = Status.FAILURE, op.target_id, op.changes, str(error)
-            if status is not Status.FAILURE:
-                self._transient_cleared(op)
-            self._log(op, status, target_id, changes, note, time.perf_counter() - started)
-            if progress is not None:
-                progress(index, len(ops))
-            if len(self.pending) >= LOG_FLUSH_EVERY:
-                self.flush()
-        self._resolve_deferred_managers()
-        self._end()
+                outcome = error
+            if not self._complete(op, outcome, time.perf_counter() - started):
+                return False
+            advance()
+            self._maybe_flush()
+        return True
+
+    def _complete(self, op: Operation, outcome: Outcome | TargetError, seconds: float) -> bool:
+        """Log one finished operation; False when the run must stop (throttled, or an AWS-side fault)."""
+        note: str | None
+        if isinstance(outcome, TargetTransient):
+            stops = 0 if isinstance(outcome, TargetThrottled) else self._transient_stop(op)
+            if stops < TRANSIENT_STOPS_LIMIT:
+                # not a failure of this object: AWS asked to slow down or failed on its side; a create
+                # may still have landed, so its intent stays for the next run to resolve
+                self.stopped_by = str(outcome)
+                self._unsettled.add(self._intent_key(op))
+                self._log(op, Status.SKIPPED, op.target_id, (), f"{outcome}; the next run carries on", seconds)
+                return False
+            status, target_id, changes = Status.FAILURE, op.target_id, op.changes
+            note = f"{outcome} (stopped {stops} runs in a row: escrowed so that later operations go on)"
+        elif isinstance(outcome, TargetError):
+            status, target_id, changes, note = Status.FAILURE, op.target_id, op.changes, str(outcome)
+        else:
+            status, target_id, changes, note = outcome
+        if status is not Status.FAILURE:
+            self._transient_cleared(op)
+        with self._lock:
+            self._settling.add(self._intent_key(op))
+        self._log(op, status, target_id, changes, note, seconds)
         return True
 
     def _transient_stop(self, op: Operation) -> int:
-        """Count one more run in a row that ``op`` stopped with a transient error; returns the count."""
-        item = self.state.get_item(TRANSIENT_KEY) or {}
-        count = int(item.get("count", 0)) + 1 if item.get("key") == op.key else 1
+        """Count one more run in a row that ``op`` stopped with a transient error; returns the count (0: not
+        counted). One operation is counted a run: the one earlier runs counted when it stops again, else the
+        first to stop, so the pool's other in-flight operations cannot reset the count of the one that
+        always fails."""
+        previous, count = self._previous_transient
+        if op.key == previous:
+            count += 1
+        elif not self._counted:
+            count = 1
+        else:
+            return 0
+        self._counted = True
         self.state.put_item(TRANSIENT_KEY, {"key": op.key, "count": count})
         self.transient_key = op.key
         return count
@@ -227,14 +467,75 @@ class Applier:
             self.transient_key = None
 
     def _end(self) -> None:
-        if self.intent_written:
-            self.state.delete_item(INTENT_KEY)
-            self.intent_written = False
+        """Write every buffered record and log entry, then keep only the intents of creates that may have
+        landed unrecorded (the ones that ended with a transient error)."""
         self.flush()
+        with self._lock:
+            left = {k: v for k, v in self._intended.items() if k in self._unsettled}
+            if self._intent_written and left:
+                self.state.put_item(INTENT_KEY, {"intents": list(left.values())})
+            elif self._intent_written:
+                self.state.delete_item(INTENT_KEY)
+                self._intent_written = False
+            self._intended = left
+            self._settling.clear()
+
+    @staticmethod
+    def _intent_key(op: Operation) -> str:
+        return f"{op.kind.value}:{op.source_id}"
+
+    def _intent_entry(self, op: Operation) -> dict[str, JsonValue] | None:
+        """The intent entry of a create (None for anything else)."""
+        if op.action is not Action.CREATE:
+            return None
+        if op.kind is Kind.USER and op.user is not None:
+            doc = desired_doc_for_create(op.user, self.user_targets)
+            return {"kind": "user", "source_id": op.source_id, "name": op.user.user_name, "doc": doc}
+        if op.kind is Kind.GROUP and op.group is not None:
+            group = op.group
+            return {
+                "kind": "group",
+                "source_id": op.source_id,
+                "name": group.display_name,
+                "description": group.description,
+            }
+        return None
+
+    def _intend_ahead(self, ops: Sequence[Operation], index: int, started: Callable[[int], bool]) -> None:
+        """Before ``ops[index]`` is sent: when it is a create not yet intended, intend it and the next creates
+        not yet started (a window) in one put, so the pool's next creates find their intent written."""
+        entry = self._intent_entry(ops[index])
+        known = self._intended.get(self._intent_key(ops[index]))
+        if entry is None or (known is not None and known.get("name") == entry["name"]):
+            return
+        with self._lock:
+            self._intended[self._intent_key(ops[index])] = entry
+            added = 1
+            for later in range(index + 1, min(len(ops), index + INTENT_SCAN)):
+                if added >= INTENT_WINDOW:
+                    break
+                following = self._intent_entry(ops[later]) if not started(later) else None
+                key = self._intent_key(ops[later])
+                if following is not None and key not in self._intended:
+                    self._intended[key] = following
+                    added += 1
+            self._write_intents()
 
     def _intend(self, kind: str, source_id: str, name: str, **what: JsonValue) -> None:
-        self.state.put_item(INTENT_KEY, {"kind": kind, "source_id": source_id, "name": name, **what})
-        self.intent_written = True
+        """Make sure the create about to be sent is named by the intent item (written ahead by the loop)."""
+        key = f"{kind}:{source_id}"
+        with self._lock:
+            known = self._intended.get(key)
+            if known is not None and known.get("name") == name:
+                self._settling.discard(key)
+                return
+            self._intended[key] = {"kind": kind, "source_id": source_id, "name": name, **what}
+            self._settling.discard(key)
+            self._write_intents()
+
+    def _write_intents(self) -> None:
+        self.state.put_item(INTENT_KEY, {"intents": list(self._intended.values())})
+        self._intent_written = True
 
     def _still_missing(self, op: Operation) -> bool:
         if op.kind is Kind.USER:
@@ -264,9 +565,53 @@ class Applier:
             )
 
     def _forget_memberships(self, user_sid: str | None = None, group_sid: str | None = None) -> None:
-        for pair in [m for m in self.memberships if m[1] == user_sid or m[0] == group_sid]:
-            self.state.forget_membership(*pair)
-            self.memberships.discard(pair)
+        with self._lock:
+            for pair in [m for m in self.memberships if m[1] == user_sid or m[0] == group_sid]:
+                self._record(Forget("membership", pair))
+                self.memberships.discard(pair)
+
+    # ------------------------------------------------------------------ batched ownership records
+
+    def _record(self, write: OwnershipWrite) -> None:
+        """Buffer one ownership write (the last one per key wins); the loop flushes the buffer."""
+        if isinstance(write, OwnedUser):
+            key: tuple[str, ...] = ("user", write.source_id)
+        elif isinstance(write, OwnedGroup):
+            key = ("group", write.source_id)
+        elif isinstance(write, OwnedMembership):
+            key = ("membership", write.group_source_id, write.user_source_id)
+        else:
+            key = (write.kind, *write.key)
+        with self._lock:
+            self._records.pop(key, None)
+            self._records[key] = write
+
+    def _wrote(self) -> None:
+        with self._lock:
+            self.writes += 1
+
+    def _maybe_flush(self) -> None:
+        if len(self._records) >= self.record_every or time.monotonic() - self._flushed_at >= RECORD_FLUSH_SECONDS:
+            self._flush_records()
+        if len(self.pending) >= LOG_FLUSH_EVERY:
+            self.flush()
+
+    def _flush_records(self) -> None:
+        """Write the buffered ownership records in one batch; then the finished creates' intents may go."""
+        with self._lock:
+            writes, self._records = list(self._records.values()), {}
+            settled, self._settling = self._settling, set()
+        if writes:
+            self.state.write_ownership(writes)
+        with self._lock:
+            for key in settled - self._unsettled:
+                self._intended.pop(key, None)
+        self._flushed_at = time.monotonic()
+
+    def _in_pool(self) -> None:
+        """Raise _SerialTail on a pool thread: the caller's path mutates maps other operations read."""
+        if getattr(self._pooled, "active", False):
+            raise _SerialTail()
 
     def _resolve_deferred_managers(self) -> None:
         for user in self.deferred_managers:
@@ -288,7 +633,7 @@ class Applier:
                 status, target_id, changes, note = Status.FAILURE, owned.target_id, (change,), str(error)
             self._log(op, status, target_id, changes, note, time.perf_counter() - started)
 
-    def _apply_one(self, op: Operation) -> tuple[Status, str | None, tuple[AttributeChange, ...], str | None]:
+    def _apply_one(self, op: Operation) -> Outcome:
         handler = {
             (Kind.USER, Action.CREATE): self._create_user,
             (Kind.USER, Action.ADOPT): self._adopt_user,
@@ -315,16 +660,18 @@ class Applier:
             manager_source_id=user.manager_source_id,
             fingerprint=user.fingerprint(),
         )
-        self.state.record_user(owned)
-        self.users[user.source_id] = owned
-        self.user_targets[user.source_id] = target_id
+        with self._lock:
+            self._record(owned)
+            self.users[user.source_id] = owned
+            self.user_targets[user.source_id] = target_id
 
     def _create_user(self, op: Operation) -> tuple[Status, str | None, tuple[AttributeChange, ...], str | None]:
         assert op.user is not None
         user = op.user
         doc = desired_doc_for_create(user, self.user_targets)
         if user.manager_source_id and user.manager_source_id not in self.user_targets:
-            self.deferred_managers.append(user)
+            with self._lock:
+                self.deferred_managers.append(user)
         changes = tuple(AttributeChange(k, None, v) for k, v in sorted(doc.items()))
         if user.source_id in self.users:
             # created again (gone from AWS): the memberships recorded for the old object went with it
@@ -332,14 +679,16 @@ class Applier:
         self._intend("user", user.source_id, user.user_name, doc=doc)
         try:
             target_id = self.target.create_user(user.user_name, doc)
-            self.writes += 1
+            self._wrote()
         except TargetConflict:
             # a previous run created it but stopped before recording it, or it was created by hand
             existing = self.target.find_user(user.user_name)
-            if existing is None or existing in {o.target_id for o in self.users.values()}:
+            with self._lock:
+                mine = existing in {o.target_id for o in self.users.values()}
+            if existing is None or mine:
                 raise
             self.target.update_user(existing, [AttributeChange(k, None, v) for k, v in sorted(doc.items())])
-            self.writes += 1
+            self._wrote()
             target_id = existing
         self._record_user(user, target_id, doc)
         return Status.SUCCESS, target_id, changes, None
@@ -361,7 +710,7 @@ class Applier:
         except TargetNotFound:
             # deleted outside idsync since it was read: provision it again, with its memberships
             return self._recreate_user(op.user.source_id, op)
-        self.writes += 1
+        self._wrote()
         previous = self.users.get(op.user.source_id)
         doc: dict[str, JsonValue] = dict(previous.doc) if previous else {}
         for change in changes:
@@ -383,7 +732,8 @@ class Applier:
             user = op.user
         if user is None or user.user_name.startswith(TEMPORARY_NAME_PREFIX):
             raise TargetNotFound(f"user {source_id} was deleted outside idsync; the next cycle provisions it again")
-        self.state.forget_user(source_id)
+        self._in_pool()
+        self._record(Forget("user", (source_id,)))
         self.users.pop(source_id, None)
         self.user_targets.pop(source_id, None)
         self._forget_memberships(user_sid=source_id)
@@ -403,7 +753,8 @@ class Applier:
         group = self.desired.groups.get(source_id) if self.desired is not None else None
         if group is None:
             raise TargetNotFound(f"group {source_id} was deleted outside idsync and is no longer in scope")
-        self.state.forget_group(source_id)
+        self._in_pool()
+        self._record(Forget("group", (source_id,)))
         self.groups.pop(source_id, None)
         self.group_targets.pop(source_id, None)
         self._forget_memberships(group_sid=source_id)
@@ -417,22 +768,24 @@ class Applier:
     def _delete_user(self, op: Operation) -> tuple[Status, str | None, tuple[AttributeChange, ...], str | None]:
         assert op.target_id is not None
         self.target.delete_user(op.target_id)
-        self.writes += 1
-        for group_sid, user_sid in [m for m in self.memberships if m[1] == op.source_id]:
-            self.state.forget_membership(group_sid, user_sid)
-            self.memberships.discard((group_sid, user_sid))
-        self.state.forget_user(op.source_id)
-        self.users.pop(op.source_id, None)
-        self.user_targets.pop(op.source_id, None)
+        self._wrote()
+        with self._lock:
+            for group_sid, user_sid in [m for m in self.memberships if m[1] == op.source_id]:
+                self._record(Forget("membership", (group_sid, user_sid)))
+                self.memberships.discard((group_sid, user_sid))
+            self._record(Forget("user", (op.source_id,)))
+            self.users.pop(op.source_id, None)
+            self.user_targets.pop(op.source_id, None)
         return Status.SUCCESS, op.target_id, (), op.reason
 
     # ------------------------------------------------------------------ groups
 
     def _record_group(self, group: Group, target_id: str) -> None:
         owned = OwnedGroup(group.source_id, target_id, group.display_name, group.description, group.fingerprint())
-        self.state.record_group(owned)
-        self.groups[group.source_id] = owned
-        self.group_targets[group.source_id] = target_id
+        with self._lock:
+            self._record(owned)
+            self.groups[group.source_id] = owned
+            self.group_targets[group.source_id] = target_id
 
     def _create_group(self, op: Operation) -> tuple[Status, str | None, tuple[AttributeChange, ...], str | None]:
         assert op.group is not None
@@ -445,10 +798,12 @@ class Applier:
         self._intend("group", group.source_id, group.display_name, description=group.description)
         try:
             target_id = self.target.create_group(group.display_name, group.description)
-            self.writes += 1
+            self._wrote()
         except TargetConflict:
             existing = self.target.find_group(group.display_name)
-            if existing is None or existing in {o.target_id for o in self.groups.values()}:
+            with self._lock:
+                mine = existing in {o.target_id for o in self.groups.values()}
+            if existing is None or mine:
                 raise
             target_id = existing
         self._record_group(group, target_id)
@@ -471,20 +826,21 @@ class Applier:
             # deleted outside idsync since it was read: provision it again, with its members
             target_id = self._recreate_group(op.source_id)
             return Status.SUCCESS, target_id, op.changes, "created again: it was deleted outside idsync"
-        self.writes += 1
+        self._wrote()
         self._record_group(op.group, op.target_id)
         return Status.SUCCESS, op.target_id, op.changes, None
 
     def _delete_group(self, op: Operation) -> tuple[Status, str | None, tuple[AttributeChange, ...], str | None]:
         assert op.target_id is not None
         self.target.delete_group(op.target_id)
-        self.writes += 1
-        for group_sid, user_sid in [m for m in self.memberships if m[0] == op.source_id]:
-            self.state.forget_membership(group_sid, user_sid)
-            self.memberships.discard((group_sid, user_sid))
-        self.state.forget_group(op.source_id)
-        self.groups.pop(op.source_id, None)
-        self.group_targets.pop(op.source_id, None)
+        self._wrote()
+        with self._lock:
+            for group_sid, user_sid in [m for m in self.memberships if m[0] == op.source_id]:
+                self._record(Forget("membership", (group_sid, user_sid)))
+                self.memberships.discard((group_sid, user_sid))
+            self._record(Forget("group", (op.source_id,)))
+            self.groups.pop(op.source_id, None)
+            self.group_targets.pop(op.source_id, None)
         return Status.SUCCESS, op.target_id, (), op.reason
 
     # ------------------------------------------------------------------ memberships
@@ -515,7 +871,7 @@ class Applier:
                     return Status.SKIPPED, None, (), "the user is created again at the end of this cycle"
                 group_target, user_target = targets_again
                 membership_id = self.target.create_membership(group_target, user_target)
-            self.writes += 1
+            self._wrote()
         except TargetConflict:
             found = self.target.find_membership(group_target, user_target)
             if found is None:
@@ -527,6 +883,7 @@ class Applier:
     def _recreate_missing(self, op: Operation, group_target: str, user_target: str) -> tuple[str, str] | None:
         """(group, user) target ids once the missing one is created again; None when the user waits."""
         assert op.member_source_id is not None
+        self._in_pool()
         owned_group = self.groups.get(op.source_id)
         if owned_group is None or self.target.find_group(owned_group.display_name) != group_target:
             group_target = self._recreate_group(op.source_id)
@@ -545,16 +902,18 @@ class Applier:
 
     def _record_member(self, op: Operation, membership_id: str) -> None:
         assert op.member_source_id is not None
-        self.state.record_membership(OwnedMembership(op.source_id, op.member_source_id, membership_id))
-        self.memberships.add((op.source_id, op.member_source_id))
+        with self._lock:
+            self._record(OwnedMembership(op.source_id, op.member_source_id, membership_id))
+            self.memberships.add((op.source_id, op.member_source_id))
 
     def _remove_member(self, op: Operation) -> tuple[Status, str | None, tuple[AttributeChange, ...], str | None]:
         assert op.member_source_id is not None
         assert op.membership_id is not None
         self.target.delete_membership(op.membership_id)
-        self.writes += 1
-        self.state.forget_membership(op.source_id, op.member_source_id)
-        self.memberships.discard((op.source_id, op.member_source_id))
+        self._wrote()
+        with self._lock:
+            self._record(Forget("membership", (op.source_id, op.member_source_id)))
+            self.memberships.discard((op.source_id, op.member_source_id))
         return Status.SUCCESS, op.membership_id, (), op.reason
 
     # ------------------------------------------------------------------ logs and report
@@ -636,6 +995,8 @@ class Applier:
             )
 
     def flush(self) -> None:
+        """Write the buffered ownership records, then the pending log entries."""
+        self._flush_records()
         if self.pending:
             self.state.append_logs(self.pending)
             self.pending = []
