@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -23,6 +24,7 @@ from idsync.ports import (
     HintRetry,
     IdentityStore,
     Notifier,
+    RateBudget,
     SecretSource,
     StateStore,
     SubscriptionApi,
@@ -34,6 +36,7 @@ from idsync.services.jit import JitService, JitWorker
 from idsync.services.poller import PimPoller
 from idsync.services.rate_budget import TokenRateBudget
 from idsync.services.subscriptions import SubscriptionsService
+from idsync.services.sync import RECORD_FLUSH_EVERY
 from idsync.services.token_bucket import BucketPolicy, TokenBucket
 
 logger = logging.getLogger(__name__)
@@ -62,6 +65,25 @@ def graph_secret(settings: Settings) -> str | Credential | None:
     raise ConfigError(
         "no Graph credential: set IDSYNC_CLIENT_SECRET, graph.client_secret_arn, or graph.certificate_path"
     )
+
+
+WRITERS = frozenset({"sync", "jit", "expiry", "poller", "access", "cli"})
+_budgets: dict[float, TokenRateBudget] = {}
+_budgets_lock = threading.Lock()
+
+
+def build_rate_budget(settings: Settings, writer: str) -> RateBudget:
+    """The budget of IAM Identity Center's collective rate (``identity_store.rate_per_second``) that
+    ``writer``'s Identity Store and sso-admin clients take their turns from: one per process, shared by
+    every writer in it. Raises ValueError for an unknown writer."""
+    if writer not in WRITERS:
+        raise ValueError(f"rate budget: writer {writer!r} is not one of {', '.join(sorted(WRITERS))}")
+    rate = settings.identity_store.rate_per_second
+    with _budgets_lock:
+        budget = _budgets.get(rate)
+        if budget is None:
+            budget = _budgets[rate] = TokenRateBudget(rate)
+        return budget
 
 
 def build_state(settings: Settings) -> StateStore:
@@ -163,7 +185,8 @@ def build_engine(
         group_properties=group_mapper.graph_properties | scope.group_properties,
         expand_manager=user_mapper.needs_manager,
     )
-    target = from_settings(settings.identity_store, counters.aws)
+    budget = build_rate_budget(settings, "sync")
+    target = from_settings(settings.identity_store, counters.aws, budget=budget)
     store = state or build_state(settings)
     clock = clock or SystemClock()
     if jit is None and settings.pim.groups:
@@ -174,7 +197,7 @@ def build_engine(
                 "PIM groups' memberships are left to the JIT worker: the cycle cannot run the PIM safety net here",
                 extra={"reason": str(error)},
             )
-    access = build_access_service(settings, store, clock, counters, target) if settings.access else None
+    access = build_access_service(settings, store, clock, counters, target, budget=budget) if settings.access else None
     cycle = CycleService(
         source,
         target,
@@ -192,6 +215,8 @@ def build_engine(
         pim=jit,
         pim_groups=settings.pim.groups,
         access=access,
+        concurrency=settings.identity_store.concurrency,
+        record_every=RECORD_FLUSH_EVERY,
     )
     return Engine(settings, cycle, store, counters, user_mapper, group_mapper, scope, source, target, access)
 
@@ -203,13 +228,14 @@ def build_access_service(
     counters: Counters | None = None,
     target: object | None = None,
     access: AccountAccess | None = None,
+    budget: RateBudget | None = None,
 ) -> AccessService:
-    """Access as code: sso-admin and Organizations behind one rate budget, shared with the Identity Store
-    client ``target`` when given (IAM Identity Center's APIs share one collective limit)."""
-    from idsync.adapters.sso_admin import attach_budget
+    """Access as code: sso-admin and Organizations behind one rate budget (``build_rate_budget``), shared with
+    the Identity Store client ``target`` when given (IAM Identity Center's APIs share one collective limit)."""
+    from idsync.adapters.budget import attach_budget
     from idsync.adapters.sso_admin import from_settings as access_from_settings
 
-    budget = TokenRateBudget(settings.identity_store.rate_per_second)
+    budget = budget or build_rate_budget(settings, "access")
     client = getattr(target, "client", None)
     if client is not None:
         attach_budget(client, budget)

@@ -32,13 +32,17 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
+UNLIMITED = 1_000_000.0
+
+
 @pytest.fixture
 def make_settings(emulator: GraphEmulator, tmp_path: Path, identity_store_id: str) -> Callable[..., Settings]:
     def make(**sections: Any) -> Settings:
         data: dict[str, Any] = {
             "graph": {**emulator.graph_config(), "client_secret": CLIENT_SECRET, "max_retries": 3},
             "scope": {"mode": "assigned", "service_principal_id": SERVICE_PRINCIPAL_ID},
-            "identity_store": {"region": "us-east-1"},  # the store id is discovered (sso-admin)
+            # the store id is discovered (sso-admin); moto has no rate limit for the budget to keep under
+            "identity_store": {"region": "us-east-1", "rate_per_second": UNLIMITED},
             "state": {"backend": "sqlite", "path": str(tmp_path / "state.db")},
         }
         for key, value in sections.items():

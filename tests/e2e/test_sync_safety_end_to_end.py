@@ -65,8 +65,9 @@ def test_aws_throttling_past_the_retries_stops_the_cycle_without_quarantine(
 ) -> None:
     monkeypatch.setattr(botocore.endpoint, "time", SimpleNamespace(sleep=lambda _seconds: None))
     engine = build_engine(make_settings(identity_store={"max_attempts": 2}), clock=clock)
-    # Given AWS throttling CreateUser beyond botocore's two attempts, twice over
-    moto_ext.fail_next("CreateUser", "ThrottlingException", times=4)
+    # Given AWS throttling CreateUser for 30 attempts in a row: more than the pool's concurrent calls absorb
+    # in botocore's two retries each
+    moto_ext.fail_next("CreateUser", "ThrottlingException", times=30)
     stopped = run(engine)
     # Then the cycle stops early, nothing counts as failed, and idsync is not quarantined
     assert not stopped.report.complete

@@ -40,6 +40,7 @@ from botocore.exceptions import (
     TokenRetrievalError,
 )
 
+from idsync.adapters.budget import attach_budget
 from idsync.config import IdentityStoreSettings
 from idsync.errors import (
     TargetAuthError,
@@ -58,7 +59,7 @@ from idsync.model import (
     UserDoc,
     freeze_doc,
 )
-from idsync.ports import CallCounter, Check
+from idsync.ports import CallCounter, Check, RateBudget
 
 PAGE_SIZE = 100  # MaxResults: the API's maximum page
 MAX_OPERATIONS = 100  # AttributeOperations: at most 100 per UpdateUser / UpdateGroup call
@@ -448,16 +449,35 @@ def discover_identity_store_id(sso_admin: Any, counter: CallCounter | None = Non
     )
 
 
+def budgeted_retry_config(max_attempts: int) -> Config:
+    """Standard retries (backoff with jitter, no client-side limiter) for a client behind idsync's own rate
+    budget: the budget already slows down on every throttled answer, and adaptive mode's limiter would cut
+    the rate a second time on the same signal."""
+    return Config(retries={"mode": "standard", "max_attempts": max_attempts})
+
+
 def from_settings(
-    settings: IdentityStoreSettings, counter: CallCounter | None = None, bounded: bool = False
+    settings: IdentityStoreSettings,
+    counter: CallCounter | None = None,
+    bounded: bool = False,
+    budget: RateBudget | None = None,
 ) -> IdentityStoreTarget:
     """An IdentityStoreTarget built from settings; the identity store id is discovered when not set.
     ``bounded``: the JIT functions' client (``jit_client_config``), whose calls never outlive a group lease.
+    ``budget``: every Identity Store request waits its turn of it, and every throttled answer slows it down.
 
     Raises TargetError / TargetAuthError when the discovery fails.
     """
     store_id: str | Callable[[], str] = settings.identity_store_id or (
         lambda: discover_identity_store_id(_aws_client("sso-admin", settings), counter)
     )
-    config = jit_client_config() if bounded else None
-    return IdentityStoreTarget(store_id, _aws_client("identitystore", settings, config), counter)
+    if bounded:
+        config: Config | None = jit_client_config()
+    elif budget is not None:
+        config = budgeted_retry_config(settings.max_attempts)
+    else:
+        config = None
+    target = IdentityStoreTarget(store_id, _aws_client("identitystore", settings, config), counter)
+    if budget is not None:
+        attach_budget(target.client, budget)
+    return target

@@ -365,9 +365,7 @@ class CycleService:
         plan = make_plan(*set_aside_memberships(desired, current, owned, self.pim_groups), policy)
         escrow = Escrow(self.state)
         runnable, held = self._escrow_filter(plan, escrow, desired)
-        applier = Applier(
-            self.target, self.state, self.clock, cycle_id, owned, current, policy, desired, *self._pool()
-        )
+        applier = Applier(self.target, self.state, self.clock, cycle_id, owned, current, policy, desired, *self._pool())
         if opts.dry_run:
             return CycleOutcome(applier.report(plan, started.isoformat(), True, True), mode=mode, plan=plan)
         if mode == "full" and plan.writes > 0 and plan.guard is None:
