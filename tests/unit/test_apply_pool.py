@@ -1,0 +1,446 @@
+"""The concurrent applier: the pool keeps every ordering the plan needs, whatever order AWS answers in, and ends
+where the one-at-a-time applier ends; batched records and multi-create intents survive a crash."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from idsync.model import Action, AttributeChange, Kind, Operation, OwnedUser, UserDoc
+from idsync.services.cycle import CycleService
+from idsync.services.sync import INTENT_KEY, _Schedule, intent_entries, resolve_intent, resources
+from tests.fakes import FakeIdentityStore, FakeSource, FakeState
+from tests.unit.test_cycle import World, tenant
+
+ENTERPRISE = "aws:identitystore:enterprise"
+
+
+class PooledWorld(World):
+    """The unit tests' world, its cycle applying ``concurrency`` writes at once with batched records."""
+
+    def __init__(self, source: FakeSource | None = None, concurrency: int = 4, record_every: int = 25) -> None:
+        super().__init__(source)
+        self.concurrency = concurrency
+        self.record_every = record_every
+
+    def service(self) -> CycleService:
+        service = super().service()
+        service.concurrency = self.concurrency
+        service.record_every = self.record_every
+        return service
+
+
+# --------------------------------------------------------------------------- adversarial completion order
+
+
+class Gate:
+    """Holds every write at the door until the test lets one through, in an order the test draws."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.arrived: list[int] = []
+        self.allowed: set[int] = set()
+        self.tickets = 0
+        self.open = False  # let everything through (setup and the sequential twin)
+
+    def enter(self) -> None:
+        with self.cond:
+            if self.open:
+                return
+            ticket = self.tickets
+            self.tickets += 1
+            self.arrived.append(ticket)
+            self.cond.notify_all()
+            if not self.cond.wait_for(lambda: ticket in self.allowed, timeout=30):
+                raise RuntimeError("the gate was never opened for this call")
+            self.allowed.discard(ticket)
+
+    def release_one(self, pick: Callable[[int], int]) -> bool:
+        """Let one waiting call through (``pick(n)`` chooses among the n waiting); False when none waits."""
+        with self.cond:
+            if not self.arrived:
+                return False
+            ticket = self.arrived.pop(pick(len(self.arrived)))
+            self.allowed.add(ticket)
+            self.cond.notify_all()
+            return True
+
+
+class GatedStore(FakeIdentityStore):
+    """The fake Identity Store behind a gate, checking the plan's orderings as each write goes through."""
+
+    def __init__(self, gate: Gate) -> None:
+        super().__init__()
+        self.gate = gate
+        self.violations: list[str] = []
+        self.calls: list[tuple[str, str]] = []  # deletes, in the order they went through the gate
+
+    def _check_manager(self, who: str, value: Any) -> None:
+        manager = value.get("value") if isinstance(value, dict) else None
+        if manager is not None and manager not in self.users:
+            self.violations.append(f"{who} references manager {manager} before it exists")
+
+    def _conflict(self, call: Callable[[], Any], what: str) -> Any:
+        from idsync.errors import TargetConflict
+
+        try:
+            return call()
+        except TargetConflict:
+            self.violations.append(f"{what}: its name was still held")
+            raise
+
+    def create_user(self, user_name: str, doc: UserDoc) -> str:
+        self.gate.enter()
+        self._check_manager(user_name, ((doc.get("Extensions") or {}).get(ENTERPRISE) or {}).get("manager"))
+        return self._conflict(lambda: super(GatedStore, self).create_user(user_name, doc), f"CreateUser {user_name}")
+
+    def update_user(self, user_id: str, changes: Sequence[AttributeChange]) -> None:
+        self.gate.enter()
+        for change in changes:
+            if change.attribute == "Extensions" and isinstance(change.new, dict):
+                self._check_manager(user_id, (change.new.get(ENTERPRISE) or {}).get("manager"))
+        self._conflict(lambda: super(GatedStore, self).update_user(user_id, changes), f"UpdateUser {user_id}")
+
+    def delete_user(self, user_id: str) -> None:
+        self.gate.enter()
+        super().delete_user(user_id)
+
+    def create_group(self, display_name: str, description: str | None) -> str:
+        self.gate.enter()
+        call = lambda: super(GatedStore, self).create_group(display_name, description)  # noqa: E731
+        return self._conflict(call, f"CreateGroup {display_name}")
+
+    def update_group(self, group_id: str, changes: Sequence[AttributeChange]) -> None:
+        self.gate.enter()
+        self._conflict(lambda: super(GatedStore, self).update_group(group_id, changes), f"UpdateGroup {group_id}")
+
+    def delete_group(self, group_id: str) -> None:
+        self.gate.enter()
+        self.calls.append(("DeleteGroup", group_id))
+        super().delete_group(group_id)
+
+    def create_membership(self, group_id: str, user_id: str) -> str:
+        self.gate.enter()
+        if group_id not in self.groups or user_id not in self.users:
+            self.violations.append(f"CreateGroupMembership {group_id} <- {user_id} before both exist")
+        return super().create_membership(group_id, user_id)
+
+    def delete_membership(self, membership_id: str) -> None:
+        self.gate.enter()
+        self.calls.append(("DeleteGroupMembership", membership_id))
+        super().delete_membership(membership_id)
+
+
+def _change_entra(source: FakeSource, rng: random.Random) -> None:
+    """A burst of Entra changes that makes a plan with every ordering in it: user and group renames (swaps
+    and chains included), new users reporting to new managers, leavers (disabled or gone), membership moves,
+    and a deleted group."""
+    people = source.users
+    upns = [p["userPrincipalName"] for p in people]
+    shuffled = upns[:]
+    rng.shuffle(shuffled)
+    for person, upn in zip(people, shuffled, strict=True):
+        if rng.random() < 0.4:
+            person["userPrincipalName"] = upn  # a permutation of names: swaps and chains
+    for i in range(rng.randint(0, 4)):
+        manager = f"n{i - 1}" if i and rng.random() < 0.7 else rng.choice(people)["id"]
+        people.append(
+            {"id": f"n{i}", "userPrincipalName": f"new{i}@example.com", "displayName": f"New {i}",
+             "jobTitle": "New", "accountEnabled": True, "manager": {"id": manager}}
+        )  # fmt: skip
+        source.members[rng.choice(sorted(source.members))].append(f"n{i}")
+    for person in rng.sample(people[1:12], rng.randint(0, 3)):
+        if rng.random() < 0.5:
+            person["accountEnabled"] = False
+        else:
+            people.remove(person)
+            for members in source.members.values():
+                if person["id"] in members:
+                    members.remove(person["id"])
+    for members in source.members.values():
+        for member in list(members):
+            if rng.random() < 0.2:
+                members.remove(member)
+                source.members[rng.choice(sorted(source.members))].append(member)
+    if rng.random() < 0.5:
+        gone = source.groups.pop(rng.randrange(len(source.groups)))
+        source.members.pop(gone["id"], None)
+    else:
+        # the planner orders renames among themselves, not a rename after the delete that frees its name
+        names = [g["displayName"] for g in source.groups]
+        rng.shuffle(names)
+        for group, name in zip(source.groups, names, strict=True):
+            group["displayName"] = name
+    for group_id in source.members:
+        source.members[group_id] = list(dict.fromkeys(source.members[group_id]))
+
+
+def _snapshot(store: FakeIdentityStore) -> tuple[Any, ...]:
+    """What AWS holds, by name (a manager reference to a user gone is kept as such)."""
+    names = {uid: u["UserName"] for uid, u in store.users.items()}
+    groups = {g["DisplayName"]: store.members_of(g["DisplayName"]) for g in store.groups.values()}
+    managers = {}
+    for user in store.users.values():
+        reference = ((user["doc"].get("Extensions") or {}).get(ENTERPRISE) or {}).get("manager")
+        managers[user["UserName"]] = names.get(reference["value"], "<gone>") if reference else None
+    docs = {u["UserName"]: {k: v for k, v in u["doc"].items() if k != "Extensions"} for u in store.users.values()}
+    return set(names.values()), groups, managers, docs
+
+
+def _twin_worlds(seed: int, gate: Gate, concurrency: int) -> tuple[World, PooledWorld]:
+    """Two worlds provisioned alike, then given the same Entra changes: one sequential, one pooled (gated)."""
+    sequential = World(tenant(users=12, groups=4), max_deletions=1000, max_deletion_percent=100.0)
+    pooled = PooledWorld(tenant(users=12, groups=4), concurrency=concurrency)
+    pooled.policy = dict(sequential.policy)
+    pooled.store = GatedStore(gate)
+    gate.open = True
+    for world in (sequential, pooled):
+        world.run()
+        _change_entra(world.source, random.Random(seed))
+    gate.open = False
+    return sequential, pooled
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), order_seed=st.integers(0, 2**32), concurrency=st.integers(2, 6))
+def test_any_completion_order_keeps_the_plans_orderings_and_ends_as_the_sequential_applier(
+    seed: int, order_seed: int, concurrency: int
+) -> None:
+    # the order in which AWS answers the calls in flight: drawn from a seed, as arrivals depend on the threads
+    order = random.Random(order_seed)
+    gate = Gate()
+    sequential, pooled = _twin_worlds(seed, gate, concurrency)
+    assert isinstance(pooled.store, GatedStore)
+    expected = sequential.run()
+    outcomes: list[Any] = []
+    errors: list[BaseException] = []
+
+    def cycle() -> None:
+        try:
+            outcomes.append(pooled.run())
+        except BaseException as error:  # surfaced below
+            errors.append(error)
+
+    runner = threading.Thread(target=cycle)
+    runner.start()
+    while runner.is_alive():
+        time.sleep(0.001)  # let every worker the pool started reach the gate
+        gate.release_one(order.randrange)
+    runner.join()
+    assert errors == []
+    outcome = outcomes[0]
+    # Then no write went out of the plan's order (names, memberships, managers)
+    assert pooled.store.violations == []
+    # and no group was deleted before the removals the plan makes from it
+    for op in outcome.plan.operations:
+        if op.kind is Kind.GROUP and op.action is Action.DELETE:
+            removals = {
+                r.membership_id
+                for r in outcome.plan.operations
+                if r.kind is Kind.MEMBERSHIP and r.action is Action.DELETE and r.source_id == op.source_id
+            }
+            deleted_at = pooled.store.calls.index(("DeleteGroup", op.target_id))
+            assert {m for c, m in pooled.store.calls[:deleted_at] if c == "DeleteGroupMembership"} >= removals
+    # and the pooled cycle did what the sequential one did, to the same end state
+    assert outcome.report.failures == expected.report.failures == ()
+    assert outcome.report.complete
+    assert expected.report.complete
+    assert outcome.report.counts == expected.report.counts
+    assert _snapshot(pooled.store) == _snapshot(sequential.store)
+    assert {o.user_name for o in pooled.state.users.values()} == {o.user_name for o in sequential.state.users.values()}
+    assert set(pooled.state.memberships) == set(sequential.state.memberships)
+    assert pooled.state.get_item(INTENT_KEY) is None
+
+
+# --------------------------------------------------------------------------- the schedule itself
+
+
+def _user(sid: str, name: str, action: Action = Action.CREATE, **extra: Any) -> Operation:
+    return Operation(Kind.USER, action, sid, name, **extra)
+
+
+def test_the_schedule_orders_only_what_conflicts() -> None:
+    from idsync.model import User
+
+    manager = User("m", "boss@example.com", {}, None)
+    report = User("r", "report@example.com", {}, "m")
+    ops = [
+        _user("a", "a@example.com", Action.UPDATE, target_id="ta",
+              changes=(AttributeChange("UserName", "a@example.com", "b@example.com"),)),
+        _user("m", "boss@example.com", user=manager),
+        _user("r", "report@example.com", user=report),
+        _user("c", "B@example.com"),  # takes the name a's rename takes: waits for it (case blind)
+        Operation(Kind.MEMBERSHIP, Action.CREATE, "g", "G <- r", member_source_id="r"),
+        Operation(Kind.MEMBERSHIP, Action.DELETE, "h", "H <- x", member_source_id="x", membership_id="mx"),
+        Operation(Kind.GROUP, Action.DELETE, "h", "H", target_id="th"),
+    ]  # fmt: skip
+    schedule = _Schedule(ops)
+    assert sorted(schedule.ready) == [0, 1, 5]  # independent: start together
+    schedule.pop(), schedule.pop(), schedule.pop()
+    schedule.finish(1)  # the manager exists: its report may go
+    assert sorted(schedule.ready) == [2]
+    schedule.finish(0)  # the rename freed and took its names: the create of the taken name waits no more
+    assert sorted(schedule.ready) == [2, 3]
+    schedule.pop(), schedule.pop()
+    schedule.finish(2)
+    assert sorted(schedule.ready) == [4]  # the membership once its user exists
+    schedule.finish(5)
+    assert sorted(schedule.ready) == [4, 6]  # the group delete once its memberships are removed
+    assert ("u:m", False) in resources(ops[2])
+
+
+# --------------------------------------------------------------------------- the pool overlaps
+
+
+def test_a_large_plan_overlaps_calls_and_ends_as_the_sequential_applier() -> None:
+    # Given a tenant of 60 users in 6 groups, and an Identity Store whose calls take a few milliseconds
+    sequential = World(tenant(users=60, groups=6))
+    pooled = PooledWorld(tenant(users=60, groups=6), concurrency=6)
+    pooled.store.latency = 0.002
+    # When each provisions it
+    first = sequential.run()
+    outcome = pooled.run()
+    # Then the pool had several calls in flight at once, recorded in batches, and both end alike
+    assert pooled.store.max_in_flight > 1
+    assert outcome.report.complete
+    assert outcome.report.failures == ()
+    assert outcome.report.counts == first.report.counts
+    assert pooled.snapshot() == sequential.snapshot()
+    assert set(pooled.state.users) == set(sequential.state.users)
+    assert set(pooled.state.memberships) == set(sequential.state.memberships)
+    assert max(pooled.state.batches) > 1
+    assert len(pooled.state.batches) < len(pooled.state.users) + len(pooled.state.memberships)
+    assert len(pooled.store.writes) == len(sequential.store.writes)
+    # and the next cycle has nothing left to do
+    pooled.store.writes.clear()
+    assert pooled.run().report.writes == 0
+
+
+def test_throttling_stops_dispatching_lets_in_flight_writes_finish_and_the_next_runs_carry_on() -> None:
+    # Given AWS throttling 10 writes (past the client's retries) while the pool runs 4 at a time
+    world = PooledWorld(concurrency=4)
+    world.store.throttled_writes = 10
+    runs = 0
+    while True:
+        runs += 1
+        report = world.run().report
+        # Then no run reports a failure; each stopped one is resumed
+        assert report.failures == ()
+        if report.complete:
+            break
+        assert world.state.get_item("transient-stops") is None  # throttling never counts against an object
+        assert runs < 20
+    assert runs > 1
+    expected = World()
+    expected.run()
+    assert world.snapshot() == expected.snapshot()
+
+
+# --------------------------------------------------------------------------- crash safety of the batched path
+
+
+@pytest.mark.parametrize("k", range(0, 27, 2))
+def test_a_crash_after_any_write_with_records_still_buffered_is_finished_by_the_next_run(k: int) -> None:
+    # Given a pooled first sync that dies after k writes, its last records still in the buffer
+    world = PooledWorld(concurrency=4, record_every=25)
+    world.store.crash_after_writes = k
+    with pytest.raises(RuntimeError):
+        world.run()
+    # Then every user AWS holds is either recorded or named by the intent item
+    owned = {o.target_id for o in world.state.users.values()}
+    named = {str(e["name"]) for e in intent_entries(world.state.get_item(INTENT_KEY) or {})}
+    assert {u["UserName"] for t, u in world.store.users.items() if t not in owned} <= named
+    # When the next run goes
+    world.store.crash_after_writes = None
+    outcome = world.run()
+    # Then it finishes the job with no orphan, no duplicate and no failure (replays are harmless)
+    assert outcome.report.complete
+    assert outcome.report.failures == ()
+    expected = World()
+    expected.run()
+    assert world.snapshot() == expected.snapshot()
+    assert len(world.store.users) == len(world.state.users) == 12
+    world.store.writes.clear()
+    assert world.run(force_full=True).report.writes == 0
+
+
+def test_a_crash_after_the_calls_before_their_batched_records_replays_harmlessly() -> None:
+    # Given a provisioned tenant, then renames, moves and a leaver in Entra
+    world = PooledWorld(concurrency=4, record_every=1000)
+    world.run()
+    world.source.users[3]["userPrincipalName"] = "renamed3@example.com"
+    world.source.users[4]["jobTitle"] = "Lead"
+    world.source.members["g0"].remove("e3")
+    world.source.members["g1"].append("e3")
+    world.source.users.pop(11)
+    for members in world.source.members.values():
+        if "e11" in members:
+            members.remove("e11")
+    # When the cycle makes every call but dies before its buffered records are written
+    world.state.crash_after_records = world.state.records
+    with pytest.raises(RuntimeError):
+        world.run()
+    assert world.store.find_user("renamed3@example.com") is not None  # the calls went out
+    assert "e11" in world.state.users  # the records did not
+    # Then the next cycle replays the updates, the membership add (ConflictException, looked up) and the deletes
+    # of objects already gone, and ends where an uninterrupted cycle ends
+    world.state.crash_after_records = None
+    outcome = world.run()
+    assert outcome.report.complete
+    assert outcome.report.failures == ()
+    assert "e11" not in world.state.users
+    assert world.store.find_user("renamed3@example.com") == world.state.users["e3"].target_id
+    assert "renamed3@example.com" in world.store.members_of("Team 1")
+    world.store.writes.clear()
+    assert world.run(force_full=True).report.writes == 0
+
+
+def test_every_create_of_the_window_is_intended_before_any_of_them_is_sent() -> None:
+    # Given a pooled first sync whose Identity Store reports the intent item at each CreateUser
+    world = PooledWorld(concurrency=4)
+    seen: list[set[str]] = []
+    original = world.store.create_user
+
+    def create_user(user_name: str, doc: UserDoc) -> str:
+        item = world.state.get_item(INTENT_KEY) or {}
+        seen.append({str(e["name"]) for e in intent_entries(item)})
+        assert user_name in seen[-1], f"{user_name} sent before it was intended"
+        return original(user_name, doc)
+
+    world.store.create_user = create_user  # type: ignore[method-assign]
+    assert world.run().report.complete
+    # Then the intents were written a window at a time (not one put per create), and none is left
+    assert max(len(names) for names in seen) > 1
+    assert world.state.get_item(INTENT_KEY) is None
+
+
+def test_resolve_intent_settles_every_entry_and_the_older_single_shape() -> None:
+    store = FakeIdentityStore()
+    state = FakeState()
+    landed = store.create_user("a@example.com", {"DisplayName": "A"})
+    group = store.create_group("Team A", None)
+    state.put_item(
+        INTENT_KEY,
+        {"intents": [
+            {"kind": "user", "source_id": "ea", "name": "a@example.com", "doc": {"DisplayName": "A"}},
+            {"kind": "user", "source_id": "eb", "name": "b@example.com", "doc": {}},  # never sent
+            {"kind": "group", "source_id": "ga", "name": "Team A", "description": None},
+        ]},
+    )  # fmt: skip
+    assert resolve_intent(state, store)
+    assert state.users["ea"].target_id == landed
+    assert "eb" not in state.users
+    assert state.groups["ga"].target_id == group
+    assert state.get_item(INTENT_KEY) is None
+    # the shape one create at a time wrote
+    other = store.create_user("c@example.com", {})
+    state.put_item(INTENT_KEY, {"kind": "user", "source_id": "ec", "name": "c@example.com", "doc": {}})
+    assert resolve_intent(state, store)
+    assert state.users["ec"] == OwnedUser("ec", other, "c@example.com", {})
