@@ -226,6 +226,58 @@ def test_a_new_store_after_a_crash_sees_every_write(open_store: OpenStore) -> No
     assert [doc["changeId"] for doc in second.query_logs()] == ["x1"]
 
 
+def test_a_batch_of_ownership_writes_applies_in_order_the_last_write_of_a_key_winning(
+    open_store: OpenStore,
+) -> None:
+    from idsync.ports import Forget
+
+    store = open_store()
+    store.record_user(user("gone"))
+    store.record_membership(OwnedMembership("g0", "gone", "m-old"))
+    # Given a batch larger than one BatchWriteItem, that records, replaces and forgets, a key twice over
+    writes: list[Any] = [user(f"u{i}") for i in range(40)]
+    writes += [OwnedGroup("g1", "t-g1", "Team 1", None, "fp"), OwnedMembership("g1", "u1", "m-1")]
+    writes += [user("u2", user_name="renamed@example.com"), Forget("user", ("u3",)), user("u3", target_id="t-again")]
+    writes += [Forget("user", ("gone",)), Forget("membership", ("g0", "gone")), Forget("membership", ("g1", "u1"))]
+    writes += [OwnedMembership("g1", "u1", "m-2")]
+    store.write_ownership(writes)
+    # Then a store opened afresh sees each key as its last write left it
+    owned = open_store().load_ownership()
+    assert set(owned.users) == {f"u{i}" for i in range(40)}
+    assert owned.users["u2"].user_name == "renamed@example.com"
+    assert owned.users["u3"].target_id == "t-again"
+    assert owned.groups["g1"].display_name == "Team 1"
+    assert dict(owned.memberships) == {("g1", "u1"): OwnedMembership("g1", "u1", "m-2")}
+    store.write_ownership([])
+
+
+def test_a_batch_with_a_doc_that_is_not_json_is_refused_with_its_name(store: StateStore) -> None:
+    with pytest.raises(ValueError, match=r"bad@example\.com"):
+        store.write_ownership([user("ok"), user("bad", user_name="bad@example.com", doc={"X": object()})])
+
+
+def test_unprocessed_batch_items_are_retried_until_stored(dynamodb: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given DynamoDB leaving part of each of the first two batches unprocessed (throttled)
+    store = DynamoDbStateStore(TABLE, client=dynamodb)
+    answer = dynamodb.batch_write_item
+    left = {"times": 2}
+
+    def partly(**request: Any) -> dict[str, Any]:
+        items = request["RequestItems"][TABLE]
+        if left["times"] and len(items) > 1:
+            left["times"] -= 1
+            answer(RequestItems={TABLE: items[:1]})
+            return {"UnprocessedItems": {TABLE: items[1:]}}
+        return dict(answer(**request))
+
+    monkeypatch.setattr(dynamodb, "batch_write_item", partly)
+    monkeypatch.setattr("idsync.adapters.dynamodb_state.time.sleep", lambda _s: None)
+    store.write_ownership([user(f"u{i}") for i in range(30)])
+    # Then every write is stored in the end
+    assert set(store.load_ownership().users) == {f"u{i}" for i in range(30)}
+    assert left["times"] == 0
+
+
 def test_a_doc_that_is_not_json_is_refused_with_its_name(store: StateStore) -> None:
     with pytest.raises(ValueError, match=r"user bad@example.com \[u9\]: attribute doc: must hold only JSON"):
         store.record_user(user("u9", user_name="bad@example.com", doc={"Tags": {"a", "b"}}))
