@@ -294,6 +294,7 @@ def test_the_schedule_orders_only_what_conflicts() -> None:
     schedule.finish(5)
     assert sorted(schedule.ready) == [4, 6]  # the group delete once its memberships are removed
     assert ("u:m", False) in resources(ops[2])
+    assert resources(ops[4]) == [("g:g", False), ("u:r", False)]
 
 
 # --------------------------------------------------------------------------- the pool overlaps

@@ -13,11 +13,12 @@ Invariants:
 
 * ordering (``resources``): a user (its source id) exclusively for its own create / adopt / update /
   delete, shared for its memberships and for the users whose manager it is; a group likewise; a
-  membership pair exclusively; a case-folded userName / displayName exclusively for the create that
-  takes it, the rename that frees or takes it (temporary ``idsync-renaming-`` names included) and the
-  delete that frees it. So no membership is sent before its user and group exist, no group is deleted
-  before its memberships are removed, no name is taken while another operation still holds it, and a
-  report is created after its manager. Concurrency 1 is the one-at-a-time applier;
+  case-folded userName / displayName exclusively for the create that takes it, the rename that frees
+  or takes it (temporary ``idsync-renaming-`` names included) and the delete that frees it. So no
+  membership is sent before its user and group exist, no group is deleted before its memberships are
+  removed, no name is taken while another operation still holds it, and a report is created after its
+  manager (a plan never both adds and removes one membership). Concurrency 1 is the one-at-a-time
+  applier;
 * write-ahead: every create is recorded as intended before it is sent. The intent item names every
   create that may be in flight (``{"intents": [{kind, source_id, name, doc | description}, ...]}``),
   written for a window of upcoming creates in one put before the first of them is dispatched, and an
@@ -171,8 +172,8 @@ def resources(op: Operation) -> list[tuple[str, bool]]:
     and at least one of them holds it exclusively."""
     out: list[tuple[str, bool]] = []
     if op.kind is Kind.MEMBERSHIP:
-        member = op.member_source_id or ""
-        return [(f"g:{op.source_id}", False), (f"u:{member}", False), (f"m:{op.source_id}:{member}", True)]
+        # no pair resource: a plan adds or removes a pair, never both (a million-membership plan saves the keys)
+        return [(f"g:{op.source_id}", False), (f"u:{op.member_source_id or ''}", False)]
     user = op.kind is Kind.USER
     prefix, names = ("u", "un") if user else ("g", "gn")
     out.append((f"{prefix}:{op.source_id}", True))
@@ -290,7 +291,6 @@ class Applier:
         self.succeeded: set[str] = set()  # keys of the operations that went through this run
         # the operation that stopped earlier runs with transient errors (counted in TRANSIENT_KEY)
         self.transient_key: str | None = None
-        self.max_in_flight = 0  # the most operations the pool ran at once
         # guards the maps above and the buffers below against the pool's threads
         self._lock = threading.RLock()
         self._pooled = threading.local()
@@ -354,7 +354,6 @@ class Applier:
                     index = schedule.pop()
                     self._intend_ahead(ops, index, schedule.started)
                     flight[pool.submit(self._pooled_one, ops[index])] = index
-                    self.max_in_flight = max(self.max_in_flight, len(flight))
                 if not flight:
                     break
                 finished, _ = wait(flight, return_when=FIRST_COMPLETED)
