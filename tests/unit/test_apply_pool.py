@@ -445,3 +445,28 @@ def test_resolve_intent_settles_every_entry_and_the_older_single_shape() -> None
     state.put_item(INTENT_KEY, {"kind": "user", "source_id": "ec", "name": "c@example.com", "doc": {}})
     assert resolve_intent(state, store)
     assert state.users["ec"] == OwnedUser("ec", other, "c@example.com", {})
+
+
+def test_a_failed_write_costs_no_other_and_an_auth_error_stops_after_the_in_flight_writes() -> None:
+    from idsync.errors import TargetAuthError
+
+    # Given a pooled sync where one user's create is refused by AWS
+    world = PooledWorld(concurrency=4)
+    world.store.fail_on["u4@example.com"] = "ValidationException: Title"
+    outcome = world.run()
+    # Then only that user (and its memberships) failed; everyone else is provisioned
+    assert [(f.kind, f.name) for f in outcome.report.failures] == [("user", "u4@example.com")]
+    assert len(world.store.users) == len(world.state.users) == 11
+    # When AWS then rejects the credentials on one write of the next cycle
+    world.store.fail_on.clear()
+    original = world.store.create_membership
+
+    def create_membership(group_id: str, user_id: str) -> str:
+        raise TargetAuthError("CreateGroupMembership: AccessDeniedException")
+
+    world.store.create_membership = create_membership  # type: ignore[method-assign]
+    with pytest.raises(TargetAuthError):
+        world.run()
+    # Then the writes that went through before it are recorded (u4 exists and is owned)
+    assert world.store.find_user("u4@example.com") == world.state.users["e4"].target_id
+    world.store.create_membership = original  # type: ignore[method-assign]

@@ -36,6 +36,9 @@ class RecordingStore(FakeIdentityStore):
 
 
 class CycleMachine(RuleBasedStateMachine):
+    concurrency = 1  # writes applied at once
+    record_every = 1  # ownership records per batch
+
     def __init__(self) -> None:
         super().__init__()
         people = [
@@ -60,6 +63,8 @@ class CycleMachine(RuleBasedStateMachine):
             Scoping("all", False),
             PlanPolicy(max_deletions=1000, max_deletion_percent=60.0),
             self.clock,
+            concurrency=self.concurrency,
+            record_every=self.record_every,
         )
         self.settle()
 
@@ -249,3 +254,16 @@ CycleMachine.TestCase.settings = settings(
     max_examples=60, stateful_step_count=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 test_cycle_machine = CycleMachine.TestCase
+
+
+class PooledCycleMachine(CycleMachine):
+    """The same faults and invariants, the cycle applying 4 writes at once with ownership records in batches."""
+
+    concurrency = 4
+    record_every = 25
+
+
+PooledCycleMachine.TestCase.settings = settings(
+    max_examples=40, stateful_step_count=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+test_pooled_cycle_machine = PooledCycleMachine.TestCase
