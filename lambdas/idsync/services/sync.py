@@ -41,6 +41,7 @@ Invariants:
 from __future__ import annotations
 
 import heapq
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -87,6 +88,8 @@ from idsync.plan import (
     with_manager,
 )
 from idsync.ports import Clock, Forget, IdentityStore, OwnershipWrite, StateStore
+
+logger = logging.getLogger(__name__)
 
 LOG_FLUSH_EVERY = 500
 RECORD_FLUSH_EVERY = 25  # ownership writes per batch: one BatchWriteItem
@@ -323,19 +326,31 @@ class Applier:
             if progress is not None:
                 progress(done[0], len(ops))
 
-        rest = ops
-        if self.concurrency > 1 and len(ops) > 1:
-            schedule = _Schedule(ops)
-            if not self._run_pool(ops, schedule, should_stop, advance):
+        try:
+            rest = ops
+            if self.concurrency > 1 and len(ops) > 1:
+                schedule = _Schedule(ops)
+                if not self._run_pool(ops, schedule, should_stop, advance):
+                    self._end()
+                    return False
+                rest = [ops[i] for i in schedule.unfinished()]
+            if not self._run_serial(rest, should_stop, advance):
                 self._end()
                 return False
-            rest = [ops[i] for i in schedule.unfinished()]
-        if not self._run_serial(rest, should_stop, advance):
+            self._resolve_deferred_managers()
             self._end()
-            return False
-        self._resolve_deferred_managers()
-        self._end()
-        return True
+            return True
+        except BaseException:
+            self._salvage()
+            raise
+
+    def _salvage(self) -> None:
+        """On the way out of a crash: write the records of the writes that went through (what a kill would
+        lose, the intents and harmless replays cover); a failure here leaves the first error to surface."""
+        try:
+            self._flush_records()
+        except Exception as error:  # the original error is the one to report
+            logger.warning("buffered ownership records were not written", extra={"error": str(error)})
 
     def _run_pool(
         self, ops: list[Operation], schedule: _Schedule, should_stop: Callable[[], bool], advance: Callable[[], None]
@@ -344,7 +359,7 @@ class Applier:
         Operations deferred to the serial tail, and those waiting on them, stay unfinished."""
         stopping = False
         crash: BaseException | None = None
-        flight: dict[Future[tuple[Outcome | BaseException, float]], int] = {}
+        flight: dict[Future[tuple[Outcome | BaseException, float, list[str]]], int] = {}
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="idsync-apply") as pool:
             while True:
                 while not stopping and crash is None and len(flight) < self.concurrency and schedule.ready:
@@ -359,7 +374,7 @@ class Applier:
                 finished, _ = wait(flight, return_when=FIRST_COMPLETED)
                 for future in sorted(finished, key=flight.__getitem__):
                     index = flight.pop(future)
-                    outcome, seconds = future.result()
+                    outcome, seconds, touched = future.result()
                     if isinstance(outcome, _SerialTail):
                         schedule.defer(index)
                         continue
@@ -369,7 +384,7 @@ class Applier:
                     if isinstance(outcome, TargetAuthError):
                         crash = crash or outcome
                         continue
-                    if not self._complete(ops[index], outcome, seconds):
+                    if not self._complete(ops[index], outcome, seconds, touched):
                         stopping = True
                     schedule.finish(index)
                     advance()
@@ -381,13 +396,19 @@ class Applier:
             raise crash  # a crash records nothing more: the write-ahead intents and replays cover it
         return not stopping
 
-    def _pooled_one(self, op: Operation) -> tuple[Outcome | BaseException, float]:
+    def _pooled_one(self, op: Operation) -> tuple[Outcome | BaseException, float, list[str]]:
         self._pooled.active = True
+        return self._run_one(op)
+
+    def _run_one(self, op: Operation) -> tuple[Outcome | BaseException, float, list[str]]:
+        """(outcome or the error raised, seconds, the intents of the creates it started)."""
+        self._pooled.touched = [self._intent_key(op)]
         started = time.perf_counter()
         try:
-            return self._apply_one(op), time.perf_counter() - started
-        except BaseException as error:  # handed to the dispatching thread, which decides
-            return error, time.perf_counter() - started
+            outcome: Outcome | BaseException = self._apply_one(op)
+        except BaseException as error:  # handed to the dispatching code, which decides
+            outcome = error
+        return outcome, time.perf_counter() - started, self._pooled.touched
 
     def _run_serial(self, ops: list[Operation], should_stop: Callable[[], bool], advance: Callable[[], None]) -> bool:
         """One at a time, then the followups; False when stopped early."""
@@ -403,22 +424,21 @@ class Applier:
             if should_stop():
                 return False
             self._intend_ahead(ops, index - 1, index.__gt__)
-            started = time.perf_counter()
-            try:
-                outcome: Outcome | TargetError = self._apply_one(op)
-            except TargetAuthError:
+            outcome, seconds, touched = self._run_one(op)
+            if isinstance(outcome, TargetAuthError):
                 self._end()
-                raise
-            except TargetError as error:
-                outcome = error
-            if not self._complete(op, outcome, time.perf_counter() - started):
+                raise outcome
+            if isinstance(outcome, BaseException) and not isinstance(outcome, TargetError):
+                raise outcome
+            if not self._complete(op, outcome, seconds, touched):
                 return False
             advance()
             self._maybe_flush()
         return True
 
-    def _complete(self, op: Operation, outcome: Outcome | TargetError, seconds: float) -> bool:
-        """Log one finished operation; False when the run must stop (throttled, or an AWS-side fault)."""
+    def _complete(self, op: Operation, outcome: Outcome | TargetError, seconds: float, touched: list[str]) -> bool:
+        """Log one finished operation; False when the run must stop (throttled, or an AWS-side fault).
+        ``touched``: the intents of the creates it started (its own, and those of objects created again)."""
         note: str | None
         if isinstance(outcome, TargetTransient):
             stops = 0 if isinstance(outcome, TargetThrottled) else self._transient_stop(op)
@@ -426,7 +446,7 @@ class Applier:
                 # not a failure of this object: AWS asked to slow down or failed on its side; a create
                 # may still have landed, so its intent stays for the next run to resolve
                 self.stopped_by = str(outcome)
-                self._unsettled.add(self._intent_key(op))
+                self._unsettled.update(touched)
                 self._log(op, Status.SKIPPED, op.target_id, (), f"{outcome}; the next run carries on", seconds)
                 return False
             status, target_id, changes = Status.FAILURE, op.target_id, op.changes
@@ -438,7 +458,7 @@ class Applier:
         if status is not Status.FAILURE:
             self._transient_cleared(op)
         with self._lock:
-            self._settling.add(self._intent_key(op))
+            self._settling.update(touched)
         self._log(op, status, target_id, changes, note, seconds)
         return True
 
@@ -523,6 +543,9 @@ class Applier:
     def _intend(self, kind: str, source_id: str, name: str, **what: JsonValue) -> None:
         """Make sure the create about to be sent is named by the intent item (written ahead by the loop)."""
         key = f"{kind}:{source_id}"
+        touched = getattr(self._pooled, "touched", None)
+        if touched is not None and key not in touched:
+            touched.append(key)
         with self._lock:
             known = self._intended.get(key)
             if known is not None and known.get("name") == name:
