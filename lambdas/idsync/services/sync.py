@@ -1016,6 +1016,20 @@ class Applier:
                 )
             )
 
+    def _in_plan_order(self, plan: Plan) -> dict[str, dict[str, int]]:
+        """The counts ordered as the plan orders kinds and actions, whatever order the pool finished in."""
+        rank: dict[tuple[str, str], int] = {}
+        for op in plan.operations:
+            rank.setdefault((op.kind.value, op.action.value), len(rank))
+
+        def first(kind: str) -> int:
+            return min(rank.get((kind, action), len(rank)) for action in self.counts[kind])
+
+        return {
+            kind: dict(sorted(self.counts[kind].items(), key=lambda item: rank.get((kind, item[0]), len(rank))))
+            for kind in sorted(self.counts, key=first)
+        }
+
     def flush(self) -> None:
         """Write the buffered ownership records, then the pending log entries."""
         self._flush_records()
@@ -1024,7 +1038,7 @@ class Applier:
             self.pending = []
 
     def report(self, plan: Plan, started: str, dry_run: bool, complete: bool) -> CycleReport:
-        counts = plan.summary() if dry_run else self.counts
+        counts = plan.summary() if dry_run else self._in_plan_order(plan)
         return CycleReport(
             cycle_id=self.cycle_id,
             started=started,
