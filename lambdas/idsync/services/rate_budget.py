@@ -46,3 +46,8 @@ class TokenRateBudget:
                 self._sleep(allowed_at - now)
             self._tat = tat + self._interval
             self.acquired += 1
+
+    def throttled(self) -> None:
+        """AWS throttled a call: the next turn comes one interval later than it would have."""
+        with self._lock:
+            self._tat = (self._now() if self._tat is None else max(self._tat, self._now())) + self._interval
