@@ -57,8 +57,7 @@ class World:
         return SharedRateBudget(bucket, writer, self.sleep, self.local, lambda: self.fallbacks.append(writer))
 
     def stored(self) -> BucketState:
-        state = self.store.buckets["identity-center"]
-        return state
+        return self.store.buckets["identity-center"]
 
 
 def test_a_bulk_writer_takes_a_batch_in_one_write_and_spends_it_locally() -> None:
@@ -69,13 +68,16 @@ def test_a_bulk_writer_takes_a_batch_in_one_write_and_spends_it_locally() -> Non
     # When it makes 5 calls, then a sixth
     for _ in range(5):
         sync.acquire()
-    assert len(world.store.written) == 1 and world.slept == []
+    assert len(world.store.written) == 1
+    assert world.slept == []
     sync.acquire()
 
     # Then the five cost one write, and the sixth waited a quarter second for the next batch above the reserve
     assert len(world.store.written) == 2
     assert world.slept == [0.25]
-    assert sync.stats.takes == 2 and sync.stats.tokens == 10 and sync.stats.calls == 6
+    assert sync.stats.takes == 2
+    assert sync.stats.tokens == 10
+    assert sync.stats.calls == 6
     assert world.stored().micro_tokens == 4 * SCALE  # the reserve is left
 
 
@@ -199,9 +201,11 @@ def test_an_outage_keeps_the_jit_path_going_on_a_local_budget_logged_and_counted
         jit.throttled()
 
     # Then every call went through, at the reserve rate (4 a second, a quarter second apart), one outage logged
-    assert jit.stats.calls == 8 and jit.stats.local_calls == 8
+    assert jit.stats.calls == 8
+    assert jit.stats.local_calls == 8
     assert world.elapsed() == pytest.approx(7 * 0.25, abs=1e-6)
-    assert jit.stats.fallbacks == 1 and world.fallbacks == ["jit"]
+    assert jit.stats.fallbacks == 1
+    assert world.fallbacks == ["jit"]
     assert [r.message for r in caplog.records].count(
         "rate budget: the shared bucket cannot be reached; this process meters itself locally meanwhile"
     ) == 1
@@ -212,7 +216,8 @@ def test_an_outage_keeps_the_jit_path_going_on_a_local_budget_logged_and_counted
     jit.acquire()
 
     # Then the call drew from the shared bucket again
-    assert jit.stats.takes == 1 and jit.stats.local_calls == 8
+    assert jit.stats.takes == 1
+    assert jit.stats.local_calls == 8
     assert world.stored().version == 1
 
 
@@ -256,7 +261,8 @@ def test_a_throttled_call_in_an_outage_never_raises() -> None:
     sync = world.budget("sync")
     world.store.down = True
     sync.throttled()
-    assert sync.stats.fallbacks == 1 and sync.stats.cuts == 0
+    assert sync.stats.fallbacks == 1
+    assert sync.stats.cuts == 0
 
 
 @given(
@@ -294,8 +300,10 @@ def test_unknown_writers_and_a_reserve_not_below_the_rate_are_refused() -> None:
         writer_class("nightly")
     with pytest.raises(ValueError, match=r"reserve \(20.0\)"):
         SharedBudgetPolicy(rate=20.0, reserve=20.0)
-    with pytest.raises(ConfigError, match="identity_store.jit_reserve_per_second"):
-        parse_settings({"graph": {"tenant_id": "t", "client_id": "c"}, "identity_store": {"jit_reserve_per_second": 25}})
+    with pytest.raises(ConfigError, match=r"identity_store\.jit_reserve_per_second"):
+        parse_settings(
+            {"graph": {"tenant_id": "t", "client_id": "c"}, "identity_store": {"jit_reserve_per_second": 20}}
+        )
 
 
 def test_stats_start_empty() -> None:
