@@ -150,8 +150,11 @@ def test_an_unreachable_table_is_a_state_error_the_budget_survives(
         bucket.take(1, 1, 0)
 
     # When a JIT budget over it makes three calls, Then they go through on the local budget
+    def elapsed() -> float:
+        return (clock.now() - T0).total_seconds()
+
     def local(rate: float) -> Any:
-        return TokenRateBudget(rate, now=lambda: (clock.now() - T0).total_seconds(), sleep=clock.advance)
+        return TokenRateBudget(rate, now=elapsed, sleep=clock.advance)
 
     budget = SharedRateBudget(bucket, "expiry", clock.advance, local)
     for _ in range(3):
