@@ -676,7 +676,7 @@ class FakeBucketStore:
     A compare-and-set against a version another writer moved on is refused. ``interlopers`` makes the next
     that many writes lose to another writer who writes between our read and our write (its write bumps the
     version and changes nothing else). ``down`` makes every read and write a StateError (table unreachable).
-    ``written`` keeps every state written, in order.
+    ``written`` keeps every state written (the interlopers' too), in order.
     """
 
     def __init__(self) -> None:
@@ -699,6 +699,7 @@ class FakeBucketStore:
             if self.interlopers > 0 and current is not None:
                 self.interlopers -= 1
                 self.buckets[name] = dataclasses.replace(current, version=current.version + 1)
+                self.written.append(self.buckets[name])
             if self.buckets.get(name) != expected:
                 self.refused += 1
                 return False
