@@ -57,19 +57,17 @@ def test_on_local_state_the_budget_is_the_process_s_own() -> None:
 @pytest.mark.parametrize("writer", ["jit", "expiry", "poller"])
 def test_the_jit_functions_calls_draw_from_the_shared_budget_item(
     dynamodb: Any,  # noqa: F811 -- the fixture imported above
-    identity_store_id: str,
     writer: str,
 ) -> None:
-    # Given a JIT service wired as the deployed function is, on the state table
-    service = build_jit_service(
-        settings("dynamodb", identity_store_id=identity_store_id), writer=writer, scheduler=FakeScheduler()
-    )
+    # Given a JIT service wired as the deployed function is, on the state table (the store id discovered)
+    service = build_jit_service(settings("dynamodb"), writer=writer, scheduler=FakeScheduler())
 
     # When its Identity Store client makes two calls
     assert service.target.find_group("Nobody") is None
     assert service.target.find_user("nobody") is None
 
-    # Then each took one token of the shared budget (a JIT writer takes one at a time) from the table's item
+    # Then each took one token of the shared budget (a JIT writer takes one at a time) from the table's item;
+    # the discovery's sso-admin call is not metered
     item = boto3.client("dynamodb").get_item(TableName=TABLE, Key=BUDGET_KEY, ConsistentRead=True)["Item"]
     assert item["version"] == {"N": "2"}
     assert int(item["micro_tokens"]["N"]) >= 7_000_000  # 9 - 2, and whatever refilled since
