@@ -308,3 +308,15 @@ def test_unknown_writers_and_a_reserve_not_below_the_rate_are_refused() -> None:
 
 def test_stats_start_empty() -> None:
     assert World().budget("poller").stats == BudgetStats()
+
+
+def test_the_local_budget_slows_down_by_one_interval_when_throttled() -> None:
+    # Given a local budget of 10 a second that has just allowed a call
+    world = World()
+    local = TokenRateBudget(10.0, now=world.elapsed, sleep=world.sleep)
+    local.acquire()
+
+    # When AWS throttles, Then the next call comes two intervals after the last one, not one
+    local.throttled()
+    local.acquire()
+    assert world.elapsed() == pytest.approx(0.2, abs=1e-9)
