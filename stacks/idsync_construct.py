@@ -56,7 +56,8 @@ STATE_ACTIONS = [
     "dynamodb:PutItem",
     "dynamodb:Query",
 ]
-# The JIT token bucket's conditional update (idsync.adapters.dynamodb_bucket): the worker and the expiry only.
+# The buckets' conditional update (idsync.adapters.dynamodb_bucket): the JIT activation bucket, and the rate budget
+# every function calling IAM Identity Center shares (sync, worker, expiry, poller).
 BUCKET_ACTIONS = ["dynamodb:UpdateItem"]
 # The calls idsync.adapters.identitystore makes: users, groups and memberships, read and written.
 SYNC_IDENTITY_STORE_ACTIONS = [
@@ -469,7 +470,7 @@ class IdsyncConstruct(Construct):
             "DestinationConfig.OnFailure.Destination", self.expiry_dead_letters.queue_arn
         )
         self._allow(function, ["sqs:SendMessage"], [self.expiry_dead_letters.queue_arn])
-        self._allow_state(function)
+        self._allow_state(function, bucket=True)  # its calls draw from the shared rate budget
         self._allow_secrets(function, self.graph_secret)
         self._allow_identity_store(function, EXPIRY_IDENTITY_STORE_ACTIONS)
         self._allow_schedules(function)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import itertools
 import threading
@@ -15,6 +16,7 @@ from typing import Any
 from idsync.errors import (
     DirectoryError,
     SchedulerError,
+    StateError,
     TargetConflict,
     TargetError,
     TargetNotFound,
@@ -38,6 +40,7 @@ from idsync.ports import (
     AccessGrant,
     AssignmentInstance,
     AssignmentStatus,
+    BucketState,
     Check,
     DirectoryChanges,
     Forget,
@@ -736,3 +739,45 @@ class FakeAccountAccess:
             self.made_by[key] = "hand"
         elif not add:
             self.held.discard(key)
+
+
+class FakeBucketStore:
+    """``ports.BucketStore`` in memory, failing the way DynamoDB fails.
+
+    A compare-and-set against a version another writer moved on is refused. ``interlopers`` makes the next
+    that many writes lose to another writer who writes between our read and our write (its write bumps the
+    version and changes nothing else). ``down`` makes every read and write a StateError (table unreachable).
+    ``written`` keeps every state written (the interlopers' too), in order.
+    """
+
+    def __init__(self) -> None:
+        self.buckets: dict[str, BucketState] = {}
+        self.written: list[BucketState] = []
+        self.refused = 0
+        self.interlopers = 0
+        self.down = False
+        self._lock = threading.Lock()
+
+    def load(self, name: str) -> BucketState | None:
+        with self._lock:
+            self._reachable(name)
+            return self.buckets.get(name)
+
+    def replace(self, name: str, expected: BucketState | None, new: BucketState) -> bool:
+        with self._lock:
+            self._reachable(name)
+            current = self.buckets.get(name)
+            if self.interlopers > 0 and current is not None:
+                self.interlopers -= 1
+                self.buckets[name] = dataclasses.replace(current, version=current.version + 1)
+                self.written.append(self.buckets[name])
+            if self.buckets.get(name) != expected:
+                self.refused += 1
+                return False
+            self.buckets[name] = new
+            self.written.append(new)
+            return True
+
+    def _reachable(self, name: str) -> None:
+        if self.down:
+            raise StateError(f"token bucket {name}: cannot reach table fake-state (down)")

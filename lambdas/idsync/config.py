@@ -116,6 +116,17 @@ class IdentityStoreSettings(_Strict):
     rate_per_second: float = Field(default=20.0, gt=0)  # IAM Identity Center's collective limit
     # writes the sync applies at once (independent ones, in plan order); enough to keep rate_per_second busy
     concurrency: int = Field(default=6, ge=1, le=64)
+    # calls kept for the JIT functions: the sync and other bulk writers never take the shared budget below it
+    jit_reserve_per_second: float = Field(default=4.0, ge=0)
+
+    @model_validator(mode="after")
+    def _reserve_below_rate(self) -> IdentityStoreSettings:
+        if self.jit_reserve_per_second >= self.rate_per_second:
+            raise ValueError(
+                f"identity_store.jit_reserve_per_second ({self.jit_reserve_per_second}) must be below "
+                f"identity_store.rate_per_second ({self.rate_per_second}): the bulk writers need a share"
+            )
+        return self
 
 
 class SyncSettings(_Strict):

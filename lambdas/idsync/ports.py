@@ -288,12 +288,16 @@ class BucketState:
 
     ``version`` grows by one on every write; a write succeeds only against the version it read.
     ``waiting`` is the line of hints denied a token, which the next tokens are kept for (oldest first).
+    ``rate_micro`` is a refill rate lowered after throttling (millionths of a token a second, as of
+    ``updated_us``; 0: the configured rate) and ``slowed_us`` when it was last lowered (0: never).
     """
 
     micro_tokens: int
     updated_us: int  # microseconds since the Unix epoch
     version: int
     waiting: tuple[Waiter, ...] = ()
+    rate_micro: int = 0
+    slowed_us: int = 0
 
 
 class BucketStore(Protocol):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -35,6 +37,7 @@ from idsync.services.cycle import CycleService, Scoping
 from idsync.services.jit import JitService, JitWorker
 from idsync.services.poller import PimPoller
 from idsync.services.rate_budget import TokenRateBudget
+from idsync.services.shared_budget import SharedBucket, SharedBudgetPolicy, SharedRateBudget, writer_class
 from idsync.services.subscriptions import SubscriptionsService
 from idsync.services.sync import RECORD_FLUSH_EVERY
 from idsync.services.token_bucket import BucketPolicy, TokenBucket
@@ -67,23 +70,8 @@ def graph_secret(settings: Settings) -> str | Credential | None:
     )
 
 
-WRITERS = frozenset({"sync", "jit", "expiry", "poller", "access", "cli"})
-_budgets: dict[float, TokenRateBudget] = {}
-_budgets_lock = threading.Lock()
-
-
-def build_rate_budget(settings: Settings, writer: str) -> RateBudget:
-    """The budget of IAM Identity Center's collective rate (``identity_store.rate_per_second``) that
-    ``writer``'s Identity Store and sso-admin clients take their turns from: one per process, shared by
-    every writer in it. Raises ValueError for an unknown writer."""
-    if writer not in WRITERS:
-        raise ValueError(f"rate budget: writer {writer!r} is not one of {', '.join(sorted(WRITERS))}")
-    rate = settings.identity_store.rate_per_second
-    with _budgets_lock:
-        budget = _budgets.get(rate)
-        if budget is None:
-            budget = _budgets[rate] = TokenRateBudget(rate)
-        return budget
+_local_budgets: dict[float, TokenRateBudget] = {}  # one per process and rate: every writer in it shares it
+_local_budgets_lock = threading.Lock()
 
 
 def build_state(settings: Settings) -> StateStore:
@@ -164,8 +152,13 @@ def build_engine(
     state: StateStore | None = None,
     local: bool = False,
     jit: JitService | None = None,
+    writer: str | None = None,
 ) -> Engine:
     """Wire Graph, the Identity Store and the state store to the cycle service. Raises ConfigError.
+
+    ``writer`` names the engine to the rate budget: "cli" for a local run, "sync" otherwise. The Identity Store
+    client draws from the shared budget wherever it exists (DynamoDB state), and from the local one with access
+    as code; a local run without it is not metered (nothing else calls IAM Identity Center from it).
 
     With PIM groups configured, the cycle runs the PIM safety net through ``jit`` (built here from the settings
     when not given). Where the JIT path cannot be built (no DynamoDB bucket or expiry scheduler: a local run),
@@ -185,7 +178,7 @@ def build_engine(
         group_properties=group_mapper.graph_properties | scope.group_properties,
         expand_manager=user_mapper.needs_manager,
     )
-    budget = build_rate_budget(settings, "sync")
+    budget = build_rate_budget(settings, writer or ("cli" if local else "sync"))
     target = from_settings(settings.identity_store, counters.aws, budget=budget)
     store = state or build_state(settings)
     clock = clock or SystemClock()
@@ -244,6 +237,55 @@ def build_access_service(
     return AccessService(access, state, clock, settings.access)
 
 
+# --------------------------------------------------------------------------- IAM Identity Center's rate budget
+
+
+def shared_budget_configured(settings: Settings) -> bool:
+    """Whether the functions share their rate budget through the state table (DynamoDB state)."""
+    return settings.state.backend == "dynamodb" and bool(settings.state.table_name)
+
+
+def _count_fallback() -> None:
+    """The RateBudgetFallback metric, published with the invoking handler's metrics (Powertools shares them)."""
+    from aws_lambda_powertools import Metrics
+    from aws_lambda_powertools.metrics import MetricUnit
+
+    Metrics(namespace="idsync", service="idsync").add_metric(name="RateBudgetFallback", unit=MetricUnit.Count, value=1)
+
+
+def build_rate_budget(
+    settings: Settings,
+    writer: str,
+    *,
+    store: BucketStore | None = None,
+    clock: Clock | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> RateBudget:
+    """The budget every call of ``writer`` ("sync" | "jit" | "expiry" | "poller" | "access" | "cli") to IAM
+    Identity Center takes a turn from: shared by all functions through the state table's bucket item (or
+    ``store``) with the JIT reserve, else one for this process alone. ``clock`` is the wall clock unless given
+    (the bucket's time is shared across processes). Raises ValueError for an unknown writer."""
+    ids = settings.identity_store
+    if store is None and not shared_budget_configured(settings):
+        writer_class(writer)
+        if sleep is not time.sleep:
+            return TokenRateBudget(ids.rate_per_second, sleep=sleep)
+        with _local_budgets_lock:
+            local = _local_budgets.get(ids.rate_per_second)
+            if local is None:
+                local = _local_budgets[ids.rate_per_second] = TokenRateBudget(ids.rate_per_second)
+            return local
+    policy = SharedBudgetPolicy(rate=ids.rate_per_second, reserve=ids.jit_reserve_per_second)
+    bucket = SharedBucket(store or _bucket_store(settings), clock or SystemClock(), policy)
+    return SharedRateBudget(
+        bucket,
+        writer,
+        sleep,
+        fallback=lambda rate: TokenRateBudget(rate, sleep=sleep),
+        on_fallback=None if writer == "cli" else _count_fallback,
+    )
+
+
 # --------------------------------------------------------------------------- PIM for Groups (JIT)
 
 LOCAL_CLIENT_STATE = "pim.client_state"
@@ -295,13 +337,17 @@ def build_jit_service(
     scheduler: ExpiryScheduler | None = None,
     counters: Counters | None = None,
     target: IdentityStore | None = None,
+    writer: str = "jit",
 ) -> JitService:
     """The JIT service (worker and expiry function): Graph, the Identity Store, the state store (which also
     keeps the grants), the shared token bucket and the expiry scheduler; any collaborator given replaces
-    the default one. Raises ConfigError, TargetError (the identity store id cannot be discovered)."""
+    the default one. The Identity Store client built here draws from the rate budget as ``writer`` ("jit",
+    "expiry" or "poller": the JIT reserve is theirs), through ``bucket_store`` when given.
+    Raises ConfigError, TargetError (the identity store id cannot be discovered)."""
     from idsync.adapters.graph import GraphClient
     from idsync.adapters.graph_pim import GraphPim
     from idsync.adapters.identitystore import from_settings
+    from idsync.adapters.budget import attach_budget
 
     counters = counters or Counters()
     user_mapper, _ = build_mappers(settings.mapping)
@@ -312,10 +358,15 @@ def build_jit_service(
     if not isinstance(store, GrantStore):
         raise ConfigError(f"the state store {type(store).__name__} cannot keep JIT grants")
     clock = clock or SystemClock()
-    bucket = TokenBucket(bucket_store or _bucket_store(settings), clock, BucketPolicy.from_settings(settings.pim))
+    buckets = bucket_store or _bucket_store(settings)
+    bucket = TokenBucket(buckets, clock, BucketPolicy.from_settings(settings.pim))
+    if target is None:
+        bounded = from_settings(settings.identity_store, counters.aws, bounded=True)
+        attach_budget(bounded.client, build_rate_budget(settings, writer, store=buckets))
+        target = bounded
     return JitService(
         directory,
-        target or from_settings(settings.identity_store, counters.aws, bounded=True),
+        target,
         store,
         store,
         bucket,
@@ -346,7 +397,9 @@ def build_pim_poller(
     settings: Settings, *, service: JitService | None = None, retry: HintRetry | None = None
 ) -> PimPoller:
     """The PIM poller: the JIT service and the queue it hands waiting looks to. Raises ConfigError."""
-    return PimPoller(service or build_jit_service(settings), retry or _hint_retry(settings, "PIM poller"))
+    return PimPoller(
+        service or build_jit_service(settings, writer="poller"), retry or _hint_retry(settings, "PIM poller")
+    )
 
 
 def client_state_source(settings: Settings) -> tuple[SecretSource, str]:

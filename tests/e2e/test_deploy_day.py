@@ -50,7 +50,8 @@ def deployed(
         settings = {
             "graph": {**emulator.graph_config(), "max_retries": 2},
             "scope": {"mode": "assigned", "service_principal_id": SERVICE_PRINCIPAL_ID},
-            "identity_store": {"region": "us-east-1"},
+            # the shared rate budget at a rate that never holds these deployment-day cycles back
+            "identity_store": {"region": "us-east-1", "rate_per_second": 1000},
         }
         for name, setting in {
             "IDSYNC_SETTINGS": json.dumps(settings),

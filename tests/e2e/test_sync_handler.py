@@ -71,6 +71,14 @@ def test_scheduled_cycles_on_dynamodb_state(
     assert len(identity_center.users()) == first["counts"]["user"]["create"]
     assert second["mode"] == "delta"
     assert second["writes"] == 0
+    # and every Identity Store call drew from the budget shared through the state table, in batches
+    bucket = boto3.client("dynamodb", region_name="us-east-1").get_item(
+        TableName=TABLE, Key={"pk": {"S": "BUCKET#identity-center"}, "sk": {"S": "BUCKET"}}, ConsistentRead=True
+    )["Item"]
+    assert sync_handler._engine is not None
+    counted = sync_handler._engine.counters.aws
+    calls = counted.total - counted.calls.get("ListInstances", 0)  # the discovery's sso-admin call is not metered
+    assert calls / 5 <= int(bucket["version"]["N"]) < calls
     # and the metrics went out in CloudWatch's embedded format
     out = capsys.readouterr().out
     assert '"UserCreate"' in out

@@ -20,7 +20,7 @@ STATE = {
     "dynamodb:PutItem",
     "dynamodb:Query",
 }
-BUCKET = {"dynamodb:UpdateItem"}  # the JIT token bucket
+BUCKET = {"dynamodb:UpdateItem"}  # the JIT token bucket and the shared rate budget
 SECRET = {"secretsmanager:GetSecretValue"}
 SCHEDULES = {
     "scheduler:CreateSchedule",
@@ -76,6 +76,7 @@ ALLOWED: dict[str, set[str]] = {
     "jit_expiry": LOGS
     | XRAY
     | STATE
+    | BUCKET  # its Identity Store calls draw from the shared rate budget
     | SECRET
     | SCHEDULES
     | {"identitystore:DeleteGroupMembership", "identitystore:GetGroupMembershipId"}

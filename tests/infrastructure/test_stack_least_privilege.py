@@ -57,10 +57,12 @@ PLATFORM = {
 }
 # Which adapters each function's wiring builds (idsync.wiring); the Graph secret comes through Powertools.
 ADAPTERS_OF = {
-    # the cycle's PIM safety net takes tokens and (re-)arms expiries, as the worker does
+    # the cycle's PIM safety net takes tokens and (re-)arms expiries, as the worker does; the shared rate
+    # budget's item is a bucket too (dynamodb_bucket), drawn from by every function that calls the Identity Store
     "sync": ["dynamodb_state", "dynamodb_bucket", "notify", "scheduler"],
     "jit_worker": ["dynamodb_state", "dynamodb_bucket", "scheduler", "sqs_requeue"],
-    "jit_expiry": ["dynamodb_state", "scheduler"],  # an expiry never takes a token
+    # an expiry never takes an activation token, but its Identity Store calls draw from the shared rate budget
+    "jit_expiry": ["dynamodb_state", "dynamodb_bucket", "scheduler"],
     "webhook": ["sqs_queue"],
     "subscriptions": ["dynamodb_state", "sqs_queue"],  # groups of a subscription found missing: a look now
     "pim_poller": ["dynamodb_state", "dynamodb_bucket", "scheduler", "sqs_requeue"],

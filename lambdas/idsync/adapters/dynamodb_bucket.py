@@ -3,7 +3,8 @@
 Item: pk ``BUCKET#<name>``, sk ``BUCKET``; ``micro_tokens`` (millionths of a token), ``updated_us``
 (microseconds since the epoch), ``version`` (grows by one per write), ``waiting`` (the line of hints
 waiting for a token, JSON: ``[[name, since_us, due_us], ...]``; at most one entry per PIM group) and
-``ttl`` (epoch seconds; an idle bucket expires and comes back full, which is what an idle bucket is anyway).
+``ttl`` (epoch seconds; an idle bucket expires and comes back full, which is what an idle bucket is anyway);
+``rate_micro`` and ``slowed_us`` (a refill rate lowered after throttling, and when; absent reads as 0).
 Reads are strongly consistent; a write carries a condition on the version it read, so of two
 workers racing for the same token exactly one succeeds.
 """
@@ -26,13 +27,18 @@ if TYPE_CHECKING:
 SORT_KEY = "BUCKET"
 TTL_SECONDS = 7 * 24 * 3600
 _MICROS = 1_000_000
-_UPDATE = "SET #tokens = :tokens, #updated = :updated, #version = :version, #ttl = :ttl, #waiting = :waiting"
+_UPDATE = (
+    "SET #tokens = :tokens, #updated = :updated, #version = :version, #ttl = :ttl, #waiting = :waiting, "
+    "#rate = :rate, #slowed = :slowed"
+)
 _NAMES = {
     "#tokens": "micro_tokens",
     "#updated": "updated_us",
     "#version": "version",
     "#ttl": "ttl",
     "#waiting": "waiting",
+    "#rate": "rate_micro",
+    "#slowed": "slowed_us",
 }
 
 
@@ -68,6 +74,8 @@ class DynamoDbBucketStore:
                 updated_us=int(item["updated_us"]["N"]),
                 version=int(item["version"]["N"]),
                 waiting=_line(item),
+                rate_micro=int(item.get("rate_micro", {}).get("N", "0")),
+                slowed_us=int(item.get("slowed_us", {}).get("N", "0")),
             )
         except (KeyError, ValueError, TypeError) as error:
             raise StateError(f"token bucket {name}: item in table {self._table} is malformed: {error}") from None
@@ -79,6 +87,8 @@ class DynamoDbBucketStore:
             ":version": {"N": str(new.version)},
             ":ttl": {"N": str(new.updated_us // _MICROS + TTL_SECONDS)},
             ":waiting": {"S": json.dumps([[w.name, w.since_us, w.due_us] for w in new.waiting])},
+            ":rate": {"N": str(new.rate_micro)},
+            ":slowed": {"N": str(new.slowed_us)},
         }
         if expected is None:
             condition = "attribute_not_exists(pk)"

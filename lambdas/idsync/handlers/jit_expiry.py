@@ -29,7 +29,7 @@ def service() -> JitService:
     """Built once per cold start. Raises ConfigError."""
     global _service  # noqa: PLW0603 -- built once per cold start
     if _service is None:
-        _service = build_jit_service(load_settings_from_env())
+        _service = build_jit_service(load_settings_from_env(), writer="expiry")
     return _service
 
 
