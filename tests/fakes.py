@@ -60,6 +60,9 @@ class FakeIdentityStore:
     lost_create_answers: int = 0  # the next n CreateUser calls land, but their answer is an AWS-side fault
     ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     page_size: int = 100  # the API's MaxResults
+    list_calls: dict[str, int] = field(default_factory=dict)  # List calls by operation (paged reads)
+    crash_at_list: int | None = None  # the process dies before this List call (counted from 0)
+    refused_tokens: int = 0  # the next n List calls with a NextToken are refused, as an expired token is
 
     def _next(self, prefix: str) -> str:
         return f"{prefix}-{next(self.ids):06d}"
@@ -90,13 +93,24 @@ class FakeIdentityStore:
             if gid == group_id:
                 yield mid, uid
 
+    def _list_call(self, operation: str, token: str | None) -> None:
+        if self.crash_at_list is not None and sum(self.list_calls.values()) >= self.crash_at_list:
+            raise Crash(f"the process dies before {operation}")
+        self.list_calls[operation] = self.list_calls.get(operation, 0) + 1
+        if token is not None and self.refused_tokens > 0:
+            self.refused_tokens -= 1
+            raise TargetError(f"{operation}: ValidationException: the NextToken is not valid (expired)")
+
     def list_users_page(self, token: str | None) -> tuple[list[TargetUser], str | None]:
+        self._list_call("ListUsers", token)
         return _paged(list(self.list_users()), token, self.page_size)
 
     def list_groups_page(self, token: str | None) -> tuple[list[TargetGroup], str | None]:
+        self._list_call("ListGroups", token)
         return _paged(list(self.list_groups()), token, self.page_size)
 
     def list_memberships_page(self, group_id: str, token: str | None) -> tuple[list[tuple[str, str]], str | None]:
+        self._list_call("ListGroupMemberships", token)
         return _paged(list(self.list_memberships(group_id)), token, self.page_size)
 
     def find_user(self, user_name: str) -> str | None:
@@ -393,6 +407,7 @@ class PagedSource(FakeDeltaSource):
         super().__init__(*args, **kwargs)
         self.page_size = page_size
         self.requests = 0
+        self.crash_at_request: int | None = None  # the process dies before this request (counted from 0)
         self._rounds: dict[str, DirectoryChanges] = {}
         self._expired: set[str] = set()
 
@@ -413,6 +428,8 @@ class PagedSource(FakeDeltaSource):
             while not part.done:
                 if made and should_stop():
                     return read
+                if self.crash_at_request is not None and self.requests >= self.crash_at_request:
+                    raise Crash("the process dies before a delta page")
                 if part.next_link is None:
                     # a round begins: Graph computes it once, so pages (and replays) agree
                     whole = self.read_changes(None)
@@ -441,6 +458,8 @@ class PagedSource(FakeDeltaSource):
         if read.deleted_items is None:
             if made and should_stop():
                 return read
+            if self.crash_at_request is not None and self.requests >= self.crash_at_request:
+                raise Crash("the process dies before reading the deleted items")
             self.requests += 1
             read.deleted_items = dict(getattr(self, "_deleted", {}))
         return read

@@ -156,7 +156,7 @@ class Scoping:
 class TargetRead:
     """IAM Identity Center as listed so far by a full cycle: users, groups, the memberships of the groups
     whose members were read (``members_read``) and where each unfinished listing goes on. Unfinished, it is
-    never a view of IAM Identity Center: ``CycleService.read_target`` returns a ``CurrentView`` only once done.
+    never a view of IAM Identity Center: the cycle plans from ``view()`` only once ``read_target`` says it is done.
     """
 
     users: dict[str, TargetUser] = field(default_factory=dict)
@@ -169,6 +169,9 @@ class TargetRead:
     members_read: set[str] = field(default_factory=set)
     member_group: str | None = None  # the group whose members are being listed, from ``member_next``
     member_next: str | None = None
+
+    def view(self) -> CurrentView:
+        return CurrentView(self.users, self.groups, self.memberships)
 
     @property
     def calls_done(self) -> str:
@@ -382,26 +385,37 @@ class CycleService:
         """
         if progress is None:
             self._drop_checkpoint()
-            self._full_started = self.clock.now()
+            progress = self._begin_full_read()
+        self._read_entra = True
         try:
             read = self.source.read_full(progress, stop)
         except DeltaExpired as error:
-            if progress is None:
+            if not progress.pages:
                 raise
             # Graph forgot the nextLink (it keeps them for a while only): the read begins again, now
             logger.warning("a full read's nextLink expired; the read begins again", extra={"error": str(error)})
-            self._full_started = self.clock.now()
-            read = self.source.read_full(None, stop)
+            read = self.source.read_full(self._begin_full_read(), stop)
         if not read.done:
-            save_blob(self.state, FULL_READ_BLOB, read.to_bytes())
-            # the record last: it names a blob that is complete
-            self.state.put_item(
-                FULL_READ_KEY,
-                {"started": self._full_started.isoformat(), "fingerprint": self.fingerprint, "pages": read.pages},
-            )
+            self._store_full_read(read)
             self._stopped_reading = f"Entra (after {read.pages} delta pages)"
             return None
         return read.changes()
+
+    def _begin_full_read(self) -> FullRead:
+        """A new full read, recorded before its first request: a process that dies during it (an operator's
+        forced full reconcile, say) is carried on by the next run rather than forgotten."""
+        self._full_started = self.clock.now()
+        read = FullRead()
+        self._store_full_read(read)
+        return read
+
+    def _store_full_read(self, read: FullRead) -> None:
+        save_blob(self.state, FULL_READ_BLOB, read.to_bytes())
+        # the record last: it names a blob that is complete
+        self.state.put_item(
+            FULL_READ_KEY,
+            {"started": self._full_started.isoformat(), "fingerprint": self.fingerprint, "pages": read.pages},
+        )
 
     def _drop_full_read(self) -> None:
         """Forget the full read under way: its blob first, so no chunk outlives the record naming it."""
@@ -459,15 +473,17 @@ class CycleService:
         owned: Ownership,
         stop: Callable[[], bool] = lambda: False,
         read: TargetRead | None = None,
-    ) -> CurrentView | TargetRead:
-        """Every user and group in IAM Identity Center, and the members of the groups that matter.
+        first_free: bool = True,
+    ) -> tuple[TargetRead, bool]:
+        """Every user and group in IAM Identity Center, and the members of the groups that matter, and True
+        once all is listed (``TargetRead.view()`` is then what AWS holds).
 
-        One List call at a time, from where ``read`` stopped; when ``stop()`` answers True between two calls
-        (never before this call's first), the unfinished ``TargetRead`` is returned instead of a view. A
-        listing whose token AWS no longer accepts begins again. Raises TargetError.
+        One List call at a time, from where ``read`` stopped, until ``stop()`` answers True between two calls
+        (with ``first_free``, never before this call's first): the read is then unfinished (False). A listing
+        whose token AWS no longer accepts begins again. Raises TargetError.
         """
         read = read if read is not None else TargetRead()
-        calls = 0
+        calls = 0 if first_free else 1
 
         def may_call() -> bool:
             nonlocal calls
@@ -478,13 +494,13 @@ class CycleService:
 
         while not read.users_done:
             if not may_call():
-                return read
+                return read, False
             users, read.users_next = self._listed(self.target.list_users_page, read.users_next, read, "users")
             read.users.update((u.target_id, u) for u in users)
             read.users_done = read.users_next is None
         while not read.groups_done:
             if not may_call():
-                return read
+                return read, False
             groups, read.groups_next = self._listed(self.target.list_groups_page, read.groups_next, read, "groups")
             read.groups.update((g.target_id, g) for g in groups)
             read.groups_done = read.groups_next is None
@@ -496,7 +512,7 @@ class CycleService:
                 continue
             while True:
                 if not may_call():
-                    return read
+                    return read, False
                 token = read.member_next if read.member_group == group_id else None
                 pairs, following = self._listed(
                     functools.partial(self.target.list_memberships_page, group_id), token, read, group_id
@@ -507,7 +523,7 @@ class CycleService:
                     read.member_group, read.member_next = None, None
                     break
                 read.member_group, read.member_next = group_id, following
-        return CurrentView(read.users, read.groups, read.memberships)
+        return read, True
 
     @staticmethod
     def _listed(
@@ -575,7 +591,7 @@ class CycleService:
     def _run(self, opts: CycleOptions, quarantine: Quarantine | None) -> CycleOutcome:
         started = self.clock.now()
         cycle_id = f"{started.strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:6]}"
-        self._full_started, self._stopped_reading = started, ""
+        self._full_started, self._stopped_reading, self._read_entra = started, "", False
         stop = None if opts.dry_run else opts.should_stop  # a dry run stores nothing, so it reads in one go
         read = self._read(opts.force_full, stop)
         if read is None:
@@ -589,15 +605,16 @@ class CycleService:
             owned = self.state.load_ownership()
         # a resumed full reconcile compares with AWS too, or the drift it found would be forgotten
         full = mode in ("full", "resume")
+        listed: TargetRead | None = None
         if full:
-            listed = self.read_target(desired, owned, stop or (lambda: False), self._target_progress(mode, opts))
-            if isinstance(listed, TargetRead):
+            # the invocation's first request is made whatever the budget says, so every invocation makes progress
+            listed, done = self.read_target(
+                desired, owned, stop or (lambda: False), self._target_progress(mode, opts), not self._read_entra
+            )
+            if not done:
                 self._checkpoint_target(listed, mirror, links, mode)
                 return self._stopped_while_reading(cycle_id, started, mode)
-            current = listed
-            if not opts.dry_run:
-                # the writes below change IAM Identity Center: what was listed must not be resumed after them
-                delete_blob(self.state, CHECKPOINT_TARGET)
+            current = listed.view()
         else:
             current = current_from_ownership(owned)
         policy = replace(self.policy, allow_deletions=opts.allow_deletions or self.policy.allow_deletions)
@@ -612,6 +629,7 @@ class CycleService:
             save_blob(self.state, CHECKPOINT_MIRROR, mirror.to_bytes())
             self.state.put_item(CHECKPOINT_KEY, {"links": links, "started": self._full_started.isoformat()})
         self._drop_full_read()  # finished: the checkpoint (or the end of this cycle) carries it from here
+        write_stop = self._keep_listing_until_a_write(listed if plan.writes > 0 and plan.guard is None else None, opts)
         status = _StatusWriter(self.state, self.clock, cycle_id, mode, len(runnable))
         progress = opts.progress
 
@@ -621,7 +639,7 @@ class CycleService:
                 progress(done, total)
 
         ordinary, user_deletions = self._split_user_deletions(runnable)
-        complete = applier.apply(ordinary, opts.should_stop, on_progress)
+        complete = applier.apply(ordinary, write_stop, on_progress)
         if self.pim is not None:
             # the PIM safety net runs even when the ordinary work stopped early; user deletions then wait
             if not complete:
@@ -666,6 +684,28 @@ class CycleService:
             return TargetRead.from_bytes(blob) if blob else None
         delete_blob(self.state, CHECKPOINT_TARGET)
         return None
+
+    def _keep_listing_until_a_write(self, listed: TargetRead | None, opts: CycleOptions) -> Callable[[], bool]:
+        """The write phase's stop: ``opts.should_stop``, which also forgets the stored listing of IAM Identity
+        Center just before the first write (after it, the listing is out of date). Until then the listing is kept
+        with the checkpoint, so a cycle stopped before any write resumes its writes without listing again.
+        ``listed`` None: nothing will be written (or the cycle distrusts its read): the listing goes now."""
+        if listed is None:
+            delete_blob(self.state, CHECKPOINT_TARGET)
+            return opts.should_stop
+        save_blob(self.state, CHECKPOINT_TARGET, listed.to_bytes())
+        kept = True
+
+        def stop() -> bool:
+            nonlocal kept
+            if opts.should_stop():
+                return True
+            if kept:
+                delete_blob(self.state, CHECKPOINT_TARGET)
+                kept = False
+            return False
+
+        return stop
 
     def _checkpoint_target(self, listed: TargetRead, mirror: Mirror, links: Mapping[str, str], mode: str) -> None:
         """Store an unfinished listing with the checkpoint it belongs to (made now for a full cycle: its
