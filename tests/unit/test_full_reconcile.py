@@ -387,3 +387,34 @@ class StopAnywhere(RuleBasedStateMachine):
 
 TestStopAnywhere = StopAnywhere.TestCase
 TestStopAnywhere.settings = settings(max_examples=60, stateful_step_count=25, deadline=None)
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["configuration", "age", "damage"],
+)
+def test_a_read_under_way_for_another_configuration_too_old_or_damaged_begins_again(change: str) -> None:
+    expected, _ = expected_world()
+    world = provisioned()
+    source = world.source
+    assert isinstance(source, PagedSource)
+    world.run(force_full=True, should_stop=lambda: True)
+    world.run(should_stop=lambda: True)
+    record = world.state.get_item(FULL_READ_KEY)
+    assert record is not None
+    if change == "configuration":
+        world.state.put_item(FULL_READ_KEY, {**record, "fingerprint": "another mapping"})
+    elif change == "age":
+        world.clock.advance(25 * 3600)
+    else:
+        world.state.put_item(FULL_READ_KEY, {**record, "started": "not a time"})
+    requests = source.requests
+    outcome = world.run()
+    # Then the stored pages are dropped, never carried on: past the full-reconcile interval a new full read
+    # begins (all 5 requests); otherwise the last finished cycle's links still serve a delta cycle
+    assert outcome.report.complete
+    assert outcome.mode == ("full" if change == "age" else "delta")
+    assert source.requests - requests == (5 if change == "age" else 0)
+    assert world.state.get_item(FULL_READ_KEY) is None
+    assert world.snapshot() == expected
+    assert orphans(world.state) == []

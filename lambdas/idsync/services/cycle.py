@@ -364,8 +364,11 @@ class CycleService:
         record = self.state.get_item(FULL_READ_KEY)
         if record is None:
             return None
-        started = datetime.fromisoformat(str(record.get("started")))
-        fresh = self.clock.now() - started < self.full_reconcile
+        try:
+            started = datetime.fromisoformat(str(record.get("started")))
+            fresh = self.clock.now() - started < self.full_reconcile
+        except (ValueError, TypeError):
+            started, fresh = self.clock.now(), False
         blob = (
             load_blob(self.state, FULL_READ_BLOB) if fresh and record.get("fingerprint") == self.fingerprint else None
         )
