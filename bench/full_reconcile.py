@@ -347,7 +347,12 @@ def run_at(user_count: int, group_count: int) -> dict[str, Any]:
             clock.seconds += SYNC_INTERVAL_MINUTES * 60 - (clock.seconds - began)  # the next tick
             if report.complete or len(invocations) >= 10:
                 break
-        leftovers = sorted(k for (k,) in state._conn.execute("SELECT key FROM items") if "@" in k)
+        keys = [k for (k,) in state._conn.execute("SELECT key FROM items")]
+        chunks = [k for k in keys if "@" in k]
+        blobs = sorted({k.split("@", 1)[0] for k in chunks})
+        named = {key: str((state.get_item(key) or {}).get("generation")) for key in blobs}
+        orphans = [k for k in chunks if k.split("@", 1)[1].split("#", 1)[0] != named[k.split("@", 1)[0]]]
+        left = sorted(k for k in keys if k.startswith(("checkpoint", "full-read")))
     aws_calls = counter.total
     return {
         "full_reconcile": {
@@ -364,7 +369,9 @@ def run_at(user_count: int, group_count: int) -> dict[str, Any]:
             "stopped": stopped_in[:-1],
             "complete": bool(report.complete),
             "writes": writes,
-            "blob_chunks_left": len(leftovers),
+            "blobs_left": blobs,
+            "orphaned_chunks": len(orphans),
+            "checkpoint_items_left": left,
             "wall_seconds": round(time.perf_counter() - wall, 1),
             "seed_seconds": round(seeding, 1),
             "drift_check": drift_check(user_count, members),
