@@ -418,3 +418,27 @@ def test_a_read_under_way_for_another_configuration_too_old_or_damaged_begins_ag
     assert world.state.get_item(FULL_READ_KEY) is None
     assert world.snapshot() == expected
     assert orphans(world.state) == []
+
+
+def test_a_full_reconcile_stopped_while_reading_still_ends_pim_access_on_time() -> None:
+    from datetime import timedelta
+
+    from idsync.services.cycle import CycleOptions
+    from tests.pim_world import ADA, PimWorld
+
+    # Given an activation whose expiry schedule was lost, which has ended
+    world = PimWorld()
+    world.cycle()
+    start = world.clock.now()
+    world.graph.grant("i1", ADA, start, 30)
+    world.look()
+    world.scheduler.schedules.clear()
+    world.graph.end("i1", unlist=True)
+    world.clock.current = start + timedelta(minutes=31)
+    # When a forced full reconcile stops at its time budget while listing IAM Identity Center
+    outcome = world.cycle_service.run(CycleOptions(force_full=True, should_stop=lambda: True))
+    assert outcome.report is not None
+    assert not outcome.report.complete
+    assert str(world.state.get_item("run:last")["status"]).startswith("stopped (time budget while reading")
+    # Then the PIM safety net ran all the same: her access ended
+    assert not world.is_member(ADA)

@@ -174,7 +174,8 @@ class TargetRead:
         return CurrentView(self.users, self.groups, self.memberships)
 
     @property
-    def calls_done(self) -> str:
+    def summary(self) -> str:
+        """What was listed so far, for the run status."""
         return f"{len(self.users)} users, {len(self.groups)} groups, members of {len(self.members_read)} groups"
 
     def restart(self, what: str) -> None:
@@ -282,6 +283,10 @@ class CycleService:
         # PIM for Groups: the plan leaves these groups' memberships to idsync.pim's rule (see _pim_pass)
         self.pim = pim
         self.pim_groups = tuple(pim.groups if pim is not None else pim_groups)
+        # per cycle: when its full read began, where a read stopped, whether it asked Graph for pages already
+        self._full_started = clock.now()
+        self._stopped_reading = ""
+        self._read_entra = False
 
     # ------------------------------------------------------------------ reading Entra
 
@@ -428,10 +433,12 @@ class CycleService:
         self.state.delete_item(FULL_READ_KEY)
 
     def _drop_checkpoint(self) -> None:
-        """Forget a checkpoint (finished, distrusted or abandoned): its blobs first, then the item."""
+        """Forget a checkpoint (finished, distrusted or abandoned): its blobs first, then the item (a cycle
+        without one writes nothing here)."""
         delete_blob(self.state, CHECKPOINT_MIRROR)
         delete_blob(self.state, CHECKPOINT_TARGET)
-        self.state.delete_item(CHECKPOINT_KEY)
+        if self.state.get_item(CHECKPOINT_KEY) is not None:
+            self.state.delete_item(CHECKPOINT_KEY)
 
     def _soft_deleted_before(self, mirror: Mirror | None) -> dict[str, str]:
         """Objects in Entra's deleted items as last known: the state item, else the stored mirror."""
@@ -632,7 +639,11 @@ class CycleService:
             save_blob(self.state, CHECKPOINT_MIRROR, mirror.to_bytes())
             self.state.put_item(CHECKPOINT_KEY, {"links": links, "started": self._full_started.isoformat()})
         self._drop_full_read()  # finished: the checkpoint (or the end of this cycle) carries it from here
-        write_stop = self._keep_listing_until_a_write(listed if plan.writes > 0 and plan.guard is None else None, opts)
+        write_stop = (
+            self._keep_listing_until_a_write(listed if plan.writes > 0 and plan.guard is None else None, opts)
+            if full
+            else opts.should_stop
+        )
         status = _StatusWriter(self.state, self.clock, cycle_id, mode, len(runnable))
         progress = opts.progress
 
@@ -718,12 +729,11 @@ class CycleService:
             save_blob(self.state, CHECKPOINT_MIRROR, mirror.to_bytes())
             self.state.put_item(CHECKPOINT_KEY, {"links": dict(links), "started": self._full_started.isoformat()})
             self._drop_full_read()
-        self._stopped_reading = f"IAM Identity Center ({listed.calls_done} so far)"
+        self._stopped_reading = f"IAM Identity Center ({listed.summary} so far)"
 
     def _stopped_while_reading(self, cycle_id: str, started: datetime, mode: str) -> CycleOutcome:
         """The time budget ended this cycle during a read: nothing planned, nothing written but the checkpoint;
         the PIM safety net still runs, and the run status says where the next invocation goes on."""
-        report = CycleReport(cycle_id, started.isoformat(), "", False, {}, (), (), None, 0, complete=False)
         if self.pim is not None:
             with self.pim.cycle_pass(cycle_id) as net:
                 net.reconcile()
@@ -748,7 +758,8 @@ class CycleService:
         )
         self._watch_completion(False, started, why)
         logger.info("cycle stopped while reading", extra={"cycleId": cycle_id, "where": self._stopped_reading})
-        return CycleOutcome(replace(report, finished=finished), mode=mode)
+        report = CycleReport(cycle_id, started.isoformat(), finished, False, {}, (), (), None, 0, complete=False)
+        return CycleOutcome(report, mode=mode)
 
     # ------------------------------------------------------------------ PIM for Groups
 
