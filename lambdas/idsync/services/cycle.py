@@ -10,7 +10,7 @@ A cycle that runs out of time stops between two writes. Every write is recorded 
 and the delta links and mirror are stored only when a cycle finishes, so the next invocation
 reads the same changes again (replays are harmless) and carries on where this one stopped.
 
-Safety rules (each has a test in tests/unit/test_cycle_safety.py):
+Safety rules (each has a test in tests/unit/test_cycle_safety.py or tests/unit/test_full_reconcile.py):
 
 * a cycle whose deletion guard trips stores neither its mirror nor its delta links: what it read
   (an empty directory during a Graph incident, say) never becomes the baseline, and the next cycle
