@@ -31,7 +31,6 @@ Safety rules (each has a test in tests/unit/test_cycle_safety.py or tests/unit/t
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import time
@@ -39,7 +38,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol
 
 from idsync.access import AccessPlan, AccessPolicy
 from idsync.errors import (
@@ -103,7 +102,6 @@ REFUSALS_KEY = "refusals"
 SOFT_DELETED_KEY = "soft-deleted"  # Entra's deleted items -> when first seen: kept even when a read is distrusted
 COMPLETED_KEY = "last-complete"  # when a cycle last completed, and whether a stall was notified
 STATUS_EVERY_SECONDS = 2.0
-_T = TypeVar("_T")
 
 
 class UserMapping(Protocol):
@@ -505,13 +503,13 @@ class CycleService:
         while not read.users_done:
             if not may_call():
                 return read, False
-            users, read.users_next = self._listed(self.target.list_users_page, read.users_next, read, "users")
+            users, read.users_next = self._listed(read.users_next, read, "users")
             read.users.update((u.target_id, u) for u in users)
             read.users_done = read.users_next is None
         while not read.groups_done:
             if not may_call():
                 return read, False
-            groups, read.groups_next = self._listed(self.target.list_groups_page, read.groups_next, read, "groups")
+            groups, read.groups_next = self._listed(read.groups_next, read, "groups")
             read.groups.update((g.target_id, g) for g in groups)
             read.groups_done = read.groups_next is None
         wanted = {g.display_name for g in desired.groups.values()}
@@ -524,9 +522,7 @@ class CycleService:
                 if not may_call():
                     return read, False
                 token = read.member_next if read.member_group == group_id else None
-                pairs, following = self._listed(
-                    functools.partial(self.target.list_memberships_page, group_id), token, read, group_id
-                )
+                pairs, following = self._listed(token, read, group_id)
                 read.memberships.update(((group_id, user_id), membership_id) for membership_id, user_id in pairs)
                 if following is None:
                     read.members_read.add(group_id)
@@ -535,13 +531,19 @@ class CycleService:
                 read.member_group, read.member_next = group_id, following
         return read, True
 
-    @staticmethod
-    def _listed(
-        call: Callable[[str | None], tuple[list[_T], str | None]], token: str | None, read: TargetRead, what: str
-    ) -> tuple[list[_T], str | None]:
-        """One List call; a resumed token AWS refuses (expired) restarts that listing. Raises TargetError."""
+    def _list_page(self, what: str, token: str | None) -> tuple[list[Any], str | None]:
+        """One List call: ``what`` is "users", "groups" or the id of a group whose members are listed."""
+        if what == "users":
+            return self.target.list_users_page(token)
+        if what == "groups":
+            return self.target.list_groups_page(token)
+        return self.target.list_memberships_page(what, token)
+
+    def _listed(self, token: str | None, read: TargetRead, what: str) -> tuple[list[Any], str | None]:
+        """One List call of ``what`` from ``token``; a resumed token AWS refuses (expired) restarts that listing.
+        Raises TargetError."""
         try:
-            return call(token)
+            return self._list_page(what, token)
         except (TargetAuthError, TargetTransient):
             raise
         except TargetError as error:
@@ -551,7 +553,7 @@ class CycleService:
                 "a listing's token was refused; the listing begins again", extra={"what": what, "error": str(error)}
             )
             read.restart(what)
-            return call(None)
+            return self._list_page(what, None)
 
     # ------------------------------------------------------------------ the cycle
 
