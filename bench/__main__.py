@@ -11,7 +11,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-BENCHMARKS = ["mapping", "full_sync", "cycles", "jit", "outage", "access", "api_limit", "api_limit_jit"]
+BENCHMARKS = [
+    "mapping",
+    "full_sync",
+    "cycles",
+    "jit",
+    "outage",
+    "access",
+    "api_limit",
+    "api_limit_jit",
+    "full_reconcile",
+]
 RESULTS = Path(__file__).with_name("results.json")
 
 

@@ -21,6 +21,11 @@ counts. The emulator takes the strict reading, which no client can be hurt by as
 that differ only in case collide (ConflictException), and GetUserId finds a user by its userName
 without regard to case.
 
+Lists page in constant time per page, as the service does: moto builds the whole list on every page, finds
+the page's start by a linear search, and scans every membership of the store for each group's members, so a
+full listing of 100,000 users, 10,000 groups and 500,000 memberships would be quadratic. NextToken is opaque
+(the position and the id found there); one that names nothing the store holds is a ValidationException.
+
 UpdateUser follows the documented semantics: each operation sets the attribute at ``AttributePath`` to
 ``AttributeValue``, a null or absent value removes it, and the operations of one call apply together or
 not at all. Paths are SCIM attribute names, matched without regard to case (``displayName``,
@@ -32,10 +37,12 @@ photos, roles) is only ever replaced whole. Values are checked against the servi
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -48,7 +55,6 @@ from moto.identitystore.exceptions import ConflictException, ResourceNotFoundExc
 from moto.identitystore.models import IdentityStoreBackend, IdentityStoreData
 from moto.identitystore.responses import IdentityStoreResponse
 from moto.moto_api._internal import mock_random
-from moto.utilities.paginator import paginate
 
 ENTERPRISE = "aws:identitystore:enterprise"
 # The SCIM enterprise user attributes the extension carries; manager is {"value": <user id>}.
@@ -381,6 +387,39 @@ class _BackendGaps:
     def _forget_indexes(store: IdentityStoreData) -> None:
         store._idsync_user_names = None  # type: ignore[attr-defined]
         store._idsync_memberships = None  # type: ignore[attr-defined]
+        store._idsync_by_group = None  # type: ignore[attr-defined]
+
+    @staticmethod
+    def _group_index(store: IdentityStoreData) -> dict[str, dict[str, Any]]:
+        # group id -> membership id -> membership, rebuilt when memberships were added or removed behind its back
+        index: dict[str, dict[str, Any]] | None = getattr(store, "_idsync_by_group", None)
+        if index is None or getattr(store, "_idsync_by_group_total", -1) != len(store.group_memberships):
+            index = {}
+            for key, membership in store.group_memberships.items():
+                index.setdefault(membership["GroupId"], {})[key] = membership
+            store._idsync_by_group = index  # type: ignore[attr-defined]
+            store._idsync_by_group_total = len(store.group_memberships)  # type: ignore[attr-defined]
+        return index
+
+    def list_groups(
+        self,
+        identity_store_id: str,
+        filters: list[dict[str, str]] | None,
+        max_results: int | None = None,
+        next_token: str | None = None,
+    ) -> tuple[list[Any], str | None]:
+        groups = list(self._store(identity_store_id).groups.values())
+        for item in filters or []:
+            if item.get("AttributePath", "").lower() != "displayname":
+                raise ValidationException(message=f"Filtering groups by {item.get('AttributePath')} is not supported")
+            groups = [g for g in groups if g.DisplayName == item.get("AttributeValue")]
+        return _page(groups, lambda g: str(g.GroupId), max_results, next_token)
+
+    def list_group_memberships(
+        self, identity_store_id: str, group_id: str, max_results: int | None = None, next_token: str | None = None
+    ) -> tuple[list[Any], str | None]:
+        members = list(self._group_index(self._store(identity_store_id)).get(group_id, {}).values())
+        return _page(members, lambda m: str(m["MembershipId"]), max_results, next_token)
 
     @staticmethod
     def _membership_index(store: IdentityStoreData) -> dict[tuple[str, str], str]:
@@ -417,14 +456,19 @@ class _BackendGaps:
             raise ResourceNotFoundException(message="USER not found.", resource_type="USER")
         return IdentityStoreBackend.get_user_id(self, identity_store_id, alternate_identifier)  # type: ignore[arg-type]
 
-    @paginate(pagination_model=IdentityStoreBackend.PAGINATION_MODEL)
-    def list_users(self, identity_store_id: str, filters: list[dict[str, str]] | None) -> list[StoredUser]:
+    def list_users(
+        self,
+        identity_store_id: str,
+        filters: list[dict[str, str]] | None,
+        max_results: int | None = None,
+        next_token: str | None = None,
+    ) -> tuple[list[StoredUser], str | None]:
         users = [u for u in self._store(identity_store_id).users.values() if isinstance(u, StoredUser)]
         for item in filters or []:
             if item.get("AttributePath", "").lower() != "username":
                 raise ValidationException(message=f"Filtering users by {item.get('AttributePath')} is not supported")
             users = [u for u in users if u.UserName.casefold() == str(item.get("AttributeValue")).casefold()]
-        return users
+        return _page(users, lambda u: u.UserId, max_results, next_token)
 
     def update_user(
         self, identity_store_id: str, user_id: str, operations: list[dict[str, Any]], revision: str | None
@@ -505,12 +549,15 @@ class _BackendGaps:
             )
         membership_id = str(mock_random.uuid4())
         index[(group_id, user_id)] = membership_id
+        by_group = self._group_index(store)
         store.group_memberships[membership_id] = {
             "IdentityStoreId": identity_store_id,
             "MembershipId": membership_id,
             "GroupId": group_id,
             "MemberId": {"UserId": user_id},
         }
+        by_group.setdefault(group_id, {})[membership_id] = store.group_memberships[membership_id]
+        store._idsync_by_group_total = len(store.group_memberships)  # type: ignore[attr-defined]
         return membership_id, identity_store_id
 
     def delete_group_membership(self, identity_store_id: str, membership_id: str) -> None:
@@ -521,6 +568,35 @@ class _BackendGaps:
         index = getattr(store, "_idsync_memberships", None)
         if index is not None:
             index.pop((removed["GroupId"], removed["MemberId"].get("UserId", "")), None)
+        by_group = getattr(store, "_idsync_by_group", None)
+        if by_group is not None:
+            by_group.get(removed["GroupId"], {}).pop(membership_id, None)
+            store._idsync_by_group_total = len(store.group_memberships)  # type: ignore[attr-defined]
+
+
+def _page(
+    items: list[Any], key: Callable[[Any], str], max_results: int | None, next_token: str | None
+) -> tuple[list[Any], str | None]:
+    """One page of ``items`` from ``next_token`` and the token of the next page (None after the last).
+
+    The token holds the position and the id expected there: found there (the store did not change) in constant
+    time, else searched for. Raises ValidationException for a token that names nothing the list holds."""
+    start = 0
+    if next_token:
+        try:
+            position, expected = json.loads(base64.urlsafe_b64decode(next_token.encode()))
+            start = int(position)
+        except (ValueError, TypeError):
+            raise ValidationException(message="The NextToken is not valid") from None
+        if not (start < len(items) and key(items[start]) == expected):
+            start = next((i for i, item in enumerate(items) if key(item) == expected), -1)
+            if start < 0:
+                raise ValidationException(message="The NextToken is not valid")
+    end = start + (max_results or 100)
+    if end >= len(items):
+        return items[start:], None
+    token = base64.urlsafe_b64encode(json.dumps([end, key(items[end])]).encode()).decode()
+    return items[start:end], token
 
 
 # --------------------------------------------------------------------------- responses

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from idsync.errors import (
+    DeltaExpired,
     DirectoryError,
     SchedulerError,
     StateError,
@@ -44,6 +45,7 @@ from idsync.ports import (
     Check,
     DirectoryChanges,
     Forget,
+    FullRead,
     OwnershipWrite,
 )
 
@@ -100,6 +102,11 @@ class FakeIdentityStore:
         with self._lock:
             self.in_flight -= 1
 
+    page_size: int = 100  # the API's MaxResults
+    list_calls: dict[str, int] = field(default_factory=dict)  # List calls by operation (paged reads)
+    crash_at_list: int | None = None  # the process dies before this List call (counted from 0)
+    refused_tokens: int = 0  # the next n List calls with a NextToken are refused, as an expired token is
+
     def _next(self, prefix: str) -> str:
         return f"{prefix}-{next(self.ids):06d}"
 
@@ -128,6 +135,26 @@ class FakeIdentityStore:
         for mid, (gid, uid) in list(self.memberships.items()):
             if gid == group_id:
                 yield mid, uid
+
+    def _list_call(self, operation: str, token: str | None) -> None:
+        if self.crash_at_list is not None and sum(self.list_calls.values()) >= self.crash_at_list:
+            raise Crash(f"the process dies before {operation}")
+        self.list_calls[operation] = self.list_calls.get(operation, 0) + 1
+        if token is not None and self.refused_tokens > 0:
+            self.refused_tokens -= 1
+            raise TargetError(f"{operation}: ValidationException: the NextToken is not valid (expired)")
+
+    def list_users_page(self, token: str | None) -> tuple[list[TargetUser], str | None]:
+        self._list_call("ListUsers", token)
+        return _paged(list(self.list_users()), token, self.page_size)
+
+    def list_groups_page(self, token: str | None) -> tuple[list[TargetGroup], str | None]:
+        self._list_call("ListGroups", token)
+        return _paged(list(self.list_groups()), token, self.page_size)
+
+    def list_memberships_page(self, group_id: str, token: str | None) -> tuple[list[tuple[str, str]], str | None]:
+        self._list_call("ListGroupMemberships", token)
+        return _paged(list(self.list_memberships(group_id)), token, self.page_size)
 
     @_atomic
     def find_user(self, user_name: str) -> str | None:
@@ -380,6 +407,10 @@ class FakeSource:
     def read_assignments(self) -> tuple[set[str], set[str]]:
         return set(self.assigned_users), set(self.assigned_groups)
 
+    def read_full(self, progress: FullRead | None, should_stop: Callable[[], bool]) -> FullRead:
+        """A full read in one go (``PagedSource`` pages it)."""
+        return FullRead.of(self.read_changes(None))
+
 
 @dataclass
 class FakeDeltaSource(FakeSource):
@@ -440,6 +471,74 @@ class FakeDeltaSource(FakeSource):
         """Delete a soft-deleted object for good: the next delta reports it removed with reason "deleted"."""
         self.soft_deleted.discard(object_id)
         self.purged[object_id] = self.reads
+
+
+class PagedSource(FakeDeltaSource):
+    """Entra whose full read comes in pages, as Graph serves a delta round: ``page_size`` objects a page, from
+    a snapshot taken when the round begins (changes made meanwhile come with the next delta). Its links stay
+    valid across invocations until ``expire_links()``, after which they answer as Graph's 410 does
+    (DeltaExpired). ``requests`` counts every page."""
+
+    def __init__(self, *args: Any, page_size: int = 4, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.page_size = page_size
+        self.requests = 0
+        self.crash_at_request: int | None = None  # the process dies before this request (counted from 0)
+        self._rounds: dict[str, DirectoryChanges] = {}
+        self._expired: set[str] = set()
+
+    def expire_links(self) -> None:
+        self._expired |= set(self._rounds)
+        self._rounds.clear()
+
+    def _round(self, link: str) -> DirectoryChanges:
+        name = link.split(":", maxsplit=1)[0]
+        if name in self._expired or name not in self._rounds:
+            raise DeltaExpired(f"GET {link}: HTTP 410 resyncRequired: the sync state generation is not found")
+        return self._rounds[name]
+
+    def read_full(self, progress: FullRead | None, should_stop: Callable[[], bool]) -> FullRead:
+        read = progress if progress is not None else FullRead()
+        made = 0
+        for resource, part in (("users", read.users), ("groups", read.groups)):
+            while not part.done:
+                if made and should_stop():
+                    return read
+                if self.crash_at_request is not None and self.requests >= self.crash_at_request:
+                    raise Crash("the process dies before a delta page")
+                if part.next_link is None:
+                    # a round begins: Graph computes it once, so pages (and replays) agree
+                    whole = self.read_changes(None)
+                    name = f"round{len(self._rounds) + len(self._expired)}-{resource}"
+                    self._rounds[name] = whole
+                    offset = 0
+                else:
+                    whole = self._round(part.next_link)
+                    name, offset = part.next_link.split(":")[0], int(part.next_link.split(":")[1])
+                self.requests += 1
+                made += 1
+                part.pages += 1
+                objects = whole.users if resource == "users" else whole.groups
+                for obj in objects[offset : offset + self.page_size]:
+                    part.objects[str(obj["id"])] = dict(obj)
+                    if resource == "groups":
+                        part.member_changes += [c for c in whole.member_changes if c.group_id == obj["id"]]
+                following = offset + self.page_size
+                if following < len(objects):
+                    part.next_link = f"{name}:{following}"
+                else:
+                    part.next_link, part.delta_link = None, whole.links[resource]
+                    if resource == "users":
+                        read.deleted_items = None
+                        self._deleted = dict(whole.deleted_items)
+        if read.deleted_items is None:
+            if made and should_stop():
+                return read
+            if self.crash_at_request is not None and self.requests >= self.crash_at_request:
+                raise Crash("the process dies before reading the deleted items")
+            self.requests += 1
+            read.deleted_items = dict(getattr(self, "_deleted", {}))
+        return read
 
 
 # --------------------------------------------------------------------------- PIM for Groups
@@ -781,3 +880,10 @@ class FakeBucketStore:
     def _reachable(self, name: str) -> None:
         if self.down:
             raise StateError(f"token bucket {name}: cannot reach table fake-state (down)")
+
+
+def _paged(items: list[Any], token: str | None, size: int) -> tuple[list[Any], str | None]:
+    """One page of ``items`` as the Identity Store serves it: an opaque token for the rest."""
+    start = int(token) if token else 0
+    end = start + size
+    return items[start:end], (str(end) if end < len(items) else None)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
@@ -73,6 +73,19 @@ class IdentityStore(Protocol):
 
     def list_memberships(self, group_id: str) -> Iterator[tuple[str, str]]:
         """(membership id, user id) of each user member of the group."""
+        ...
+
+    def list_users_page(self, token: str | None) -> tuple[list[TargetUser], str | None]:
+        """One ListUsers page (at most 100) from ``token`` (None: the first), and the token of the next page
+        (None after the last). Raises TargetError (a token AWS no longer accepts included)."""
+        ...
+
+    def list_groups_page(self, token: str | None) -> tuple[list[TargetGroup], str | None]:
+        """One ListGroups page, as ``list_users_page``."""
+        ...
+
+    def list_memberships_page(self, group_id: str, token: str | None) -> tuple[list[tuple[str, str]], str | None]:
+        """One ListGroupMemberships page of the group: (membership id, user id) of its user members."""
         ...
 
     def find_user(self, user_name: str) -> str | None:
@@ -334,8 +347,137 @@ class DirectoryChanges:
     deleted_items: Mapping[str, str] = field(default_factory=dict)
 
 
+@dataclass
+class DeltaRound:
+    """One resource's full delta round as read so far: the objects, removals and member changes of the pages
+    read, and where Graph said to continue (``next_link``) or, once the round ended, its ``delta_link``."""
+
+    objects: dict[str, dict[str, Any]] = field(default_factory=dict)
+    removed: dict[str, str] = field(default_factory=dict)
+    member_changes: list[MemberChange] = field(default_factory=list)
+    next_link: str | None = None
+    delta_link: str | None = None
+    pages: int = 0
+
+    @property
+    def done(self) -> bool:
+        return bool(self.delta_link)
+
+    def to_document(self) -> dict[str, Any]:
+        return {
+            "objects": self.objects,
+            "removed": self.removed,
+            "members": [[c.group_id, c.member_id, c.member_type, c.added] for c in self.member_changes],
+            "next": self.next_link,
+            "delta": self.delta_link,
+            "pages": self.pages,
+        }
+
+    @classmethod
+    def from_document(cls, document: Mapping[str, Any]) -> DeltaRound:
+        """Raises KeyError / TypeError / ValueError on a damaged document (the caller reads afresh)."""
+        return cls(
+            dict(document["objects"]),
+            dict(document["removed"]),
+            [MemberChange(str(g), str(m), str(t), bool(a)) for g, m, t, a in document["members"]],
+            document.get("next"),
+            document.get("delta"),
+            int(document.get("pages") or 0),
+        )
+
+
+@dataclass
+class FullRead:
+    """A full read of Entra (every user, every group with its members, the deleted users) that may take
+    several invocations: it is done only when both delta rounds reached their deltaLink and the deleted items
+    were read. Until then it is never a directory: ``changes()`` refuses."""
+
+    users: DeltaRound = field(default_factory=DeltaRound)
+    groups: DeltaRound = field(default_factory=DeltaRound)
+    deleted_items: dict[str, str] | None = None  # None until read
+
+    @property
+    def done(self) -> bool:
+        return self.users.done and self.groups.done and self.deleted_items is not None
+
+    @property
+    def pages(self) -> int:
+        return self.users.pages + self.groups.pages
+
+    def changes(self) -> DirectoryChanges:
+        """The whole directory as full ``DirectoryChanges``. Raises ValueError while the read is unfinished."""
+        if not self.done:
+            raise ValueError("a full read of Entra is unfinished: it is not the directory")
+        return DirectoryChanges(
+            list(self.users.objects.values()),
+            dict(self.users.removed),
+            list(self.groups.objects.values()),
+            dict(self.groups.removed),
+            list(self.groups.member_changes),
+            {"users": str(self.users.delta_link), "groups": str(self.groups.delta_link)},
+            True,
+            dict(self.deleted_items or {}),
+        )
+
+    @classmethod
+    def of(cls, changes: DirectoryChanges) -> FullRead:
+        """A finished read holding ``changes`` (a source that reads everything in one go)."""
+        return cls(
+            DeltaRound(
+                {str(u["id"]): dict(u) for u in changes.users},
+                dict(changes.removed_users),
+                [],
+                None,
+                changes.links.get("users") or "-",
+                1,
+            ),
+            DeltaRound(
+                {str(g["id"]): dict(g) for g in changes.groups},
+                dict(changes.removed_groups),
+                list(changes.member_changes),
+                None,
+                changes.links.get("groups") or "-",
+                1,
+            ),
+            dict(changes.deleted_items),
+        )
+
+    def to_bytes(self) -> bytes:
+        document = {
+            "users": self.users.to_document(),
+            "groups": self.groups.to_document(),
+            "deleted": self.deleted_items,
+        }
+        return json.dumps(document, separators=(",", ":")).encode("utf-8")
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> FullRead | None:
+        """The stored read, or None when it is damaged (the read then begins again)."""
+        try:
+            document = json.loads(blob)
+            deleted = document.get("deleted")
+            return cls(
+                DeltaRound.from_document(document["users"]),
+                DeltaRound.from_document(document["groups"]),
+                None if deleted is None else {str(k): str(v) for k, v in deleted.items()},
+            )
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return None
+
+
 class ChangeSource(Protocol):
     """Entra read through Graph delta queries (the sync cycle's source)."""
+
+    def read_full(self, progress: FullRead | None, should_stop: Callable[[], bool]) -> FullRead:
+        """Begin a full read (``progress`` None) or carry one on, page by page, until it is done or
+        ``should_stop()`` answers True between two pages (at least one page is read per call, so every call
+        makes progress). The links in ``progress`` are Graph's own and stay valid across invocations as long
+        as Graph keeps them.
+
+        Raises DeltaExpired when Graph no longer knows a link (the read must begin again),
+        DirectoryAuthError, DirectoryError.
+        """
+        ...
 
     def read_changes(self, links: Mapping[str, str] | None) -> DirectoryChanges:
         """All users and groups with their members (links None), or the changes since ``links``.

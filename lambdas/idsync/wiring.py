@@ -344,10 +344,10 @@ def build_jit_service(
     the default one. The Identity Store client built here draws from the rate budget as ``writer`` ("jit",
     "expiry" or "poller": the JIT reserve is theirs), through ``bucket_store`` when given.
     Raises ConfigError, TargetError (the identity store id cannot be discovered)."""
+    from idsync.adapters.budget import attach_budget
     from idsync.adapters.graph import GraphClient
     from idsync.adapters.graph_pim import GraphPim
     from idsync.adapters.identitystore import from_settings
-    from idsync.adapters.budget import attach_budget
 
     counters = counters or Counters()
     user_mapper, _ = build_mappers(settings.mapping)

@@ -88,11 +88,14 @@ def test_scheduled_cycles_on_dynamodb_state(
 def test_a_short_time_budget_spreads_the_initial_sync_over_invocations(
     lambda_env: None, identity_center: IdentityCenter
 ) -> None:
-    # A context that reports less than the safety margin left stops after the reads
+    # A context that reports less than the safety margin left stops after its first request (reading Entra),
+    # on DynamoDB state, with nothing planned nor written
     stopped = invoke(remaining_ms=59_000)
     assert stopped["complete"] is False
+    assert stopped["writes"] == 0
     assert identity_center.users() == {}
+    # and the next invocation carries that full read on, then provisions everyone
     finished = invoke()
     assert finished["complete"] is True
-    assert finished["mode"] == "resume"
+    assert finished["mode"] == "full"
     assert len(identity_center.users()) == finished["counts"]["user"]["create"]

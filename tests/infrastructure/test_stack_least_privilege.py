@@ -39,7 +39,7 @@ SERVICE_OF = {
     "sqs_requeue": "sqs",
     "notify": "sns",
 }
-PLUMBING = {"_call", "_pages", "_update", "get_paginator"}
+PLUMBING = {"_call", "_page", "_pages", "_update", "get_paginator"}
 # IAM authorizes some APIs under another action's name.
 IAM_ACTION_OF = {"sqs:SendMessageBatch": "sqs:SendMessage"}
 # Calls made with the function's role by the platform, not by idsync's code, and why.

@@ -19,7 +19,7 @@ from idsync.adapters.graph import GraphClient, GraphDirectory, GraphRequestError
 from idsync.config import GraphSettings, ScopeSettings
 from idsync.errors import ConfigError, DeltaExpired, DirectoryAuthError, DirectoryError
 from idsync.mirror import MemberChange, Mirror
-from idsync.ports import CallCounter
+from idsync.ports import CallCounter, FullRead
 from sandbox.graph_emulator import GraphEmulator
 from sandbox.tenant import (
     CLIENT_ID,
@@ -431,6 +431,52 @@ def test_expired_or_unknown_links_raise_delta_expired(emu: GraphEmulator, client
         reader.read_changes(forged)
     with pytest.raises(DeltaExpired, match="both users and groups"):
         reader.read_changes({"users": links["users"]})
+
+
+def test_a_full_read_stopped_between_pages_resumes_in_another_invocation_from_graphs_own_links(
+    emu: GraphEmulator, tenant: Tenant
+) -> None:
+    # Given a full read stopped after every page, each part carried on by a new client (a new invocation)
+    expected = directory(GraphClient(settings(emu), CLIENT_SECRET)).read_changes(None)
+    emu.reset_counters()
+    progress = None
+    invocations = 0
+    while progress is None or not progress.done:
+        invocations += 1
+        counter = CallCounter()
+        reader = directory(GraphClient(settings(emu), CLIENT_SECRET, counter))
+        stored = None if progress is None else FullRead.from_bytes(progress.to_bytes())
+        progress = reader.read_full(stored, lambda: True)
+        # one Graph request per invocation (besides signing in)
+        assert sum(n for key, n in counter.calls.items() if key not in ("token", "openid-configuration")) == 1
+        if not progress.done:
+            links = [progress.users.next_link, progress.groups.next_link]
+            # the links kept are Graph's own, to the same host
+            assert any(link and link.startswith(emu.graph_url) for link in links) or progress.users.done
+    # Then the resumed read is the same directory, with delta links, as one uninterrupted read
+    changes = progress.changes()
+    assert {u["id"]: u for u in changes.users} == {u["id"]: u for u in expected.users}
+    assert {g["id"]: g for g in changes.groups} == {g["id"]: g for g in expected.groups}
+    assert sorted(changes.member_changes, key=str) == sorted(expected.member_changes, key=str)
+    assert changes.deleted_items == expected.deleted_items
+    user_pages = math.ceil(len(tenant.users) / 40)
+    assert invocations > user_pages + 1
+    # and its delta links work: nothing changed since
+    assert directory(GraphClient(settings(emu), CLIENT_SECRET)).read_changes(changes.links).users == []
+
+
+def test_an_unfinished_read_refuses_to_be_the_directory_and_an_expired_next_link_is_410(
+    emu: GraphEmulator, client: GraphClient
+) -> None:
+    reader = directory(client)
+    progress = reader.read_full(None, lambda: True)
+    assert not progress.done
+    with pytest.raises(ValueError, match="unfinished"):
+        progress.changes()
+    # When Graph forgets its links before the read is carried on
+    emu.expire_delta_tokens()
+    with pytest.raises(DeltaExpired, match="410 resyncRequired"):
+        reader.read_full(progress, lambda: False)
 
 
 def test_read_assignments_splits_users_and_groups(client: GraphClient, tenant: Tenant) -> None:

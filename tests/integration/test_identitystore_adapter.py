@@ -463,3 +463,34 @@ def test_from_settings_over_http(http_store: IdentityStoreTarget) -> None:
     http_store.update_user(user_id, [AttributeChange("Title", "Analyst", "Countess")])
     (user,) = http_store.list_users()
     assert user.doc == freeze_doc(full_doc() | {"Title": "Countess"})
+
+
+def test_a_listing_goes_on_from_its_token_in_another_invocation(
+    identity_store_id: str, identity_store: IdentityStoreTarget, call_counter: CallCounter
+) -> None:
+    # Given 230 users and a group of 150 of them
+    user_ids = [identity_store.create_user(f"user{i:03}@example.com", minimal_doc(f"U{i}")) for i in range(230)]
+    group_id = identity_store.create_group("big", None)
+    for user_id in user_ids[:150]:
+        identity_store.create_membership(group_id, user_id)
+    call_counter.calls.clear()
+    # When each page is read by a new client from the token the previous one stopped at
+    users, token, pages = [], None, 0
+    while True:
+        fresh = IdentityStoreTarget(identity_store_id, boto3.client("identitystore", region_name="us-east-1"))
+        page, token = fresh.list_users_page(token)
+        users += page
+        pages += 1
+        if token is None:
+            break
+    first, token = identity_store.list_memberships_page(group_id, None)
+    rest, last = identity_store.list_memberships_page(group_id, token)
+    # Then nothing is missed nor repeated, in pages of 100
+    assert pages == 3
+    assert sorted(u.target_id for u in users) == sorted(user_ids)
+    assert (len(first), len(rest), last) == (100, 50, None)
+    assert sorted(user for _, user in first + rest) == sorted(user_ids[:150])
+    # and a token the store does not know is refused as the API refuses it (not transient)
+    with pytest.raises(TargetError, match="ValidationException") as refused:
+        identity_store.list_groups_page("bm90LWEtdG9rZW4=")
+    assert not isinstance(refused.value, TargetTransient)

@@ -12,7 +12,6 @@ import math
 import re
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,7 +24,16 @@ from urllib3.util.retry import Retry
 from idsync.config import GraphSettings, ScopeSettings
 from idsync.errors import ConfigError, DeltaExpired, DirectoryAuthError, DirectoryError
 from idsync.mirror import GROUP, USER, MemberChange
-from idsync.ports import CallCounter, Check, Credential, DirectoryChanges, DirectorySnapshot, GraphObject
+from idsync.ports import (
+    CallCounter,
+    Check,
+    Credential,
+    DeltaRound,
+    DirectoryChanges,
+    DirectorySnapshot,
+    FullRead,
+    GraphObject,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -446,14 +454,6 @@ def _short(url: str) -> str:
 # ====================================================================== the directory
 
 
-@dataclass
-class _DeltaRead:
-    objects: dict[str, dict[str, Any]] = field(default_factory=dict)
-    removed: dict[str, str] = field(default_factory=dict)
-    member_changes: list[MemberChange] = field(default_factory=list)
-    link: str = ""
-
-
 class GraphDirectory:
     """Entra ID read through Graph: ``ports.Directory`` (snapshot, check) and ``ports.ChangeSource``
     (delta changes, app assignments).
@@ -572,7 +572,7 @@ class GraphDirectory:
             raise DeltaExpired(f"delta links for both {USERS} and {GROUPS} are needed, found {sorted(links)}")
         users = self._delta(USERS, links[USERS] if links else None)
         groups = self._delta(GROUPS, links[GROUPS] if links else None)
-        self.delta_links = {USERS: users.link, GROUPS: groups.link}
+        self.delta_links = {USERS: str(users.delta_link), GROUPS: str(groups.delta_link)}
         return DirectoryChanges(
             list(users.objects.values()),
             users.removed,
@@ -665,7 +665,7 @@ class GraphDirectory:
 
     def _groups_through_delta(self) -> tuple[list[GraphObject], dict[str, list[str]]]:
         read = self._delta(GROUPS, None)
-        self.delta_links[GROUPS] = read.link
+        self.delta_links[GROUPS] = str(read.delta_link)
         members: dict[str, list[str]] = {g: [] for g in read.objects}
         for change in read.member_changes:
             if change.member_type == USER and change.added and change.group_id in members:
@@ -673,44 +673,78 @@ class GraphDirectory:
         groups: list[GraphObject] = list(read.objects.values())
         return groups, members
 
-    def _delta(self, resource: str, link: str | None) -> _DeltaRead:
+    def _delta_params(self, resource: str) -> dict[str, str]:
+        """The selection of a delta round begun from the start (later pages carry it in their links)."""
+        if resource == USERS:
+            return {"$select": self._user_select + (",manager" if self.expand_manager else "")}
+        return {"$select": self._group_select + ",members"}
+
+    def _delta(self, resource: str, link: str | None) -> DeltaRound:
         """One delta round from ``link`` (or from the start), followed to its deltaLink."""
-        params: dict[str, str] | None = None
-        if link is None:
-            if resource == USERS:
-                select = self._user_select + (",manager" if self.expand_manager else "")
-            else:
-                select = self._group_select + ",members"
-            params = {"$select": select}
-        read = _DeltaRead()
-        for number, page in enumerate(self.client.documents(link or f"/{resource}/delta", params), start=1):
-            for position, item in enumerate(page.get("value", [])):
-                if not isinstance(item, Mapping) or not item.get("id"):
-                    raise DirectoryError(
-                        f"the {resource} delta page {number} holds an item without an id (item {position}): "
-                        f"{json.dumps(item)[:200]}"
-                    )
-                object_id = str(item["id"])
-                removed = item.get("@removed")
-                if removed is not None:
-                    read.objects.pop(object_id, None)
-                    read.removed[object_id] = str(removed.get("reason", "deleted"))
-                    continue
-                read.removed.pop(object_id, None)
-                merged = read.objects.setdefault(object_id, {})
-                merged.update({k: v for k, v in item.items() if "@" not in k})
-                if resource == USERS and "manager@delta" in item:
-                    merged["manager"] = _delta_manager(item["manager@delta"])
-                for member in item.get("members@delta", ()):
-                    kind = _MEMBER_KINDS.get(str(member.get("@odata.type", "#microsoft.graph.user")))
-                    if kind is None or not member.get("id"):
-                        continue  # devices, service principals, contacts: not provisioned
-                    added = "@removed" not in member
-                    read.member_changes.append(MemberChange(object_id, str(member["id"]), kind, added))
-            read.link = page.get("@odata.deltaLink", read.link)
-        if not read.link:
+        params = self._delta_params(resource) if link is None else None
+        read = DeltaRound()
+        for page in self.client.documents(link or f"/{resource}/delta", params):
+            _fold(read, resource, page)
+        if not read.delta_link:
             raise DirectoryError(f"the {resource} delta round ended without an @odata.deltaLink")
         return read
+
+    def read_full(self, progress: FullRead | None, should_stop: Callable[[], bool]) -> FullRead:
+        """Begin or carry on a full read: users' delta round, groups' delta round (with members), then the
+        deleted users, one Graph request at a time, stopping between two when ``should_stop()`` says so (never
+        before the first of this call). Links are Graph's own nextLink / deltaLink, kept as Graph wrote them.
+
+        Raises DeltaExpired (Graph no longer knows a nextLink: begin again), DirectoryAuthError, DirectoryError.
+        """
+        read = progress if progress is not None else FullRead()
+        requests_made = 0
+        for resource, part in ((USERS, read.users), (GROUPS, read.groups)):
+            while not part.done:
+                if requests_made and should_stop():
+                    return read
+                if part.pages and not part.next_link:
+                    raise DirectoryError(f"the {resource} delta round stopped without a nextLink or a deltaLink")
+                url = part.next_link or f"/{resource}/delta"
+                page = self.client.get(url, None if part.next_link else self._delta_params(resource))
+                requests_made += 1
+                _fold(part, resource, page)
+                if not part.next_link and not part.delta_link:
+                    raise DirectoryError(f"the {resource} delta round ended without an @odata.deltaLink")
+        if read.deleted_items is None:
+            if requests_made and should_stop():
+                return read
+            read.deleted_items = self._deleted_items()
+        return read
+
+
+def _fold(read: DeltaRound, resource: str, page: Mapping[str, Any]) -> None:
+    """Fold one delta page into the round: later pages win, removals undo earlier objects."""
+    read.pages += 1
+    for position, item in enumerate(page.get("value", [])):
+        if not isinstance(item, Mapping) or not item.get("id"):
+            raise DirectoryError(
+                f"the {resource} delta page {read.pages} holds an item without an id (item {position}): "
+                f"{json.dumps(item)[:200]}"
+            )
+        object_id = str(item["id"])
+        removed = item.get("@removed")
+        if removed is not None:
+            read.objects.pop(object_id, None)
+            read.removed[object_id] = str(removed.get("reason", "deleted"))
+            continue
+        read.removed.pop(object_id, None)
+        merged = read.objects.setdefault(object_id, {})
+        merged.update({k: v for k, v in item.items() if "@" not in k})
+        if resource == USERS and "manager@delta" in item:
+            merged["manager"] = _delta_manager(item["manager@delta"])
+        for member in item.get("members@delta", ()):
+            kind = _MEMBER_KINDS.get(str(member.get("@odata.type", "#microsoft.graph.user")))
+            if kind is None or not member.get("id"):
+                continue  # devices, service principals, contacts: not provisioned
+            added = "@removed" not in member
+            read.member_changes.append(MemberChange(object_id, str(member["id"]), kind, added))
+    read.next_link = page.get("@odata.nextLink")
+    read.delta_link = page.get("@odata.deltaLink", read.delta_link)
 
 
 _MEMBER_KINDS = {"#microsoft.graph.user": USER, "#microsoft.graph.group": GROUP}

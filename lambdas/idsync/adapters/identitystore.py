@@ -285,6 +285,14 @@ class IdentityStoreTarget:
             for page in pages:
                 yield from page.get(key, [])
 
+    def _page(
+        self, operation: str, key: str, subject: str, token: str | None, **params: Any
+    ) -> tuple[list[Any], str | None]:
+        """One page of a List operation from ``token``, and the next page's token (None after the last)."""
+        extra = {"NextToken": token} if token else {}
+        response = self._call(operation, subject, MaxResults=PAGE_SIZE, **extra, **params)
+        return list(response.get(key) or []), response.get("NextToken") or None
+
     def _update(self, operation: str, subject: str, changes: Sequence[AttributeChange], **ids: str) -> None:
         operations = [op for change in changes for op in attribute_operations(change)]
         # more than 100 operations take several calls (never the case for one user's document)
@@ -304,6 +312,11 @@ class IdentityStoreTarget:
         """Every user, with the enterprise extension; the doc holds document keys only."""
         for user in self._pages("ListUsers", "Users", "users", Extensions=[ENTERPRISE_EXTENSION]):
             yield self._target_user(user)
+
+    def list_users_page(self, token: str | None) -> tuple[list[TargetUser], str | None]:
+        """One ListUsers page (with the enterprise extension) and the next page's token."""
+        users, following = self._page("ListUsers", "Users", "users", token, Extensions=[ENTERPRISE_EXTENSION])
+        return [self._target_user(user) for user in users], following
 
     def find_user(self, user_name: str) -> str | None:
         """The user id holding this userName (GetUserId), or None."""
@@ -346,6 +359,13 @@ class IdentityStoreTarget:
         for group in self._pages("ListGroups", "Groups", "groups"):
             yield TargetGroup(str(group["GroupId"]), str(group.get("DisplayName") or ""), group.get("Description"))
 
+    def list_groups_page(self, token: str | None) -> tuple[list[TargetGroup], str | None]:
+        """One ListGroups page and the next page's token."""
+        groups, following = self._page("ListGroups", "Groups", "groups", token)
+        return [
+            TargetGroup(str(g["GroupId"]), str(g.get("DisplayName") or ""), g.get("Description")) for g in groups
+        ], following
+
     def find_group(self, display_name: str) -> str | None:
         """The group id holding this displayName (GetGroupId), or None."""
         unique = {"AttributePath": "displayName", "AttributeValue": display_name}
@@ -384,6 +404,18 @@ class IdentityStoreTarget:
             user_id = (membership.get("MemberId") or {}).get("UserId")
             if user_id:
                 yield str(membership["MembershipId"]), str(user_id)
+
+    def list_memberships_page(self, group_id: str, token: str | None) -> tuple[list[tuple[str, str]], str | None]:
+        """One ListGroupMemberships page of the group (user members only) and the next page's token."""
+        found, following = self._page(
+            "ListGroupMemberships", "GroupMemberships", f"group {group_id}", token, GroupId=group_id
+        )
+        pairs = [
+            (str(m["MembershipId"]), str((m.get("MemberId") or {}).get("UserId")))
+            for m in found
+            if (m.get("MemberId") or {}).get("UserId")
+        ]
+        return pairs, following
 
     def find_membership(self, group_id: str, user_id: str) -> str | None:
         """The membership id of the user in the group (GetGroupMembershipId), or None."""

@@ -10,12 +10,19 @@ A cycle that runs out of time stops between two writes. Every write is recorded 
 and the delta links and mirror are stored only when a cycle finishes, so the next invocation
 reads the same changes again (replays are harmless) and carries on where this one stopped.
 
-Safety rules (each has a test in tests/unit/test_cycle_safety.py):
+Safety rules (each has a test in tests/unit/test_cycle_safety.py or tests/unit/test_full_reconcile.py):
 
 * a cycle whose deletion guard trips stores neither its mirror nor its delta links: what it read
   (an empty directory during a Graph incident, say) never becomes the baseline, and the next cycle
   reads in full again;
 * a resumed full reconcile is still a full reconcile: it reads IAM Identity Center again;
+* every phase of a full cycle stops at the time budget and resumes where it stopped: the Graph full read
+  between two pages (its nextLinks and what it read are checkpointed), the IAM Identity Center read
+  between two List calls (what it listed, and where each listing goes on), then the writes. An unfinished
+  read is never the directory nor IAM Identity Center: nothing is planned from it (so no deletion), and it
+  never becomes the mirror or the delta links. Every invocation makes progress (at least one request);
+* no blob outlives its purpose: a finished, distrusted or abandoned checkpoint's blobs are deleted, and
+  a blob's replaced chunks are deleted (``idsync.services.blobs``);
 * throttling and AWS-side faults end a cycle early without counting as failures (no quarantine);
 * restorable Entra deletions (soft-deleted users and Microsoft 365 groups) lose their memberships
   but keep their Identity Store object until Entra deletes them for good or ``restorable_grace``
@@ -24,6 +31,7 @@ Safety rules (each has a test in tests/unit/test_cycle_safety.py):
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -40,6 +48,7 @@ from idsync.errors import (
     StateError,
     TargetAuthError,
     TargetError,
+    TargetTransient,
 )
 from idsync.mirror import SOFT_DELETED, Mirror
 from idsync.model import (
@@ -61,9 +70,9 @@ from idsync.model import (
     content_hash,
 )
 from idsync.plan import EXTENSIONS, build_desired, make_plan, restrict, set_aside_memberships
-from idsync.ports import ChangeSource, Clock, IdentityStore, Notifier, StateStore
+from idsync.ports import ChangeSource, Clock, DirectoryChanges, FullRead, IdentityStore, Notifier, StateStore
 from idsync.services.access import NEW_GROUP, AccessService, GroupRef
-from idsync.services.blobs import load_blob, save_blob
+from idsync.services.blobs import delete_blob, load_blob, save_blob
 from idsync.services.control import load_pause
 from idsync.services.escrow import (
     Escrow,
@@ -84,6 +93,10 @@ LEASE = "sync"
 CYCLE_KEY = "cycle"  # delta links, last full reconcile, configuration fingerprint
 MIRROR_KEY = "mirror"
 CHECKPOINT_KEY = "checkpoint"  # a full cycle stopped by its time budget: its mirror and links
+CHECKPOINT_MIRROR = f"{CHECKPOINT_KEY}:mirror"  # blob: the checkpoint's mirror
+CHECKPOINT_TARGET = f"{CHECKPOINT_KEY}:target"  # blob: IAM Identity Center as read so far (no write since)
+FULL_READ_KEY = "full-read"  # a full read of Entra under way: when it began, for which configuration
+FULL_READ_BLOB = f"{FULL_READ_KEY}:graph"  # blob: the pages read so far and the nextLinks to go on from
 RUN_CURRENT, RUN_LAST = "run:current", "run:last"
 REFUSALS_KEY = "refusals"
 SOFT_DELETED_KEY = "soft-deleted"  # Entra's deleted items -> when first seen: kept even when a read is distrusted
@@ -135,6 +148,78 @@ class CycleOutcome:
 class Scoping:
     mode: str  # "assigned" | "all"
     transitive: bool
+
+
+@dataclass
+class TargetRead:
+    """IAM Identity Center as listed so far by a full cycle: users, groups, the memberships of the groups
+    whose members were read (``members_read``) and where each unfinished listing goes on. Unfinished, it is
+    never a view of IAM Identity Center: the cycle plans from ``view()`` only once ``read_target`` says it is done.
+    """
+
+    users: dict[str, TargetUser] = field(default_factory=dict)
+    users_next: str | None = None
+    users_done: bool = False
+    groups: dict[str, TargetGroup] = field(default_factory=dict)
+    groups_next: str | None = None
+    groups_done: bool = False
+    memberships: dict[tuple[str, str], str] = field(default_factory=dict)
+    members_read: set[str] = field(default_factory=set)
+    member_group: str | None = None  # the group whose members are being listed, from ``member_next``
+    member_next: str | None = None
+
+    def view(self) -> CurrentView:
+        return CurrentView(self.users, self.groups, self.memberships)
+
+    @property
+    def summary(self) -> str:
+        """What was listed so far, for the run status."""
+        return f"{len(self.users)} users, {len(self.groups)} groups, members of {len(self.members_read)} groups"
+
+    def restart(self, what: str) -> None:
+        """Forget one listing ("users", "groups" or a group id), which then begins again."""
+        if what == "users":
+            self.users, self.users_next = {}, None
+        elif what == "groups":
+            self.groups, self.groups_next = {}, None
+        else:
+            self.memberships = {k: v for k, v in self.memberships.items() if k[0] != what}
+            self.member_group, self.member_next = None, None
+
+    def to_bytes(self) -> bytes:
+        document = {
+            "users": [[u.target_id, u.user_name, u.doc, u.manager_target_id] for u in self.users.values()],
+            "users_next": self.users_next,
+            "users_done": self.users_done,
+            "groups": [[g.target_id, g.display_name, g.description] for g in self.groups.values()],
+            "groups_next": self.groups_next,
+            "groups_done": self.groups_done,
+            "memberships": [[g, u, m] for (g, u), m in self.memberships.items()],
+            "members_read": sorted(self.members_read),
+            "member_group": self.member_group,
+            "member_next": self.member_next,
+        }
+        return json.dumps(document, separators=(",", ":")).encode("utf-8")
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> TargetRead | None:
+        """The stored read, or None when damaged (the read then begins again)."""
+        try:
+            d = json.loads(blob)
+            return cls(
+                {str(i): TargetUser(str(i), str(n), doc, m) for i, n, doc, m in d["users"]},
+                d["users_next"],
+                bool(d["users_done"]),
+                {str(i): TargetGroup(str(i), str(n), desc) for i, n, desc in d["groups"]},
+                d["groups_next"],
+                bool(d["groups_done"]),
+                {(str(g), str(u)): str(m) for g, u, m in d["memberships"]},
+                {str(g) for g in d["members_read"]},
+                d["member_group"],
+                d["member_next"],
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
 
 
 def current_from_ownership(owned: Ownership) -> CurrentView:
@@ -202,21 +287,35 @@ class CycleService:
         # PIM for Groups: the plan leaves these groups' memberships to idsync.pim's rule (see _pim_pass)
         self.pim = pim
         self.pim_groups = tuple(pim.groups if pim is not None else pim_groups)
+        # per cycle: when its full read began, where a read stopped, whether it asked Graph for pages already
+        self._full_started = clock.now()
+        self._stopped_reading = ""
+        self._read_entra = False
 
     def _pool(self) -> tuple[int, int]:
         return self.concurrency, self.record_every
 
     # ------------------------------------------------------------------ reading Entra
 
-    def _read(self, force_full: bool) -> tuple[Mirror, dict[str, str], str, dict[str, Any]]:
-        """(mirror, new links, mode, cycle record) for this cycle."""
+    def _read(
+        self, force_full: bool, stop: Callable[[], bool] | None = None
+    ) -> tuple[Mirror, dict[str, str], str, dict[str, Any]] | None:
+        """(mirror, new links, mode, cycle record) for this cycle.
+
+        ``stop`` (a cycle holding the lease): a full read goes page by page, is checkpointed when ``stop()``
+        ends it early, and is carried on by the next call; None is returned then. Without ``stop`` (a dry
+        run, ``explain``) a full read is made in one go and nothing is stored.
+        """
         record = self.state.get_item(CYCLE_KEY) or {}
         checkpoint = self.state.get_item(CHECKPOINT_KEY)
+        partial = self._partial_read() if stop is not None else None
         mirror: Mirror | None = None
         links: Mapping[str, str] | None = None
         mode = "full"
-        if checkpoint is not None and not force_full:
-            blob = load_blob(self.state, f"{CHECKPOINT_KEY}:mirror")
+        if partial is not None:
+            pass  # a full read under way goes on, whatever else is stored
+        elif checkpoint is not None and not force_full:
+            blob = load_blob(self.state, CHECKPOINT_MIRROR)
             mirror = Mirror.from_bytes(blob) if blob else None
             links = checkpoint.get("links")
             mode = "resume"
@@ -228,10 +327,22 @@ class CycleService:
         if mirror is None or not links:
             mirror, links, mode = Mirror(), None, "full"
         try:
-            changes = self.source.read_changes(links)
+            if mode == "full" and stop is not None:
+                read = self._read_full(partial, stop)
+                if read is None:
+                    return None
+                changes = read
+            else:
+                changes = self.source.read_changes(links)
         except DeltaExpired:
             mirror, mode = Mirror(), "full"
-            changes = self.source.read_changes(None)
+            if stop is None:
+                changes = self.source.read_changes(None)
+            else:
+                read = self._read_full(None, stop)
+                if read is None:
+                    return None
+                changes = read
         if changes.full:
             mirror = Mirror(soft_deleted=self._soft_deleted_before(mirror))
         now = self.clock.now().isoformat()
@@ -252,6 +363,89 @@ class CycleService:
             users, groups = self.source.read_assignments()
             mirror.set_assignments(users, groups)
         return mirror, dict(changes.links), mode, record
+
+    def _read_at_once(self) -> tuple[Mirror, dict[str, str], str, dict[str, Any]]:
+        """What the next cycle would read, read in one go and stored nowhere (explain, on demand, plans)."""
+        read = self._read(force_full=False)
+        assert read is not None  # without a stop, a read always finishes
+        return read
+
+    def _partial_read(self) -> FullRead | None:
+        """The full read of Entra under way, if any; one begun for another configuration, one older than the
+        full-reconcile interval, or a damaged one is deleted (the read begins again)."""
+        record = self.state.get_item(FULL_READ_KEY)
+        if record is None:
+            return None
+        try:
+            started = datetime.fromisoformat(str(record.get("started")))
+            fresh = self.clock.now() - started < self.full_reconcile
+        except (ValueError, TypeError):
+            started, fresh = self.clock.now(), False
+        blob = (
+            load_blob(self.state, FULL_READ_BLOB) if fresh and record.get("fingerprint") == self.fingerprint else None
+        )
+        read = FullRead.from_bytes(blob) if blob else None
+        if read is None:
+            logger.info("a full read under way is dropped: begun for another configuration, too old, or damaged")
+            self._drop_full_read()
+            return None
+        self._full_started = started
+        return read
+
+    def _read_full(self, progress: FullRead | None, stop: Callable[[], bool]) -> DirectoryChanges | None:
+        """Carry the full read of Entra on (or begin it) until done or stopped; None when stopped (its progress
+        is stored first). Beginning a full read abandons a checkpoint left by an earlier one.
+
+        Raises DirectoryError, StateError.
+        """
+        if progress is None:
+            self._drop_checkpoint()
+            progress = self._begin_full_read()
+        self._read_entra = True
+        try:
+            read = self.source.read_full(progress, stop)
+        except DeltaExpired as error:
+            if not progress.pages:
+                raise
+            # Graph forgot the nextLink (it keeps them for a while only): the read begins again, now
+            logger.warning("a full read's nextLink expired; the read begins again", extra={"error": str(error)})
+            read = self.source.read_full(self._begin_full_read(), stop)
+        if not read.done:
+            self._store_full_read(read)
+            self._stopped_reading = f"Entra (after {read.pages} delta pages)"
+            return None
+        return read.changes()
+
+    def _begin_full_read(self) -> FullRead:
+        """A new full read, recorded before its first request: a process that dies during it (an operator's
+        forced full reconcile, say) is carried on by the next run rather than forgotten."""
+        self._full_started = self.clock.now()
+        read = FullRead()
+        self._store_full_read(read)
+        return read
+
+    def _store_full_read(self, read: FullRead) -> None:
+        save_blob(self.state, FULL_READ_BLOB, read.to_bytes())
+        # the record last: it names a blob that is complete
+        self.state.put_item(
+            FULL_READ_KEY,
+            {"started": self._full_started.isoformat(), "fingerprint": self.fingerprint, "pages": read.pages},
+        )
+
+    def _drop_full_read(self) -> None:
+        """Forget the full read under way: its blob first, so no chunk outlives the record naming it."""
+        if self.state.get_item(FULL_READ_KEY) is None and self.state.get_item(FULL_READ_BLOB) is None:
+            return
+        delete_blob(self.state, FULL_READ_BLOB)
+        self.state.delete_item(FULL_READ_KEY)
+
+    def _drop_checkpoint(self) -> None:
+        """Forget a checkpoint (finished, distrusted or abandoned): its blobs first, then the item (a cycle
+        without one writes nothing here)."""
+        delete_blob(self.state, CHECKPOINT_MIRROR)
+        delete_blob(self.state, CHECKPOINT_TARGET)
+        if self.state.get_item(CHECKPOINT_KEY) is not None:
+            self.state.delete_item(CHECKPOINT_KEY)
 
     def _soft_deleted_before(self, mirror: Mirror | None) -> dict[str, str]:
         """Objects in Entra's deleted items as last known: the state item, else the stored mirror."""
@@ -290,18 +484,85 @@ class CycleService:
         )
         return replace(view, out_of_scope=frozenset(alive - set(view.users)), retained=retained)
 
-    def read_target(self, desired: DesiredView, owned: Ownership) -> CurrentView:
-        """Every user and group in IAM Identity Center, and the members of the groups that matter."""
-        users = {u.target_id: u for u in self.target.list_users()}
-        groups = {g.target_id: g for g in self.target.list_groups()}
+    def read_target(
+        self,
+        desired: DesiredView,
+        owned: Ownership,
+        stop: Callable[[], bool] = lambda: False,
+        read: TargetRead | None = None,
+        first_free: bool = True,
+    ) -> tuple[TargetRead, bool]:
+        """Every user and group in IAM Identity Center, and the members of the groups that matter, and True
+        once all is listed (``TargetRead.view()`` is then what AWS holds).
+
+        One List call at a time, from where ``read`` stopped, until ``stop()`` answers True between two calls
+        (with ``first_free``, never before this call's first): the read is then unfinished (False). A listing
+        whose token AWS no longer accepts begins again. Raises TargetError.
+        """
+        read = read if read is not None else TargetRead()
+        calls = 0 if first_free else 1
+
+        def may_call() -> bool:
+            nonlocal calls
+            if calls and stop():
+                return False
+            calls += 1
+            return True
+
+        while not read.users_done:
+            if not may_call():
+                return read, False
+            users, read.users_next = self._listed(read.users_next, read, "users")
+            read.users.update((u.target_id, u) for u in users)
+            read.users_done = read.users_next is None
+        while not read.groups_done:
+            if not may_call():
+                return read, False
+            groups, read.groups_next = self._listed(read.groups_next, read, "groups")
+            read.groups.update((g.target_id, g) for g in groups)
+            read.groups_done = read.groups_next is None
         wanted = {g.display_name for g in desired.groups.values()}
         owned_targets = {o.target_id for o in owned.groups.values()}
-        memberships: dict[tuple[str, str], str] = {}
-        for group in groups.values():
-            if group.target_id in owned_targets or group.display_name in wanted:
-                for membership_id, user_id in self.target.list_memberships(group.target_id):
-                    memberships[(group.target_id, user_id)] = membership_id
-        return CurrentView(users, groups, memberships)
+        for group in read.groups.values():
+            group_id = group.target_id
+            if group_id in read.members_read or not (group_id in owned_targets or group.display_name in wanted):
+                continue
+            while True:
+                if not may_call():
+                    return read, False
+                token = read.member_next if read.member_group == group_id else None
+                pairs, following = self._listed(token, read, group_id)
+                read.memberships.update(((group_id, user_id), membership_id) for membership_id, user_id in pairs)
+                if following is None:
+                    read.members_read.add(group_id)
+                    read.member_group, read.member_next = None, None
+                    break
+                read.member_group, read.member_next = group_id, following
+        return read, True
+
+    def _list_page(self, what: str, token: str | None) -> tuple[list[Any], str | None]:
+        """One List call: ``what`` is "users", "groups" or the id of a group whose members are listed."""
+        if what == "users":
+            return self.target.list_users_page(token)
+        if what == "groups":
+            return self.target.list_groups_page(token)
+        return self.target.list_memberships_page(what, token)
+
+    def _listed(self, token: str | None, read: TargetRead, what: str) -> tuple[list[Any], str | None]:
+        """One List call of ``what`` from ``token``; a resumed token AWS refuses (expired) restarts that listing.
+        Raises TargetError."""
+        try:
+            return self._list_page(what, token)
+        except (TargetAuthError, TargetTransient):
+            raise
+        except TargetError as error:
+            if token is None:
+                raise
+            logger.warning(
+                "a listing's token was refused; the listing begins again", extra={"what": what, "error": str(error)}
+            )
+            read.restart(what)
+            return self._list_page(what, None)
 
     # ------------------------------------------------------------------ the cycle
 
@@ -351,7 +612,12 @@ class CycleService:
     def _run(self, opts: CycleOptions, quarantine: Quarantine | None) -> CycleOutcome:
         started = self.clock.now()
         cycle_id = f"{started.strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:6]}"
-        mirror, links, mode, record = self._read(opts.force_full)
+        self._full_started, self._stopped_reading, self._read_entra = started, "", False
+        stop = None if opts.dry_run else opts.should_stop  # a dry run stores nothing, so it reads in one go
+        read = self._read(opts.force_full, stop)
+        if read is None:
+            return self._stopped_while_reading(cycle_id, started, "full")
+        mirror, links, mode, record = read
         if not opts.dry_run:
             self._keep_soft_deleted(mirror)
         desired = self.desired(mirror)
@@ -360,7 +626,18 @@ class CycleService:
             owned = self.state.load_ownership()
         # a resumed full reconcile compares with AWS too, or the drift it found would be forgotten
         full = mode in ("full", "resume")
-        current = self.read_target(desired, owned) if full else current_from_ownership(owned)
+        listed: TargetRead | None = None
+        if full:
+            # the invocation's first request is made whatever the budget says, so every invocation makes progress
+            listed, done = self.read_target(
+                desired, owned, stop or (lambda: False), self._target_progress(mode, opts), not self._read_entra
+            )
+            if not done:
+                self._checkpoint_target(listed, mirror, links, mode)
+                return self._stopped_while_reading(cycle_id, started, mode)
+            current = listed.view()
+        else:
+            current = current_from_ownership(owned)
         policy = replace(self.policy, allow_deletions=opts.allow_deletions or self.policy.allow_deletions)
         plan = make_plan(*set_aside_memberships(desired, current, owned, self.pim_groups), policy)
         escrow = Escrow(self.state)
@@ -370,8 +647,14 @@ class CycleService:
             return CycleOutcome(applier.report(plan, started.isoformat(), True, True), mode=mode, plan=plan)
         if mode == "full" and plan.writes > 0 and plan.guard is None:
             # a full read is expensive: keep it so that a stopped cycle resumes without repeating it
-            save_blob(self.state, f"{CHECKPOINT_KEY}:mirror", mirror.to_bytes())
-            self.state.put_item(CHECKPOINT_KEY, {"links": links, "started": started.isoformat()})
+            save_blob(self.state, CHECKPOINT_MIRROR, mirror.to_bytes())
+            self.state.put_item(CHECKPOINT_KEY, {"links": links, "started": self._full_started.isoformat()})
+        self._drop_full_read()  # finished: the checkpoint (or the end of this cycle) carries it from here
+        write_stop = (
+            self._keep_listing_until_a_write(listed if plan.writes > 0 and plan.guard is None else None, opts)
+            if full
+            else opts.should_stop
+        )
         status = _StatusWriter(self.state, self.clock, cycle_id, mode, len(runnable))
         progress = opts.progress
 
@@ -381,7 +664,7 @@ class CycleService:
                 progress(done, total)
 
         ordinary, user_deletions = self._split_user_deletions(runnable)
-        complete = applier.apply(ordinary, opts.should_stop, on_progress)
+        complete = applier.apply(ordinary, write_stop, on_progress)
         if self.pim is not None:
             # the PIM safety net runs even when the ordinary work stopped early; user deletions then wait
             if not complete:
@@ -410,11 +693,84 @@ class CycleService:
         if complete and plan.guard is not None:
             self._distrust(record)
         elif complete:
-            self._finish(mirror, links, mode, record, started)
+            self._finish(mirror, links, mode, record)
         status.finish(report, mode)
         self._after(report, attempted, quarantine)
         self._watch_completion(complete, started, applier.stopped_by)
         return CycleOutcome(report, mode=mode, plan=plan)
+
+    def _target_progress(self, mode: str, opts: CycleOptions) -> TargetRead | None:
+        """What a stopped resume listed of IAM Identity Center (no write has happened since); a full cycle
+        lists afresh, and forgets a listing an earlier checkpoint left."""
+        if opts.dry_run:
+            return None
+        if mode == "resume":
+            blob = load_blob(self.state, CHECKPOINT_TARGET)
+            return TargetRead.from_bytes(blob) if blob else None
+        delete_blob(self.state, CHECKPOINT_TARGET)
+        return None
+
+    def _keep_listing_until_a_write(self, listed: TargetRead | None, opts: CycleOptions) -> Callable[[], bool]:
+        """The write phase's stop: ``opts.should_stop``, which also forgets the stored listing of IAM Identity
+        Center just before the first write (after it, the listing is out of date). Until then the listing is kept
+        with the checkpoint, so a cycle stopped before any write resumes its writes without listing again.
+        ``listed`` None: nothing will be written (or the cycle distrusts its read): the listing goes now."""
+        if listed is None:
+            delete_blob(self.state, CHECKPOINT_TARGET)
+            return opts.should_stop
+        save_blob(self.state, CHECKPOINT_TARGET, listed.to_bytes())
+        kept = True
+
+        def stop() -> bool:
+            nonlocal kept
+            if opts.should_stop():
+                return True
+            if kept:
+                delete_blob(self.state, CHECKPOINT_TARGET)
+                kept = False
+            return False
+
+        return stop
+
+    def _checkpoint_target(self, listed: TargetRead, mirror: Mirror, links: Mapping[str, str], mode: str) -> None:
+        """Store an unfinished listing with the checkpoint it belongs to (made now for a full cycle: its
+        mirror, links and start), then forget the full read of Entra the checkpoint now carries."""
+        save_blob(self.state, CHECKPOINT_TARGET, listed.to_bytes())
+        if mode == "full":
+            save_blob(self.state, CHECKPOINT_MIRROR, mirror.to_bytes())
+            self.state.put_item(CHECKPOINT_KEY, {"links": dict(links), "started": self._full_started.isoformat()})
+            self._drop_full_read()
+        self._stopped_reading = f"IAM Identity Center ({listed.summary} so far)"
+
+    def _stopped_while_reading(self, cycle_id: str, started: datetime, mode: str) -> CycleOutcome:
+        """The time budget ended this cycle during a read: nothing planned, nothing written but the checkpoint;
+        the PIM safety net still runs, and the run status says where the next invocation goes on."""
+        if self.pim is not None:
+            with self.pim.cycle_pass(cycle_id) as net:
+                net.reconcile()
+        why = f"time budget while reading {self._stopped_reading}"
+        finished = self.clock.now().isoformat()
+        self.state.put_item(
+            RUN_LAST,
+            {
+                "cycleId": cycle_id,
+                "mode": mode,
+                "total": 0,
+                "started": started.isoformat(),
+                "status": f"stopped ({why}; the next run continues)",
+                "processed": None,
+                "counts": {},
+                "failures": 0,
+                "refusals": 0,
+                "writes": 0,
+                "deletionGuard": None,
+                "finished": finished,
+            },
+        )
+        self._watch_completion(False, started, why)
+        logger.info("cycle stopped while reading", extra={"cycleId": cycle_id, "where": self._stopped_reading})
+        report = CycleReport(cycle_id, started.isoformat(), finished, False, {}, (), (), None, 0, complete=False)
+        return CycleOutcome(report, mode=mode)
 
     # ------------------------------------------------------------------ PIM for Groups
 
@@ -509,7 +865,7 @@ class CycleService:
         principal. Raises DirectoryError, TargetError."""
         if self.access is None:
             return None
-        mirror, _, mode, _ = self._read(force_full=False)
+        mirror, _, mode, _ = self._read_at_once()
         desired = self.desired(mirror)
         owned = self.state.load_ownership()
         targets = {sid: g.target_id for sid, g in owned.groups.items()}
@@ -522,7 +878,7 @@ class CycleService:
 
     def groups_in_scope(self) -> dict[str, str]:
         """The groups in scope now (source id -> displayName). Raises DirectoryError."""
-        mirror, _, _, _ = self._read(force_full=False)
+        mirror, _, _, _ = self._read_at_once()
         return {sid: g.display_name for sid, g in self.desired(mirror).groups.items()}
 
     # ------------------------------------------------------------------ on demand
@@ -535,7 +891,7 @@ class CycleService:
         if not self.state.acquire_lease(LEASE, owner, now, 300):
             return CycleOutcome(None, skipped="a sync cycle is running; try again when it ends (idsync status)")
         try:
-            mirror, _, mode, _ = self._read(force_full=False)
+            mirror, _, mode, _ = self._read_at_once()
             user_ids, group_ids = self._find(mirror, kind, key)
             desired = self.desired(mirror)
             if user_ids and not (user_ids & (set(desired.users) | {r.source_id for r in desired.refusals})):
@@ -581,7 +937,7 @@ class CycleService:
 
         ``key``: a user id or userPrincipalName, or a group id or displayName. Raises LookupError.
         """
-        mirror, _, mode, _ = self._read(force_full=False)
+        mirror, _, mode, _ = self._read_at_once()
         try:
             user_ids, group_ids = self._find(mirror, "user", key)
             kind = "user"
@@ -738,28 +1094,27 @@ class CycleService:
 
     # ------------------------------------------------------------------ finishing
 
-    def _finish(
-        self, mirror: Mirror, links: dict[str, str], mode: str, record: dict[str, Any], started: datetime
-    ) -> None:
+    def _finish(self, mirror: Mirror, links: dict[str, str], mode: str, record: dict[str, Any]) -> None:
         checkpoint = self.state.get_item(CHECKPOINT_KEY)
         save_blob(self.state, MIRROR_KEY, mirror.to_bytes())
         new_record = dict(record)
         new_record["links"] = links
         new_record["fingerprint"] = self.fingerprint
         if mode == "full":
-            new_record["last_full"] = started.isoformat()
+            new_record["last_full"] = self._full_started.isoformat()
         elif mode == "resume" and checkpoint:
             new_record["last_full"] = checkpoint["started"]
         self.state.put_item(CYCLE_KEY, new_record)
-        if checkpoint is not None:
-            self.state.delete_item(CHECKPOINT_KEY)
+        self._drop_checkpoint()
+        self._drop_full_read()
 
     def _distrust(self, record: dict[str, Any]) -> None:
         """The deletion guard tripped: keep nothing this cycle read, so the next one reads in full."""
         new_record = dict(record)
         new_record.pop("links", None)
         self.state.put_item(CYCLE_KEY, new_record)
-        self.state.delete_item(CHECKPOINT_KEY)
+        self._drop_checkpoint()
+        self._drop_full_read()
 
     def _watch_completion(self, complete: bool, started: datetime, stopped_by: str | None) -> None:
         """Notify once when no cycle has completed for longer than the full-reconcile interval."""
