@@ -29,9 +29,39 @@ MUTANTS: list[tuple[str, str, str]] = [
     ),
     (
         "guard ignores membership removals",
-        "trips(deletions, managed) or trips(removals, managed_memberships)",
-        "trips(deletions, managed)",
+        "if removals_trip(len(counted), managed_memberships):",
+        "if False:",
     ),
+    (
+        "membership removals share the users' threshold",
+        "if removals_trip(len(counted), managed_memberships):",
+        "if trips(len(counted), managed_memberships):",
+    ),
+    (
+        "membership floor compared with <",
+        "if count <= policy.membership_removal_floor:",
+        "if count < policy.membership_removal_floor:",
+    ),
+    ("membership floor ignored", "if count <= policy.membership_removal_floor:", "if count == 0:"),
+    (
+        "membership percent compared with >=",
+        "count / total > policy.max_membership_removal_percent",
+        "count / total >= policy.max_membership_removal_percent",
+    ),
+    (
+        "memberships of deleted users counted as removals",
+        "if op.source_id not in deleted_groups and op.member_source_id not in deleted_users",
+        "if op.source_id not in deleted_groups",
+    ),
+    (
+        "memberships of deleted groups counted as removals",
+        "if op.source_id not in deleted_groups and op.member_source_id not in deleted_users",
+        "if op.member_source_id not in deleted_users",
+    ),
+    ("emptied group ignored", "    if emptied:\n", "    if False:\n"),
+    ("emptied group needs one more than its minimum", "if count >= minimum and sid", "if count > minimum and sid"),
+    ("group keeping a member in Entra counted as emptied", "return candidates - listed", "return candidates"),
+    ("emptied-group minimum of 0 not off", "    if minimum <= 0:\n        return set()\n", ""),
     (
         "memberships of unmanaged users planned for removal",
         "user_sid = user_by_target.get(user_target)",

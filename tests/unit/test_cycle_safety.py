@@ -368,8 +368,9 @@ def _soft_delete(world: World, *user_ids: str) -> None:
 
 
 def test_restorable_users_outlive_a_tripped_guard_and_an_allowed_deletion_run() -> None:
-    # Given three users moved to Entra's deleted items, enough membership removals to trip the guard
-    world = delta_world()
+    # Given three users moved to Entra's deleted items, enough membership removals to trip the guard (3 of 12,
+    # above a floor lowered to this tiny tenant)
+    world = delta_world(membership_removal_floor=2, max_membership_removal_percent=20.0)
     world.run()
     ids = {n: world.store.find_user(n) for n in ("u4@example.com", "u5@example.com", "u7@example.com")}
     _soft_delete(world, "e4", "e5", "e7")
