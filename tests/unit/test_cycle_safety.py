@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from idsync.model import OwnedUser
+from idsync.model import GuardThreshold, OwnedUser
 from idsync.services.escrow import load_quarantine
 from tests.fakes import FakeDeltaSource
 from tests.unit.test_cycle import World, tenant
@@ -425,3 +425,33 @@ def test_the_grace_period_counts_from_entra_deletion_time_once_a_full_read_knows
     world.run(force_full=True)
     # Then the grace period is counted from the deletion in Entra: it has passed, so the user is deleted
     assert world.store.find_user("u4@example.com") is None
+
+
+def test_a_group_read_empty_costs_no_membership_and_the_next_cycle_reads_in_full_and_recovers() -> None:
+    # Given 30 users in two groups of 15, provisioned
+    base = tenant(users=30, groups=2)
+    world = World(FakeDeltaSource(base.users, base.groups, base.members))
+    world.run()
+    source = world.source
+    assert isinstance(source, FakeDeltaSource)
+    members = list(source.members["g0"])
+    # When a delta read answers Team 0 with no member while the group and every user stay (a glitch of Graph's)
+    source.members["g0"] = []
+    world.store.writes.clear()
+    tripped = world.run()
+    # Then no membership is removed, the guard names the group, and nothing the read said is kept
+    assert tripped.mode == "delta"
+    assert tripped.report.guard is not None
+    assert tripped.report.guard.tripped == (GuardThreshold.EMPTIED_GROUPS,)
+    assert tripped.report.guard.emptied_groups == ("Team 0",)
+    assert len(tripped.plan.held_back) == 15
+    assert world.store.writes == []
+    assert len(world.store.members_of("Team 0")) == 15
+    # When Graph has recovered, the next cycle reads in full and plans no deletion
+    source.members["g0"] = members
+    after = world.run()
+    assert after.mode == "full"
+    assert after.report.guard is None
+    assert after.plan.held_back == ()
+    assert world.store.writes == []
+    assert len(world.store.members_of("Team 0")) == 15
