@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from idsync.console.output import plan_lines
 from idsync.model import GuardThreshold, OwnedUser
 from idsync.services.escrow import load_quarantine
 from tests.fakes import FakeDeltaSource
@@ -445,6 +446,10 @@ def test_a_group_read_empty_costs_no_membership_and_the_next_cycle_reads_in_full
     assert tripped.report.guard.tripped == (GuardThreshold.EMPTIED_GROUPS,)
     assert tripped.report.guard.emptied_groups == ("Team 0",)
     assert len(tripped.plan.held_back) == 15
+    lines = plan_lines(tripped.plan, show_all=False)
+    assert lines[0] == "held back by the deletion guard (15, not applied):"
+    assert lines[1].startswith("  why: 1 group(s) Entra still lists would lose all their managed members")
+    assert lines[1].endswith(": Team 0")
     assert world.store.writes == []
     assert len(world.store.members_of("Team 0")) == 15
     # When Graph has recovered, the next cycle reads in full and plans no deletion
