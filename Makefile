@@ -25,8 +25,9 @@ $(STAMP): $(DEMO_STAMP) requirements.txt requirements-dev.txt
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
 	touch $(STAMP)
 
+# `make demo LATENCY_MS=50 AWS_RATE=20`: every IAM Identity Center call takes about 50 ms, above 20 a second throttled
 demo: demo-venv
-	$(BIN)/python -m sandbox.demo
+	$(BIN)/python -m sandbox.demo $(if $(LATENCY_MS),--latency-ms $(LATENCY_MS)) $(if $(AWS_RATE),--aws-rate $(AWS_RATE))
 
 lint: venv
 	$(BIN)/ruff check .

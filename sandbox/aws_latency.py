@@ -10,6 +10,10 @@ Time is injectable: with a virtual clock (``now``) and a ``sleep`` that advances
 thousands of calls runs in seconds and still measures the seconds it would take. The layer registers
 itself first on ``before-send``, so it runs before moto's own handler (which then answers the request)
 and after a rate budget attached earlier (which therefore waits before the request "leaves").
+
+``attach_to_new_clients(layer)`` puts one layer in front of every IAM Identity Center client (Identity
+Store and sso-admin, which share its rate) the process creates from then on, wherever the code that
+creates it lives: the sandbox's way to slow the real engine down without a line of it knowing.
 """
 
 from __future__ import annotations
@@ -19,11 +23,14 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import botocore.session
 from botocore.awsrequest import AWSResponse
+
+IDENTITY_CENTER_SERVICES = ("identitystore", "sso-admin")  # one rate limit for both
 
 
 class _Raw:
@@ -42,6 +49,14 @@ class LayerStats:
     throttled: int = 0
     waited: float = 0.0  # seconds of latency slept
     by_operation: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "calls": self.calls,
+            "throttled": self.throttled,
+            "waited": round(self.waited, 3),
+            "by_operation": dict(sorted(self.by_operation.items())),
+        }
 
 
 def throttling_response(protocol: str, url: str, message: str = "Rate exceeded") -> AWSResponse:
@@ -130,3 +145,25 @@ class LatencyLayer:
             return None
 
         client.meta.events.register_first(f"before-send.{service}", before_send, unique_id=f"latency-{id(self)}")
+
+
+def attach_to_new_clients(
+    layer: LatencyLayer, services: Iterable[str] = IDENTITY_CENTER_SERVICES
+) -> Callable[[], None]:
+    """Attach ``layer`` to every client of ``services`` any botocore session of this process creates from now
+    on; returns the function that stops it (clients already made keep the layer)."""
+    wanted = frozenset(services)
+    original = botocore.session.Session.create_client
+
+    def create_client(self: botocore.session.Session, service_name: str, *args: Any, **kwargs: Any) -> Any:
+        client = original(self, service_name, *args, **kwargs)
+        if service_name in wanted:
+            layer.attach(client)
+        return client
+
+    botocore.session.Session.create_client = create_client
+
+    def stop() -> None:
+        botocore.session.Session.create_client = original
+
+    return stop

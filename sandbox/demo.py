@@ -4,10 +4,17 @@ Starts the Graph emulator (a sample Entra tenant over HTTPS) and moto_server (AW
 then drives the real `idsync` command: test-connection, plan, sync, a second sync that changes
 nothing, a few changes in Entra and a delta sync that applies exactly them, the provisioning log,
 and a readable summary. Everything it starts, it stops.
+
+``--latency-ms N`` and ``--aws-rate R`` (``make demo LATENCY_MS=50 AWS_RATE=20``) put the sandbox's latency and
+throttle layer (``sandbox.aws_latency``) in front of every IAM Identity Center call: each takes about N ms, and
+above R calls a second AWS's ThrottlingException answers, which idsync retries. Every `idsync` command runs
+through ``sandbox.latency_run`` with its own layer (the demo runs one at a time); the PIM part's in-process
+functions share one. The summary counts the calls, the throttles and the latency waited.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -22,12 +29,14 @@ import yaml
 
 from idsync.adapters.sqlite_state import SqliteStateStore
 from idsync.config import load_settings
-from sandbox import moto_ext, moto_server
+from sandbox import latency_run, moto_ext, moto_server
+from sandbox.aws_latency import LatencyLayer, attach_to_new_clients
 from sandbox.graph_emulator import GraphEmulator
 from sandbox.jit_local import LocalJit
 from sandbox.tenant import CLIENT_SECRET, SERVICE_PRINCIPAL_ID, Tenant, sample_tenant
 
 WORKDIR = Path(".demo")
+LATENCY_STATS = "aws-latency.jsonl"
 PIM_GROUP = "AWS PIM Production Admin"
 
 
@@ -54,9 +63,16 @@ def banner(text: str) -> None:
     print(f"\n{bold}== {text}{plain}", flush=True)
 
 
+def cli(env: dict[str, str]) -> list[str]:
+    """The command that runs `idsync`: through the latency layer when ``env`` asks for it."""
+    if latency_run.layer_from(env) is not None:
+        return [sys.executable, "-m", "sandbox.latency_run", "idsync.cli"]
+    return [sys.executable, "-m", "idsync.cli"]
+
+
 def idsync(config: Path, env: dict[str, str], *args: str, expect: tuple[int, ...] = (0,)) -> None:
     """Run the real CLI as an administrator would, its output shown as is."""
-    command = [sys.executable, "-m", "idsync.cli", "--config", str(config), *args]
+    command = [*cli(env), "--config", str(config), *args]
     print(f"$ idsync {' '.join(args)}", flush=True)
     result = subprocess.run(command, env=env, check=False)
     if result.returncode not in expect:
@@ -65,7 +81,7 @@ def idsync(config: Path, env: dict[str, str], *args: str, expect: tuple[int, ...
 
 def read_json(config: Path, env: dict[str, str], *args: str) -> Any:
     """What `idsync ... --json` answers, read quietly for the demo's own sentences and checks."""
-    command = [sys.executable, "-m", "idsync.cli", "--config", str(config), *args, "--json"]
+    command = [*cli(env), "--config", str(config), *args, "--json"]
     result = subprocess.run(command, env=env, text=True, capture_output=True, check=False)
     if result.returncode != 0:
         raise DemoFailure(f"`idsync {' '.join(args)} --json` exited {result.returncode}: {result.stderr.strip()}")
@@ -122,6 +138,36 @@ def child_env() -> dict[str, str]:
     return env
 
 
+def latency_env(latency_ms: float | None, aws_rate: float | None) -> dict[str, str]:
+    """The environment that puts the latency layer in front of every `idsync` command (empty: no layer).
+
+    Raises ValueError for a latency below 0 or a rate not above 0.
+    """
+    if latency_ms is None and aws_rate is None:
+        return {}
+    env = {
+        latency_run.LATENCY_MS: str(latency_ms or 0),
+        latency_run.STATS: str((WORKDIR / LATENCY_STATS).resolve()),
+    }
+    if aws_rate is not None:
+        env[latency_run.AWS_RATE] = str(aws_rate)
+    latency_run.layer_from(env)  # validates
+    return env
+
+
+def latency_sentence(env: dict[str, str], in_process: LatencyLayer | None) -> str:
+    """What the latency layer did across every command and the PIM part: calls, throttles, time waited."""
+    total = latency_run.read_stats(Path(env[latency_run.STATS]))
+    if in_process is not None:
+        total["calls"] += in_process.stats.calls
+        total["throttled"] += in_process.stats.throttled
+        total["waited"] += in_process.stats.waited
+    return (
+        f"AWS latency layer: {total['calls']} IAM Identity Center calls answered, {total['throttled']} answered "
+        f"ThrottlingException (retried by idsync), {total['waited']:.1f} s of latency waited"
+    )
+
+
 def described(counts: dict[str, dict[str, int]]) -> str:
     return ", ".join(f"{n} {kind} {action}" for kind, a in counts.items() for action, n in a.items()) or "no change"
 
@@ -144,11 +190,27 @@ def summary(first: dict[str, Any], second: dict[str, Any], third: dict[str, Any]
 
 
 def pim_activation(
-    tenant: Tenant, emulator: GraphEmulator, config: Path, endpoint: str, group: str, refused: set[str]
+    tenant: Tenant,
+    emulator: GraphEmulator,
+    config: Path,
+    endpoint: str,
+    group: str,
+    refused: set[str],
+    layer: LatencyLayer | None = None,
 ) -> str:
-    """One PIM for Groups activation end to end, then its expiry at the grant's end time."""
+    """One PIM for Groups activation end to end, then its expiry at the grant's end time (its IAM Identity
+    Center calls behind ``layer`` when given)."""
     banner(f"PIM for Groups: an activation in '{PIM_GROUP}', applied within seconds, removed at its end")
     os.environ.update(child_env() | {"AWS_ENDPOINT_URL": endpoint})
+    stop = attach_to_new_clients(layer) if layer is not None else None
+    try:
+        return _activate_and_expire(tenant, emulator, config, group, refused)
+    finally:
+        if stop is not None:
+            stop()
+
+
+def _activate_and_expire(tenant: Tenant, emulator: GraphEmulator, config: Path, group: str, refused: set[str]) -> str:
     settings = load_settings(config)
     state = SqliteStateStore(settings.state.path)
     owned = state.load_ownership().users
@@ -185,7 +247,15 @@ def pim_activation(
     )
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="make demo", description="idsync end to end against local emulators")
+    parser.add_argument("--latency-ms", type=float, help="median latency of an IAM Identity Center call (ms)")
+    parser.add_argument("--aws-rate", type=float, help="calls a second above which AWS answers ThrottlingException")
+    args = parser.parse_args(argv)
+    try:
+        latency = latency_env(args.latency_ms, args.aws_rate)
+    except ValueError as error:
+        parser.error(str(error))
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto_server's request lines
     tenant = sample_tenant()
     moto_ext.install()
@@ -194,13 +264,18 @@ def main() -> int:
     try:
         pim_group = next(g for g, obj in tenant.groups.items() if obj["displayName"] == PIM_GROUP)
         config = write_config(emulator, endpoint, pim_group)
-        env = child_env()
+        (WORKDIR / LATENCY_STATS).unlink(missing_ok=True)
+        env = child_env() | latency
+        layer = latency_run.layer_from(latency)
         banner("Local emulators")
         print(
             f"Graph emulator (sample Entra tenant, {len(tenant.users)} users, {len(tenant.groups)} groups): "
             f"{emulator.graph_url}"
         )
         print(f"moto_server (AWS IAM Identity Center): {endpoint}")
+        if layer is not None:
+            limit = f"ThrottlingException above {layer.rate:g} calls a second" if layer.rate else "no throttling"
+            print(f"AWS latency layer: {layer.median * 1000:g} ms median per IAM Identity Center call, {limit}")
 
         banner("Test connection (like Entra's Test Connection button)")
         idsync(config, env, "test-connection")
@@ -258,10 +333,12 @@ def main() -> int:
         idsync(config, env, "status")
         status = read_json(config, env, "status")
 
-        jit = pim_activation(tenant, emulator, config, endpoint, pim_group, set(tenant.expected_refusals))
+        jit = pim_activation(tenant, emulator, config, endpoint, pim_group, set(tenant.expected_refusals), layer)
 
         summary(first, second, third, status)
         print(jit)
+        if layer is not None:
+            print(latency_sentence(env, layer))
         return 0
     except DemoFailure as failure:
         print(f"\ndemo failed: {failure}", file=sys.stderr)

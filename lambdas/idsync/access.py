@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from idsync.model import DeletionGuard
+from idsync.model import DeletionGuard, GuardThreshold
 
 
 class How(StrEnum):
@@ -198,7 +198,13 @@ def _guard(removals: int, managed: int, policy: AccessPolicy) -> AccessGuard | N
     if policy.allow_deletions or removals == 0:
         return None
     if removals > policy.max_deletions or (managed > 0 and 100.0 * removals / managed > policy.max_deletion_percent):
-        return AccessGuard(removals, managed, policy.max_deletions, policy.max_deletion_percent)
+        return AccessGuard(
+            removals,
+            managed,
+            policy.max_deletions,
+            policy.max_deletion_percent,
+            tripped=(GuardThreshold.DELETIONS,),
+        )
     return None
 
 

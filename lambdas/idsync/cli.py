@@ -309,6 +309,7 @@ def _report_json(report: CycleReport) -> dict[str, Any]:
         "failures": [f.as_dict() for f in report.failures],
         "refusals": [_refusal_json(r) for r in report.refusals],
         "deletionGuard": report.guard.message if report.guard else None,
+        "deletionGuardDetail": report.guard.as_dict() if report.guard else None,
         "ok": report.ok,
     }
 
@@ -373,6 +374,7 @@ def cmd_plan(settings: Settings, args: argparse.Namespace, console: Console) -> 
             "operations": [_operation_json(op) for op in plan.operations],
             "refusals": [_refusal_json(r) for r in plan.refusals],
             "deletionGuard": plan.guard.message if plan.guard else None,
+            "deletionGuardDetail": plan.guard.as_dict() if plan.guard else None,
             "heldBack": [_operation_json(op) for op in plan.held_back],
         }
         if access is not None:

@@ -134,6 +134,11 @@ class SyncSettings(_Strict):
     delete_groups: bool = True
     max_deletions: int = Field(default=500, ge=0)
     max_deletion_percent: float = Field(default=20.0, ge=0, le=100)
+    # membership removals have their own threshold, a share of the managed memberships with a floor
+    max_membership_removal_percent: float = Field(default=5.0, ge=0, le=100)
+    membership_removal_floor: int = Field(default=500, ge=0)
+    # a group Entra still lists losing every managed member (at least this many) trips the guard; 0: off
+    empty_group_min_memberships: int = Field(default=10, ge=0)
     full_reconcile_hours: float = Field(default=24.0, gt=0)
     log_retention_days: int = Field(default=30, ge=1, le=3650)
     # soft-deleted users and Microsoft 365 groups keep their AWS object this long (Entra restores for 30 days)

@@ -248,12 +248,23 @@ class Operation:
         return f"{self.kind.value}:{self.source_id}"
 
 
+class GuardThreshold(StrEnum):
+    """Which of the deletion guard's thresholds a plan crossed."""
+
+    DELETIONS = "deletions"  # users and groups: Entra's own threshold, a count and a percentage
+    MEMBERSHIP_REMOVALS = "membership_removals"  # a percentage of managed memberships, with a floor
+    EMPTIED_GROUPS = "emptied_groups"  # a group Entra still lists losing every managed member
+
+
 @dataclass(frozen=True, slots=True)
 class DeletionGuard:
     """Why a cycle's deletions were held back (None on the plan when nothing tripped).
 
     ``held_back`` counts every operation held back, membership removals included: it is the
-    number of operations ``Plan.held_back`` names.
+    number of operations ``Plan.held_back`` names. ``removals`` counts every membership removal;
+    ``counted_removals`` only those the membership threshold weighs (a membership removed because its
+    user or group is deleted counts under that deletion). ``tripped`` names the thresholds crossed and
+    ``emptied_groups`` the groups (display names) that would lose every managed member.
     """
 
     deletions: int  # users and groups
@@ -262,10 +273,43 @@ class DeletionGuard:
     max_percent: float
     removals: int = 0  # memberships
     managed_memberships: int = 0
+    counted_removals: int = 0
+    removal_floor: int = 0
+    removal_percent: float = 0.0
+    empty_group_min: int = 0
+    emptied_groups: tuple[str, ...] = ()
+    tripped: tuple[GuardThreshold, ...] = ()
 
     @property
     def held_back(self) -> int:
         return self.deletions + self.removals
+
+    @property
+    def removal_limit(self) -> float:
+        """The most membership removals a cycle may make: the percentage of managed ones, at least the floor."""
+        return max(float(self.removal_floor), self.removal_percent * self.managed_memberships / 100.0)
+
+    def reasons(self) -> list[str]:
+        """One sentence per threshold crossed."""
+        out: list[str] = []
+        if GuardThreshold.DELETIONS in self.tripped:
+            out.append(
+                f"{self.deletions} user and group deletions are above the limit of {self.max_deletions} "
+                f"or {self.max_percent:g}% of the managed ones"
+            )
+        if GuardThreshold.MEMBERSHIP_REMOVALS in self.tripped:
+            share = 100.0 * self.counted_removals / self.managed_memberships if self.managed_memberships else 100.0
+            out.append(
+                f"{self.counted_removals} membership removals ({share:.1f}% of the managed ones) are above the "
+                f"limit of {self.removal_percent:g}% of them, at least {self.removal_floor}"
+            )
+        if GuardThreshold.EMPTIED_GROUPS in self.tripped:
+            out.append(
+                f"{len(self.emptied_groups)} group(s) Entra still lists would lose all their managed members "
+                f"(at least {self.empty_group_min} each), which is what an empty read of a group looks like: "
+                + ", ".join(self.emptied_groups)
+            )
+        return out
 
     @property
     def message(self) -> str:
@@ -278,10 +322,27 @@ class DeletionGuard:
         )
         return (
             f"deletion guard: this cycle would delete {self.deletions} of {self.managed} managed objects "
-            f"({percent:.1f}%){removals}, above the limit of {self.max_deletions} or {self.max_percent:g}%; "
+            f"({percent:.1f}%){removals}: {'; '.join(self.reasons())}; "
             f"none of these {self.held_back} deletions was applied (`idsync plan` names each). Check the source "
             "directory, then raise the limits or run `idsync sync --allow-deletions` once."
         )
+
+    def as_dict(self) -> dict[str, Any]:
+        """The guard's numbers for JSON output: what tripped, the counts, the limits, the emptied groups."""
+        return {
+            "tripped": [t.value for t in self.tripped],
+            "deletions": self.deletions,
+            "managed": self.managed,
+            "maxDeletions": self.max_deletions,
+            "maxDeletionPercent": self.max_percent,
+            "membershipRemovals": self.removals,
+            "countedMembershipRemovals": self.counted_removals,
+            "managedMemberships": self.managed_memberships,
+            "membershipRemovalFloor": self.removal_floor,
+            "maxMembershipRemovalPercent": self.removal_percent,
+            "emptyGroupMinMemberships": self.empty_group_min,
+            "emptiedGroups": list(self.emptied_groups),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,6 +383,10 @@ class PlanPolicy:
     delete_groups: bool = True
     max_deletions: int = 500
     max_deletion_percent: float = 20.0
+    # membership removals weigh against managed memberships, never below the floor (README: "Deletion guard")
+    max_membership_removal_percent: float = 5.0
+    membership_removal_floor: int = 500
+    empty_group_min_memberships: int = 10  # 0: an emptied group alone never trips the guard
     allow_deletions: bool = False  # an operator's one-off override of the guard
     skip_out_of_scope_deletions: bool = False  # keep users who merely left the scope (Entra's option)
     managed_attributes: frozenset[str] = frozenset()  # doc keys idsync owns; others are left alone

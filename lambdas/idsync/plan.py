@@ -19,6 +19,7 @@ manages keeps its contested name (the incumbent wins); objects Entra can still r
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -33,6 +34,7 @@ from idsync.model import (
     DeprovisionMode,
     DesiredView,
     Group,
+    GuardThreshold,
     JsonValue,
     Kind,
     Operation,
@@ -582,14 +584,35 @@ def _guard(
     user_deletes: list[Operation],
     group_deletes: list[Operation],
     membership_removes: list[Operation],
+    desired: DesiredView,
+    live_users: set[str],
     owned: Ownership,
     policy: PlanPolicy,
 ) -> DeletionGuard | None:
+    """The deletion guard's verdict on a plan: None when its deletions may apply.
+
+    Three thresholds, each checked on its own:
+
+    * users and groups (Entra's own threshold): more than ``max_deletions`` deleted, or more than
+      ``max_deletion_percent`` of the managed ones;
+    * membership removals: more than ``membership_removal_floor`` and more than
+      ``max_membership_removal_percent`` of the managed memberships. A membership removed because its user
+      or its group is deleted this cycle counts under that deletion, not here;
+    * an emptied group: a group Entra still lists, with no active member in Entra's answer, that would lose
+      at least ``empty_group_min_memberships`` managed memberships (0 turns this off). That is what an
+      outage's empty read of a group looks like, however small its share of the whole.
+    """
     if policy.allow_deletions:
         return None
     deletions = len(user_deletes) + len(group_deletes)
     managed = len(owned.users) + len(owned.groups)
-    removals = len(membership_removes)
+    deleted_users = {op.source_id for op in user_deletes}
+    deleted_groups = {op.source_id for op in group_deletes}
+    counted = [
+        op
+        for op in membership_removes
+        if op.source_id not in deleted_groups and op.member_source_id not in deleted_users
+    ]
     managed_memberships = len(owned.memberships)
 
     def trips(count: int, total: int) -> bool:
@@ -597,11 +620,47 @@ def _guard(
             return False
         return count > policy.max_deletions or (total > 0 and 100.0 * count / total > policy.max_deletion_percent)
 
-    if trips(deletions, managed) or trips(removals, managed_memberships):
-        return DeletionGuard(
-            deletions, managed, policy.max_deletions, policy.max_deletion_percent, removals, managed_memberships
-        )
-    return None
+    def removals_trip(count: int, total: int) -> bool:
+        if count <= policy.membership_removal_floor:
+            return False
+        return total == 0 or 100.0 * count / total > policy.max_membership_removal_percent
+
+    tripped: list[GuardThreshold] = []
+    if trips(deletions, managed):
+        tripped.append(GuardThreshold.DELETIONS)
+    if removals_trip(len(counted), managed_memberships):
+        tripped.append(GuardThreshold.MEMBERSHIP_REMOVALS)
+    emptied = _emptied_groups(counted, desired, live_users, policy.empty_group_min_memberships)
+    if emptied:
+        tripped.append(GuardThreshold.EMPTIED_GROUPS)
+    if not tripped:
+        return None
+    return DeletionGuard(
+        deletions,
+        managed,
+        policy.max_deletions,
+        policy.max_deletion_percent,
+        len(membership_removes),
+        managed_memberships,
+        counted_removals=len(counted),
+        removal_floor=policy.membership_removal_floor,
+        removal_percent=policy.max_membership_removal_percent,
+        empty_group_min=policy.empty_group_min_memberships,
+        emptied_groups=tuple(sorted(desired.groups[sid].display_name for sid in emptied)),
+        tripped=tuple(tripped),
+    )
+
+
+def _emptied_groups(counted: list[Operation], desired: DesiredView, live_users: set[str], minimum: int) -> set[str]:
+    """Groups Entra still lists with no active member that lose at least ``minimum`` managed memberships."""
+    if minimum <= 0:
+        return set()
+    per_group = Counter(op.source_id for op in counted)
+    candidates = {sid for sid, count in per_group.items() if count >= minimum and sid in desired.groups}
+    if not candidates:
+        return set()
+    listed = {group for group, user in desired.memberships if group in candidates and user in live_users}
+    return candidates - listed
 
 
 def make_plan(desired: DesiredView, current: CurrentView, owned: Ownership, policy: PlanPolicy) -> Plan:
@@ -619,7 +678,7 @@ def make_plan(desired: DesiredView, current: CurrentView, owned: Ownership, poli
     membership_adds, membership_removes = _plan_memberships(
         desired, current, owned, users.targets, group_targets, live_users, live_groups, refused | refused_groups
     )
-    guard = _guard(user_deletes, group_deletes, membership_removes, owned, policy)
+    guard = _guard(user_deletes, group_deletes, membership_removes, desired, live_users, owned, policy)
     held_back: list[Operation] = []
     if guard is not None:
         held_back = membership_removes + group_deletes + user_deletes

@@ -142,6 +142,8 @@ def test_plan_names_every_deletion_the_guard_holds_back(
     assert code == 3
     held = plan["heldBack"]
     assert f"none of these {len(held)} deletions" in plan["deletionGuard"]
+    assert plan["deletionGuardDetail"]["tripped"] == ["deletions"]
+    assert plan["deletionGuardDetail"]["deletions"] == sum(1 for op in held if op["kind"] in ("user", "group"))
     assert sum(1 for op in held if op["kind"] == "user") == provisioned
     assert any(op["kind"] == "membership" for op in held)
     assert all(op["action"] == "delete" for op in held)

@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from idsync.model import OwnedUser
+from idsync.console.output import plan_lines
+from idsync.model import GuardThreshold, OwnedUser
 from idsync.services.escrow import load_quarantine
 from tests.fakes import FakeDeltaSource
 from tests.unit.test_cycle import World, tenant
@@ -368,8 +369,9 @@ def _soft_delete(world: World, *user_ids: str) -> None:
 
 
 def test_restorable_users_outlive_a_tripped_guard_and_an_allowed_deletion_run() -> None:
-    # Given three users moved to Entra's deleted items, enough membership removals to trip the guard
-    world = delta_world()
+    # Given three users moved to Entra's deleted items, enough membership removals to trip the guard (3 of 12,
+    # above a floor lowered to this tiny tenant)
+    world = delta_world(membership_removal_floor=2, max_membership_removal_percent=20.0)
     world.run()
     ids = {n: world.store.find_user(n) for n in ("u4@example.com", "u5@example.com", "u7@example.com")}
     _soft_delete(world, "e4", "e5", "e7")
@@ -424,3 +426,37 @@ def test_the_grace_period_counts_from_entra_deletion_time_once_a_full_read_knows
     world.run(force_full=True)
     # Then the grace period is counted from the deletion in Entra: it has passed, so the user is deleted
     assert world.store.find_user("u4@example.com") is None
+
+
+def test_a_group_read_empty_costs_no_membership_and_the_next_cycle_reads_in_full_and_recovers() -> None:
+    # Given 30 users in two groups of 15, provisioned
+    base = tenant(users=30, groups=2)
+    world = World(FakeDeltaSource(base.users, base.groups, base.members))
+    world.run()
+    source = world.source
+    assert isinstance(source, FakeDeltaSource)
+    members = list(source.members["g0"])
+    # When a delta read answers Team 0 with no member while the group and every user stay (a glitch of Graph's)
+    source.members["g0"] = []
+    world.store.writes.clear()
+    tripped = world.run()
+    # Then no membership is removed, the guard names the group, and nothing the read said is kept
+    assert tripped.mode == "delta"
+    assert tripped.report.guard is not None
+    assert tripped.report.guard.tripped == (GuardThreshold.EMPTIED_GROUPS,)
+    assert tripped.report.guard.emptied_groups == ("Team 0",)
+    assert len(tripped.plan.held_back) == 15
+    lines = plan_lines(tripped.plan, show_all=False)
+    assert lines[0] == "held back by the deletion guard (15, not applied):"
+    assert lines[1].startswith("  why: 1 group(s) Entra still lists would lose all their managed members")
+    assert lines[1].endswith(": Team 0")
+    assert world.store.writes == []
+    assert len(world.store.members_of("Team 0")) == 15
+    # When Graph has recovered, the next cycle reads in full and plans no deletion
+    source.members["g0"] = members
+    after = world.run()
+    assert after.mode == "full"
+    assert after.report.guard is None
+    assert after.plan.held_back == ()
+    assert world.store.writes == []
+    assert len(world.store.members_of("Team 0")) == 15

@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+from functools import cache
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from idsync.model import Group, PlanPolicy, Refusal, User, freeze_doc
-from idsync.plan import with_manager
+from idsync.model import (
+    Action,
+    DeletionGuard,
+    DesiredView,
+    Group,
+    GuardThreshold,
+    Kind,
+    Operation,
+    Ownership,
+    PlanPolicy,
+    Refusal,
+    User,
+    freeze_doc,
+)
+from idsync.plan import _guard, with_manager
 from idsync.services.cycle import CycleOptions, CycleService, Scoping
 from tests.fakes import FakeClock, FakeIdentityStore, FakeSource, FakeState
 
@@ -241,3 +256,206 @@ def test_below_the_guard_deletions_apply() -> None:
     assert report.guard is None
     assert len(store.users) == 90
     assert len(store.members_of("Admins")) == 90
+
+
+# --------------------------------------------------------------------------- the deletion guard's three thresholds
+
+
+def _teams(users: int, groups: int) -> FakeSource:
+    """``users`` users spread round-robin over ``groups`` groups (one membership each)."""
+    people = _tenant(users).users
+    teams = [{"id": f"g{j}", "displayName": f"Team {j}"} for j in range(groups)]
+    members = {f"g{j}": [p["id"] for k, p in enumerate(people) if k % groups == j] for j in range(groups)}
+    return FakeSource(people, teams, members)
+
+
+def _leave(directory: FakeSource, count: int) -> None:
+    """``count`` users leave their group in Entra (they stay, as do their groups)."""
+    leaving = {u["id"] for u in directory.users[:count]}
+    directory.members = {g: [u for u in m if u not in leaving] for g, m in directory.members.items()}
+
+
+def _provisioned(directory: FakeSource, **policy: Any) -> tuple[FakeIdentityStore, FakeState, Runner]:
+    store, state = FakeIdentityStore(), FakeState()
+    runner = make_service(directory, store, state, **policy)
+    runner.run()
+    store.writes.clear()
+    return store, state, runner
+
+
+def test_membership_removals_exactly_at_their_percentage_apply_and_one_more_is_held_back() -> None:
+    # Given 40 managed memberships, a limit of 10% of them (4) and a floor below it
+    policy = {"max_membership_removal_percent": 10.0, "membership_removal_floor": 2, "empty_group_min_memberships": 0}
+    directory = _teams(40, 4)
+    store, _, runner = _provisioned(directory, **policy)
+    # When 4 members leave their groups: exactly at the limit, they are removed
+    _leave(directory, 4)
+    assert runner.run().guard is None
+    assert store.writes == ["DeleteGroupMembership"] * 4
+    # When 5 more leave (5 of 36: 13.9%), none is removed, and the guard says which threshold tripped
+    store.writes.clear()
+    _leave(directory, 9)
+    report = runner.run()
+    assert report.guard is not None
+    assert report.guard.tripped == (GuardThreshold.MEMBERSHIP_REMOVALS,)
+    assert "5 membership removals (13.9% of the managed ones) are above the limit of 10% of them, at least 2" in (
+        report.guard.message
+    )
+    assert store.writes == []
+    assert sum(len(store.members_of(f"Team {j}")) for j in range(4)) == 36
+
+
+def test_membership_removals_up_to_the_floor_apply_whatever_their_share() -> None:
+    # Given 40 managed memberships, 10% of them (4) below a floor of 6
+    policy = {"max_membership_removal_percent": 10.0, "membership_removal_floor": 6, "empty_group_min_memberships": 0}
+    directory = _teams(40, 4)
+    store, _, runner = _provisioned(directory, **policy)
+    # When 6 members leave (15%): at the floor, they are removed
+    _leave(directory, 6)
+    assert runner.run().guard is None
+    assert store.writes == ["DeleteGroupMembership"] * 6
+    # When 7 more leave (7 of 34: above both the floor and 10%), none is removed
+    store.writes.clear()
+    _leave(directory, 13)
+    report = runner.run()
+    assert report.guard is not None
+    assert report.guard.tripped == (GuardThreshold.MEMBERSHIP_REMOVALS,)
+    assert report.guard.counted_removals == 7
+    assert store.writes == []
+
+
+def test_a_group_entra_still_lists_read_empty_trips_the_guard_at_its_minimum_size_and_is_named() -> None:
+    # Given two groups of 10 and 9 members, removals far below the membership threshold
+    people = _tenant(19).users
+    groups = [{"id": "g1", "displayName": "Admins"}, {"id": "g2", "displayName": "Operators"}]
+    members = {"g1": [p["id"] for p in people[:10]], "g2": [p["id"] for p in people[10:]]}
+    directory = FakeSource(people, groups, members)
+    store, _, runner = _provisioned(directory, membership_removal_floor=500, empty_group_min_memberships=10)
+    # When Entra reads the 9-member group empty (below the minimum): its members are removed
+    directory.members = {"g1": members["g1"], "g2": []}
+    assert runner.run().guard is None
+    assert store.members_of("Operators") == set()
+    # When Entra reads the 10-member group empty while every user stays
+    store.writes.clear()
+    directory.members = {"g1": [], "g2": []}
+    report = runner.run()
+    # Then no membership is removed, and the guard names the group and the threshold
+    assert report.guard is not None
+    assert report.guard.tripped == (GuardThreshold.EMPTIED_GROUPS,)
+    assert report.guard.emptied_groups == ("Admins",)
+    assert report.guard.as_dict()["emptiedGroups"] == ["Admins"]
+    assert "which is what an empty read of a group looks like: Admins;" in report.guard.message
+    assert store.writes == []
+    assert len(store.members_of("Admins")) == 10
+    # and a group that keeps one member in Entra is not emptied: its 9 leavers are removed
+    directory.members = {"g1": members["g1"][:1], "g2": []}
+    assert runner.run().guard is None
+    assert store.members_of("Admins") == {"u0@example.com"}
+
+
+def test_an_empty_group_minimum_of_0_turns_the_emptied_group_rule_off() -> None:
+    people = _tenant(12).users
+    directory = FakeSource(people, [{"id": "g1", "displayName": "Admins"}], {"g1": [p["id"] for p in people]})
+    store, _, runner = _provisioned(directory, empty_group_min_memberships=0)
+    directory.members = {"g1": []}
+    assert runner.run().guard is None
+    assert store.members_of("Admins") == set()
+
+
+def test_memberships_of_deleted_users_and_groups_count_under_those_deletions() -> None:
+    # Given a group of 12 and 12 users in two more groups each, a membership floor of 5 and an empty-group minimum of 10
+    people = _tenant(24).users
+    groups = [{"id": "g1", "displayName": "Admins"}, {"id": "g2", "displayName": "A"}, {"id": "g3", "displayName": "B"}]
+    members = {"g1": [p["id"] for p in people[:12]], "g2": [p["id"] for p in people[12:]]}
+    members["g3"] = list(members["g2"])
+    directory = FakeSource(people, groups, members)
+    policy = {"max_deletions": 5, "max_deletion_percent": 100.0, "membership_removal_floor": 5}
+    store, _, runner = _provisioned(directory, **policy)
+    # When the group of 12 leaves Entra and 4 users leave the company (8 memberships), all within 5 deletions
+    directory.groups = groups[1:]
+    directory.users = people[:20]
+    directory.members = {"g2": [p["id"] for p in people[12:20]], "g3": [p["id"] for p in people[12:20]]}
+    report = runner.run()
+    # Then the 20 memberships go with their group and users: none counts as a membership removal
+    assert report.guard is None
+    assert store.find_group("Admins") is None
+    assert len(store.users) == 20
+    assert store.writes.count("DeleteGroupMembership") == 12 + 8
+
+
+class _Counted(Mapping[Any, Any]):
+    """As many managed objects as a tenant at scale holds, by count only (the guard only counts them)."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(())
+
+    def __getitem__(self, key: Any) -> Any:
+        raise KeyError(key)
+
+
+GROUPS_AT_SCALE = 10_000
+
+
+@cache
+def _listed_at_scale() -> DesiredView:
+    """Entra's answer at scale as far as the guard reads it: every group listed, each with a member who stays."""
+    groups = {f"g{j}": Group(f"g{j}", f"Team {j}") for j in range(GROUPS_AT_SCALE)}
+    return DesiredView({}, groups, frozenset((f"g{j}", "e0") for j in range(GROUPS_AT_SCALE)))
+
+
+@cache
+def _leaving(count: int) -> list[Operation]:
+    """``count`` members leaving groups Entra still lists, spread evenly over the groups."""
+    return [
+        Operation(Kind.MEMBERSHIP, Action.DELETE, f"g{k % GROUPS_AT_SCALE}", "leaves", member_source_id=f"e{k + 1}")
+        for k in range(count)
+    ]
+
+
+def _guard_at(policy: PlanPolicy, *, memberships: int, removals: int, users_deleted: int = 0) -> DeletionGuard | None:
+    """The guard on a plan at scale: 100,000 managed users, 10,000 groups and ``memberships`` memberships;
+    ``removals`` members leave groups they stay listed in, and ``users_deleted`` users leave with five
+    memberships each."""
+    owned = Ownership(_Counted(100_000), _Counted(GROUPS_AT_SCALE), _Counted(memberships))
+    leavers = [f"e{99_999 - k}" for k in range(users_deleted)]
+    with_user = [
+        Operation(Kind.MEMBERSHIP, Action.DELETE, f"g{(k * 5 + n) % GROUPS_AT_SCALE}", "gone", member_source_id=sid)
+        for k, sid in enumerate(leavers)
+        for n in range(5)
+    ]
+    user_deletes = [Operation(Kind.USER, Action.DELETE, sid, "gone") for sid in leavers]
+    stays = _leaving(60_001)[:removals]
+    return _guard(user_deletes, [], stays + with_user, _listed_at_scale(), {"e0"}, owned, policy)
+
+
+def test_a_day_of_churn_at_100k_users_and_500k_memberships_does_not_trip_the_default_guard() -> None:
+    # 1% of the memberships change (5,000 removals) and 400 users leave with their 2,000 memberships
+    assert _guard_at(PlanPolicy(), memberships=500_000, removals=5_000, users_deleted=400) is None
+    # three times that churn still applies, as do the 750 removals at 30k users (150k memberships)
+    assert _guard_at(PlanPolicy(), memberships=500_000, removals=15_000, users_deleted=499) is None
+    assert _guard_at(PlanPolicy(), memberships=150_000, removals=750) is None
+    # while a tenth of the memberships gone at once trips it, and so do 500 user deletions and one more
+    assert _guard_at(PlanPolicy(), memberships=500_000, removals=50_000) is not None
+    assert _guard_at(PlanPolicy(), memberships=500_000, removals=0, users_deleted=501) is not None
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 1_000_000), st.integers(0, 2_000), st.integers(1, 60))
+def test_membership_removals_trip_exactly_above_the_larger_of_the_floor_and_the_percentage(
+    memberships: int, floor: int, tenths: int
+) -> None:
+    # a percentage in tenths, so that the exact limit is an integer computation
+    policy = PlanPolicy(membership_removal_floor=floor, max_membership_removal_percent=tenths / 10)
+    limit = max(floor, tenths * memberships // 1000)
+    at = _guard_at(policy, memberships=memberships, removals=limit)
+    above = _guard_at(policy, memberships=memberships, removals=limit + 1)
+    assert at is None
+    assert above is not None
+    assert above.tripped == (GuardThreshold.MEMBERSHIP_REMOVALS,)
+    assert above.counted_removals == limit + 1

@@ -64,7 +64,8 @@ def operation_line(op: Operation) -> str:
 
 
 def plan_lines(plan: Plan, show_all: bool, limit: int = 20) -> list[str]:
-    """Every operation by name (adoptions included), then every deletion the guard held back.
+    """Every operation by name (adoptions included), then every deletion the guard held back, after the
+    thresholds it crossed (and the groups it found emptied).
 
     Without ``show_all`` only the first ``limit`` operations are listed, followed by a count of the rest;
     held-back deletions are always listed in full: they are what an administrator must review before
@@ -78,6 +79,8 @@ def plan_lines(plan: Plan, show_all: bool, limit: int = 20) -> list[str]:
         lines.append(f"  ... and {rest} more (use --all)")
     if plan.held_back:
         lines.append(f"held back by the deletion guard ({len(plan.held_back)}, not applied):")
+        if plan.guard is not None:
+            lines.append(escape(f"  why: {'; '.join(plan.guard.reasons())}"))
         lines.extend(operation_line(op) for op in plan.held_back)
     return lines
 

@@ -1199,6 +1199,7 @@ class _StatusWriter:
             "refusals": len(report.refusals),
             "writes": report.writes,
             "deletionGuard": report.guard.message if report.guard else None,
+            "deletionGuardDetail": report.guard.as_dict() if report.guard else None,
             "finished": self.clock.now().isoformat(),
             "mode": mode,
         }
