@@ -17,6 +17,7 @@ import pickle
 import resource
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -187,7 +188,16 @@ class WriteRecorder:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._file = path.open("wb")
-        self._pending: list[tuple[str, dict[str, Any]]] = []
+        # the applier's pool calls from several threads: each pairs its own request with its answer
+        self._calls = threading.local()
+        self._lock = threading.Lock()
+
+    @property
+    def _pending(self) -> list[tuple[str, dict[str, Any]]]:
+        if not hasattr(self._calls, "pending"):
+            self._calls.pending = []
+        pending: list[tuple[str, dict[str, Any]]] = self._calls.pending
+        return pending
 
     def attach(self, client: Any) -> None:
         client.meta.events.register("provide-client-params.identitystore", self._params, unique_id="bench-params")
@@ -207,7 +217,8 @@ class WriteRecorder:
         if "Error" in parsed:
             return  # a refused write did not land: the floor issues only the writes that did
         created = NEW_ID.get(name)
-        pickle.dump((name, params, parsed[created] if created else None), self._file, pickle.HIGHEST_PROTOCOL)
+        with self._lock:  # in the order the writes landed: the floor replays them so
+            pickle.dump((name, params, parsed[created] if created else None), self._file, pickle.HIGHEST_PROTOCOL)
 
 
 def recorded_writes(path: Path) -> Iterator[tuple[str, dict[str, Any], str | None]]:

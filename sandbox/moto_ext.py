@@ -14,6 +14,8 @@ idempotent), which serves ``mock_aws`` in-process and a moto server running in t
 handling; each fault comes back with the HTTP status AWS's service model gives its error shape
 (InternalServerException 500, ThrottlingException 400, ...), so botocore retries it the way it
 retries the real one. botocore's client-side validation is left alone: the service model is the real one.
+Requests from several threads are answered one at a time, each atomically, as the service answers them
+(moto's own backend would fail or corrupt its maps under concurrent requests).
 
 userName uniqueness: AWS's API reference says only that UserName is "a unique string used to identify
 the user" (and that Administrator and AWSAdministrators are reserved); it does not say whether case
@@ -82,6 +84,8 @@ _ENTERPRISE_NAMES = {name.lower(): name for name in ENTERPRISE_ATTRIBUTES}
 _EXTENSION_PATH = re.compile(r"^(aws:identitystore:[A-Za-z]+)(?:\.(.+))?$")
 
 _lock = threading.Lock()
+# moto's backend is not thread-safe (it iterates dicts other requests change); idsync's pool calls from threads
+_answering = threading.RLock()
 
 
 # --------------------------------------------------------------------------- injected faults
@@ -612,7 +616,8 @@ class _ResponseGaps:
     def call_action(self) -> Any:
         fault = _take_fault(self._get_action())
         if fault is None:
-            return BaseResponse.call_action(self)
+            with _answering:  # one request at a time, each atomic, as the service answers them
+                return BaseResponse.call_action(self)
         body: dict[str, Any] = {"__type": fault.code, "Message": fault.message}
         if fault.retry_after is not None:
             body["RetryAfterSeconds"] = fault.retry_after

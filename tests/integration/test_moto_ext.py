@@ -437,3 +437,27 @@ def test_user_names_differing_only_in_case_collide_and_are_found(
         {"AttributePath": "userName", "AttributeValue": "ada@example.com"},
     )
     assert _describe(identitystore_client, identity_store_id, user_id)["UserName"] == "ada@example.com"
+
+
+def test_requests_from_many_threads_are_answered_one_at_a_time(
+    identitystore_client: Any, identity_store_id: str
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    # Given 8 threads creating 600 groups and users at once (moto's own backend iterates maps others change)
+    def create(index: int) -> None:
+        identitystore_client.create_group(IdentityStoreId=identity_store_id, DisplayName=f"Team {index}")
+        identitystore_client.create_user(
+            IdentityStoreId=identity_store_id,
+            UserName=f"u{index}@example.com",
+            DisplayName=f"User {index}",
+            Name={"GivenName": "U", "FamilyName": str(index)},
+        )
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(create, range(600)))
+    # Then every one landed, once
+    groups = identitystore_client.get_paginator("list_groups").paginate(IdentityStoreId=identity_store_id)
+    users = identitystore_client.get_paginator("list_users").paginate(IdentityStoreId=identity_store_id)
+    assert len({g["DisplayName"] for page in groups for g in page["Groups"]}) == 600
+    assert len({u["UserName"] for page in users for u in page["Users"]}) == 600
