@@ -584,13 +584,13 @@ def _guard(
     membership_removes: list[Operation],
     owned: Ownership,
     policy: PlanPolicy,
+    totals: tuple[int, int] | None = None,
 ) -> DeletionGuard | None:
     if policy.allow_deletions:
         return None
     deletions = len(user_deletes) + len(group_deletes)
-    managed = len(owned.users) + len(owned.groups)
+    managed, managed_memberships = totals or (len(owned.users) + len(owned.groups), len(owned.memberships))
     removals = len(membership_removes)
-    managed_memberships = len(owned.memberships)
 
     def trips(count: int, total: int) -> bool:
         if count == 0:
@@ -604,8 +604,17 @@ def _guard(
     return None
 
 
-def make_plan(desired: DesiredView, current: CurrentView, owned: Ownership, policy: PlanPolicy) -> Plan:
-    """Diff desired against current for the objects idsync owns or can adopt. Pure and deterministic."""
+def make_plan(
+    desired: DesiredView,
+    current: CurrentView,
+    owned: Ownership,
+    policy: PlanPolicy,
+    totals: tuple[int, int] | None = None,
+) -> Plan:
+    """Diff desired against current for the objects idsync owns or can adopt. Pure and deterministic.
+
+    ``totals``: (managed users and groups, managed memberships) the deletion guard compares with, when
+    the views are narrowed to part of what idsync manages (a delta cycle); else counted from ``owned``."""
     refused = {r.source_id for r in desired.refusals}
     users = _UserPlanner(desired, current, owned, policy)
     user_creates, user_adopts, user_updates = users.run()
@@ -619,7 +628,7 @@ def make_plan(desired: DesiredView, current: CurrentView, owned: Ownership, poli
     membership_adds, membership_removes = _plan_memberships(
         desired, current, owned, users.targets, group_targets, live_users, live_groups, refused | refused_groups
     )
-    guard = _guard(user_deletes, group_deletes, membership_removes, owned, policy)
+    guard = _guard(user_deletes, group_deletes, membership_removes, owned, policy, totals)
     held_back: list[Operation] = []
     if guard is not None:
         held_back = membership_removes + group_deletes + user_deletes

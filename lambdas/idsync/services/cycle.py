@@ -33,6 +33,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from idsync.access import AccessPlan, AccessPolicy
+from idsync.delta import Before, Touched, narrow, touched_by, unsettled, with_out_of_scope
 from idsync.errors import (
     DeltaExpired,
     DirectoryAuthError,
@@ -88,6 +89,7 @@ RUN_CURRENT, RUN_LAST = "run:current", "run:last"
 REFUSALS_KEY = "refusals"
 SOFT_DELETED_KEY = "soft-deleted"  # Entra's deleted items -> when first seen: kept even when a read is distrusted
 COMPLETED_KEY = "last-complete"  # when a cycle last completed, and whether a stall was notified
+UNSETTLED_KEY = "unsettled"  # what the next delta cycle must plan again, and ownership's size after this one
 STATUS_EVERY_SECONDS = 2.0
 
 
@@ -174,6 +176,7 @@ class CycleService:
         pim: JitService | None = None,
         pim_groups: Iterable[str] = (),
         access: AccessService | None = None,
+        narrow_delta: bool = True,
     ) -> None:
         self.source = source
         self.target = target
@@ -196,6 +199,8 @@ class CycleService:
         # PIM for Groups: the plan leaves these groups' memberships to idsync.pim's rule (see _pim_pass)
         self.pim = pim
         self.pim_groups = tuple(pim.groups if pim is not None else pim_groups)
+        self.narrow_delta = narrow_delta
+        self.touched: Touched | None = None  # what the last delta read touched (None after a full read)
 
     # ------------------------------------------------------------------ reading Entra
 
@@ -225,6 +230,8 @@ class CycleService:
             changes = self.source.read_changes(None)
         if changes.full:
             mirror = Mirror(soft_deleted=self._soft_deleted_before(mirror))
+        named_groups = [str(g["id"]) for g in changes.groups] + list(changes.removed_groups)
+        before = None if changes.full else Before.of(mirror, named_groups, self.scoping.transitive)
         now = self.clock.now().isoformat()
         mirror.merge_users(changes.users, changes.removed_users, now)
         mirror.merge_groups(changes.groups, changes.removed_groups, changes.member_changes, full=changes.full, now=now)
@@ -242,6 +249,17 @@ class CycleService:
         if self.scoping.mode == "assigned":
             users, groups = self.source.read_assignments()
             mirror.set_assignments(users, groups)
+        self.touched = None
+        if before is not None and mode == "delta":
+            self.touched = touched_by(
+                before,
+                mirror,
+                [str(u["id"]) for u in changes.users] + list(changes.removed_users),
+                named_groups,
+                [(c.group_id, c.member_id, c.member_type) for c in changes.member_changes],
+                self.scoping.mode,
+                self.scoping.transitive,
+            )
         return mirror, dict(changes.links), mode, record
 
     def _soft_deleted_before(self, mirror: Mirror | None) -> dict[str, str]:
@@ -345,15 +363,24 @@ class CycleService:
         mirror, links, mode, record = self._read(opts.force_full)
         if not opts.dry_run:
             self._keep_soft_deleted(mirror)
-        desired = self.desired(mirror)
         owned = self.state.load_ownership()
-        if not opts.dry_run and resolve_intent(self.state, self.target, owned):
+        resolved = not opts.dry_run and resolve_intent(self.state, self.target, owned)
+        if resolved:
             owned = self.state.load_ownership()
-        # a resumed full reconcile compares with AWS too, or the drift it found would be forgotten
-        full = mode in ("full", "resume")
-        current = self.read_target(desired, owned) if full else current_from_ownership(owned)
+        counts = (len(owned.users), len(owned.groups))
+        touched = self._delta_touched(mirror, counts) if mode == "delta" and not resolved else None
         policy = replace(self.policy, allow_deletions=opts.allow_deletions or self.policy.allow_deletions)
-        plan = make_plan(*set_aside_memberships(desired, current, owned, self.pim_groups), policy)
+        if touched is not None:
+            totals = (counts[0] + counts[1], self._managed_memberships(owned))
+            desired, owned = self._delta_views(mirror, owned, touched)
+            current = current_from_ownership(owned)
+            plan = make_plan(*set_aside_memberships(desired, current, owned, self.pim_groups), policy, totals)
+        else:
+            desired = self.desired(mirror)
+            # a resumed full reconcile compares with AWS too, or the drift it found would be forgotten
+            full = mode in ("full", "resume")
+            current = self.read_target(desired, owned) if full else current_from_ownership(owned)
+            plan = make_plan(*set_aside_memberships(desired, current, owned, self.pim_groups), policy)
         escrow = Escrow(self.state)
         runnable, held = self._escrow_filter(plan, escrow, desired)
         applier = Applier(self.target, self.state, self.clock, cycle_id, owned, current, policy, desired)
@@ -391,6 +418,7 @@ class CycleService:
             )
         self._log_new_refusals(applier, plan.refusals)
         self._update_escrow(escrow, applier, runnable, desired)
+        self._keep_unsettled(plan, applier, owned, counts)
         applier.flush()
         report = applier.report(plan, started.isoformat(), dry_run=False, complete=complete)
         attempted = applier.attempted
@@ -406,6 +434,69 @@ class CycleService:
         self._after(report, attempted, quarantine)
         self._watch_completion(complete, started, applier.stopped_by)
         return CycleOutcome(report, mode=mode, plan=plan)
+
+    # ------------------------------------------------------------------ delta planning
+
+    def _delta_touched(self, mirror: Mirror, counts: tuple[int, int]) -> Touched | None:
+        """What this delta cycle plans: what its read touched, what the last cycle left unsettled, and what
+        Entra can still restore (its grace period may end). None (plan everything) when the last cycle's
+        record is missing, or ownership changed since (another writer, a crash mid-cycle)."""
+        item = self.state.get_item(UNSETTLED_KEY)
+        if not self.narrow_delta or self.touched is None or item is None:
+            return None
+        if (int(item.get("users_count", -1)), int(item.get("groups_count", -1))) != counts:
+            return None
+        touched = Touched(set(self.touched.users), set(self.touched.groups))
+        touched.users |= {str(u) for u in item.get("users") or ()}
+        touched.groups |= {str(g) for g in item.get("groups") or ()}
+        for object_id in mirror.soft_deleted:
+            (touched.groups if object_id in mirror.groups else touched.users).add(object_id)
+        return touched
+
+    def _delta_views(self, mirror: Mirror, owned: Ownership, touched: Touched) -> tuple[DesiredView, Ownership]:
+        """The desired view and ownership narrowed to the touched users (widened: see idsync.delta)."""
+
+        def map_user(obj: Mapping[str, Any]) -> User | Refusal | None:
+            return self.user_mapper.map(obj) if self.scope.user(obj).in_scope else None
+
+        views = narrow(mirror, owned, touched, self.scoping.mode, self.scoping.transitive, map_user)
+        view = build_desired(views.users, views.groups, views.members, self.user_mapper, self.group_mapper, self.scope)
+        return with_out_of_scope(view, views.alive, self._retained(mirror)), views.owned
+
+    def _retained(self, mirror: Mirror) -> frozenset[str]:
+        now = self.clock.now()
+        return frozenset(
+            object_id
+            for object_id, since in mirror.soft_deleted.items()
+            if now - datetime.fromisoformat(since) < self.restorable_grace
+        )
+
+    def _managed_memberships(self, owned: Ownership) -> int:
+        """Memberships idsync manages outside PIM groups (the deletion guard's total)."""
+        aside = {g.lower() for g in self.pim_groups}
+        return sum(1 for group_id, _ in owned.memberships if group_id.lower() not in aside)
+
+    def _keep_unsettled(self, plan: Plan, applier: Applier, owned: Ownership, counts: tuple[int, int]) -> None:
+        """Record what the next delta cycle must plan again, and ownership's size after this cycle's writes
+        (a different size next time means another writer changed it: that cycle plans everything)."""
+        left = unsettled(plan.operations, applier.succeeded, plan.refusals, plan.held_back)
+        for source_id, target_id in applier.user_targets.items():
+            mine = owned.users.get(source_id)
+            if mine is not None and mine.target_id != target_id:
+                left.users.add(source_id)  # created again after a delete made by hand: its memberships follow
+        for source_id, target_id in applier.group_targets.items():
+            held = owned.groups.get(source_id)
+            if held is not None and held.target_id != target_id:
+                left.groups.add(source_id)
+        self.state.put_item(
+            UNSETTLED_KEY,
+            {
+                "users": sorted(left.users),
+                "groups": sorted(left.groups),
+                "users_count": counts[0] + len(applier.users) - len(owned.users),
+                "groups_count": counts[1] + len(applier.groups) - len(owned.groups),
+            },
+        )
 
     # ------------------------------------------------------------------ PIM for Groups
 
@@ -561,6 +652,7 @@ class CycleService:
             applier.apply(plan.operations, lambda: False, None)
             applier.log_refusals(plan.refusals)
             applier.flush()
+            self.state.delete_item(UNSETTLED_KEY)  # what it left unsettled is unknown to delta cycles: plan all
             return CycleOutcome(applier.report(plan, started.isoformat(), False, True), mode="on-demand", plan=plan)
         finally:
             self.state.release_lease(LEASE, owner)
