@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-BENCHMARKS = ["mapping", "full_sync", "cycles", "jit", "outage", "access"]
+BENCHMARKS = ["mapping", "full_sync", "cycles", "jit", "outage", "access", "scale"]
 RESULTS = Path(__file__).with_name("results.json")
 
 
