@@ -106,15 +106,15 @@ def _read(graph: Mapping[str, str], state_path: Path, endpoint: str, creates: Pa
     """One full Graph read: the mirror and the delta links stored as a finished cycle stores them, and
     what IAM Identity Center would hold written to ``creates`` for the AWS process. Returns the users read."""
     from idsync.plan import _manager_first, with_manager
-    from idsync.services.blobs import save_blob
     from idsync.services.cycle import CYCLE_KEY, MIRROR_KEY
+    from idsync.services.mirror_store import save_mirror
     from idsync.wiring import build_engine
 
     engine = build_engine(_settings(graph, state_path, endpoint), local=True)
     cycle = engine.cycle
     mirror, links, _, _ = cycle._read(force_full=True)
     desired = cycle.desired(mirror)
-    save_blob(engine.state, MIRROR_KEY, mirror.to_bytes())
+    save_mirror(engine.state, MIRROR_KEY, mirror)
     now = datetime.now(UTC).isoformat()
     engine.state.put_item(CYCLE_KEY, {"links": links, "fingerprint": cycle.fingerprint, "last_full": now})
     active = [u for u in desired.users.values() if u.active]

@@ -74,6 +74,7 @@ from idsync.services.escrow import (
     load_quarantine,
     save_quarantine,
 )
+from idsync.services.mirror_store import load_mirror, save_mirror
 from idsync.services.sync import Applier, resolve_intent
 
 if TYPE_CHECKING:
@@ -217,8 +218,7 @@ class CycleService:
             links = checkpoint.get("links")
             mode = "resume"
         elif not force_full and self._delta_allowed(record):
-            blob = load_blob(self.state, MIRROR_KEY)
-            mirror = Mirror.from_bytes(blob) if blob else None
+            mirror = load_mirror(self.state, MIRROR_KEY)
             links = record.get("links")
             mode = "delta"
         if mirror is None or not links:
@@ -268,8 +268,7 @@ class CycleService:
         if kept is not None:
             return {str(k): str(v) for k, v in (kept.get("items") or {}).items()}
         if mirror is None or not mirror.soft_deleted:
-            blob = load_blob(self.state, MIRROR_KEY)
-            mirror = Mirror.from_bytes(blob) if blob else None
+            mirror = load_mirror(self.state, MIRROR_KEY)
         return dict(mirror.soft_deleted) if mirror is not None else {}
 
     def _keep_soft_deleted(self, mirror: Mirror) -> None:
@@ -823,7 +822,7 @@ class CycleService:
         self, mirror: Mirror, links: dict[str, str], mode: str, record: dict[str, Any], started: datetime
     ) -> None:
         checkpoint = self.state.get_item(CHECKPOINT_KEY)
-        save_blob(self.state, MIRROR_KEY, mirror.to_bytes())
+        save_mirror(self.state, MIRROR_KEY, mirror)
         new_record = dict(record)
         new_record["links"] = links
         new_record["fingerprint"] = self.fingerprint
