@@ -21,6 +21,7 @@ BENCHMARKS = [
     "api_limit",
     "api_limit_jit",
     "full_reconcile",
+    "scale",
 ]
 RESULTS = Path(__file__).with_name("results.json")
 

@@ -37,12 +37,16 @@ class Mirror:
     assigned_users: set[str] = field(default_factory=set)
     assigned_groups: set[str] = field(default_factory=set)
     soft_deleted: dict[str, str] = field(default_factory=dict)  # user or group id -> when first seen removed
+    # ids of users and groups changed since the mirror was loaded (None: anything may have): what to store again
+    changed: set[str] | None = field(default=None, compare=False, repr=False)
 
     # ------------------------------------------------------------------ folding changes in
 
     def merge_users(self, changed: Iterable[Mapping[str, Any]], removed: Mapping[str, str], now: str = "") -> int:
         """Fold changed and removed users in; returns how many objects changed. ``now``: ISO time of the read."""
         count = 0
+        changed = list(changed)
+        self._note([str(obj["id"]) for obj in changed], removed)
         for obj in changed:
             current = self.users.setdefault(str(obj["id"]), {})
             before = dict(current)
@@ -76,6 +80,8 @@ class Mirror:
         marked soft-deleted, with its members: a restore brings it back as it was.
         """
         count = 0
+        changed, member_changes = list(changed), list(member_changes)
+        self._note([str(obj["id"]) for obj in changed] + [c.group_id for c in member_changes], removed)
         for obj in changed:
             current = self.groups.setdefault(str(obj["id"]), {})
             before = dict(current)
@@ -104,6 +110,11 @@ class Mirror:
             elif members.pop(change.member_id, None) is not None:
                 count += 1
         return count
+
+    def _note(self, ids: Iterable[str], removed: Iterable[str]) -> None:
+        if self.changed is not None:
+            self.changed.update(ids)
+            self.changed.update(removed)
 
     def set_assignments(self, users: Iterable[str], groups: Iterable[str]) -> bool:
         """Replace the app's assignments; True when they changed."""

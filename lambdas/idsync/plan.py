@@ -588,6 +588,7 @@ def _guard(
     live_users: set[str],
     owned: Ownership,
     policy: PlanPolicy,
+    totals: tuple[int, int] | None = None,
 ) -> DeletionGuard | None:
     """The deletion guard's verdict on a plan: None when its deletions may apply.
 
@@ -605,7 +606,7 @@ def _guard(
     if policy.allow_deletions:
         return None
     deletions = len(user_deletes) + len(group_deletes)
-    managed = len(owned.users) + len(owned.groups)
+    managed, managed_memberships = totals or (len(owned.users) + len(owned.groups), len(owned.memberships))
     deleted_users = {op.source_id for op in user_deletes}
     deleted_groups = {op.source_id for op in group_deletes}
     counted = [
@@ -613,7 +614,6 @@ def _guard(
         for op in membership_removes
         if op.source_id not in deleted_groups and op.member_source_id not in deleted_users
     ]
-    managed_memberships = len(owned.memberships)
 
     def trips(count: int, total: int) -> bool:
         if count == 0:
@@ -663,8 +663,17 @@ def _emptied_groups(counted: list[Operation], desired: DesiredView, live_users: 
     return candidates - listed
 
 
-def make_plan(desired: DesiredView, current: CurrentView, owned: Ownership, policy: PlanPolicy) -> Plan:
-    """Diff desired against current for the objects idsync owns or can adopt. Pure and deterministic."""
+def make_plan(
+    desired: DesiredView,
+    current: CurrentView,
+    owned: Ownership,
+    policy: PlanPolicy,
+    totals: tuple[int, int] | None = None,
+) -> Plan:
+    """Diff desired against current for the objects idsync owns or can adopt. Pure and deterministic.
+
+    ``totals``: (managed users and groups, managed memberships) the deletion guard compares with, when
+    the views are narrowed to part of what idsync manages (a delta cycle); else counted from ``owned``."""
     refused = {r.source_id for r in desired.refusals}
     users = _UserPlanner(desired, current, owned, policy)
     user_creates, user_adopts, user_updates = users.run()
@@ -678,7 +687,7 @@ def make_plan(desired: DesiredView, current: CurrentView, owned: Ownership, poli
     membership_adds, membership_removes = _plan_memberships(
         desired, current, owned, users.targets, group_targets, live_users, live_groups, refused | refused_groups
     )
-    guard = _guard(user_deletes, group_deletes, membership_removes, desired, live_users, owned, policy)
+    guard = _guard(user_deletes, group_deletes, membership_removes, desired, live_users, owned, policy, totals)
     held_back: list[Operation] = []
     if guard is not None:
         held_back = membership_removes + group_deletes + user_deletes

@@ -30,6 +30,7 @@ out by their sort key.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -155,8 +156,8 @@ class DynamoDbStateStore:
 
         Raises StateError.
         """
-        users = {item["sk"]["S"]: _owned_user(item) for item in self._partition(_USER)}
-        groups = {item["sk"]["S"]: _owned_group(item) for item in self._partition(_GROUP)}
+        users = {owned.source_id: owned for owned in map(_owned_user, self._partition(_USER))}
+        groups = {owned.source_id: owned for owned in map(_owned_group, self._partition(_GROUP))}
         memberships = {}
         for item in self._partition(_MEMBERSHIP):
             owned = _owned_membership(item)
@@ -443,7 +444,7 @@ class DynamoDbStateStore:
 def _owned_user(item: Mapping[str, Any]) -> OwnedUser:
     manager = item.get("managerSourceId")
     return OwnedUser(
-        source_id=item["sk"]["S"],
+        source_id=sys.intern(item["sk"]["S"]),
         target_id=item["targetId"]["S"],
         user_name=item["userName"]["S"],
         doc=json.loads(item["doc"]["S"]),
@@ -455,7 +456,7 @@ def _owned_user(item: Mapping[str, Any]) -> OwnedUser:
 def _owned_group(item: Mapping[str, Any]) -> OwnedGroup:
     description = item.get("description")
     return OwnedGroup(
-        source_id=item["sk"]["S"],
+        source_id=sys.intern(item["sk"]["S"]),
         target_id=item["targetId"]["S"],
         display_name=item["displayName"]["S"],
         description=description["S"] if description else None,
@@ -464,7 +465,8 @@ def _owned_group(item: Mapping[str, Any]) -> OwnedGroup:
 
 
 def _owned_membership(item: Mapping[str, Any]) -> OwnedMembership:
-    return OwnedMembership(item["group"]["S"], item["user"]["S"], item["membershipId"]["S"])
+    # ids interned: hundreds of thousands of memberships share the strings of their users and groups
+    return OwnedMembership(sys.intern(item["group"]["S"]), sys.intern(item["user"]["S"]), item["membershipId"]["S"])
 
 
 def _grant(item: Mapping[str, Any]) -> AccessGrant:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import sys
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -119,21 +120,24 @@ class SqliteStateStore:
         """Everything recorded as owned, read as one consistent snapshot. Raises StateError."""
         with self._transaction("BEGIN") as conn:
             users = {
-                row[0]: OwnedUser(row[0], row[1], row[2], json.loads(row[3]), row[4], row[5])
+                sys.intern(row[0]): OwnedUser(sys.intern(row[0]), row[1], row[2], json.loads(row[3]), row[4], row[5])
                 for row in conn.execute(
                     "SELECT source_id, target_id, user_name, doc, manager_source_id, fingerprint FROM owned_users"
                 )
             }
             groups = {
-                row[0]: OwnedGroup(*row)
+                sys.intern(row[0]): OwnedGroup(sys.intern(row[0]), *row[1:])
                 for row in conn.execute(
                     "SELECT source_id, target_id, display_name, description, fingerprint FROM owned_groups"
                 )
             }
-            memberships = {
-                (row[0], row[1]): OwnedMembership(*row)
-                for row in conn.execute("SELECT group_source_id, user_source_id, membership_id FROM owned_memberships")
-            }
+            # ids interned: hundreds of thousands of memberships share the strings of their users and groups
+            memberships = {}
+            for group_id, user_id, membership_id in conn.execute(
+                "SELECT group_source_id, user_source_id, membership_id FROM owned_memberships"
+            ):
+                pair = (sys.intern(group_id), sys.intern(user_id))
+                memberships[pair] = OwnedMembership(pair[0], pair[1], membership_id)
         return Ownership(users=users, groups=groups, memberships=memberships)
 
     def record_user(self, owned: OwnedUser) -> None:

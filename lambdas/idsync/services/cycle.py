@@ -41,6 +41,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from idsync.access import AccessPlan, AccessPolicy
+from idsync.delta import Before, Touched, narrow, touched_by, unsettled, with_out_of_scope
 from idsync.errors import (
     DeltaExpired,
     DirectoryAuthError,
@@ -82,6 +83,7 @@ from idsync.services.escrow import (
     load_quarantine,
     save_quarantine,
 )
+from idsync.services.mirror_store import load_mirror, save_mirror
 from idsync.services.sync import Applier, resolve_intent
 
 if TYPE_CHECKING:
@@ -101,6 +103,7 @@ RUN_CURRENT, RUN_LAST = "run:current", "run:last"
 REFUSALS_KEY = "refusals"
 SOFT_DELETED_KEY = "soft-deleted"  # Entra's deleted items -> when first seen: kept even when a read is distrusted
 COMPLETED_KEY = "last-complete"  # when a cycle last completed, and whether a stall was notified
+UNSETTLED_KEY = "unsettled"  # what the next delta cycle must plan again, and ownership's size after this one
 STATUS_EVERY_SECONDS = 2.0
 
 
@@ -261,6 +264,7 @@ class CycleService:
         access: AccessService | None = None,
         concurrency: int = 1,
         record_every: int = 1,
+        narrow_delta: bool = True,
     ) -> None:
         """``concurrency``: Identity Store writes in flight at once; ``record_every``: ownership records
         written per batch (see ``services.sync.Applier``)."""
@@ -292,6 +296,9 @@ class CycleService:
         self._stopped_reading = ""
         self._read_entra = False
 
+        self.narrow_delta = narrow_delta
+        self.touched: Touched | None = None  # what the last delta read touched (None after a full read)
+
     def _pool(self) -> tuple[int, int]:
         return self.concurrency, self.record_every
 
@@ -320,8 +327,7 @@ class CycleService:
             links = checkpoint.get("links")
             mode = "resume"
         elif not force_full and self._delta_allowed(record):
-            blob = load_blob(self.state, MIRROR_KEY)
-            mirror = Mirror.from_bytes(blob) if blob else None
+            mirror = load_mirror(self.state, MIRROR_KEY)
             links = record.get("links")
             mode = "delta"
         if mirror is None or not links:
@@ -345,6 +351,8 @@ class CycleService:
                 changes = read
         if changes.full:
             mirror = Mirror(soft_deleted=self._soft_deleted_before(mirror))
+        named_groups = [str(g["id"]) for g in changes.groups] + list(changes.removed_groups)
+        before = None if changes.full else Before.of(mirror, named_groups, self.scoping.transitive)
         now = self.clock.now().isoformat()
         mirror.merge_users(changes.users, changes.removed_users, now)
         mirror.merge_groups(changes.groups, changes.removed_groups, changes.member_changes, full=changes.full, now=now)
@@ -362,6 +370,17 @@ class CycleService:
         if self.scoping.mode == "assigned":
             users, groups = self.source.read_assignments()
             mirror.set_assignments(users, groups)
+        self.touched = None
+        if before is not None and mode == "delta":
+            self.touched = touched_by(
+                before,
+                mirror,
+                [str(u["id"]) for u in changes.users] + list(changes.removed_users),
+                named_groups,
+                [(c.group_id, c.member_id, c.member_type) for c in changes.member_changes],
+                self.scoping.mode,
+                self.scoping.transitive,
+            )
         return mirror, dict(changes.links), mode, record
 
     def _read_at_once(self) -> tuple[Mirror, dict[str, str], str, dict[str, Any]]:
@@ -453,8 +472,7 @@ class CycleService:
         if kept is not None:
             return {str(k): str(v) for k, v in (kept.get("items") or {}).items()}
         if mirror is None or not mirror.soft_deleted:
-            blob = load_blob(self.state, MIRROR_KEY)
-            mirror = Mirror.from_bytes(blob) if blob else None
+            mirror = load_mirror(self.state, MIRROR_KEY)
         return dict(mirror.soft_deleted) if mirror is not None else {}
 
     def _keep_soft_deleted(self, mirror: Mirror) -> None:
@@ -620,26 +638,35 @@ class CycleService:
         mirror, links, mode, record = read
         if not opts.dry_run:
             self._keep_soft_deleted(mirror)
-        desired = self.desired(mirror)
         owned = self.state.load_ownership()
-        if not opts.dry_run and resolve_intent(self.state, self.target, owned):
+        resolved = not opts.dry_run and resolve_intent(self.state, self.target, owned)
+        if resolved:
             owned = self.state.load_ownership()
+        counts = (len(owned.users), len(owned.groups))
+        touched = self._delta_touched(mirror, counts) if mode == "delta" and not resolved else None
         # a resumed full reconcile compares with AWS too, or the drift it found would be forgotten
         full = mode in ("full", "resume")
         listed: TargetRead | None = None
-        if full:
-            # the invocation's first request is made whatever the budget says, so every invocation makes progress
-            listed, done = self.read_target(
-                desired, owned, stop or (lambda: False), self._target_progress(mode, opts), not self._read_entra
-            )
-            if not done:
-                self._checkpoint_target(listed, mirror, links, mode)
-                return self._stopped_while_reading(cycle_id, started, mode)
-            current = listed.view()
-        else:
+        totals: tuple[int, int] | None = None
+        if touched is not None:
+            totals = (counts[0] + counts[1], self._managed_memberships(owned))
+            desired, owned = self._delta_views(mirror, owned, touched)
             current = current_from_ownership(owned)
+        else:
+            desired = self.desired(mirror)
+            if full:
+                # the invocation's first request is made whatever the budget says, so every invocation makes progress
+                listed, done = self.read_target(
+                    desired, owned, stop or (lambda: False), self._target_progress(mode, opts), not self._read_entra
+                )
+                if not done:
+                    self._checkpoint_target(listed, mirror, links, mode)
+                    return self._stopped_while_reading(cycle_id, started, mode)
+                current = listed.view()
+            else:
+                current = current_from_ownership(owned)
         policy = replace(self.policy, allow_deletions=opts.allow_deletions or self.policy.allow_deletions)
-        plan = make_plan(*set_aside_memberships(desired, current, owned, self.pim_groups), policy)
+        plan = make_plan(*set_aside_memberships(desired, current, owned, self.pim_groups), policy, totals)
         escrow = Escrow(self.state)
         runnable, held = self._escrow_filter(plan, escrow, desired)
         applier = Applier(self.target, self.state, self.clock, cycle_id, owned, current, policy, desired, *self._pool())
@@ -683,6 +710,7 @@ class CycleService:
             )
         self._log_new_refusals(applier, plan.refusals)
         self._update_escrow(escrow, applier, runnable, desired)
+        self._keep_unsettled(plan, applier, owned, counts)
         applier.flush()
         report = applier.report(plan, started.isoformat(), dry_run=False, complete=complete)
         attempted = applier.attempted
@@ -771,6 +799,69 @@ class CycleService:
         logger.info("cycle stopped while reading", extra={"cycleId": cycle_id, "where": self._stopped_reading})
         report = CycleReport(cycle_id, started.isoformat(), finished, False, {}, (), (), None, 0, complete=False)
         return CycleOutcome(report, mode=mode)
+
+    # ------------------------------------------------------------------ delta planning
+
+    def _delta_touched(self, mirror: Mirror, counts: tuple[int, int]) -> Touched | None:
+        """What this delta cycle plans: what its read touched, what the last cycle left unsettled, and what
+        Entra can still restore (its grace period may end). None (plan everything) when the last cycle's
+        record is missing, or ownership changed since (another writer, a crash mid-cycle)."""
+        item = self.state.get_item(UNSETTLED_KEY)
+        if not self.narrow_delta or self.touched is None or item is None:
+            return None
+        if (int(item.get("users_count", -1)), int(item.get("groups_count", -1))) != counts:
+            return None
+        touched = Touched(set(self.touched.users), set(self.touched.groups))
+        touched.users |= {str(u) for u in item.get("users") or ()}
+        touched.groups |= {str(g) for g in item.get("groups") or ()}
+        for object_id in mirror.soft_deleted:
+            (touched.groups if object_id in mirror.groups else touched.users).add(object_id)
+        return touched
+
+    def _delta_views(self, mirror: Mirror, owned: Ownership, touched: Touched) -> tuple[DesiredView, Ownership]:
+        """The desired view and ownership narrowed to the touched users (widened: see idsync.delta)."""
+
+        def map_user(obj: Mapping[str, Any]) -> User | Refusal | None:
+            return self.user_mapper.map(obj) if self.scope.user(obj).in_scope else None
+
+        views = narrow(mirror, owned, touched, self.scoping.mode, self.scoping.transitive, map_user)
+        view = build_desired(views.users, views.groups, views.members, self.user_mapper, self.group_mapper, self.scope)
+        return with_out_of_scope(view, views.alive, self._retained(mirror)), views.owned
+
+    def _retained(self, mirror: Mirror) -> frozenset[str]:
+        now = self.clock.now()
+        return frozenset(
+            object_id
+            for object_id, since in mirror.soft_deleted.items()
+            if now - datetime.fromisoformat(since) < self.restorable_grace
+        )
+
+    def _managed_memberships(self, owned: Ownership) -> int:
+        """Memberships idsync manages outside PIM groups (the deletion guard's total)."""
+        aside = {g.lower() for g in self.pim_groups}
+        return sum(1 for group_id, _ in owned.memberships if group_id.lower() not in aside)
+
+    def _keep_unsettled(self, plan: Plan, applier: Applier, owned: Ownership, counts: tuple[int, int]) -> None:
+        """Record what the next delta cycle must plan again, and ownership's size after this cycle's writes
+        (a different size next time means another writer changed it: that cycle plans everything)."""
+        left = unsettled(plan.operations, applier.succeeded, plan.refusals, plan.held_back)
+        for source_id, target_id in applier.user_targets.items():
+            mine = owned.users.get(source_id)
+            if mine is not None and mine.target_id != target_id:
+                left.users.add(source_id)  # created again after a delete made by hand: its memberships follow
+        for source_id, target_id in applier.group_targets.items():
+            held = owned.groups.get(source_id)
+            if held is not None and held.target_id != target_id:
+                left.groups.add(source_id)
+        self.state.put_item(
+            UNSETTLED_KEY,
+            {
+                "users": sorted(left.users),
+                "groups": sorted(left.groups),
+                "users_count": counts[0] + len(applier.users) - len(owned.users),
+                "groups_count": counts[1] + len(applier.groups) - len(owned.groups),
+            },
+        )
 
     # ------------------------------------------------------------------ PIM for Groups
 
@@ -928,6 +1019,7 @@ class CycleService:
             applier.apply(plan.operations, lambda: False, None)
             applier.log_refusals(plan.refusals)
             applier.flush()
+            self.state.delete_item(UNSETTLED_KEY)  # what it left unsettled is unknown to delta cycles: plan all
             return CycleOutcome(applier.report(plan, started.isoformat(), False, True), mode="on-demand", plan=plan)
         finally:
             self.state.release_lease(LEASE, owner)
@@ -1096,7 +1188,7 @@ class CycleService:
 
     def _finish(self, mirror: Mirror, links: dict[str, str], mode: str, record: dict[str, Any]) -> None:
         checkpoint = self.state.get_item(CHECKPOINT_KEY)
-        save_blob(self.state, MIRROR_KEY, mirror.to_bytes())
+        save_mirror(self.state, MIRROR_KEY, mirror)
         new_record = dict(record)
         new_record["links"] = links
         new_record["fingerprint"] = self.fingerprint
