@@ -62,6 +62,7 @@ def orphans(state: FakeState) -> list[str]:
             continue
         manifest = state.items.get(match["key"]) or {}
         named = {manifest.get("generation"), (manifest.get("pending") or [None])[0]}
+        named |= {shard.get("generation") for shard in manifest.get("shards") or ()}  # the sharded mirror
         if match["generation"] not in named:
             found.append(key)
     return found
