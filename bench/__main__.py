@@ -19,7 +19,6 @@ BENCHMARKS = [
     "outage",
     "access",
     "api_limit",
-    "api_limit_jit",
     "full_reconcile",
     "scale",
 ]

@@ -20,6 +20,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench import api_limit_jit
 from bench import world as bench_world
 from idsync.config import Settings, parse_settings
 from idsync.services.cycle import CycleOptions
@@ -108,6 +109,7 @@ def run() -> dict[str, Any]:
     at_50 = bench_world.in_fresh_process(measure, 0.05, CONCURRENCY)
     at_100 = bench_world.in_fresh_process(measure, 0.1, CONCURRENCY)
     sequential = bench_world.in_fresh_process(measure, 0.05, 1)
+    jit = bench_world.in_fresh_process(api_limit_jit.measure)
     return {
         "api_limit": {
             **at_50,
@@ -119,5 +121,10 @@ def run() -> dict[str, Any]:
             "sequential_ratio_to_limit": sequential["ratio_to_limit"],
             "concurrency": CONCURRENCY,
             "target_ratio_to_limit": TARGET_RATIO,
-        }
+            "jit_p99_during_sync_s": jit["p99_s"],
+            "jit_p50_during_sync_s": jit["p50_s"],
+            "jit_samples_during_sync": jit["samples"],
+            "target_jit_p99_during_sync_s": jit["target_p99_s"],
+        },
+        "api_limit_jit": jit,
     }

@@ -173,6 +173,11 @@ def activate_and_wait(emulator: GraphEmulator, jit: JitService, group: str, user
 
 
 def run() -> dict[str, Any]:
+    return {"api_limit_jit": measure()}
+
+
+def measure() -> dict[str, Any]:
+    """The figures (see the module docstring), measured in this process."""
     tenant, group, pim_users = pim_tenant()
     with fake_aws(), atomic_dynamodb(), GraphEmulator(tenant) as emulator:
         dynamodb = boto3.client("dynamodb")
@@ -231,25 +236,22 @@ def run() -> dict[str, Any]:
         )["Item"]
     seconds = result["seconds"]
     return {
-        "api_limit_jit": {
-            "samples": len(latencies),
-            "p99_s": round(percentile(latencies, 0.99), 3),
-            "p50_s": round(statistics.median(latencies), 3),
-            "max_s": round(max(latencies), 3),
-            "idle_samples": len(idle),
-            "idle_p50_s": round(statistics.median(idle), 3),
-            "idle_max_s": round(max(idle), 3),
-            "jit_calls": budget.stats.calls - idle_calls,
-            "jit_budget_wait_s": round(budget.stats.waited - idle_waited, 3),
-            "target_p99_s": TARGET_P99_S,
-            "sync_seconds": round(seconds, 1),
-            "sync_writes": report.writes,
-            "aws_calls": calls,
-            "throttled": layer.stats.throttled,
-            "ratio_to_limit": round(seconds / (calls / LIMIT), 3),
-            "budget_writes": int(bucket["version"]["N"]),
-            "median_latency_s": MEDIAN_S,
-            "limit_per_s": LIMIT,
-        },
-        "jit_p99_during_sync_s": round(percentile(latencies, 0.99), 3),
+        "samples": len(latencies),
+        "p99_s": round(percentile(latencies, 0.99), 3),
+        "p50_s": round(statistics.median(latencies), 3),
+        "max_s": round(max(latencies), 3),
+        "idle_samples": len(idle),
+        "idle_p50_s": round(statistics.median(idle), 3),
+        "idle_max_s": round(max(idle), 3),
+        "jit_calls": budget.stats.calls - idle_calls,
+        "jit_budget_wait_s": round(budget.stats.waited - idle_waited, 3),
+        "target_p99_s": TARGET_P99_S,
+        "sync_seconds": round(seconds, 1),
+        "sync_writes": report.writes,
+        "aws_calls": calls,
+        "throttled": layer.stats.throttled,
+        "ratio_to_limit": round(seconds / (calls / LIMIT), 3),
+        "budget_writes": int(bucket["version"]["N"]),
+        "median_latency_s": MEDIAN_S,
+        "limit_per_s": LIMIT,
     }
