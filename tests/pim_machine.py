@@ -7,12 +7,13 @@ checked after every step (and at every event inside a clock advance).
     continuous stretch of instances.
 
 Entra is modelled as it fails: Graph's member list keeps a user for up to ``MAX_LAG`` after her instances end
-(longer than the rule's ``SETTLE``; ``SIGHTED_MAX_LAG`` for an activation idsync never saw), lists a user
-before her instance is visible, and is unreachable for a while; notifications are lost, duplicated or
-replayed, schedules fire early, late or twice (and are deleted once fired), the Identity Store refuses one
-user, the scheduler refuses a call, a state write is throttled, a lease race is lost, a writer stalls past
-its lease, a cycle runs out of time, idsync is paused and resumed, and a worker and a cycle run inside each
-other's reads. The scheduled sync cycle runs every ``CYCLE`` (delta,
+(longer than the rule's ``SETTLE``; ``SIGHTED_MAX_LAG`` for a deactivation idsync never saw, which leaves no
+trace), keeps showing an instance that ran out (until its instance list catches up, which may be before the
+member list does), lists a user before her instance is visible, and is unreachable for a while; notifications
+are lost, duplicated or replayed, schedules fire early, late or twice (and are deleted once fired), the
+Identity Store refuses one user, the scheduler refuses a call, a state write is throttled, a lease race is
+lost, a writer stalls past its lease, a cycle runs out of time, idsync is paused and resumed, and a worker and
+a cycle run inside each other's reads. The scheduled sync cycle runs every ``CYCLE`` (delta,
 and every fourth one full) and the PIM poller every ``POLL`` (and at any other moment); a hint that waited (for a
 token, or after a failed look; the worker's, or one the poller handed to the queue) comes back when due.
 While Graph is unreachable and for one cycle after, (a) is not checked and a lost membership is no breach
@@ -31,7 +32,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from idsync.errors import DirectoryError, SchedulerError, StateError
-from idsync.ports import Hint
+from idsync.ports import GRANT_SIGHTED, Hint
 from idsync.services.control import pause, resume
 from idsync.services.cycle import CycleOptions
 from idsync.services.jit import LEASE_SECONDS
@@ -112,7 +113,8 @@ class PimMachine(RuleBasedStateMachine):
 
     @rule(data=st.data(), lag=st.integers(0, int(MAX_LAG.total_seconds())), hint=st.booleans())
     def deactivate(self, data: st.DataObject, lag: int, hint: bool) -> None:
-        """An early deactivation (or an admin removal): the instance ends now; Graph unlists her ``lag`` s later."""
+        """An early deactivation (or an admin removal): the instance ends now and disappears from Graph, which
+        unlists her ``lag`` s later."""
         active = [i for i in self.truth.values() if i.active_at(self.now)]
         if not active:
             return
@@ -122,6 +124,17 @@ class PimMachine(RuleBasedStateMachine):
         self._lag(instance.user, self.now + self._ended_lag(instance.user, lag))
         if hint:
             self._look()
+
+    @rule()
+    def graph_drops_ended_instances(self) -> None:
+        """Graph's instance list catches up: the instances that ran out disappear, while its member list may
+        still lag. One idsync recorded nothing for is kept while Graph lists her (the listing would then be
+        indistinguishable from a permanent member: the rule relies on idsync looking meanwhile)."""
+        graph, listed = self.world.graph, self.world.graph.listed.get(GROUP, set())
+        for instance in [i for i in graph.current if i.end is not None and i.end <= self.now]:
+            record = self.world.state.grant(GROUP, instance.principal_id)
+            if (record is not None and record.phase != GRANT_SIGHTED) or instance.principal_id not in listed:
+                graph.current.remove(instance)
 
     @rule(data=st.data(), minutes=st.sampled_from([15, 60]))
     def extend(self, data: st.DataObject, minutes: int) -> None:
@@ -333,7 +346,8 @@ class PimMachine(RuleBasedStateMachine):
                 self.graph_back, self.recovered_at = None, self.now
             for instance in self.truth.values():
                 if instance.end == self.now and instance.user not in self.lag:
-                    self._lag(instance.user, self.now + self._ended_lag(instance.user, lag))
+                    # Graph still shows the instance that ran out: it explains the listing, whatever the lag
+                    self._lag(instance.user, self.now + timedelta(seconds=lag))
             for user, until in sorted(self.lag.items()):
                 if until <= self.now:
                     del self.lag[user]
@@ -427,9 +441,9 @@ class PimMachine(RuleBasedStateMachine):
         return out
 
     def _ended_lag(self, user: str, seconds: int) -> timedelta:
-        """How long Graph keeps listing a user after her instances end. An activation idsync never saw (no
-        grant recorded when it ends) leaves no trace but the listing: the rule then relies on Graph lagging
-        less than ``SETTLE`` (``SIGHTED_MAX_LAG``); a seen one may lag up to ``MAX_LAG``."""
+        """How long Graph keeps listing a user after a deactivation. One idsync never saw (no grant recorded
+        when it ends, and the instance gone from Graph at once) leaves no trace but the listing: the rule then
+        relies on Graph lagging less than ``SETTLE`` (``SIGHTED_MAX_LAG``); a seen one may lag up to ``MAX_LAG``."""
         lag = timedelta(seconds=seconds)
         return lag if self.world.state.grant(GROUP, user) is not None else min(lag, SIGHTED_MAX_LAG)
 

@@ -16,16 +16,22 @@ members; her ``member`` assignment schedule instances active now), what idsync r
    marker stays until Graph stops listing her or a new instance appears (rule 1), however long Graph's
    member list lags: time alone never makes her a member again. A permanent membership needs a positive
    signal: an ``assigned`` instance (rule 1), or being listed again after Graph stopped listing her
-   (rule 4, from no record).
-4. Listed, no instance, no record: a permanent member. Idsync already holding the membership keeps it. A
+   (rule 5, from no record).
+4. Listed, no active instance, no record, but a member instance Graph still shows although it ended (its
+   instance list lags too): not a member, whatever the lag: that instance explains the listing, exactly as
+   an ``ended`` marker does, and one is recorded (rule 3) so that the user stays out once the instance
+   disappears while the member list still lags. Idsync already holding the membership keeps it (a
+   permanent member whose own activation ended).
+5. Listed, no instance, no record: a permanent member. Idsync already holding the membership keeps it. A
    new one is first recorded as ``sighted`` and added once listed for ``settle`` (a lagging member list
    after an activation idsync never saw must not look like a permanent member). Owner instances
    (``accessId: owner``) grant nothing.
-5. Not listed, no instance: not a member.
+6. Not listed, no instance: not a member.
 
 Invariants (checked by the stateful property test in tests/unit/test_pim_truth_machine.py):
 (a) nobody is a member later than the end of her last grant plus one cycle interval unless a permanent
-    assignment holds her; (b) nobody holding an active member instance loses an applied membership.
+    assignment holds her; (b) nobody holding an active member instance loses an applied membership;
+(c) a user listed whose only visible member instances ended is never added, however long Graph lags.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ class Facts:
     """What is known about one user of a PIM group at one instant.
 
     ``refused``: why the user cannot be provisioned (checked only for users about to be added), or None.
+    ``ended``: her member instances Graph still shows although they ended (its instance list lags).
     """
 
     user_id: str
@@ -53,6 +60,7 @@ class Facts:
     record: AccessGrant | None
     member: bool
     refused: str | None = None
+    ended: tuple[AssignmentInstance, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +100,24 @@ def grant_terms(
     return AccessGrant(group_id, user_id, tuple(sorted(i.id for i in active)), end, standing, applied_at)
 
 
+def ended_instances(
+    instances: Iterable[AssignmentInstance], now: datetime
+) -> dict[str, tuple[AssignmentInstance, ...]]:
+    """The member instances that ended by ``now`` (Graph may still show them), by principal."""
+    out: dict[str, list[AssignmentInstance]] = {}
+    for instance in instances:
+        if instance.access_id == MEMBER_ACCESS and instance.end is not None and instance.end <= now:
+            out.setdefault(instance.principal_id, []).append(instance)
+    return {user: tuple(found) for user, found in out.items()}
+
+
+def ended_marker(group_id: str, user_id: str, ended: Sequence[AssignmentInstance], stamp: str) -> AccessGrant:
+    """The ``ended`` marker for instances that ended before idsync applied them (``stamp``: when seen)."""
+    ends = [i.end for i in ended if i.end is not None]
+    end = max(ends) if ends else None
+    return AccessGrant(group_id, user_id, tuple(sorted(i.id for i in ended)), end, False, stamp, GRANT_ENDED)
+
+
 def judge(group_id: str, facts: Facts, now: datetime, settle: timedelta = SETTLE) -> Verdict:
     """Apply the rule (see the module docstring) to one user. Pure; never raises for a well-formed record."""
     user, record = facts.user_id, facts.record
@@ -117,6 +143,9 @@ def judge(group_id: str, facts: Facts, now: datetime, settle: timedelta = SETTLE
         return Verdict(user, False, None, False, "not a member in Entra")
     if facts.member:
         return Verdict(user, True, None, False, "a permanent member")
+    if facts.ended:
+        marker = ended_marker(group_id, user, facts.ended, stamp)
+        return Verdict(user, False, marker, False, "listed after her member instances ended; Graph lags")
     if facts.refused is not None:
         return Verdict(user, False, None, False, f"cannot be provisioned: {facts.refused}")
     sighted = record if record is not None and record.phase == GRANT_SIGHTED else None
@@ -139,12 +168,19 @@ def judge_group(
 ) -> list[tuple[Facts, Verdict]]:
     """The rule for every user Graph or idsync knows in the group, sorted by user id."""
     listed_set, member_set = set(listed), set(members)
-    active = active_instances(instances, now)
+    seen = list(instances)
+    active, ended = active_instances(seen, now), ended_instances(seen, now)
     why_not = refused or {}
     out: list[tuple[Facts, Verdict]] = []
     for user in sorted(listed_set | set(active) | set(records) | member_set):
         facts = Facts(
-            user, user in listed_set, active.get(user, ()), records.get(user), user in member_set, why_not.get(user)
+            user,
+            user in listed_set,
+            active.get(user, ()),
+            records.get(user),
+            user in member_set,
+            why_not.get(user),
+            ended.get(user, ()),
         )
         out.append((facts, judge(group_id, facts, now, settle)))
     return out

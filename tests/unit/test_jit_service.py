@@ -162,6 +162,35 @@ def test_the_rule(
     assert (verdict.record.phase if verdict.record else None) == keeps
 
 
+def test_a_listed_user_whose_only_visible_instances_ended_is_never_admitted() -> None:
+    late = T0 + timedelta(minutes=90)
+    gone = instance("i1", ADA, 60)  # ended at T0+60, Graph still shows it
+    # no record, a sighting, or nothing but the listing left: an ended marker, not a member, at any lag
+    for record in (None, sighted(5), sighted(60)):
+        [(facts, verdict)] = judge_group(GROUP, {ADA}, [gone], {ADA: record} if record else {}, set(), late)
+        assert facts.ended == (gone,)
+        assert verdict.member is False
+        assert verdict.record is not None
+        assert (verdict.record.phase, verdict.record.instance_ids) == (GRANT_ENDED, ("i1",))
+        assert verdict.record.end == T0 + timedelta(minutes=60)
+        assert verdict.record.active is False
+    # the marker keeps her out once the instance disappears while Graph still lists her
+    marker = judge(GROUP, Facts(ADA, True, (), None, False, ended=(gone,)), late).record
+    assert marker is not None
+    kept = judge(GROUP, Facts(ADA, True, (), marker, False), late + timedelta(hours=5))
+    assert (kept.member, kept.record) == (False, marker)
+    # a membership idsync holds (a permanent member whose activation ended) stays; a new activation gets in
+    assert judge(GROUP, Facts(ADA, True, (), None, True, ended=(gone,)), late).member is True
+    fresh = AssignmentInstance("i2", ADA, GROUP, "member", "activated", "direct", late, late + timedelta(hours=1))
+    again = judge_group(GROUP, {ADA}, [gone, fresh], {ADA: marker}, set(), late)[0][1]
+    assert again.member is True
+    assert again.record is not None
+    assert again.record.phase == GRANT_ACTIVE
+    # an ended owner instance explains nothing: the listing is a sighting
+    owner = replace(gone, access_id="owner")
+    assert judge_group(GROUP, {ADA}, [owner], {}, set(), late)[0][1].why == "sighted"
+
+
 def test_an_owner_instance_grants_nothing() -> None:
     owner = AssignmentInstance("o1", ADA, GROUP, "owner", "activated", "direct", T0, T0 + timedelta(hours=1))
     assert judge_group(GROUP, set(), [owner], {}, set(), T0) == []

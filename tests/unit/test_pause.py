@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from idsync.ports import Hint
+from idsync.ports import GRANT_ENDED, Hint
 from idsync.services.control import PAUSE_RECHECK_SECONDS, load_pause, pause, resume
 from idsync.services.jit import JitWorker, WorkerBatch
 from tests.unit.test_cycle import World as CycleWorld
@@ -119,6 +119,31 @@ def test_the_expiry_is_never_paused() -> None:
 
     assert outcome.removals == [ADA]
     assert not present(world, ADA)
+
+
+def test_an_activation_that_ended_before_the_worker_saw_it_never_becomes_a_permanent_membership() -> None:
+    # Given Ada activates for 5 minutes and the worker first runs after the end, Graph still showing the
+    # ended instance and still listing Ada (both lag)
+    world = make_world()
+    worker = JitWorker(world.service, RecordingRetry())
+    world.graph.grant("i1", ADA, world.clock.now(), 5)
+    world.clock.advance(5 * 60)
+    worker.batch().handle(hint(), "receipt", 1)
+    assert not present(world, ADA)
+    assert world.state.grant(GROUP, ADA) is not None
+
+    # When 10 more minutes pass with Graph still lagging (past the settle time) and the worker runs again
+    world.clock.advance(10 * 60)
+    worker.batch().handle(hint(), "receipt", 1)
+
+    # Then Identity Center holds no membership for her, and idsync keeps the ended marker and no schedule
+    assert not present(world, ADA)
+    assert world.members_in_identity_center() == set()
+    marker = world.state.grant(GROUP, ADA)
+    assert marker is not None
+    assert marker.phase == GRANT_ENDED
+    assert marker.instance_ids == ("i1",)
+    assert world.scheduler.schedules == set()
 
 
 class PauseMachine(RuleBasedStateMachine):

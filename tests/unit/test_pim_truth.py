@@ -354,6 +354,67 @@ def test_a_permanent_member_is_added_once_settled_and_stays_while_listed(world: 
     assert not world.is_member(BOB)
 
 
+def test_a_listing_explained_by_an_ended_instance_never_admits_however_long_graph_lags(world: PimWorld) -> None:
+    # Given Ada's 5-minute activation that idsync never applied (its notification lost), ended while Graph
+    # still shows the instance and still lists her
+    world.graph.grant("i1", ADA, T0, 5)
+    world.clock.advance(5 * 60)
+    world.look()
+    assert not world.is_member(ADA)
+    assert world.phase(ADA) == GRANT_ENDED  # the ended instance explains the listing
+
+    # When the instance disappears from Graph while its member list keeps lagging past the settle time
+    world.graph.end("i1", unlist=False)
+    for _ in range(3):
+        world.clock.advance(10 * 60)
+        world.look()
+        world.cycle()
+
+    # Then no look and no cycle admitted her, no token was spent and no expiry is scheduled
+    assert not world.is_member(ADA)
+    assert world.phase(ADA) == GRANT_ENDED
+    assert world.tokens_spent() == 0
+    assert world.scheduler.of(ADA) == []
+    # When Graph catches up, the marker goes
+    world.graph.unlist(GROUP, ADA)
+    world.look()
+    assert world.phase(ADA) is None
+    # and a later permanent membership is admitted once it settles, an activation at once
+    world.graph.listed[GROUP].add(ADA)
+    world.look()
+    world.clock.advance(10 * 60)
+    world.look()
+    assert world.is_member(ADA)
+    assert world.state.grant(GROUP, ADA) is None
+    world.graph.grant("i2", BOB, world.clock.now(), HOUR)
+    world.clock.advance(HOUR * 60 + 30)  # Bob's instance ended before any look: Graph still shows it
+    world.look()
+    assert not world.is_member(BOB)
+    world.graph.grant("i3", BOB, world.clock.now(), HOUR)
+    world.look()
+    assert world.is_member(BOB)
+    assert world.phase(BOB) == GRANT_ACTIVE
+
+
+def test_a_permanent_member_whose_own_activation_ended_stays_while_graph_shows_the_ended_instance(
+    world: PimWorld,
+) -> None:
+    world.graph.listed[GROUP] = {BOB}
+    world.cycle()
+    world.clock.advance(10 * 60)
+    world.cycle()
+    assert world.is_member(BOB)
+    # an activation on top ends; Graph keeps showing the ended instance
+    world.graph.grant("i1", BOB, world.clock.now(), HOUR)
+    world.look()
+    world.clock.advance(HOUR * 60 + 30)
+    world.fire_due()
+    world.look()
+    world.cycle()
+    assert world.is_member(BOB)
+    assert world.phase(BOB) is None
+
+
 def test_a_permanent_assignment_without_end_is_never_scheduled(world: PimWorld) -> None:
     world.graph.grant("p1", ADA, T0, None, assignment_type="assigned")
     world.look()

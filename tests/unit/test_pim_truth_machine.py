@@ -1,5 +1,6 @@
 """The stateful property test of PIM for Groups (tests/pim_machine.py): every actor interleaved on a fake clock,
-invariants (a) and (b) checked after every step. ``IDSYNC_PIM_EXAMPLES`` raises the example count for a long run."""
+invariants (a) and (b) checked after every step. ``IDSYNC_PIM_EXAMPLES`` raises the example count for a long run.
+The example test replays a case the random search rarely reaches."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import os
 
 from hypothesis import HealthCheck, settings
 
-from tests.pim_machine import PimMachine
+from idsync.ports import GRANT_ENDED
+from tests.pim_machine import MAX_LAG, USERS, PimMachine
+from tests.pim_world import GROUP
 
 EXAMPLES = int(os.environ.get("IDSYNC_PIM_EXAMPLES", "60"))
 
@@ -18,3 +21,31 @@ TestPimTruth.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
+
+
+def test_the_model_keeps_listing_an_activation_that_ran_out_unapplied_past_the_settle_time() -> None:
+    # An activation held by a pause runs out; Graph keeps showing the ended instance and listing the user for
+    # MAX_LAG (longer than SETTLE). Once resumed, no look, poll or cycle may admit her (invariant (a)).
+    machine = PimMachine()
+    machine.provision()
+    user = USERS[0]
+    machine.pause_or_resume(on=True)
+    machine.activate(user, 5, 0)  # its notification lost; the poller holds it while paused
+    machine.time_passes(seconds=6 * 60, lag=int(MAX_LAG.total_seconds()))
+    machine.pause_or_resume(on=False)
+    machine.replayed_notification()
+    machine.time_passes(seconds=12 * 60, lag=0)
+    graph = machine.world.graph
+    assert user in graph.listed[GROUP]  # the model produced the case: still listed, the ended instance visible
+    assert [i.id for i in graph.current if i.principal_id == user] == ["i1"]
+    assert not machine.world.is_member(user)
+    machine.time_passes(seconds=10 * 60, lag=0)  # a cycle runs past the settle time
+    assert user in graph.listed[GROUP]
+    assert not machine.world.is_member(user)
+    assert machine.world.phase(user) == GRANT_ENDED
+    machine.graph_drops_ended_instances()  # the marker explains the listing once the instance is gone
+    assert graph.current == []
+    machine.time_passes(seconds=20 * 60, lag=0)
+    assert user not in graph.listed[GROUP]
+    assert not machine.world.is_member(user)
+    assert machine.world.phase(user) is None

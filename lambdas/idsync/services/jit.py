@@ -580,9 +580,7 @@ class _Run:
         user_id = facts.user_id
         user, why = self._provisionable(user_id)
         if user is None:
-            refused = judge(
-                self.group_id, Facts(user_id, facts.listed, facts.active, facts.record, False, why), self.now
-            )
+            refused = judge(self.group_id, replace(facts, member=False, refused=why), self.now)
             self._refuse(user_id, why or "cannot be provisioned")
             if refused.record != facts.record:
                 self._keep_lease()
