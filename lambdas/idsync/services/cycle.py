@@ -648,6 +648,8 @@ class CycleService:
         full = mode in ("full", "resume")
         listed: TargetRead | None = None
         totals: tuple[int, int] | None = None
+        # the Applier and the unsettled record see every record: a conflict must not adopt another user's object
+        every = owned
         if touched is not None:
             totals = (counts[0] + counts[1], self._managed_memberships(owned))
             desired, owned = self._delta_views(mirror, owned, touched)
@@ -669,7 +671,7 @@ class CycleService:
         plan = make_plan(*set_aside_memberships(desired, current, owned, self.pim_groups), policy, totals)
         escrow = Escrow(self.state)
         runnable, held = self._escrow_filter(plan, escrow, desired)
-        applier = Applier(self.target, self.state, self.clock, cycle_id, owned, current, policy, desired, *self._pool())
+        applier = Applier(self.target, self.state, self.clock, cycle_id, every, current, policy, desired, *self._pool())
         if opts.dry_run:
             return CycleOutcome(applier.report(plan, started.isoformat(), True, True), mode=mode, plan=plan)
         if mode == "full" and plan.writes > 0 and plan.guard is None:
@@ -710,7 +712,7 @@ class CycleService:
             )
         self._log_new_refusals(applier, plan.refusals)
         self._update_escrow(escrow, applier, runnable, desired)
-        self._keep_unsettled(plan, applier, owned, counts)
+        self._keep_unsettled(plan, applier, every, counts)
         applier.flush()
         report = applier.report(plan, started.isoformat(), dry_run=False, complete=complete)
         attempted = applier.attempted
