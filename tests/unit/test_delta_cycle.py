@@ -81,3 +81,27 @@ def test_group_deleted_by_hand_is_restored_with_every_member(narrow: bool) -> No
         assert in_aws == sorted(owned.users[u].target_id for g, u in owned.memberships if g == "g1")
     assert group != gone
     assert in_aws == sorted(owned.users[s].target_id for s in ["e0", "e1", "e2", "e3", "e5"])
+
+
+@pytest.mark.parametrize("staying", [["e10", "e11"], []])
+def test_emptied_group_threshold_counts_the_members_the_narrowed_views_leave_out(staying: list[str]) -> None:
+    source = FakeDeltaSource(_users(200), [{"id": "g1", "displayName": "Admins"}], {"g1": [f"e{i}" for i in range(12)]})
+    store, state, clock = FakeIdentityStore(), FakeState(), FakeClock()
+    narrowed = _service(source, store, state, clock, True)
+    assert narrowed.run(CycleOptions()).report.complete
+    source.members["g1"] = list(staying)
+    clock.advance(60)
+    out = narrowed.run(CycleOptions())
+    full = _service(source, store, state, clock, False).run(CycleOptions(dry_run=True))
+    assert out.mode == "delta"
+    assert out.plan is not None and full.plan is not None
+    assert out.plan.guard == full.plan.guard
+    group = state.load_ownership().groups["g1"].target_id
+    if staying:
+        # 10 of 12 leave: the group keeps members, so the removals apply
+        assert out.plan.guard is None
+        assert len(_members_in_aws(store, group)) == 2
+    else:
+        # everyone leaves: what an outage's empty read looks like, so the removals are held back
+        assert out.plan.guard is not None and out.plan.guard.emptied_groups == ("Admins",)
+        assert len(_members_in_aws(store, group)) == 12

@@ -668,7 +668,8 @@ class CycleService:
             else:
                 current = current_from_ownership(owned)
         policy = replace(self.policy, allow_deletions=opts.allow_deletions or self.policy.allow_deletions)
-        plan = make_plan(*set_aside_memberships(desired, current, owned, self.pim_groups), policy, totals)
+        occupied = self._occupied(mirror) if touched is not None else None
+        plan = make_plan(*set_aside_memberships(desired, current, owned, self.pim_groups), policy, totals, occupied)
         escrow = Escrow(self.state)
         runnable, held = self._escrow_filter(plan, escrow, desired)
         applier = Applier(self.target, self.state, self.clock, cycle_id, every, current, policy, desired, *self._pool())
@@ -829,6 +830,22 @@ class CycleService:
         views = narrow(mirror, owned, touched, self.scoping.mode, self.scoping.transitive, map_user)
         view = build_desired(views.users, views.groups, views.members, self.user_mapper, self.group_mapper, self.scope)
         return with_out_of_scope(view, views.alive, self._retained(mirror)), views.owned
+
+    def _occupied(self, mirror: Mirror) -> Callable[[str], bool]:
+        """Whether a group has a member in the mirror that maps to an active user (the emptied-group
+        threshold's question, answered from the whole mirror when the views are narrowed)."""
+
+        def occupied(group_id: str) -> bool:
+            for user_id in mirror.user_members(group_id, self.scoping.transitive):
+                obj = mirror.users.get(user_id)
+                if obj is None or obj.get(SOFT_DELETED) or not self.scope.user(obj).in_scope:
+                    continue
+                mapped = self.user_mapper.map(obj)
+                if isinstance(mapped, User) and mapped.active:
+                    return True
+            return False
+
+        return occupied
 
     def _retained(self, mirror: Mirror) -> frozenset[str]:
         now = self.clock.now()
