@@ -94,7 +94,8 @@ def test_emptied_group_threshold_counts_the_members_the_narrowed_views_leave_out
     out = narrowed.run(CycleOptions())
     full = _service(source, store, state, clock, False).run(CycleOptions(dry_run=True))
     assert out.mode == "delta"
-    assert out.plan is not None and full.plan is not None
+    assert out.plan is not None
+    assert full.plan is not None
     assert out.plan.guard == full.plan.guard
     group = state.load_ownership().groups["g1"].target_id
     if staying:
@@ -103,5 +104,6 @@ def test_emptied_group_threshold_counts_the_members_the_narrowed_views_leave_out
         assert len(_members_in_aws(store, group)) == 2
     else:
         # everyone leaves: what an outage's empty read looks like, so the removals are held back
-        assert out.plan.guard is not None and out.plan.guard.emptied_groups == ("Admins",)
+        assert out.plan.guard is not None
+        assert out.plan.guard.emptied_groups == ("Admins",)
         assert len(_members_in_aws(store, group)) == 12

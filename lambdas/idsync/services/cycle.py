@@ -170,6 +170,8 @@ class TargetRead:
     members_read: set[str] = field(default_factory=set)
     member_group: str | None = None  # the group whose members are being listed, from ``member_next``
     member_next: str | None = None
+    # ownership's (users, groups, memberships) when listed: another count means another writer came in between
+    owned: tuple[int, int, int] | None = None
 
     def view(self) -> CurrentView:
         return CurrentView(self.users, self.groups, self.memberships)
@@ -201,6 +203,7 @@ class TargetRead:
             "members_read": sorted(self.members_read),
             "member_group": self.member_group,
             "member_next": self.member_next,
+            "owned": list(self.owned) if self.owned is not None else None,
         }
         return json.dumps(document, separators=(",", ":")).encode("utf-8")
 
@@ -220,9 +223,21 @@ class TargetRead:
                 {str(g) for g in d["members_read"]},
                 d["member_group"],
                 d["member_next"],
+                _counts(d.get("owned")),
             )
         except (KeyError, TypeError, ValueError):
             return None
+
+
+def _counts(value: Any) -> tuple[int, int, int] | None:
+    if not isinstance(value, list) or len(value) != 3:
+        return None
+    return (int(value[0]), int(value[1]), int(value[2]))
+
+
+def ownership_counts(owned: Ownership) -> tuple[int, int, int]:
+    """(users, groups, memberships) idsync has recorded: what a stored listing of IAM Identity Center was made with."""
+    return (len(owned.users), len(owned.groups), len(owned.memberships))
 
 
 def current_from_ownership(owned: Ownership) -> CurrentView:
@@ -659,8 +674,13 @@ class CycleService:
             if full:
                 # the invocation's first request is made whatever the budget says, so every invocation makes progress
                 listed, done = self.read_target(
-                    desired, owned, stop or (lambda: False), self._target_progress(mode, opts), not self._read_entra
+                    desired,
+                    owned,
+                    stop or (lambda: False),
+                    self._target_progress(mode, opts, owned),
+                    not self._read_entra,
                 )
+                listed.owned = ownership_counts(owned)
                 if not done:
                     self._checkpoint_target(listed, mirror, links, mode)
                     return self._stopped_while_reading(cycle_id, started, mode)
@@ -730,14 +750,17 @@ class CycleService:
         self._watch_completion(complete, started, applier.stopped_by)
         return CycleOutcome(report, mode=mode, plan=plan)
 
-    def _target_progress(self, mode: str, opts: CycleOptions) -> TargetRead | None:
-        """What a stopped resume listed of IAM Identity Center (no write has happened since); a full cycle
-        lists afresh, and forgets a listing an earlier checkpoint left."""
+    def _target_progress(self, mode: str, opts: CycleOptions, owned: Ownership) -> TargetRead | None:
+        """What a stopped resume listed of IAM Identity Center, while ownership is as it was then (a different
+        size means another writer, such as on-demand provisioning, wrote since: the listing begins again); a
+        full cycle lists afresh, and forgets a listing an earlier checkpoint left."""
         if opts.dry_run:
             return None
         if mode == "resume":
             blob = load_blob(self.state, CHECKPOINT_TARGET)
-            return TargetRead.from_bytes(blob) if blob else None
+            listed = TargetRead.from_bytes(blob) if blob else None
+            if listed is not None and listed.owned == ownership_counts(owned):
+                return listed
         delete_blob(self.state, CHECKPOINT_TARGET)
         return None
 
@@ -1035,6 +1058,8 @@ class CycleService:
             applier = Applier(
                 self.target, self.state, self.clock, cycle_id, owned, current, policy, narrowed, *self._pool()
             )
+            # a stored listing of IAM Identity Center is out of date once this writes
+            delete_blob(self.state, CHECKPOINT_TARGET)
             applier.apply(plan.operations, lambda: False, None)
             applier.log_refusals(plan.refusals)
             applier.flush()
