@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from idsync.model import PlanPolicy
+from idsync.delta import unsettled
+from idsync.model import Action, CurrentView, Kind, Operation, Ownership, PlanPolicy
 from idsync.services.cycle import CycleOptions, CycleService, Scoping
+from idsync.services.sync import Applier
 from tests.fakes import FakeClock, FakeDeltaSource, FakeIdentityStore, FakeState
 from tests.unit.test_plan_laws import Everything, SimpleGroupMapper, SimpleUserMapper
 
@@ -107,3 +109,41 @@ def test_emptied_group_threshold_counts_the_members_the_narrowed_views_leave_out
         assert out.plan.guard is not None
         assert out.plan.guard.emptied_groups == ("Admins",)
         assert len(_members_in_aws(store, group)) == 12
+
+
+@pytest.mark.parametrize("narrow", [False, True])
+def test_a_user_created_again_whose_memberships_fail_is_planned_again_until_they_are_restored(narrow: bool) -> None:
+    source = FakeDeltaSource(_users(4), [{"id": "g1", "displayName": "Admins"}], {"g1": ["e1", "e3"]})
+    store, state, clock = FakeIdentityStore(), FakeState(), FakeClock()
+    service = _service(source, store, state, clock, narrow)
+    assert service.run(CycleOptions()).report.complete
+    gone = state.load_ownership().users["e3"].target_id
+    del store.users[gone]  # deleted by hand in IAM Identity Center, with its membership
+    for key in [k for k, (_, u) in store.memberships.items() if u == gone]:
+        del store.memberships[key]
+    source.users[3]["displayName"] = "U3 renamed"  # the update finds it gone and creates it again
+    store.fail_on[""] = "CreateGroupMembership: InternalFailure"
+    clock.advance(60)
+    out = service.run(CycleOptions())
+    owned = state.load_ownership()
+    assert owned.users["e3"].target_id != gone
+    assert ("g1", "e3") not in owned.memberships
+    assert [f.kind for f in out.report.failures] == ["membership"]
+    del store.fail_on[""]
+    clock.advance(60)
+    assert service.run(CycleOptions()).report.complete
+    owned = state.load_ownership()
+    group = owned.groups["g1"].target_id
+    assert _members_in_aws(store, group) == sorted(owned.users[u].target_id for u in ("e1", "e3"))
+    assert ("g1", "e3") in owned.memberships
+
+
+def test_only_a_successful_write_counts_as_succeeded_and_a_skipped_one_stays_unsettled() -> None:
+    store, state, clock = FakeIdentityStore(), FakeState(), FakeClock()
+    applier = Applier(store, state, clock, "c1", Ownership(), CurrentView({}, {}, {}), PlanPolicy())
+    add = Operation(Kind.MEMBERSHIP, Action.CREATE, "g1", "Admins <- u1", member_source_id="e1")
+    assert applier.apply([add], lambda: False, None)
+    assert applier.succeeded == set()  # skipped: the group is not provisioned
+    assert applier.unfinished == [add]
+    assert unsettled([add], applier.succeeded, (), ()).users == {"e1"}
+    assert store.memberships == {}

@@ -886,7 +886,14 @@ class CycleService:
     def _keep_unsettled(self, plan: Plan, applier: Applier, owned: Ownership, counts: tuple[int, int]) -> None:
         """Record what the next delta cycle must plan again, and ownership's size after this cycle's writes
         (a different size next time means another writer changed it: that cycle plans everything)."""
-        left = unsettled(plan.operations, applier.succeeded, plan.refusals, plan.held_back)
+        # follow-ups (created again, memberships restored) are not in the plan: the ones not done count too
+        done = applier.succeeded
+        left = unsettled(
+            [*plan.operations, *applier.unfinished, *applier.followups], done, plan.refusals, plan.held_back
+        )
+        # a record forgotten (created again) whose create did not go through: plan it again
+        left.users |= {sid for sid in owned.users.keys() - applier.users.keys() if f"user:{sid}" not in done}
+        left.groups |= {sid for sid in owned.groups.keys() - applier.groups.keys() if f"group:{sid}" not in done}
         for source_id, target_id in applier.user_targets.items():
             mine = owned.users.get(source_id)
             if mine is not None and mine.target_id != target_id:
