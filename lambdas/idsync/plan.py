@@ -20,7 +20,7 @@ manages keeps its contested name (the incumbent wins); objects Entra can still r
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -589,6 +589,7 @@ def _guard(
     owned: Ownership,
     policy: PlanPolicy,
     totals: tuple[int, int] | None = None,
+    occupied: Callable[[str], bool] | None = None,
 ) -> DeletionGuard | None:
     """The deletion guard's verdict on a plan: None when its deletions may apply.
 
@@ -630,7 +631,7 @@ def _guard(
         tripped.append(GuardThreshold.DELETIONS)
     if removals_trip(len(counted), managed_memberships):
         tripped.append(GuardThreshold.MEMBERSHIP_REMOVALS)
-    emptied = _emptied_groups(counted, desired, live_users, policy.empty_group_min_memberships)
+    emptied = _emptied_groups(counted, desired, live_users, policy.empty_group_min_memberships, occupied)
     if emptied:
         tripped.append(GuardThreshold.EMPTIED_GROUPS)
     if not tripped:
@@ -651,8 +652,15 @@ def _guard(
     )
 
 
-def _emptied_groups(counted: list[Operation], desired: DesiredView, live_users: set[str], minimum: int) -> set[str]:
-    """Groups Entra still lists with no active member that lose at least ``minimum`` managed memberships."""
+def _emptied_groups(
+    counted: list[Operation],
+    desired: DesiredView,
+    live_users: set[str],
+    minimum: int,
+    occupied: Callable[[str], bool] | None,
+) -> set[str]:
+    """Groups Entra still lists with no active member that lose at least ``minimum`` managed memberships.
+    ``occupied``: whether a group has an active member outside the (narrowed) desired view."""
     if minimum <= 0:
         return set()
     per_group = Counter(op.source_id for op in counted)
@@ -660,6 +668,8 @@ def _emptied_groups(counted: list[Operation], desired: DesiredView, live_users: 
     if not candidates:
         return set()
     listed = {group for group, user in desired.memberships if group in candidates and user in live_users}
+    if occupied is not None:
+        listed |= {group for group in candidates - listed if occupied(group)}
     return candidates - listed
 
 
@@ -669,11 +679,14 @@ def make_plan(
     owned: Ownership,
     policy: PlanPolicy,
     totals: tuple[int, int] | None = None,
+    occupied: Callable[[str], bool] | None = None,
 ) -> Plan:
     """Diff desired against current for the objects idsync owns or can adopt. Pure and deterministic.
 
     ``totals``: (managed users and groups, managed memberships) the deletion guard compares with, when
-    the views are narrowed to part of what idsync manages (a delta cycle); else counted from ``owned``."""
+    the views are narrowed to part of what idsync manages (a delta cycle); else counted from ``owned``.
+    ``occupied``: with narrowed views, whether a group has an active member in Entra that the views leave
+    out (asked only of groups the emptied-group threshold would otherwise trip on)."""
     refused = {r.source_id for r in desired.refusals}
     users = _UserPlanner(desired, current, owned, policy)
     user_creates, user_adopts, user_updates = users.run()
@@ -687,7 +700,9 @@ def make_plan(
     membership_adds, membership_removes = _plan_memberships(
         desired, current, owned, users.targets, group_targets, live_users, live_groups, refused | refused_groups
     )
-    guard = _guard(user_deletes, group_deletes, membership_removes, desired, live_users, owned, policy, totals)
+    guard = _guard(
+        user_deletes, group_deletes, membership_removes, desired, live_users, owned, policy, totals, occupied
+    )
     held_back: list[Operation] = []
     if guard is not None:
         held_back = membership_removes + group_deletes + user_deletes

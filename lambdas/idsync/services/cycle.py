@@ -170,6 +170,8 @@ class TargetRead:
     members_read: set[str] = field(default_factory=set)
     member_group: str | None = None  # the group whose members are being listed, from ``member_next``
     member_next: str | None = None
+    # ownership's (users, groups, memberships) when listed: another count means another writer came in between
+    owned: tuple[int, int, int] | None = None
 
     def view(self) -> CurrentView:
         return CurrentView(self.users, self.groups, self.memberships)
@@ -201,6 +203,7 @@ class TargetRead:
             "members_read": sorted(self.members_read),
             "member_group": self.member_group,
             "member_next": self.member_next,
+            "owned": list(self.owned) if self.owned is not None else None,
         }
         return json.dumps(document, separators=(",", ":")).encode("utf-8")
 
@@ -220,9 +223,21 @@ class TargetRead:
                 {str(g) for g in d["members_read"]},
                 d["member_group"],
                 d["member_next"],
+                _counts(d.get("owned")),
             )
         except (KeyError, TypeError, ValueError):
             return None
+
+
+def _counts(value: Any) -> tuple[int, int, int] | None:
+    if not isinstance(value, list) or len(value) != 3:
+        return None
+    return (int(value[0]), int(value[1]), int(value[2]))
+
+
+def ownership_counts(owned: Ownership) -> tuple[int, int, int]:
+    """(users, groups, memberships) idsync has recorded: what a stored listing of IAM Identity Center was made with."""
+    return (len(owned.users), len(owned.groups), len(owned.memberships))
 
 
 def current_from_ownership(owned: Ownership) -> CurrentView:
@@ -648,6 +663,8 @@ class CycleService:
         full = mode in ("full", "resume")
         listed: TargetRead | None = None
         totals: tuple[int, int] | None = None
+        # the Applier and the unsettled record see every record: a conflict must not adopt another user's object
+        every = owned
         if touched is not None:
             totals = (counts[0] + counts[1], self._managed_memberships(owned))
             desired, owned = self._delta_views(mirror, owned, touched)
@@ -657,8 +674,13 @@ class CycleService:
             if full:
                 # the invocation's first request is made whatever the budget says, so every invocation makes progress
                 listed, done = self.read_target(
-                    desired, owned, stop or (lambda: False), self._target_progress(mode, opts), not self._read_entra
+                    desired,
+                    owned,
+                    stop or (lambda: False),
+                    self._target_progress(mode, opts, owned),
+                    not self._read_entra,
                 )
+                listed.owned = ownership_counts(owned)
                 if not done:
                     self._checkpoint_target(listed, mirror, links, mode)
                     return self._stopped_while_reading(cycle_id, started, mode)
@@ -666,10 +688,11 @@ class CycleService:
             else:
                 current = current_from_ownership(owned)
         policy = replace(self.policy, allow_deletions=opts.allow_deletions or self.policy.allow_deletions)
-        plan = make_plan(*set_aside_memberships(desired, current, owned, self.pim_groups), policy, totals)
+        occupied = self._occupied(mirror) if touched is not None else None
+        plan = make_plan(*set_aside_memberships(desired, current, owned, self.pim_groups), policy, totals, occupied)
         escrow = Escrow(self.state)
         runnable, held = self._escrow_filter(plan, escrow, desired)
-        applier = Applier(self.target, self.state, self.clock, cycle_id, owned, current, policy, desired, *self._pool())
+        applier = Applier(self.target, self.state, self.clock, cycle_id, every, current, policy, desired, *self._pool())
         if opts.dry_run:
             return CycleOutcome(applier.report(plan, started.isoformat(), True, True), mode=mode, plan=plan)
         if mode == "full" and plan.writes > 0 and plan.guard is None:
@@ -710,7 +733,7 @@ class CycleService:
             )
         self._log_new_refusals(applier, plan.refusals)
         self._update_escrow(escrow, applier, runnable, desired)
-        self._keep_unsettled(plan, applier, owned, counts)
+        self._keep_unsettled(plan, applier, every, counts)
         applier.flush()
         report = applier.report(plan, started.isoformat(), dry_run=False, complete=complete)
         attempted = applier.attempted
@@ -727,14 +750,17 @@ class CycleService:
         self._watch_completion(complete, started, applier.stopped_by)
         return CycleOutcome(report, mode=mode, plan=plan)
 
-    def _target_progress(self, mode: str, opts: CycleOptions) -> TargetRead | None:
-        """What a stopped resume listed of IAM Identity Center (no write has happened since); a full cycle
-        lists afresh, and forgets a listing an earlier checkpoint left."""
+    def _target_progress(self, mode: str, opts: CycleOptions, owned: Ownership) -> TargetRead | None:
+        """What a stopped resume listed of IAM Identity Center, while ownership is as it was then (a different
+        size means another writer, such as on-demand provisioning, wrote since: the listing begins again); a
+        full cycle lists afresh, and forgets a listing an earlier checkpoint left."""
         if opts.dry_run:
             return None
         if mode == "resume":
             blob = load_blob(self.state, CHECKPOINT_TARGET)
-            return TargetRead.from_bytes(blob) if blob else None
+            listed = TargetRead.from_bytes(blob) if blob else None
+            if listed is not None and listed.owned == ownership_counts(owned):
+                return listed
         delete_blob(self.state, CHECKPOINT_TARGET)
         return None
 
@@ -828,6 +854,22 @@ class CycleService:
         view = build_desired(views.users, views.groups, views.members, self.user_mapper, self.group_mapper, self.scope)
         return with_out_of_scope(view, views.alive, self._retained(mirror)), views.owned
 
+    def _occupied(self, mirror: Mirror) -> Callable[[str], bool]:
+        """Whether a group has a member in the mirror that maps to an active user (the emptied-group
+        threshold's question, answered from the whole mirror when the views are narrowed)."""
+
+        def occupied(group_id: str) -> bool:
+            for user_id in mirror.user_members(group_id, self.scoping.transitive):
+                obj = mirror.users.get(user_id)
+                if obj is None or obj.get(SOFT_DELETED) or not self.scope.user(obj).in_scope:
+                    continue
+                mapped = self.user_mapper.map(obj)
+                if isinstance(mapped, User) and mapped.active:
+                    return True
+            return False
+
+        return occupied
+
     def _retained(self, mirror: Mirror) -> frozenset[str]:
         now = self.clock.now()
         return frozenset(
@@ -844,7 +886,14 @@ class CycleService:
     def _keep_unsettled(self, plan: Plan, applier: Applier, owned: Ownership, counts: tuple[int, int]) -> None:
         """Record what the next delta cycle must plan again, and ownership's size after this cycle's writes
         (a different size next time means another writer changed it: that cycle plans everything)."""
-        left = unsettled(plan.operations, applier.succeeded, plan.refusals, plan.held_back)
+        # follow-ups (created again, memberships restored) are not in the plan: the ones not done count too
+        done = applier.succeeded
+        left = unsettled(
+            [*plan.operations, *applier.unfinished, *applier.followups], done, plan.refusals, plan.held_back
+        )
+        # a record forgotten (created again) whose create did not go through: plan it again
+        left.users |= {sid for sid in owned.users.keys() - applier.users.keys() if f"user:{sid}" not in done}
+        left.groups |= {sid for sid in owned.groups.keys() - applier.groups.keys() if f"group:{sid}" not in done}
         for source_id, target_id in applier.user_targets.items():
             mine = owned.users.get(source_id)
             if mine is not None and mine.target_id != target_id:
@@ -1016,6 +1065,8 @@ class CycleService:
             applier = Applier(
                 self.target, self.state, self.clock, cycle_id, owned, current, policy, narrowed, *self._pool()
             )
+            # a stored listing of IAM Identity Center is out of date once this writes
+            delete_blob(self.state, CHECKPOINT_TARGET)
             applier.apply(plan.operations, lambda: False, None)
             applier.log_refusals(plan.refusals)
             applier.flush()

@@ -291,7 +291,8 @@ class Applier:
         self.deferred_managers: list[User] = []  # created before their manager (a management cycle)
         self.followups: list[Operation] = []  # memberships of objects created again after a hand-made delete
         self.stopped_by: str | None = None  # why the cycle ended early (throttling, AWS faults)
-        self.succeeded: set[str] = set()  # keys of the operations that went through this run
+        self.succeeded: set[str] = set()  # keys of the operations that went through this run (SUCCESS only)
+        self.unfinished: list[Operation] = []  # writes logged as skipped or failed, follow-ups included
         # the operation that stopped earlier runs with transient errors (counted in TRANSIENT_KEY)
         self.transient_key: str | None = None
         # guards the maps above and the buffers below against the pool's threads
@@ -458,6 +459,8 @@ class Applier:
         if status is not Status.FAILURE:
             self._transient_cleared(op)
         with self._lock:
+            if status is Status.SUCCESS:
+                self.succeeded.add(op.key)
             self._settling.update(touched)
         self._log(op, status, target_id, changes, note, seconds)
         return True
@@ -480,7 +483,6 @@ class Applier:
         return count
 
     def _transient_cleared(self, op: Operation) -> None:
-        self.succeeded.add(op.key)
         if self.transient_key == op.key:
             self.state.delete_item(TRANSIENT_KEY)
             self.transient_key = None
@@ -983,6 +985,8 @@ class Applier:
         self.pending.append(entry)
         if op.is_write and status is not Status.SKIPPED:
             self.attempted += 1
+        if op.is_write and status is not Status.SUCCESS:
+            self.unfinished.append(op)
         if status is Status.FAILURE:
             self.failures.append(entry)
         if status is Status.SUCCESS:

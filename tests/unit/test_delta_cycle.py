@@ -1,0 +1,149 @@
+"""Delta cycles planned from narrowed views write what a full plan would: the Applier sees every ownership
+record (a create refused with a conflict never adopts an object idsync manages for another user), a group
+deleted by hand is restored with every member, and the deletion guard counts the full membership."""
+
+from __future__ import annotations
+
+import pytest
+
+from idsync.delta import unsettled
+from idsync.model import Action, CurrentView, Kind, Operation, Ownership, PlanPolicy
+from idsync.services.cycle import CycleOptions, CycleService, Scoping
+from idsync.services.sync import Applier
+from tests.fakes import FakeClock, FakeDeltaSource, FakeIdentityStore, FakeState
+from tests.unit.test_plan_laws import Everything, SimpleGroupMapper, SimpleUserMapper
+
+
+def _users(n: int) -> list[dict[str, object]]:
+    return [
+        {"id": f"e{i}", "userPrincipalName": f"u{i}@example.com", "displayName": f"U{i}", "accountEnabled": True}
+        for i in range(n)
+    ]
+
+
+def _service(source: FakeDeltaSource, store: FakeIdentityStore, state: FakeState, clock: FakeClock, narrow: bool):
+    return CycleService(
+        source,
+        store,
+        state,
+        SimpleUserMapper(),
+        SimpleGroupMapper(),
+        Everything(),
+        Scoping("all", False),
+        PlanPolicy(max_deletions=100, max_deletion_percent=90.0),
+        clock,
+        narrow_delta=narrow,
+    )
+
+
+def _members_in_aws(store: FakeIdentityStore, group_target: str) -> list[str]:
+    return sorted(u for g, u in store.memberships.values() if g == group_target)
+
+
+@pytest.mark.parametrize("narrow", [False, True])
+def test_conflicting_create_never_adopts_another_managed_users_account(narrow: bool) -> None:
+    source = FakeDeltaSource(_users(3), [{"id": "g1", "displayName": "Admins"}], {"g1": ["e2"]})
+    store, state, clock = FakeIdentityStore(), FakeState(), FakeClock()
+    service = _service(source, store, state, clock, narrow)
+    assert service.run(CycleOptions()).report.complete
+    taken = state.load_ownership().users["e2"].target_id
+    before = dict(store.users[taken]["doc"])
+    # renamed by hand in IAM Identity Center to the name a newcomer wants
+    store.users[taken]["UserName"] = "new@example.com"
+    source.users.append(
+        {"id": "e9", "userPrincipalName": "new@example.com", "displayName": "New", "accountEnabled": True}
+    )
+    clock.advance(60)
+    out = service.run(CycleOptions())
+    owned = state.load_ownership()
+    assert [s for s, o in owned.users.items() if o.target_id == taken] == ["e2"]
+    assert "e9" not in owned.users
+    assert [f.source_id for f in out.report.failures] == ["e9"]
+    assert dict(store.users[taken]["doc"]) == before  # e9's attributes were not written over e2's account
+
+
+@pytest.mark.parametrize("narrow", [False, True])
+def test_group_deleted_by_hand_is_restored_with_every_member(narrow: bool) -> None:
+    source = FakeDeltaSource(_users(6), [{"id": "g1", "displayName": "Admins"}], {"g1": ["e0", "e1", "e2", "e3"]})
+    store, state, clock = FakeIdentityStore(), FakeState(), FakeClock()
+    service = _service(source, store, state, clock, narrow)
+    assert service.run(CycleOptions()).report.complete
+    gone = state.load_ownership().groups["g1"].target_id
+    del store.groups[gone]
+    for key in [k for k, (g, _) in store.memberships.items() if g == gone]:
+        del store.memberships[key]
+    source.members["g1"].append("e5")  # the new member's add finds the group gone: it is created again
+    for _ in range(3):
+        clock.advance(60)
+        assert service.run(CycleOptions()).report.complete
+        owned = state.load_ownership()
+        group = owned.groups["g1"].target_id
+        in_aws = _members_in_aws(store, group)
+        # what is recorded is what AWS holds, after every cycle
+        assert in_aws == sorted(owned.users[u].target_id for g, u in owned.memberships if g == "g1")
+    assert group != gone
+    assert in_aws == sorted(owned.users[s].target_id for s in ["e0", "e1", "e2", "e3", "e5"])
+
+
+@pytest.mark.parametrize("staying", [["e10", "e11"], []])
+def test_emptied_group_threshold_counts_the_members_the_narrowed_views_leave_out(staying: list[str]) -> None:
+    source = FakeDeltaSource(_users(200), [{"id": "g1", "displayName": "Admins"}], {"g1": [f"e{i}" for i in range(12)]})
+    store, state, clock = FakeIdentityStore(), FakeState(), FakeClock()
+    narrowed = _service(source, store, state, clock, True)
+    assert narrowed.run(CycleOptions()).report.complete
+    source.members["g1"] = list(staying)
+    clock.advance(60)
+    out = narrowed.run(CycleOptions())
+    full = _service(source, store, state, clock, False).run(CycleOptions(dry_run=True))
+    assert out.mode == "delta"
+    assert out.plan is not None
+    assert full.plan is not None
+    assert out.plan.guard == full.plan.guard
+    group = state.load_ownership().groups["g1"].target_id
+    if staying:
+        # 10 of 12 leave: the group keeps members, so the removals apply
+        assert out.plan.guard is None
+        assert len(_members_in_aws(store, group)) == 2
+    else:
+        # everyone leaves: what an outage's empty read looks like, so the removals are held back
+        assert out.plan.guard is not None
+        assert out.plan.guard.emptied_groups == ("Admins",)
+        assert len(_members_in_aws(store, group)) == 12
+
+
+@pytest.mark.parametrize("narrow", [False, True])
+def test_a_user_created_again_whose_memberships_fail_is_planned_again_until_they_are_restored(narrow: bool) -> None:
+    source = FakeDeltaSource(_users(4), [{"id": "g1", "displayName": "Admins"}], {"g1": ["e1", "e3"]})
+    store, state, clock = FakeIdentityStore(), FakeState(), FakeClock()
+    service = _service(source, store, state, clock, narrow)
+    assert service.run(CycleOptions()).report.complete
+    gone = state.load_ownership().users["e3"].target_id
+    del store.users[gone]  # deleted by hand in IAM Identity Center, with its membership
+    for key in [k for k, (_, u) in store.memberships.items() if u == gone]:
+        del store.memberships[key]
+    source.users[3]["displayName"] = "U3 renamed"  # the update finds it gone and creates it again
+    store.fail_on[""] = "CreateGroupMembership: InternalFailure"
+    clock.advance(60)
+    out = service.run(CycleOptions())
+    owned = state.load_ownership()
+    assert owned.users["e3"].target_id != gone
+    assert ("g1", "e3") not in owned.memberships
+    assert [f.kind for f in out.report.failures] == ["membership"]
+    del store.fail_on[""]
+    clock.advance(60)
+    assert service.run(CycleOptions()).report.complete
+    owned = state.load_ownership()
+    group = owned.groups["g1"].target_id
+    assert _members_in_aws(store, group) == sorted(owned.users[u].target_id for u in ("e1", "e3"))
+    assert ("g1", "e3") in owned.memberships
+
+
+def test_only_a_successful_write_counts_as_succeeded_and_a_skipped_one_stays_unsettled() -> None:
+    store, state, clock = FakeIdentityStore(), FakeState(), FakeClock()
+    applier = Applier(store, state, clock, "c1", Ownership(), CurrentView({}, {}, {}), PlanPolicy())
+    add = Operation(Kind.MEMBERSHIP, Action.CREATE, "g1", "Admins <- u1", member_source_id="e1")
+    assert applier.apply([add], lambda: False, None)
+    assert applier.succeeded == set()  # skipped: the group is not provisioned
+    assert applier.unfinished == [add]
+    assert unsettled([add], applier.succeeded, (), ()).users == {"e1"}
+    assert store.memberships == {}
