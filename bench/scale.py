@@ -30,10 +30,17 @@ from typing import Any
 
 from bench import world
 
+
+def lambda_memory_mb() -> int:
+    """The sync function's memory as the stack sets it by default (``stack.sync_memory_mb``)."""
+    from stacks.deployment import StackSettings
+
+    return StackSettings().sync_memory_mb
+
+
 SIZES = (10_000, 100_000)
 CHANGED_SHARE = 0.01
 SEED = 5
-LAMBDA_MEMORY_MB = 1024  # stacks/: the sync function's memory (the `sync_memory_mb` setting's default)
 
 
 def _settings(graph: Mapping[str, str], state_path: Path, endpoint: str) -> Any:
@@ -281,6 +288,7 @@ def measure(sizes: tuple[int, int] = SIZES) -> dict[str, Any]:
         for size in sizes:
             figures[str(size)] = _measure(emulator, Path(folder), size)
     small, big = figures[str(sizes[0])], figures[str(sizes[-1])]
+    memory = lambda_memory_mb()
     return {
         "scale": {
             "users": big["users"],
@@ -289,8 +297,8 @@ def measure(sizes: tuple[int, int] = SIZES) -> dict[str, Any]:
             "peak_rss_mb": big["delta"]["peak_rss_mb"],
             "peak_rss_measured": "the sync engine's own process (fresh interpreter); the Graph emulator and "
             "moto run in other processes",
-            "lambda_memory_mb": LAMBDA_MEMORY_MB,
-            "target_peak_rss_mb": min(1536, 0.75 * LAMBDA_MEMORY_MB),
+            "lambda_memory_mb": memory,
+            "target_peak_rss_mb": min(1536, 0.75 * memory),
             "delta_changes": big["changes"],
             "delta_writes": big["delta"]["writes"],
             "delta_seconds": round(big["delta"]["seconds"], 3),

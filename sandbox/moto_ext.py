@@ -27,6 +27,9 @@ Lists page in constant time per page, as the service does: moto builds the whole
 the page's start by a linear search, and scans every membership of the store for each group's members, so a
 full listing of 100,000 users, 10,000 groups and 500,000 memberships would be quadratic. NextToken is opaque
 (the position and the id found there); one that names nothing the store holds is a ValidationException.
+Writes cost constant time too (moto scans every group for a duplicate displayName and every membership when
+a user or group is deleted; the emulator keeps indexes instead: see ``_Index``), so a benchmark at 500,000
+memberships measures idsync, not the emulator; errors are the service's, index or no index.
 
 UpdateUser follows the documented semantics: each operation sets the attribute at ``AttributePath`` to
 ``AttributeValue``, a null or absent value removes it, and the operations of one call apply together or
@@ -54,6 +57,7 @@ from botocore.model import Shape
 from moto.core.responses import BaseResponse
 from moto.core.utils import unix_time
 from moto.identitystore.exceptions import ConflictException, ResourceNotFoundException, ValidationException
+from moto.identitystore.models import Group as MotoGroup
 from moto.identitystore.models import IdentityStoreBackend, IdentityStoreData
 from moto.identitystore.responses import IdentityStoreResponse
 from moto.moto_api._internal import mock_random
@@ -359,6 +363,58 @@ def _apply_user_operation(
         attributes.pop(name, None)
 
 
+class _Index:
+    """The lookups the service answers in constant time: userName (case-folded) and group displayName to id,
+    (group, user) to membership id, a group's and a user's memberships.
+
+    Every write through the gap-fill updates it in place and seals it with the store's sizes; a store whose
+    sizes differ from the seal was changed behind its back (a benchmark seeds moto's dicts directly) and the
+    index is rebuilt from it, once."""
+
+    def __init__(self, store: IdentityStoreData) -> None:
+        self.names = {u.UserName.casefold(): u.UserId for u in store.users.values() if isinstance(u, StoredUser)}
+        self.group_names = {g.DisplayName: g.GroupId for g in store.groups.values()}
+        self.pairs: dict[tuple[str, str], str] = {}
+        self.by_group: dict[str, dict[str, dict[str, Any]]] = {}
+        self.by_user: dict[str, set[str]] = {}
+        for membership in store.group_memberships.values():
+            self.remember(membership)
+        self.seal(store)
+
+    def seal(self, store: IdentityStoreData) -> None:
+        self.sizes = (len(store.users), len(store.groups), len(store.group_memberships))
+
+    def remember(self, membership: dict[str, Any]) -> None:
+        key, group_id, user_id = (
+            membership["MembershipId"],
+            membership["GroupId"],
+            membership["MemberId"].get("UserId", ""),
+        )
+        self.pairs[(group_id, user_id)] = key
+        self.by_group.setdefault(group_id, {})[key] = membership
+        self.by_user.setdefault(user_id, set()).add(key)
+
+    def forget(self, membership: dict[str, Any]) -> None:
+        key, group_id, user_id = (
+            membership["MembershipId"],
+            membership["GroupId"],
+            membership["MemberId"].get("UserId", ""),
+        )
+        if self.pairs.get((group_id, user_id)) == key:
+            del self.pairs[(group_id, user_id)]
+        self.by_group.get(group_id, {}).pop(key, None)
+        self.by_user.get(user_id, set()).discard(key)
+
+
+def _index(store: IdentityStoreData) -> _Index:
+    """The store's index, rebuilt when the store was changed behind the gap-fill's back."""
+    index: _Index | None = getattr(store, "_idsync_index", None)
+    if index is None or index.sizes != (len(store.users), len(store.groups), len(store.group_memberships)):
+        index = _Index(store)
+        store._idsync_index = index  # type: ignore[attr-defined]
+    return index
+
+
 # --------------------------------------------------------------------------- backend
 
 
@@ -378,32 +434,15 @@ class _BackendGaps:
 
     @staticmethod
     def _unique_user_name(store: IdentityStoreData, user_name: str, user_id: str | None) -> None:
-        # an index (rebuilt whenever the store changed size or a user was renamed) keeps 10,000 creates linear
-        index: dict[str, str] | None = getattr(store, "_idsync_user_names", None)
-        if index is None or len(index) != len(store.users):
-            index = {u.UserName.casefold(): u.UserId for u in store.users.values() if isinstance(u, StoredUser)}
-            store._idsync_user_names = index  # type: ignore[attr-defined]
-        holder = index.get(user_name.casefold())
+        holder = _index(store).names.get(user_name.casefold())
         if holder is not None and holder != user_id and holder in store.users:
             raise ConflictException(message="Duplicate UserName", reason="UNIQUENESS_CONSTRAINT_VIOLATION")
 
     @staticmethod
-    def _forget_indexes(store: IdentityStoreData) -> None:
-        store._idsync_user_names = None  # type: ignore[attr-defined]
-        store._idsync_memberships = None  # type: ignore[attr-defined]
-        store._idsync_by_group = None  # type: ignore[attr-defined]
-
-    @staticmethod
-    def _group_index(store: IdentityStoreData) -> dict[str, dict[str, Any]]:
-        # group id -> membership id -> membership, rebuilt when memberships were added or removed behind its back
-        index: dict[str, dict[str, Any]] | None = getattr(store, "_idsync_by_group", None)
-        if index is None or getattr(store, "_idsync_by_group_total", -1) != len(store.group_memberships):
-            index = {}
-            for key, membership in store.group_memberships.items():
-                index.setdefault(membership["GroupId"], {})[key] = membership
-            store._idsync_by_group = index  # type: ignore[attr-defined]
-            store._idsync_by_group_total = len(store.group_memberships)  # type: ignore[attr-defined]
-        return index
+    def _unique_group_name(store: IdentityStoreData, display_name: str, group_id: str | None) -> None:
+        holder = _index(store).group_names.get(display_name)
+        if holder is not None and holder != group_id and holder in store.groups:
+            raise ConflictException(message="Duplicate GroupDisplayName", reason="UNIQUENESS_CONSTRAINT_VIOLATION")
 
     def list_groups(
         self,
@@ -422,16 +461,8 @@ class _BackendGaps:
     def list_group_memberships(
         self, identity_store_id: str, group_id: str, max_results: int | None = None, next_token: str | None = None
     ) -> tuple[list[Any], str | None]:
-        members = list(self._group_index(self._store(identity_store_id)).get(group_id, {}).values())
+        members = list(_index(self._store(identity_store_id)).by_group.get(group_id, {}).values())
         return _page(members, lambda m: str(m["MembershipId"]), max_results, next_token)
-
-    @staticmethod
-    def _membership_index(store: IdentityStoreData) -> dict[tuple[str, str], str]:
-        index: dict[tuple[str, str], str] | None = getattr(store, "_idsync_memberships", None)
-        if index is None or len(index) != len(store.group_memberships):
-            index = {(m["GroupId"], m["MemberId"].get("UserId", "")): key for key, m in store.group_memberships.items()}
-            store._idsync_memberships = index  # type: ignore[attr-defined]
-        return index
 
     def create_user(self, identity_store_id: str, attributes: dict[str, Any], extensions: Any) -> tuple[str, str]:
         checked = {
@@ -444,19 +475,29 @@ class _BackendGaps:
         store = self._store(identity_store_id)
         self._unique_user_name(store, checked["UserName"], None)
         user_id = str(mock_random.uuid4())
+        index = _index(store)
         store.users[user_id] = StoredUser(user_id, identity_store_id, checked, checked_extensions)
-        names = getattr(store, "_idsync_user_names", None)
-        if names is not None:
-            names[checked["UserName"].casefold()] = user_id
+        index.names[checked["UserName"].casefold()] = user_id
+        index.seal(store)
         return user_id, identity_store_id
+
+    def create_group(self, identity_store_id: str, display_name: str, description: str | None) -> tuple[str, str]:
+        store = self._store(identity_store_id)
+        self._unique_group_name(store, display_name, None)
+        index = _index(store)
+        group_id = str(mock_random.uuid4())
+        store.groups[group_id] = MotoGroup(group_id, display_name, [], description, identity_store_id)
+        index.group_names[display_name] = group_id
+        index.seal(store)
+        return group_id, identity_store_id
 
     def get_user_id(self, identity_store_id: str, alternate_identifier: dict[str, Any]) -> tuple[str, str]:
         unique = alternate_identifier.get("UniqueAttribute") or {}
         if str(unique.get("AttributePath", "")).lower() == "username" and unique.get("AttributeValue"):
-            wanted = str(unique["AttributeValue"]).casefold()
-            for user in self._store(identity_store_id).users.values():
-                if isinstance(user, StoredUser) and user.UserName.casefold() == wanted:
-                    return user.UserId, identity_store_id
+            store = self._store(identity_store_id)
+            user_id = _index(store).names.get(str(unique["AttributeValue"]).casefold())
+            if user_id is not None and isinstance(store.users.get(user_id), StoredUser):
+                return user_id, identity_store_id
             raise ResourceNotFoundException(message="USER not found.", resource_type="USER")
         return IdentityStoreBackend.get_user_id(self, identity_store_id, alternate_identifier)  # type: ignore[arg-type]
 
@@ -490,8 +531,10 @@ class _BackendGaps:
         _check_required(attributes)
         store = self._store(identity_store_id)
         self._unique_user_name(store, attributes["UserName"], user_id)
+        index = _index(store)
         if attributes["UserName"].casefold() != user.UserName.casefold():
-            self._forget_indexes(store)
+            index.names.pop(user.UserName.casefold(), None)
+            index.names[attributes["UserName"].casefold()] = user_id
         user.attributes, user.extensions = attributes, extensions
         user.revision += 1
         user.updated_at = unix_time()
@@ -499,12 +542,14 @@ class _BackendGaps:
 
     def delete_user(self, identity_store_id: str, user_id: str) -> None:
         store = self._store(identity_store_id)
-        if store.users.pop(user_id, None) is None:
+        index = _index(store)
+        user = store.users.pop(user_id, None)
+        if user is None:
             raise ResourceNotFoundException(message="USER not found.", resource_type="USER")
-        self._forget_indexes(store)
-        store.group_memberships = {
-            key: m for key, m in store.group_memberships.items() if m["MemberId"].get("UserId") != user_id
-        }
+        index.names.pop(user.UserName.casefold(), None)
+        for membership_id in list(index.by_user.get(user_id, ())):
+            index.forget(store.group_memberships.pop(membership_id))
+        index.seal(store)
 
     def update_group(self, identity_store_id: str, group_id: str, operations: list[dict[str, Any]]) -> None:
         store = self._store(identity_store_id)
@@ -525,16 +570,24 @@ class _BackendGaps:
                 raise ValidationException(message="displayName: the attribute displayName is required")
             changes[name] = None if value is None else _check_value(path, shape, value)
         new_name = changes.get("DisplayName", group.DisplayName)
-        if any(g.DisplayName == new_name and g.GroupId != group_id for g in store.groups.values()):
-            raise ConflictException(message="Duplicate GroupDisplayName", reason="UNIQUENESS_CONSTRAINT_VIOLATION")
+        self._unique_group_name(store, new_name, group_id)
+        index = _index(store)
+        index.group_names.pop(group.DisplayName, None)
+        index.group_names[new_name] = group_id
         store.groups[group_id] = group._replace(**changes)
 
     def delete_group(self, identity_store_id: str, group_id: str) -> None:
         store = self._store(identity_store_id)
-        if store.groups.pop(group_id, None) is None:
+        index = _index(store)
+        group = store.groups.pop(group_id, None)
+        if group is None:
             raise ResourceNotFoundException(message="GROUP not found.", resource_type="GROUP")
-        self._forget_indexes(store)
-        store.group_memberships = {key: m for key, m in store.group_memberships.items() if m["GroupId"] != group_id}
+        if index.group_names.get(group.DisplayName) == group_id:
+            del index.group_names[group.DisplayName]
+        for membership_id in list(index.by_group.get(group_id, {})):
+            index.forget(store.group_memberships.pop(membership_id))
+        index.by_group.pop(group_id, None)
+        index.seal(store)
 
     def create_group_membership(
         self, identity_store_id: str, group_id: str, member_id: dict[str, str]
@@ -545,37 +598,32 @@ class _BackendGaps:
             raise ResourceNotFoundException(message="Member does not exist", resource_type="USER")
         if group_id not in store.groups:
             raise ResourceNotFoundException(message="Group does not exist", resource_type="GROUP")
-        index = self._membership_index(store)
-        if index.get((group_id, user_id)) in store.group_memberships:
+        index = _index(store)
+        if index.pairs.get((group_id, user_id)) in store.group_memberships:
             raise ConflictException(
                 message="Member and Group relationship already exists",
                 reason="UNIQUENESS_CONSTRAINT_VIOLATION",
             )
         membership_id = str(mock_random.uuid4())
-        index[(group_id, user_id)] = membership_id
-        by_group = self._group_index(store)
-        store.group_memberships[membership_id] = {
+        membership = {
             "IdentityStoreId": identity_store_id,
             "MembershipId": membership_id,
             "GroupId": group_id,
             "MemberId": {"UserId": user_id},
         }
-        by_group.setdefault(group_id, {})[membership_id] = store.group_memberships[membership_id]
-        store._idsync_by_group_total = len(store.group_memberships)  # type: ignore[attr-defined]
+        store.group_memberships[membership_id] = membership
+        index.remember(membership)
+        index.seal(store)
         return membership_id, identity_store_id
 
     def delete_group_membership(self, identity_store_id: str, membership_id: str) -> None:
         store = self._store(identity_store_id)
+        index = _index(store)
         removed = store.group_memberships.pop(membership_id, None)
         if removed is None:
             raise ResourceNotFoundException(message="GROUP_MEMBERSHIP not found.", resource_type="GROUP_MEMBERSHIP")
-        index = getattr(store, "_idsync_memberships", None)
-        if index is not None:
-            index.pop((removed["GroupId"], removed["MemberId"].get("UserId", "")), None)
-        by_group = getattr(store, "_idsync_by_group", None)
-        if by_group is not None:
-            by_group.get(removed["GroupId"], {}).pop(membership_id, None)
-            store._idsync_by_group_total = len(store.group_memberships)  # type: ignore[attr-defined]
+        index.forget(removed)
+        index.seal(store)
 
 
 def _page(

@@ -426,7 +426,7 @@ class IdsyncConstruct(Construct):
     def _sync_function(self) -> lambda_.Function:
         function = self._function(
             SYNC,
-            FunctionSize(Duration.minutes(15), 1024),
+            FunctionSize(Duration.minutes(15), self._config.stack.sync_memory_mb),
             {
                 **self._state_environment(),
                 **self._graph_environment(),

@@ -460,9 +460,11 @@ class FakeDeltaSource(FakeSource):
         since = int(links["users"].rsplit("-", 1)[1])
         purged = {i: "deleted" for i, at in self.purged.items() if at >= since and i not in now[0]}
         users = [u for i, u in now[0].items() if before[0].get(i) != u]
-        groups = [g for i, g in now[1].items() if before[1].get(i) != g]
         members = [MemberChange(g, u, "user", True) for g, u in sorted(now[2] - before[2])]
         members += [MemberChange(g, u, "user", False) for g, u in sorted(before[2] - now[2])]
+        # as Graph's groups delta does, a group whose members changed comes back too (with members@delta)
+        regrouped = {c.group_id for c in members}
+        groups = [g for i, g in now[1].items() if before[1].get(i) != g or i in regrouped]
         return DirectoryChanges(
             users, removed(before[0], now[0]) | purged, groups, removed(before[1], now[1]), members, out, full=False
         )

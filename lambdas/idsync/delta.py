@@ -11,7 +11,8 @@ touched object's plan depends on is widened into the set, never guessed:
 
 * a touched user's manager (up the chain), and the people whose manager is a touched user;
 * the users idsync manages under a userName a touched user wants (name contests, parked names);
-* every member of a touched group (Entra's, and the memberships idsync recorded);
+* every member of a touched group (Entra's, and the memberships idsync recorded); a group the delta
+  names only for its member changes (its own object unchanged) is not touched: its changed members are;
 * every group in scope (cheap: groups are few), so displayName contests decide as in the full plan.
 
 Every planned user has all its memberships planned, so a deletion or recreation never leaves one out.
@@ -45,13 +46,22 @@ class Before:
     assigned_groups: frozenset[str]
     live: Mapping[str, bool]  # changed or removed group -> live before
     members: Mapping[str, frozenset[str]]  # changed or removed group -> its user members before
+    # changed or removed group -> its mirror object before (None: absent); unknown ones count as changed
+    objects: Mapping[str, Mapping[str, Any] | None] = field(default_factory=dict)
 
     @classmethod
     def of(cls, mirror: Mirror, groups: Iterable[str], transitive: bool) -> Before:
-        """Capture, for the groups the delta names, their liveness and user members."""
+        """Capture, for the groups the delta names, their liveness, user members and objects."""
         live = {g: g in mirror.groups and not mirror.groups[g].get(SOFT_DELETED) for g in groups}
         members = {g: frozenset(mirror.user_members(g, transitive)) for g in live}
-        return cls(frozenset(mirror.assigned_users), frozenset(mirror.assigned_groups), live, members)
+        objects = {g: dict(mirror.groups[g]) if g in mirror.groups else None for g in live}
+        return cls(frozenset(mirror.assigned_users), frozenset(mirror.assigned_groups), live, members, objects)
+
+    def unchanged(self, mirror: Mirror, group_id: str) -> bool:
+        """Whether the group's own object (not its members) is as it was: a delta naming a group only for
+        its members' sake; the member changes touch those members."""
+        was = self.objects.get(group_id)
+        return was is not None and mirror.groups.get(group_id) == was
 
 
 def touched_by(
@@ -69,7 +79,8 @@ def touched_by(
     type). In the "assigned" scope, a user gains or loses the scope with the app's assignments and with
     the liveness of the assigned groups it belongs to: those users are touched too.
     """
-    out = Touched(set(users), set(groups))
+    # a group named only for its member changes is not touched as a whole: the changed members are
+    out = Touched(set(users), {g for g in groups if not before.unchanged(mirror, g)})
     parents = parents_of(mirror)
     for group_id, member_id, member_type in member_changes:
         if member_type == USER:

@@ -194,3 +194,12 @@ def test_cfn_lint_finds_nothing_in_the_template(synthesized: Synthesized) -> Non
         check=False,
     )
     assert (result.returncode, result.stdout) == (0, "")
+
+
+def test_the_sync_functions_memory_is_the_configured_one(tmp_path_factory: pytest.TempPathFactory) -> None:
+    # Given a tenant that sizes the sync function itself
+    sized = variant(tmp_path_factory, sync_memory_mb=3008)
+    # Then the sync function has that memory, and the other functions keep theirs
+    functions = sized.functions()
+    assert functions["sync"][1]["MemorySize"] == 3008
+    assert {properties["MemorySize"] for key, (_, properties) in functions.items() if key != "sync"} == {512}

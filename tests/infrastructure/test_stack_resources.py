@@ -57,7 +57,7 @@ def test_state_table_is_on_demand_recoverable_encrypted_and_retained(synthesized
 @pytest.mark.parametrize(
     ("key", "timeout", "memory"),
     [
-        ("sync", 900, 1024),
+        ("sync", 900, 2048),
         ("webhook", 10, 512),
         ("jit_worker", 60, 512),
         ("jit_expiry", 60, 512),

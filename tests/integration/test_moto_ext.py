@@ -13,6 +13,7 @@ from botocore.exceptions import ClientError
 from sandbox import moto_ext
 
 ENTERPRISE = "aws:identitystore:enterprise"
+NAME = {"GivenName": "A", "FamilyName": "B"}
 
 
 def _create(client: Any, store: str, user_name: str = "ada@example.com", **extra: Any) -> str:
@@ -461,3 +462,112 @@ def test_requests_from_many_threads_are_answered_one_at_a_time(
     users = identitystore_client.get_paginator("list_users").paginate(IdentityStoreId=identity_store_id)
     assert len({g["DisplayName"] for page in groups for g in page["Groups"]}) == 600
     assert len({u["UserName"] for page in users for u in page["Users"]}) == 600
+
+
+class _NoScan(dict[str, Any]):
+    """A store map that fails any write which walks it whole (the service answers writes in constant time)."""
+
+    def _scan(self, *_: Any) -> Any:
+        raise AssertionError("a write walked every item of the store")
+
+    __iter__ = values = items = keys = _scan  # type: ignore[assignment]
+
+
+def _data(identity_store_id: str, aws_region: str) -> Any:
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.identitystore.models import identitystore_backends
+
+    return identitystore_backends[DEFAULT_ACCOUNT_ID][aws_region]._store(identity_store_id)
+
+
+def test_writes_never_walk_the_whole_store_and_answer_as_the_service_does(
+    identitystore_client: Any, identity_store_id: str, aws_region: str
+) -> None:
+    # Given two users in two groups, and a store whose maps refuse to be walked from now on
+    client, store = identitystore_client, identity_store_id
+    ada, bo = _create(client, store, "ada@example.com"), _create(client, store, "bo@example.com")
+    ops, admins = (client.create_group(IdentityStoreId=store, DisplayName=n)["GroupId"] for n in ("ops", "admins"))
+    for group in (ops, admins):
+        for user in (ada, bo):
+            client.create_group_membership(IdentityStoreId=store, GroupId=group, MemberId={"UserId": user})
+    data = _data(identity_store_id, aws_region)
+    data.users, data.groups, data.group_memberships = (
+        _NoScan(data.users),
+        _NoScan(data.groups),
+        _NoScan(data.group_memberships),
+    )
+
+    def refused(call: Any, **params: Any) -> str:
+        with pytest.raises(ClientError) as excinfo:
+            call(IdentityStoreId=store, **params)
+        return _error(excinfo)[0]
+
+    # Then every write is answered as the service answers it, without a walk over the store
+    assert refused(client.create_group, DisplayName="ops") == "ConflictException"
+    assert refused(client.create_group_membership, GroupId=ops, MemberId={"UserId": ada}) == "ConflictException"
+    rename = {"AttributePath": "displayName", "AttributeValue": "admins"}
+    assert refused(client.update_group, GroupId=ops, Operations=[rename]) == "ConflictException"
+    client.update_group(IdentityStoreId=store, GroupId=ops, Operations=[{**rename, "AttributeValue": "operators"}])
+    # the freed name can be taken, the new one cannot
+    client.create_group(IdentityStoreId=store, DisplayName="ops")
+    assert refused(client.create_group, DisplayName="operators") == "ConflictException"
+    _update(client, store, ada, {"AttributePath": "userName", "AttributeValue": "ada.l@example.com"})
+    assert refused(client.create_user, UserName="ADA.L@example.com", DisplayName="A", Name=NAME) == "ConflictException"
+    carol = _create(client, store, "ada@example.com")
+    # deleting a user takes its memberships, and only its own
+    client.delete_user(IdentityStoreId=store, UserId=bo)
+    assert refused(client.delete_user, UserId=bo) == "ResourceNotFoundException"
+    assert refused(client.create_group_membership, GroupId=ops, MemberId={"UserId": bo}) == "ResourceNotFoundException"
+    _create(client, store, "bo@example.com")
+    membership = client.create_group_membership(IdentityStoreId=store, GroupId=admins, MemberId={"UserId": carol})
+    client.delete_group_membership(IdentityStoreId=store, MembershipId=membership["MembershipId"])
+    assert refused(client.delete_group_membership, MembershipId=membership["MembershipId"]) == (
+        "ResourceNotFoundException"
+    )
+    client.delete_group(IdentityStoreId=store, GroupId=admins)
+    assert refused(client.delete_group, GroupId=admins) == "ResourceNotFoundException"
+    listed = client.list_group_memberships(IdentityStoreId=store, GroupId=ops)["GroupMemberships"]
+    # And what is left is exactly what the service would hold
+    assert [m["MemberId"]["UserId"] for m in listed] == [ada]
+    assert {m["GroupId"] for m in dict.values(data.group_memberships)} == {ops}
+    found = client.get_user_id(
+        IdentityStoreId=store,
+        AlternateIdentifier={"UniqueAttribute": {"AttributePath": "userName", "AttributeValue": "ADA.L@example.com"}},
+    )
+    assert found["UserId"] == ada
+
+
+def test_objects_seeded_behind_the_emulators_back_are_seen_by_every_write(
+    identitystore_client: Any, identity_store_id: str, aws_region: str
+) -> None:
+    from moto.identitystore.models import Group
+
+    # Given a user, a group and their membership written straight into moto's maps (as a benchmark seeds them)
+    client, store = identitystore_client, identity_store_id
+    _create(client, store, "first@example.com")
+    data = _data(identity_store_id, aws_region)
+    data.users["u-1"] = moto_ext.StoredUser(
+        "u-1",
+        store,
+        {"UserName": "Seeded@example.com", "DisplayName": "S", "Name": {"GivenName": "S", "FamilyName": "S"}},
+    )
+    data.groups["g-1"] = Group("g-1", "seeded", [], "", store)
+    data.group_memberships["m-1"] = {
+        "IdentityStoreId": store,
+        "MembershipId": "m-1",
+        "GroupId": "g-1",
+        "MemberId": {"UserId": "u-1"},
+    }
+    # Then the writes see them: duplicates are conflicts, and the seeded user's delete takes its membership
+    with pytest.raises(ClientError) as excinfo:
+        _create(client, store, "seeded@example.com")
+    assert _error(excinfo)[0] == "ConflictException"
+    with pytest.raises(ClientError) as excinfo:
+        client.create_group(IdentityStoreId=store, DisplayName="seeded")
+    assert _error(excinfo)[0] == "ConflictException"
+    with pytest.raises(ClientError) as excinfo:
+        client.create_group_membership(IdentityStoreId=store, GroupId="g-1", MemberId={"UserId": "u-1"})
+    assert _error(excinfo)[0] == "ConflictException"
+    client.delete_user(IdentityStoreId=store, UserId="u-1")
+    assert client.list_group_memberships(IdentityStoreId=store, GroupId="g-1")["GroupMemberships"] == []
+    assert "m-1" not in data.group_memberships

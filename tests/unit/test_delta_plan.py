@@ -15,8 +15,8 @@ from typing import Any
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from idsync.delta import Touched, narrow
-from idsync.mirror import Mirror
+from idsync.delta import Before, Touched, narrow, touched_by
+from idsync.mirror import MemberChange, Mirror
 from idsync.model import Ownership, PlanPolicy
 from idsync.services.cycle import UNSETTLED_KEY, CycleOptions, CycleService, Scoping
 from tests.fakes import FakeClock, FakeDeltaSource, FakeIdentityStore, FakeState
@@ -210,3 +210,24 @@ def test_a_delta_cycle_maps_only_the_touched_users_and_those_they_depend_on() ->
     assert views.planned == {"e0", "e3", "e7", "e9", "e1", "e2"}
     assert sorted(mapped) == sorted(views.planned)
     assert views.members == {"g1": ["e1", "e2"]}
+
+
+def test_a_group_named_only_for_a_member_change_touches_that_member_not_the_whole_group() -> None:
+
+    # Given a group of 40 members, and a second group whose displayName changes
+    mirror = Mirror(
+        users={f"e{i}": {"id": f"e{i}", "userPrincipalName": f"u{i}@example.com"} for i in range(41)},
+        groups={"g1": {"id": "g1", "displayName": "Staff"}, "g2": {"id": "g2", "displayName": "Ops"}},
+        members={"g1": {f"e{i}": "user" for i in range(40)}, "g2": {"e0": "user"}},
+    )
+    before = Before.of(mirror, ["g1", "g2"], False)
+    # When Graph's delta names g1 with one new member (its own object unchanged) and g2 renamed
+    mirror.merge_groups(
+        [{"id": "g1", "displayName": "Staff"}, {"id": "g2", "displayName": "Operations"}],
+        {},
+        [MemberChange("g1", "e40", "user", True)],
+    )
+    touched = touched_by(before, mirror, [], ["g1", "g2"], [("g1", "e40", "user")], "all", False)
+    # Then the new member is touched, g1 is not (its 40 other members stay settled), and the renamed g2 is
+    assert touched.users == {"e40"}
+    assert touched.groups == {"g2"}

@@ -72,10 +72,11 @@ def test_one_changed_user_rewrites_its_shard_and_the_manifest_only() -> None:
     # When one user changes in Entra
     loaded.merge_users([{"id": "u42", "displayName": "Renamed"}], {})
     written = save_mirror(state, KEY, loaded)
-    # Then only its shard is written (the assignments' shard is unchanged), then the manifest
+    # Then only its shard is written (the assignments' shard is unchanged), between the manifest naming it
+    # as pending and the manifest naming it as the shard's generation
     assert written == 1
-    assert state.puts[-1] == KEY
-    assert len(state.puts) == 2
+    assert state.puts[0] == state.puts[-1] == KEY
+    assert len(state.puts) == 3
     assert load_mirror(state, KEY) == loaded
     # and the replaced generation is gone: every stored chunk is one the manifest names
     assert _chunks(state) == _referenced(state)
@@ -119,4 +120,87 @@ def test_a_damaged_shard_is_forgotten_so_a_full_read_rebuilds_it() -> None:
     victim = sorted(_referenced(state))[0]
     del state.items[victim]
     assert load_mirror(state, KEY) is None
-    assert KEY not in state.items
+    assert "shards" not in state.items[KEY]
+    # and the rebuilt mirror's save deletes every chunk of the damaged one
+    rebuilt = _mirror(10)
+    save_mirror(state, KEY, rebuilt)
+    assert load_mirror(state, KEY) == rebuilt
+    assert _chunks(state) == _referenced(state)
+
+
+class KillingState(CountingState):
+    """Raises at its ``kill_at``-th write (put or delete), as a Lambda killed mid-save would stop."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+        self.kill_at: int | None = None
+
+    def _write(self) -> None:
+        self.writes += 1
+        if self.kill_at is not None and self.writes == self.kill_at:
+            raise StateError("killed")
+
+    def put_item(self, key: str, value: Any) -> None:
+        self._write()
+        super().put_item(key, value)
+
+    def delete_item(self, key: str) -> None:
+        self._write()
+        super().delete_item(key)
+
+
+def _named(state: FakeState) -> set[str]:
+    """Chunks the manifest names: its shards', and the leftovers the next save deletes."""
+    manifest = state.items.get(KEY) or {}
+    generations = [(e["generation"], e["chunks"]) for e in manifest.get("shards") or () if e]
+    generations += [tuple(g) for key in ("pending_shards", "replaced_shards") for g in manifest.get(key) or ()]
+    generations += [(manifest["generation"], manifest["chunks"])] if manifest.get("generation") else []
+    return {f"{KEY}@{g}#{n}" for g, count in generations for n in range(count)}
+
+
+@pytest.mark.parametrize("start", ["shards", "single blob"])
+def test_a_save_killed_at_any_write_leaves_no_orphan_and_the_next_save_cleans_up(start: str) -> None:
+    def changed(mirror: Mirror) -> Mirror:
+        mirror.merge_users([{"id": f"u{i}", "displayName": "Changed"} for i in range(0, 600, 150)], {})
+        mirror.merge_users([{"id": "u-new", "displayName": "Joiner"}], {})
+        return mirror
+
+    def seeded() -> KillingState:
+        state = KillingState()
+        if start == "shards":
+            save_mirror(state, KEY, _mirror())
+        else:
+            save_blob(state, KEY, _mirror().to_bytes())
+        state.writes = 0
+        return state
+
+    # Given the number of writes an uninterrupted save of a changed mirror makes
+    reference = seeded()
+    loaded = load_mirror(reference, KEY)
+    assert loaded is not None
+    save_mirror(reference, KEY, changed(loaded))
+    total = reference.writes
+    assert total > 5
+    for kill_at in range(1, total + 1):
+        # When the save is killed at that write
+        state = seeded()
+        loaded = load_mirror(state, KEY)
+        assert loaded is not None
+        state.kill_at = kill_at
+        with pytest.raises(StateError):
+            save_mirror(state, KEY, changed(loaded))
+        state.kill_at = None
+        # Then every stored chunk is one the manifest names, and the mirror loads whole (old or new)
+        assert _chunks(state) <= _named(state), kill_at
+        after = load_mirror(state, KEY)
+        assert after in (_mirror(), changed(_mirror())), kill_at
+        assert after is not None
+        # and the next save (the retried cycle) leaves exactly the chunks the shards use
+        save_mirror(state, KEY, changed(after))
+        assert _chunks(state) == _referenced(state), kill_at
+        assert load_mirror(state, KEY) == changed(_mirror())
+        # and a deleted mirror leaves nothing
+        delete_mirror(state, KEY)
+        assert _chunks(state) == set()
+        assert KEY not in state.items

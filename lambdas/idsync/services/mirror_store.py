@@ -7,6 +7,10 @@ the groups with their members, whose ids hash to them.
 
 Crash safety: a changed shard is written under a new generation, the manifest naming it is written last,
 and only then are the replaced generations deleted, so a crash mid-save leaves the previous mirror whole.
+No chunk is ever left without a manifest naming it (as in ``blobs``): before a save writes chunks, the
+manifest lists the generations being written (``pending_shards``); the new manifest lists the generations
+it replaced (``replaced_shards``) until the next save, which deletes both kinds of leftovers first; a
+damaged mirror is forgotten into a manifest that keeps only those lists, for the rebuilt mirror's save.
 A manifest written by ``save_blob`` (one blob: the format before shards) still loads; the next save
 writes shards and deletes the single blob's chunks.
 """
@@ -24,6 +28,7 @@ from typing import Any
 from idsync.mirror import SCHEMA_VERSION, Mirror
 from idsync.ports import StateStore
 from idsync.services.blobs import CHUNK_CHARS, load_blob
+from idsync.services.blobs import _generations as blob_generations
 
 SHARDS = 256
 META = SHARDS  # the assignments and deleted items
@@ -48,7 +53,8 @@ def load_mirror(state: StateStore, key: str) -> Mirror | None:
     for index, entry in enumerate(manifest["shards"]):
         payload = _read_shard(state, key, entry)
         if payload is None:
-            state.delete_item(key)  # forget it, so the rebuilt mirror is written in full
+            # forget it, keeping its generations named so the rebuilt mirror's save deletes their chunks
+            state.put_item(key, {"replaced_shards": [list(g) for g in _all_generations(manifest)]})
             return None
         if index == META:
             mirror.assigned_users = set(payload["assigned_users"])
@@ -66,9 +72,13 @@ def save_mirror(state: StateStore, key: str, mirror: Mirror) -> int:
     """Store the mirror, writing only the shards that changed; returns how many were written.
 
     ``mirror.changed`` (ids changed since it was loaded; None: anything may have) limits which shards are
-    serialised at all: an unchanged shard is neither serialised nor written. Raises StateError."""
+    serialised at all: an unchanged shard is neither serialised nor written. Chunks a crashed save left
+    behind are deleted first. Raises StateError."""
     previous = state.get_item(key) or {}
     entries: list[dict[str, Any]] | None = previous.get("shards") if previous.get("v") == SCHEMA_VERSION else None
+    leftovers = _leftovers(previous)
+    for generation, count in leftovers:
+        _delete_chunks(state, key, {"generation": generation, "chunks": count})
     if entries is None or mirror.changed is None:
         candidates: set[int] = set(range(SHARDS))
     else:
@@ -76,43 +86,66 @@ def save_mirror(state: StateStore, key: str, mirror: Mirror) -> int:
     candidates.add(META)
     payloads = _payloads(mirror, candidates)
     new_entries = list(entries) if entries is not None else [{} for _ in range(SHARDS + 1)]
-    replaced: list[dict[str, Any]] = []
-    written = 0
+    pending: dict[int, tuple[dict[str, Any], list[str]]] = {}
     for index in sorted(candidates):
-        blob = json.dumps(payloads[index], separators=(",", ":"), sort_keys=True).encode("utf-8")
+        blob = json.dumps(payloads.pop(index), separators=(",", ":"), sort_keys=True).encode("utf-8")
         digest = hashlib.sha256(blob).hexdigest()
         if new_entries[index].get("sha256") == digest:
             continue
-        generation = uuid.uuid4().hex[:12]
         text = base64.b64encode(zlib.compress(blob, 6)).decode("ascii")
         chunks = [text[i : i + CHUNK_CHARS] for i in range(0, len(text), CHUNK_CHARS)] or [""]
-        for number, chunk in enumerate(chunks):
-            state.put_item(f"{key}@{generation}#{number}", {"data": chunk})
-        if new_entries[index]:
-            replaced.append(new_entries[index])
-        new_entries[index] = {"generation": generation, "chunks": len(chunks), "sha256": digest}
-        written += 1
-    if entries is not None and written == 0:
+        pending[index] = ({"generation": uuid.uuid4().hex[:12], "chunks": len(chunks), "sha256": digest}, chunks)
+    if entries is not None and not pending:
+        if leftovers:
+            state.put_item(key, {"v": SCHEMA_VERSION, "shards": entries})
         mirror.changed = set()
         return 0
-    state.put_item(key, {"v": SCHEMA_VERSION, "shards": new_entries})
+    base = {k: v for k, v in previous.items() if k not in ("pending_shards", "replaced_shards")}
+    # named before written: a crash among the chunks leaves them findable by the next save or delete
+    writing = [[entry["generation"], entry["chunks"]] for entry, _ in pending.values()]
+    state.put_item(key, {**base, "pending_shards": writing})
+    replaced: list[dict[str, Any]] = []
+    for index, (entry, chunks) in pending.items():
+        for number, chunk in enumerate(chunks):
+            state.put_item(f"{key}@{entry['generation']}#{number}", {"data": chunk})
+        if new_entries[index]:
+            replaced.append(new_entries[index])
+        new_entries[index] = entry
+    if previous and "shards" not in previous:
+        # the single blob this deployment stored before shards, and whatever its saves left behind
+        replaced += [{"generation": g, "chunks": n} for g, n in blob_generations(previous)]
+    manifest: dict[str, Any] = {"v": SCHEMA_VERSION, "shards": new_entries}
+    if replaced:
+        manifest["replaced_shards"] = [[entry["generation"], entry["chunks"]] for entry in replaced]
+    state.put_item(key, manifest)
     for entry in replaced:
         _delete_chunks(state, key, entry)
-    if previous and "shards" not in previous and previous.get("generation"):
-        _delete_chunks(state, key, previous)  # the single blob this deployment stored before shards
     mirror.changed = set()
-    return written
+    return len(pending)
 
 
 def delete_mirror(state: StateStore, key: str) -> None:
-    """Delete the manifest, then every shard's chunks."""
+    """Delete every chunk the manifest names (its shards' and any a crashed save left), then the manifest."""
     manifest = state.get_item(key)
     if not manifest:
         return
+    for generation, count in _all_generations(manifest):
+        _delete_chunks(state, key, {"generation": generation, "chunks": count})
     state.delete_item(key)
-    for entry in manifest.get("shards") or [manifest]:
-        if entry:
-            _delete_chunks(state, key, entry)
+
+
+def _leftovers(manifest: dict[str, Any]) -> list[tuple[str, int]]:
+    """Generations a manifest names that its shards do not use: being written by a save that crashed, or
+    replaced by the last save (their chunks may remain)."""
+    found = [(str(g), int(n)) for key in ("pending_shards", "replaced_shards") for g, n in manifest.get(key) or ()]
+    return list(dict.fromkeys(found))
+
+
+def _all_generations(manifest: dict[str, Any]) -> list[tuple[str, int]]:
+    """Every chunk generation a manifest names: its shards', its leftovers, and a single blob's."""
+    shards = [(str(e["generation"]), int(e["chunks"])) for e in manifest.get("shards") or () if e]
+    single = blob_generations(manifest) if "shards" not in manifest else []
+    return list(dict.fromkeys(shards + _leftovers(manifest) + single))
 
 
 def _payloads(mirror: Mirror, shards: Iterable[int]) -> dict[int, dict[str, Any]]:
