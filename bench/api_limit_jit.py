@@ -249,6 +249,7 @@ class Activation:
     requeue_wait: float = 0.0
     look: float = 0.0
     aws: dict[str, float] = field(default_factory=dict)
+    aws_calls: dict[str, int] = field(default_factory=dict)
 
     def parts(self) -> dict[str, float]:
         aws = {service: self.aws.get(service, 0.0) for service in ("identitystore", "dynamodb", "scheduler")}
@@ -296,6 +297,7 @@ class AwsClock:
             # a call made inside another (the shared budget's DynamoDB item inside an Identity Store call)
             # counts for its own service only
             self.current.aws[service] = self.current.aws.get(service, 0.0) + elapsed - inner
+            self.current.aws_calls[service] = self.current.aws_calls.get(service, 0) + 1
             if stack:
                 stack[-1][1] += elapsed
 
@@ -335,14 +337,18 @@ def activate_and_wait(emulator: GraphEmulator, jit: JitService, group: str, user
 def breakdown(records: list[Activation]) -> dict[str, Any]:
     slowest = max(records, key=lambda record: record.total)
     sums: dict[str, float] = {}
+    calls: dict[str, int] = {}
     for record in records:
         for name, seconds in record.parts().items():
             sums[name] = sums.get(name, 0.0) + seconds
+        for service, count in record.aws_calls.items():
+            calls[service] = calls.get(service, 0) + count
     return {
         "total_sum_s": round(sum(record.total for record in records), 3),
         **{f"{name}_sum_s": round(seconds, 3) for name, seconds in sums.items()},
         "busy_looks": sum(record.busy_looks for record in records),
         "looks": sum(record.looks for record in records),
+        "aws_calls": dict(sorted(calls.items())),
         "over_target": [
             {"total_s": round(record.total, 3), "busy_looks": record.busy_looks}
             | {f"{name}_s": round(seconds, 3) for name, seconds in record.parts().items()}
@@ -436,7 +442,8 @@ def measure() -> dict[str, Any]:
             jit = build_jit_service(settings, target=target)
         layer.attach(target.client)
         users = iter(pim_users)
-        idle = [activate_and_wait(emulator, jit, group, next(users), clock).total for _ in range(IDLE_SAMPLES)]
+        idle_records = [activate_and_wait(emulator, jit, group, next(users), clock) for _ in range(IDLE_SAMPLES)]
+        idle = [record.total for record in idle_records]
         assert isinstance(budget, SharedRateBudget)
         idle_waited, idle_calls = budget.stats.waited, budget.stats.calls
         jit_calls_before = layer.stats.calls
@@ -493,4 +500,5 @@ def measure() -> dict[str, Any]:
         "emulator_calls": len(answered),
         "emulator_max_calls_per_s": max_per_window(answered),
         "breakdown": breakdown(records),
+        "idle_breakdown": breakdown(idle_records),
     }
