@@ -39,8 +39,9 @@ also answers the sync's Identity Store and DynamoDB requests: DynamoDB is 85% of
 more spent about 2 s in DynamoDB calls and none in lease waits, except in two runs of three, where the one
 activation that met the cycle's PIM pass looked 4 times at a held lease (4 s) and took 7.8 s / 8.4 s (the
 max, not the p99). Split into processes, the figures stay where the single process had them (p50 0.88-1.07 s
-against 0.81 s, p99 2.29-2.75 s against 2.41 s): neither the GIL nor moto's in-process lock was the cause. Real DynamoDB answers in single-digit milliseconds, so the emulator's
-per-call cost, times 18 sequential calls, is what the p99 measures here.
+against 0.81 s, p99 2.29-2.75 s against 2.41 s): neither the GIL nor moto's in-process lock was the cause.
+Real DynamoDB answers in single-digit milliseconds, so the emulator's per-call cost, times 18 sequential
+calls, is what the p99 measures here.
 """
 
 from __future__ import annotations
