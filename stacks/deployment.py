@@ -69,7 +69,7 @@ class StackSettings(_Strict):
     region: str | None = Field(default=None, pattern=r"^[a-z]{2}(-[a-z]+)+-\d$")  # default: identity_store.region
     identity_store_account_id: str | None = Field(default=None, pattern=r"^\d{12}$")  # default: this account
     sync_interval_minutes: int = Field(default=10, ge=1, le=1440)
-    # the sync function's memory: a delta cycle at 100,000 users peaks near 1.2 GB; 25% headroom (and Lambda
+    # the sync function's memory: a delta cycle at 100,000 users peaks near 1.1 GB; 25% headroom (and Lambda
     # gives CPU in proportion to memory)
     sync_memory_mb: int = Field(default=2048, ge=128, le=10240)
     notification_email: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
