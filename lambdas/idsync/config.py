@@ -140,6 +140,8 @@ class SyncSettings(_Strict):
     # a group Entra still lists losing every managed member (at least this many) trips the guard; 0: off
     empty_group_min_memberships: int = Field(default=10, ge=0)
     full_reconcile_hours: float = Field(default=24.0, gt=0)
+    # delta cycles read a slice of IAM Identity Center each, so that all of it is compared this often; 0: off
+    drift_check_hours: float = Field(default=24.0, ge=0)
     log_retention_days: int = Field(default=30, ge=1, le=3650)
     # soft-deleted users and Microsoft 365 groups keep their AWS object this long (Entra restores for 30 days)
     restorable_deletion_grace_days: float = Field(default=30.0, ge=0, le=365)

@@ -34,6 +34,7 @@ from idsync.ports import (
 from idsync.scope import Scope, build_scope
 from idsync.services.access import AccessService
 from idsync.services.cycle import CycleService, Scoping
+from idsync.services.drift import DriftCheck
 from idsync.services.jit import JitService, JitWorker
 from idsync.services.poller import PimPoller
 from idsync.services.rate_budget import TokenRateBudget
@@ -214,6 +215,16 @@ def build_engine(
         concurrency=settings.identity_store.concurrency,
         record_every=RECORD_FLUSH_EVERY,
     )
+    if settings.sync.drift_check_hours > 0:
+        cycle.drift = DriftCheck(
+            target,
+            store,
+            clock,
+            timedelta(hours=settings.sync.drift_check_hours),
+            cycle.policy.managed_attributes,
+            cycle.policy.create_only_attributes,
+            cycle.pim_groups,
+        )
     return Engine(settings, cycle, store, counters, user_mapper, group_mapper, scope, source, target, access)
 
 

@@ -100,6 +100,10 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     metrics.add_metric(name="Refusals", unit=MetricUnit.Count, value=len(report.refusals))
     metrics.add_metric(name="DeletionGuardTripped", unit=MetricUnit.Count, value=int(report.guard is not None))
     metrics.add_metric(name="CycleComplete", unit=MetricUnit.Count, value=int(report.complete))
+    drift = engine().cycle.drift
+    if drift is not None and outcome.mode == "delta":
+        metrics.add_metric(name="DriftCheckCalls", unit=MetricUnit.Count, value=drift.last.calls)
+        metrics.add_metric(name="DriftFound", unit=MetricUnit.Count, value=len(drift.last.drifts))
     summary = {
         "cycleId": report.cycle_id,
         "mode": outcome.mode,

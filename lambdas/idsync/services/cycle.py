@@ -87,6 +87,7 @@ from idsync.services.mirror_store import load_mirror, save_mirror
 from idsync.services.sync import Applier, resolve_intent
 
 if TYPE_CHECKING:
+    from idsync.services.drift import DriftCheck
     from idsync.services.jit import JitService
 
 logger = logging.getLogger(__name__)
@@ -258,6 +259,8 @@ def current_from_ownership(owned: Ownership) -> CurrentView:
 
 class CycleService:
     """Runs provisioning cycles; the scheduled Lambda and `idsync sync` both call ``run``."""
+
+    drift: DriftCheck | None = None  # the drift check delta cycles run (idsync.services.drift); wiring sets it
 
     def __init__(
         self,
@@ -687,6 +690,17 @@ class CycleService:
                 current = listed.view()
             else:
                 current = current_from_ownership(owned)
+        # ---- drift check (idsync.services.drift): a slice of IAM Identity Center; what differs is planned too
+        if self.drift is not None and mode == "delta":
+            desired, owned, current = self.drift.check(
+                started,
+                every,
+                (desired, owned, current),
+                touched,
+                lambda t: self._delta_views(mirror, every, t),
+                opts.dry_run,
+            )
+        # ---- end of the drift check
         policy = replace(self.policy, allow_deletions=opts.allow_deletions or self.policy.allow_deletions)
         occupied = self._occupied(mirror) if touched is not None else None
         plan = make_plan(*set_aside_memberships(desired, current, owned, self.pim_groups), policy, totals, occupied)
