@@ -103,7 +103,7 @@ class FakeIdentityStore:
             self.in_flight -= 1
 
     page_size: int = 100  # the API's MaxResults
-    list_calls: dict[str, int] = field(default_factory=dict)  # List calls by operation (paged reads)
+    list_calls: dict[str, int] = field(default_factory=dict)  # reads by operation (List and Describe calls)
     crash_at_list: int | None = None  # the process dies before this List call (counted from 0)
     refused_tokens: int = 0  # the next n List calls with a NextToken are refused, as an expired token is
 
@@ -155,6 +155,14 @@ class FakeIdentityStore:
     def list_memberships_page(self, group_id: str, token: str | None) -> tuple[list[tuple[str, str]], str | None]:
         self._list_call("ListGroupMemberships", token)
         return _paged(list(self.list_memberships(group_id)), token, self.page_size)
+
+    def describe_user(self, user_id: str) -> TargetUser | None:
+        self._list_call("DescribeUser", None)
+        return next((u for u in self.list_users() if u.target_id == user_id), None)
+
+    def describe_group(self, group_id: str) -> TargetGroup | None:
+        self._list_call("DescribeGroup", None)
+        return next((g for g in self.list_groups() if g.target_id == group_id), None)
 
     @_atomic
     def find_user(self, user_name: str) -> str | None:

@@ -40,6 +40,8 @@ class Findings:
     users: dict[str, TargetUser] = field(default_factory=dict)  # target id -> as AWS holds it
     groups: dict[str, TargetGroup] = field(default_factory=dict)
     members: dict[str, dict[str, str]] = field(default_factory=dict)  # group target -> user target -> membership
+    gone_users: set[str] = field(default_factory=set)  # target ids deleted by hand
+    gone_groups: set[str] = field(default_factory=set)
     touched_users: set[str] = field(default_factory=set)  # source ids the plan must cover
     touched_groups: set[str] = field(default_factory=set)
 
@@ -47,12 +49,16 @@ class Findings:
         return bool(self.drifts)
 
     def apply(self, current: CurrentView) -> CurrentView:
-        """``current`` with the drifted objects as AWS holds them (a listed group's memberships replaced)."""
-        users = {**current.users, **self.users}
-        groups = {**current.groups, **self.groups}
+        """``current`` with the drifted objects as AWS holds them (a listed group's memberships replaced, the
+        deleted objects and their memberships gone)."""
+        users = {k: v for k, v in {**current.users, **self.users}.items() if k not in self.gone_users}
+        groups = {k: v for k, v in {**current.groups, **self.groups}.items() if k not in self.gone_groups}
         memberships = {k: v for k, v in current.memberships.items() if k[0] not in self.members}
         for group_target, pairs in self.members.items():
             memberships.update(((group_target, user), membership) for user, membership in pairs.items())
+        memberships = {
+            k: v for k, v in memberships.items() if k[0] not in self.gone_groups and k[1] not in self.gone_users
+        }
         return CurrentView(users, groups, memberships)
 
 

@@ -88,6 +88,14 @@ class IdentityStore(Protocol):
         """One ListGroupMemberships page of the group: (membership id, user id) of its user members."""
         ...
 
+    def describe_user(self, user_id: str) -> TargetUser | None:
+        """The user (with the enterprise extension), or None when it does not exist. Raises TargetError."""
+        ...
+
+    def describe_group(self, group_id: str) -> TargetGroup | None:
+        """The group, or None when it does not exist. Raises TargetError."""
+        ...
+
     def find_user(self, user_name: str) -> str | None:
         """The user id holding this userName, or None."""
         ...

@@ -114,7 +114,8 @@ def test_hand_edits_are_repaired_by_the_next_delta_cycle(narrow: bool, caplog: p
     # When a delta cycle runs (nothing changed in Entra)
     outcome = world.cycle()
     # Then each is repaired, and only they were written
-    assert outcome.mode == "delta" and outcome.report.complete
+    assert outcome.mode == "delta"
+    assert outcome.report.complete
     assert world.user("e00") in world.members("g00")
     assert world.user("e00") not in world.members("g01")
     assert world.store.users[world.user("e02")]["doc"]["DisplayName"] == "U2"
@@ -129,11 +130,13 @@ def test_hand_edits_are_repaired_by_the_next_delta_cycle(narrow: bool, caplog: p
         "member missing in IAM Identity Center (removed by hand, or its user or group deleted)",
     ) in lines
     assert ("Team 01 <- u00@example.com", "member added outside idsync") in lines
-    assert world.drift.last.calls > 0 and len(world.drift.last.drifts) == 4
+    assert world.drift.last.calls > 0
+    assert len(world.drift.last.drifts) == 4
     # and the next cycle finds nothing and writes nothing
     world.store.writes.clear()
     world.cycle()
-    assert world.store.writes == [] and world.drift.last.drifts == ()
+    assert world.store.writes == []
+    assert world.drift.last.drifts == ()
 
 
 @pytest.mark.parametrize("narrow", [True, False])
@@ -147,13 +150,78 @@ def test_a_user_or_group_deleted_by_hand_is_created_again_with_its_members(narro
         del world.store.memberships[key]
     world.cycle()
     owned = world.state.load_ownership()
-    assert world.user("e01") != user and world.user("e01") in world.store.users
-    assert world.group("g02") != group and world.group("g02") in world.store.groups
+    assert world.user("e01") != user
+    assert world.user("e01") in world.store.users
+    assert world.group("g02") != group
+    assert world.group("g02") in world.store.groups
     assert world.members("g01") == {world.user("e01"), world.user("e04")}
     assert world.members("g02") == {world.user("e02"), world.user("e05")}
     assert {(g, u) for g, u in owned.memberships} == {
         (g["id"], u) for g in _groups(3) for u in world.source.members[g["id"]]
     }
+
+
+@pytest.mark.parametrize("narrow", [True, False])
+def test_a_user_in_no_group_and_a_group_without_members_deleted_by_hand_are_created_again(
+    narrow: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given e05 in no group and g02 without members (Entra's choice), both managed
+    world = World(narrow=narrow)
+    world.source.members["g02"] = []
+    world.cycle()
+    assert world.members("g02") == set()
+    user, group = world.user("e05"), world.group("g02")
+    # When both are deleted by hand
+    del world.store.users[user]
+    del world.store.groups[group]
+    world.store.writes.clear()
+    world.cycle()
+    # Then the listings miss them, DescribeUser / DescribeGroup confirm it, and they are created again
+    assert world.user("e05") != user
+    assert world.user("e05") in world.store.users
+    assert world.group("g02") != group
+    assert world.store.groups[world.group("g02")]["DisplayName"] == "Team 02"
+    assert sorted(world.store.writes) == ["CreateGroup", "CreateUser"]
+    lines = {(r.object, r.differs) for r in caplog.records if r.getMessage().startswith("drift in IAM")}
+    assert lines == {("u05@example.com", "deleted outside idsync"), ("Team 02", "deleted outside idsync")}
+
+
+def test_a_user_idsync_creates_while_a_listing_is_under_way_is_not_drift() -> None:
+    # a users listing of three pages (page size 2) spanning several cycles
+    world = World(users=6, groups=1, period=timedelta(hours=3), page_size=2)
+    world.cycle()
+    assert world.drift.cursor().phase == "users"
+    world.source.users.append(
+        {"id": "e-new", "userPrincipalName": "new@example.com", "displayName": "New", "accountEnabled": True}
+    )
+    world.store.writes.clear()
+    world.cycle()
+    assert world.store.writes == ["CreateUser"]
+    # the new user now sorts onto a page the listing has read already
+    new = world.user("e-new")
+    world.store.users = {new: world.store.users[new], **{k: v for k, v in world.store.users.items() if k != new}}
+    rounds = world.drift.cursor().rounds
+    while world.drift.cursor().rounds == rounds:
+        world.cycle()
+    assert world.store.writes == ["CreateUser"]
+    assert "DescribeUser" not in world.store.list_calls  # managed only since the listing began: not missed
+
+
+def test_a_managed_user_a_listing_missed_is_described_and_left_alone_when_it_exists() -> None:
+    world = World()
+    hidden = world.user("e03")
+    listing = world.store.list_users_page
+
+    def missing_one(token: str | None) -> Any:
+        users, following = listing(token)
+        return [u for u in users if u.target_id != hidden], following
+
+    world.store.list_users_page = missing_one  # type: ignore[method-assign]
+    world.store.writes.clear()
+    world.cycle()
+    assert world.store.list_calls["DescribeUser"] == 1
+    assert world.store.writes == []
+    assert world.drift.last.drifts == ()
 
 
 def test_objects_idsync_does_not_manage_are_never_touched() -> None:
@@ -218,7 +286,8 @@ def test_the_cursor_advances_only_when_the_cycle_that_compared_its_slice_complet
     # a stopped cycle (the time budget ended it before its writes) does not move the cursor
     world.source.users[3]["displayName"] = "Changed in Entra"  # gives the cycle a write to stop before
     outcome = world.cycle(should_stop=lambda: True)
-    assert not outcome.report.complete and world.drift.last.calls == 2
+    assert not outcome.report.complete
+    assert world.drift.last.calls == 2
     assert world.drift.cursor() == start
     # a dry run reads its slice but stores nothing
     world.service.run(CycleOptions(dry_run=True))

@@ -318,6 +318,14 @@ class IdentityStoreTarget:
         users, following = self._page("ListUsers", "Users", "users", token, Extensions=[ENTERPRISE_EXTENSION])
         return [self._target_user(user) for user in users], following
 
+    def describe_user(self, user_id: str) -> TargetUser | None:
+        """The user with the enterprise extension (DescribeUser), or None when it does not exist."""
+        try:
+            response = self._call("DescribeUser", f"user {user_id}", UserId=user_id, Extensions=[ENTERPRISE_EXTENSION])
+        except TargetNotFound:
+            return None
+        return self._target_user(response)
+
     def find_user(self, user_name: str) -> str | None:
         """The user id holding this userName (GetUserId), or None."""
         unique = {"AttributePath": "userName", "AttributeValue": user_name}
@@ -365,6 +373,14 @@ class IdentityStoreTarget:
         return [
             TargetGroup(str(g["GroupId"]), str(g.get("DisplayName") or ""), g.get("Description")) for g in groups
         ], following
+
+    def describe_group(self, group_id: str) -> TargetGroup | None:
+        """The group (DescribeGroup), or None when it does not exist."""
+        try:
+            group = self._call("DescribeGroup", f"group {group_id}", GroupId=group_id)
+        except TargetNotFound:
+            return None
+        return TargetGroup(str(group["GroupId"]), str(group.get("DisplayName") or ""), group.get("Description"))
 
     def find_group(self, display_name: str) -> str | None:
         """The group id holding this displayName (GetGroupId), or None."""

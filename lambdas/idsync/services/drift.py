@@ -56,6 +56,8 @@ class Cursor:
     after: str = ""  # members: every managed group up to this source id was compared this round
     group: str | None = None  # members: the group whose listing spans slices
     pairs: dict[str, str] = field(default_factory=dict)  # user target -> membership id, of ``group`` so far
+    unseen: list[str] = field(default_factory=list)  # managed targets the listing under way has not shown yet
+    confirm: list[list[str]] = field(default_factory=list)  # [kind, target] a finished listing missed: described
     users_pages: int = 0  # pages the last finished listing took (0: not known yet)
     groups_pages: int = 0
     rounds: int = 0  # rounds finished
@@ -252,7 +254,9 @@ class _Slice:
         self.cursor = Cursor(**asdict(start))
         try:
             while True:
-                if self.cursor.phase == USERS:
+                if self.cursor.confirm:
+                    self._confirm()
+                elif self.cursor.phase == USERS:
                     self._page(USERS)
                 elif self.cursor.phase == GROUPS:
                     self._page(GROUPS)
@@ -286,22 +290,63 @@ class _Slice:
                 extra={"what": what, "error": str(error)},
             )
             self.cursor.token, self.cursor.pages, self.cursor.pairs = None, 0, {}
+            if what != MEMBERS:
+                self.cursor.unseen = self._managed_targets(what)
             return self._listed(what, None, group_target)
 
+    def _managed_targets(self, what: str) -> list[str]:
+        owned = self.every.users if what == USERS else self.every.groups
+        return sorted(o.target_id for o in owned.values())
+
     def _page(self, what: str) -> None:
-        items, following = self._listed(what, self.cursor.token)
+        """One page of users or groups, compared; a finished listing's missing objects are described next."""
+        cursor = self.cursor
+        if cursor.token is None and cursor.pages == 0:
+            cursor.unseen = self._managed_targets(what)  # managed when the listing begins
+        items, following = self._listed(what, cursor.token)
         for item in items:
             if what == USERS:
                 self._compare_user(item)
             else:
                 self._compare_group(item)
-        self.cursor.token, self.cursor.pages = following, self.cursor.pages + 1
+        listed = {item.target_id for item in items}
+        cursor.unseen = [t for t in cursor.unseen if t not in listed]
+        cursor.token, cursor.pages = following, cursor.pages + 1
         if following is None:
+            # still managed, and never listed: deleted by hand, or created again since (DescribeUser tells)
+            known = self.users_by_target if what == USERS else self.groups_by_target
+            cursor.confirm = [[what, t] for t in cursor.unseen if t in known]
             if what == USERS:
-                self.cursor.users_pages, self.cursor.phase = self.cursor.pages, GROUPS
+                cursor.users_pages, cursor.phase = cursor.pages, GROUPS
             else:
-                self.cursor.groups_pages, self.cursor.phase = self.cursor.pages, MEMBERS
-            self.cursor.pages = 0
+                cursor.groups_pages, cursor.phase = cursor.pages, MEMBERS
+            cursor.pages, cursor.unseen = 0, []
+
+    def _confirm(self) -> None:
+        """Describe one managed object a finished listing did not show: gone, it is drift; there, compared."""
+        what, target = self.cursor.confirm[0]
+        self._call()
+        if what == USERS:
+            user = self.target.describe_user(target)
+            source_id = self.users_by_target.get(target)
+            if user is not None:
+                self._compare_user(user)
+            elif source_id is not None:
+                self.findings.gone_users.add(target)
+                self.findings.touched_users.add(source_id)
+                name = self.every.users[source_id].user_name
+                self.findings.drifts.append(Drift("user", source_id, name, "deleted outside idsync"))
+        else:
+            group = self.target.describe_group(target)
+            group_id = self.groups_by_target.get(target)
+            if group is not None:
+                self._compare_group(group)
+            elif group_id is not None:
+                self.findings.gone_groups.add(target)
+                self.findings.touched_groups.add(group_id)
+                name = self.every.groups[group_id].display_name
+                self.findings.drifts.append(Drift("group", group_id, name, "deleted outside idsync"))
+        self.cursor.confirm = self.cursor.confirm[1:]
 
     def _compare_user(self, actual: TargetUser) -> None:
         source_id = self.users_by_target.get(actual.target_id)
