@@ -246,12 +246,14 @@ class _Slice:
         self.report = report
         self.cursor = Cursor()
         self.findings = Findings()
+        self.unseen: set[str] = set()  # the cursor's ``unseen``, as a set while the slice reads
         self.users_by_target = {o.target_id: sid for sid, o in every.users.items()}
         self.groups_by_target = {o.target_id: sid for sid, o in every.groups.items()}
 
     def run(self, start: Cursor) -> Findings:
         """Read from ``start`` until the budget is spent or the round ends. Raises TargetError."""
         self.cursor = Cursor(**asdict(start))
+        self.unseen = set(start.unseen)
         try:
             while True:
                 if self.cursor.confirm:
@@ -264,6 +266,7 @@ class _Slice:
                     break  # the round ended: the next slice begins the next one
         except _Budget:
             pass
+        self.cursor.unseen = sorted(self.unseen)
         return self.findings
 
     def _call(self) -> None:
@@ -291,36 +294,35 @@ class _Slice:
             )
             self.cursor.token, self.cursor.pages, self.cursor.pairs = None, 0, {}
             if what != MEMBERS:
-                self.cursor.unseen = self._managed_targets(what)
+                self.unseen = self._managed_targets(what)
             return self._listed(what, None, group_target)
 
-    def _managed_targets(self, what: str) -> list[str]:
+    def _managed_targets(self, what: str) -> set[str]:
         owned = self.every.users if what == USERS else self.every.groups
-        return sorted(o.target_id for o in owned.values())
+        return {o.target_id for o in owned.values()}
 
     def _page(self, what: str) -> None:
         """One page of users or groups, compared; a finished listing's missing objects are described next."""
         cursor = self.cursor
         if cursor.token is None and cursor.pages == 0:
-            cursor.unseen = self._managed_targets(what)  # managed when the listing begins
+            self.unseen = self._managed_targets(what)  # managed when the listing begins
         items, following = self._listed(what, cursor.token)
         for item in items:
             if what == USERS:
                 self._compare_user(item)
             else:
                 self._compare_group(item)
-        listed = {item.target_id for item in items}
-        cursor.unseen = [t for t in cursor.unseen if t not in listed]
+        self.unseen -= {item.target_id for item in items}
         cursor.token, cursor.pages = following, cursor.pages + 1
         if following is None:
             # still managed, and never listed: deleted by hand, or created again since (DescribeUser tells)
             known = self.users_by_target if what == USERS else self.groups_by_target
-            cursor.confirm = [[what, t] for t in cursor.unseen if t in known]
+            cursor.confirm = [[what, t] for t in sorted(self.unseen) if t in known]
             if what == USERS:
                 cursor.users_pages, cursor.phase = cursor.pages, GROUPS
             else:
                 cursor.groups_pages, cursor.phase = cursor.pages, MEMBERS
-            cursor.pages, cursor.unseen = 0, []
+            cursor.pages, self.unseen = 0, set()
 
     def _confirm(self) -> None:
         """Describe one managed object a finished listing did not show: gone, it is drift; there, compared."""
