@@ -60,6 +60,10 @@ def _fold_full_reconcile(results: dict[str, Any]) -> None:
     spread = full["drift_check"]["spread_over_full_reconcile_hours"]
     scale["drift_check_spread_calls_per_cycle"] = spread["calls_per_cycle"]
     scale["drift_check_spread_calls_per_day"] = spread["calls_per_day"]
+    built = full["drift_check"].get("built")
+    if built:
+        scale["drift_check_built_calls_per_cycle"] = built["calls_per_cycle"]
+        scale["drift_check_built_calls_per_day"] = built["calls_per_day"]
 
 
 def _cpus() -> int:
