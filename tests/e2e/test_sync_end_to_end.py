@@ -56,10 +56,10 @@ def test_full_sync_of_the_sample_tenant_then_a_second_sync_writes_nothing(
     # When a second cycle runs with no change in Entra
     engine.counters.aws.calls.clear()
     second = run(engine)
-    # Then it writes nothing and, being a delta cycle, reads nothing from AWS either
+    # Then it writes nothing and, being a delta cycle, reads from AWS only its drift check's slice
     assert second.mode == "delta"
     assert second.report.writes == 0
-    assert engine.counters.aws.total == 0
+    assert_only_the_drift_check_read(engine)
 
 
 def test_attributes_and_manager_land_in_identity_center(
@@ -167,12 +167,24 @@ def test_a_noop_delta_cycle_costs_at_most_three_graph_requests(engine: Engine) -
     assert outcome.mode == "delta"
     graph_requests = sum(n for key, n in engine.counters.graph.calls.items() if key != "token")
     assert graph_requests <= 3
-    assert engine.counters.aws.total == 0
+    assert_only_the_drift_check_read(engine)
+
+
+def assert_only_the_drift_check_read(engine: Engine) -> None:
+    """A delta cycle's AWS calls are its drift check's List calls, within the slice's budget."""
+    drift = engine.cycle.drift
+    assert drift is not None
+    assert set(engine.counters.aws.calls) <= {"ListUsers", "ListGroups", "ListGroupMemberships"}
+    assert 0 < engine.counters.aws.total == drift.last.calls <= drift.last.budget
 
 
 def test_a_user_deleted_by_hand_in_aws_comes_back_at_the_full_reconcile(
-    engine: Engine, tenant: Tenant, identity_center: IdentityCenter, clock: FakeClock
+    make_settings: Any, tenant: Tenant, identity_center: IdentityCenter, clock: FakeClock
 ) -> None:
+    from idsync.wiring import build_engine
+
+    engine = build_engine(make_settings(sync={"drift_check_hours": 0}), clock=clock)  # no drift check
+    assert engine.cycle.drift is None
     run(engine)
     victim = sorted(expected(tenant)[0])[0]
     user_id = identity_center.users()[victim]["UserId"]
@@ -183,6 +195,34 @@ def test_a_user_deleted_by_hand_in_aws_comes_back_at_the_full_reconcile(
     assert outcome.mode == "full"
     assert victim in identity_center.users()
     assert outcome.report.counts["user"]["create"] == 1
+
+
+def test_with_the_drift_check_hand_edits_are_repaired_by_delta_cycles_within_drift_check_hours(
+    engine: Engine, tenant: Tenant, identity_center: IdentityCenter, clock: FakeClock
+) -> None:
+    run(engine)
+    users, members = expected(tenant)
+    victim = sorted(users)[0]
+    client, store = identity_center.client, identity_center.id
+    client.delete_user(IdentityStoreId=store, UserId=identity_center.users()[victim]["UserId"])
+    group = sorted(members)[0]
+    member = sorted(members[group])[0]
+    group_id = identity_center.groups()[group]["GroupId"]
+    user_id = identity_center.users()[member]["UserId"]
+    membership = client.get_group_membership_id(IdentityStoreId=store, GroupId=group_id, MemberId={"UserId": user_id})
+    client.delete_group_membership(IdentityStoreId=store, MembershipId=membership["MembershipId"])
+    # delta cycles every ten minutes, never a full reconcile, for at most drift_check_hours
+    for _ in range(24 * 6):
+        clock.advance(600)
+        assert run(engine).mode == "delta"
+        if victim in identity_center.users() and member in identity_center.members(group):
+            break
+    assert victim in identity_center.users()
+    assert identity_center.members(group) == members[group]
+    clock.advance(600)
+    run(engine)  # the people a re-created user manages point at its new id
+    clock.advance(600)
+    assert run(engine).report.writes == 0
 
 
 def test_a_deleted_group_is_removed_with_its_memberships(
