@@ -67,6 +67,8 @@ SYNC_IDENTITY_STORE_ACTIONS = [
     "identitystore:DeleteGroup",
     "identitystore:DeleteGroupMembership",
     "identitystore:DeleteUser",
+    "identitystore:DescribeGroup",  # the drift check: is a managed group a listing missed still there?
+    "identitystore:DescribeUser",
     "identitystore:GetGroupId",
     "identitystore:GetGroupMembershipId",
     "identitystore:GetUserId",

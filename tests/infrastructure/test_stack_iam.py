@@ -46,6 +46,8 @@ ALLOWED: dict[str, set[str]] = {
             "DeleteUser",
             "ListUsers",
             "GetUserId",
+            "DescribeUser",
+            "DescribeGroup",
             "CreateGroup",
             "UpdateGroup",
             "DeleteGroup",

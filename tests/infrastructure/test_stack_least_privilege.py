@@ -77,7 +77,8 @@ PLATFORM_OF = {
 }
 SECRETS = {"secretsmanager:GetSecretValue"}  # Powertools' SecretsProvider.get
 ENTRY = {
-    "sync": (["services/cycle.py", "services/sync.py", "services/jit.py"], "run"),  # jit.py: the PIM pass
+    # jit.py: the PIM pass; drift.py: the drift check of delta cycles
+    "sync": (["services/cycle.py", "services/sync.py", "services/jit.py", "services/drift.py"], "run"),
     "jit_worker": (["services/jit.py"], "handle"),
     "jit_expiry": (["services/jit.py"], "expire"),
     "pim_poller": (["services/poller.py", "services/jit.py"], "poll"),

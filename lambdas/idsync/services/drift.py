@@ -247,8 +247,8 @@ class _Slice:
         self.cursor = Cursor()
         self.findings = Findings()
         self.unseen: set[str] = set()  # the cursor's ``unseen``, as a set while the slice reads
-        self.users_by_target = {o.target_id: sid for sid, o in every.users.items()}
-        self.groups_by_target = {o.target_id: sid for sid, o in every.groups.items()}
+        self.user_of = {o.target_id: sid for sid, o in every.users.items()}  # target id -> source id
+        self.group_of = {o.target_id: sid for sid, o in every.groups.items()}
 
     def run(self, start: Cursor) -> Findings:
         """Read from ``start`` until the budget is spent or the round ends. Raises TargetError."""
@@ -316,7 +316,7 @@ class _Slice:
         cursor.token, cursor.pages = following, cursor.pages + 1
         if following is None:
             # still managed, and never listed: deleted by hand, or created again since (DescribeUser tells)
-            known = self.users_by_target if what == USERS else self.groups_by_target
+            known = self.user_of if what == USERS else self.group_of
             cursor.confirm = [[what, t] for t in sorted(self.unseen) if t in known]
             if what == USERS:
                 cursor.users_pages, cursor.phase = cursor.pages, GROUPS
@@ -330,7 +330,7 @@ class _Slice:
         self._call()
         if what == USERS:
             user = self.target.describe_user(target)
-            source_id = self.users_by_target.get(target)
+            source_id = self.user_of.get(target)
             if user is not None:
                 self._compare_user(user)
             elif source_id is not None:
@@ -340,7 +340,7 @@ class _Slice:
                 self.findings.drifts.append(Drift("user", source_id, name, "deleted outside idsync"))
         else:
             group = self.target.describe_group(target)
-            group_id = self.groups_by_target.get(target)
+            group_id = self.group_of.get(target)
             if group is not None:
                 self._compare_group(group)
             elif group_id is not None:
@@ -351,7 +351,7 @@ class _Slice:
         self.cursor.confirm = self.cursor.confirm[1:]
 
     def _compare_user(self, actual: TargetUser) -> None:
-        source_id = self.users_by_target.get(actual.target_id)
+        source_id = self.user_of.get(actual.target_id)
         if source_id is None:
             return  # not idsync's
         owned = self.every.users[source_id]
@@ -362,7 +362,7 @@ class _Slice:
             self.findings.drifts.append(Drift("user", source_id, owned.user_name, f"{', '.join(differs)} edited"))
 
     def _compare_group(self, actual: TargetGroup) -> None:
-        source_id = self.groups_by_target.get(actual.target_id)
+        source_id = self.group_of.get(actual.target_id)
         if source_id is None:
             return
         owned = self.every.groups[source_id]
@@ -410,7 +410,7 @@ class _Slice:
                 why = "member missing in IAM Identity Center (removed by hand, or its user or group deleted)"
                 self.findings.drifts.append(Drift("membership", group_id, name, why))
         for user_target in sorted(actual):
-            member = self.users_by_target.get(user_target)
+            member = self.user_of.get(user_target)
             if member is None or user_target in believed:
                 continue  # not a user idsync manages, or as believed
             drifted = True
