@@ -83,6 +83,12 @@ def test_scheduled_cycles_on_dynamodb_state(
     out = capsys.readouterr().out
     assert '"UserCreate"' in out
     assert '"Quarantined"' in out
+    # with the delta cycle's drift check: its List calls and what it found
+    drift = sync_handler._engine.cycle.drift
+    assert drift is not None
+    emitted = [json.loads(line) for line in out.splitlines() if line.startswith("{") and '"DriftCheckCalls"' in line]
+    assert [(m["DriftCheckCalls"], m["DriftFound"]) for m in emitted] == [([drift.last.calls], [0])]
+    assert drift.last.calls > 0
 
 
 def test_a_short_time_budget_spreads_the_initial_sync_over_invocations(

@@ -172,7 +172,7 @@ class DriftCheck:
             return Findings()
         report.drifts = tuple(findings.drifts)
         if not dry_run:
-            self._store(started, now, reading.cursor)
+            self._store(started, now, cursor, reading.cursor)
         logger.info(
             "drift check",
             extra={
@@ -219,8 +219,8 @@ class DriftCheck:
             checked = None
         return cursor, checked
 
-    def _store(self, started: datetime, now: datetime, following: Cursor) -> None:
-        committed, _ = self._load()
+    def _store(self, started: datetime, now: datetime, committed: Cursor, following: Cursor) -> None:
+        """Keep ``committed`` (where this slice began) and ``following`` as pending until this cycle completes."""
         document = {
             "cursor": asdict(committed),
             "pending": {"started": started.isoformat(), "cursor": asdict(following)},
