@@ -28,8 +28,11 @@ the group's lease held (the cycle's PIM pass holds every PIM group's lease while
 ``requeue_wait`` sleeping after other looks (the membership not applied yet), ``identitystore`` /
 ``dynamodb`` / ``scheduler`` the AWS calls' seconds (latency layer and budget waits included), ``graph_and_cpu``
 the rest of the looks (Graph reads and Python), ``busy_looks`` the looks that found the lease held,
-``aws_calls`` by service, ``over_target`` the activations of at least 2 s; ``idle_breakdown`` the same for the
-idle activations.
+``aws_calls`` by service, ``dynamodb_calls_per_activation`` the median of the DynamoDB calls an activation's
+looks made (the bench's own check of the membership not counted), ``calls_of_one_activation`` the AWS calls of
+one activation applied in one look, in order (a shared budget call, made inside an Identity Store call, comes
+before it), ``over_target`` the activations of at least 2 s; ``idle_breakdown`` the same for the idle
+activations.
 
 Where the time goes (2-core machine shared with other work, three runs): each activation makes 18 DynamoDB
 calls (lease, grants, shared budget, activation bucket), one Identity Store and one Scheduler call. Idle, a
@@ -264,6 +267,11 @@ class Activation:
     look: float = 0.0
     aws: dict[str, float] = field(default_factory=dict)
     aws_calls: dict[str, int] = field(default_factory=dict)
+    operations: list[str] = field(default_factory=list)  # every AWS call of the looks, in order
+    recording: bool = False  # True inside a look: the bench's own check of the membership is not counted
+
+    def dynamodb_calls(self) -> int:
+        return sum(1 for operation in self.operations if operation.startswith("dynamodb."))
 
     def parts(self) -> dict[str, float]:
         aws = {service: self.aws.get(service, 0.0) for service in ("identitystore", "dynamodb", "scheduler")}
@@ -302,7 +310,9 @@ class AwsClock:
         self._stack.setdefault(threading.get_ident(), []).append([time.monotonic(), 0.0])
 
     def _after(self, service: str) -> Callable[..., None]:
-        def after(**_: Any) -> None:
+        def after(model: Any = None, **_: Any) -> None:
+            if self.current.recording and model is not None:
+                self.current.operations.append(f"{service}.{model.name}")
             stack = self._stack.get(threading.get_ident())
             if not stack:
                 return
@@ -330,7 +340,11 @@ def activate_and_wait(emulator: GraphEmulator, jit: JitService, group: str, user
     emulator.app.pim.activate(group, user, GRANT_MINUTES)
     while True:
         looked = time.monotonic()
-        outcome = jit.look(group)
+        record.recording = True
+        try:
+            outcome = jit.look(group)
+        finally:
+            record.recording = False
         applied = present(jit, group, user)
         record.look += time.monotonic() - looked
         record.looks += 1
@@ -361,6 +375,8 @@ def breakdown(records: list[Activation]) -> dict[str, Any]:
         "total_sum_s": round(sum(record.total for record in records), 3),
         **{f"{name}_sum_s": round(seconds, 3) for name, seconds in sums.items()},
         "busy_looks": sum(record.busy_looks for record in records),
+        "dynamodb_calls_per_activation": statistics.median(record.dynamodb_calls() for record in records),
+        "calls_of_one_activation": next((r.operations for r in records if r.looks == 1), slowest.operations),
         "looks": sum(record.looks for record in records),
         "aws_calls": dict(sorted(calls.items())),
         "over_target": [
