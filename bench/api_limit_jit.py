@@ -70,7 +70,7 @@ from moto.ssoadmin.responses import SSOAdminResponse
 
 from bench.world import FAKE_AWS_ENVIRONMENT
 from idsync.adapters.dynamodb_state import TABLE_SCHEMA, table_definition
-from idsync.adapters.identitystore import from_settings
+from idsync.adapters.identitystore import JIT_CALL_SECONDS, from_settings
 from idsync.adapters.sso_admin import attach_budget
 from idsync.config import Settings, parse_settings
 from idsync.services.cycle import CycleOptions
@@ -109,10 +109,12 @@ def percentile(values: list[float], fraction: float) -> float:
 
 @contextlib.contextmanager
 def atomic_dynamodb() -> Iterator[None]:
-    """DynamoDB applies each conditional write atomically; moto's in-process backend does not lock. One lock
-    around its item operations gives the two writers DynamoDB's guarantee on the shared budget's item."""
+    """DynamoDB applies each conditional write and each transaction atomically; moto's in-process backend does
+    not lock. One lock around its item operations gives the writers DynamoDB's guarantee on the shared budget's
+    item and on a lease (a fenced write's check and write against another writer's take-over)."""
     lock = threading.RLock()
-    saved = {name: getattr(DynamoDBBackend, name) for name in ("get_item", "update_item", "put_item")}
+    operations = ("get_item", "update_item", "put_item", "delete_item", "transact_write_items")
+    saved = {name: getattr(DynamoDBBackend, name) for name in operations}
 
     def locked(original: Any) -> Any:
         def call(self: DynamoDBBackend, *args: Any, **kwargs: Any) -> Any:
@@ -469,7 +471,7 @@ def measure() -> dict[str, Any]:
             target = from_settings(settings.identity_store, bounded=True)
             budget = build_rate_budget(settings, "jit")
             attach_budget(target.client, budget)
-            jit = build_jit_service(settings, target=target)
+            jit = build_jit_service(settings, target=target, call_seconds=JIT_CALL_SECONDS)
         layer.attach(target.client)
         users = iter(pim_users)
         idle_records = [activate_and_wait(emulator, jit, group, next(users), clock) for _ in range(IDLE_SAMPLES)]

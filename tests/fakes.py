@@ -16,6 +16,7 @@ from typing import Any
 from idsync.errors import (
     DeltaExpired,
     DirectoryError,
+    LeaseLost,
     SchedulerError,
     StateError,
     TargetConflict,
@@ -281,6 +282,7 @@ class FakeState:
     crash_after_records: int | None = None  # simulate dying right after an AWS write, before recording it
     records: int = 0
     lose_lease_races: int = 0  # the next N acquisitions lose the conditional write to another writer
+    renewals: int = 0  # renew_lease calls (each one conditional write)
     batches: list[int] = field(default_factory=list)  # the size of each write_ownership batch
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
@@ -366,6 +368,7 @@ class FakeState:
         return True
 
     def renew_lease(self, name: str, owner: str, now: datetime, ttl_seconds: int) -> bool:
+        self.renewals += 1
         if self.leases.get(name, ("", None))[0] != owner:
             return False
         self.leases[name] = (owner, now + timedelta(seconds=ttl_seconds))
@@ -645,6 +648,8 @@ class JitState(FakeState):
 
     granted: dict[tuple[str, str], AccessGrant] = field(default_factory=dict)
     grant_writes: int = 0
+    in_flight: Callable[[str], None] | None = None  # see FencedJitState
+    fenced_refusals: int = 0  # fenced writes refused because the lease was another writer's
 
     def owned_user(self, source_id: str) -> OwnedUser | None:
         return self.users.get(source_id)
@@ -668,6 +673,55 @@ class JitState(FakeState):
     def forget_grant(self, group_id: str, user_id: str) -> None:
         self.grant_writes += 1
         self.granted.pop((group_id, user_id), None)
+
+    def fenced(self, lease: str, owner: str) -> FencedJitState:
+        return FencedJitState(self, lease, owner)
+
+
+class FencedJitState:
+    """``JitState.fenced``: the store as one lease holder sees it. Each write checks the lease's owner and writes
+    under the store's lock, as DynamoDB applies a transaction's ConditionCheck and Put together: a check that
+    fails writes nothing (LeaseLost). ``JitState.in_flight``, when set, runs once as a write leaves (before it
+    reaches the store): a writer stalls there."""
+
+    WRITES = frozenset(
+        {
+            "record_user",
+            "forget_user",
+            "record_group",
+            "forget_group",
+            "record_membership",
+            "forget_membership",
+            "write_ownership",
+            "put_item",
+            "delete_item",
+            "record_grant",
+            "forget_grant",
+        }
+    )
+
+    def __init__(self, base: JitState, lease: str, owner: str) -> None:
+        self._base, self._lease, self._owner = base, lease, owner
+        self.applied: list[str] = []  # the writes this view applied, in order
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in self.WRITES:
+            return getattr(self._base, name)
+
+        def write(*args: Any, **kwargs: Any) -> Any:
+            base = self._base
+            hook, base.in_flight = base.in_flight, None
+            if hook is not None:
+                hook(name)
+            with base._lock:
+                held = base.leases.get(self._lease)
+                if held is None or held[0] != self._owner:
+                    base.fenced_refusals += 1
+                    raise LeaseLost(f"lease {self._lease} was taken over by another writer: {name} not applied")
+                self.applied.append(name)
+                return getattr(base, name)(*args, **kwargs)
+
+        return write
 
 
 class FakeScheduler:

@@ -636,6 +636,17 @@ class GrantStore(Protocol):
 
     def forget_grant(self, group_id: str, user_id: str) -> None: ...
 
+    def fenced(self, lease: str, owner: str) -> LeasedStore:
+        """A view of this store whose every write is applied only while ``owner`` holds the lease ``lease``
+        (expired or not, as ``StateStore.renew_lease`` has it), checked atomically with the write itself: once
+        another owner took the lease over, the write changes nothing and raises LeaseLost. Reads and
+        ``append_logs`` are the store's own."""
+        ...
+
+
+class LeasedStore(StateStore, GrantStore, Protocol):
+    """The state store and grant store seen by one lease holder (``GrantStore.fenced``)."""
+
 
 class ExpiryScheduler(Protocol):
     """One-time schedules that call the expiry function when a grant ends (EventBridge Scheduler)."""
