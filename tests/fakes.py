@@ -657,6 +657,10 @@ class JitState(FakeState):
     def owned_group(self, source_id: str) -> OwnedGroup | None:
         return self.groups.get(source_id)
 
+    def owned_for(self, group_id: str, user_ids: Sequence[str]) -> tuple[OwnedGroup | None, dict[str, OwnedUser]]:
+        with self._lock:
+            return self.groups.get(group_id), {u: self.users[u] for u in user_ids if u in self.users}
+
     def owned_memberships(self, group_source_id: str) -> dict[str, OwnedMembership]:
         return {u: m for (g, u), m in self.memberships.items() if g == group_source_id}
 
@@ -673,6 +677,10 @@ class JitState(FakeState):
     def forget_grant(self, group_id: str, user_id: str) -> None:
         self.grant_writes += 1
         self.granted.pop((group_id, user_id), None)
+
+    def append_logs_and_release(self, entries: Sequence[LogEntry], name: str, owner: str) -> None:
+        self.append_logs(entries)
+        self.release_lease(name, owner)
 
     def fenced(self, lease: str, owner: str) -> FencedJitState:
         return FencedJitState(self, lease, owner)

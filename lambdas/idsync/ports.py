@@ -622,6 +622,11 @@ class GrantStore(Protocol):
 
     def owned_group(self, source_id: str) -> OwnedGroup | None: ...
 
+    def owned_for(self, group_id: str, user_ids: Sequence[str]) -> tuple[OwnedGroup | None, dict[str, OwnedUser]]:
+        """The owned group and those of the users that are owned (by source id), read together (one request
+        where the store can). Raises StateError."""
+        ...
+
     def owned_memberships(self, group_source_id: str) -> dict[str, OwnedMembership]:
         """The group's owned memberships, by user source id."""
         ...
@@ -635,6 +640,11 @@ class GrantStore(Protocol):
     def record_grant(self, grant: AccessGrant) -> None: ...
 
     def forget_grant(self, group_id: str, user_id: str) -> None: ...
+
+    def append_logs_and_release(self, entries: Sequence[LogEntry], name: str, owner: str) -> None:
+        """A lease holder's last write: ``StateStore.append_logs`` then ``StateStore.release_lease`` (one request
+        where the store can). Raises ValueError, StateError."""
+        ...
 
     def fenced(self, lease: str, owner: str) -> LeasedStore:
         """A view of this store whose every write is applied only while ``owner`` holds the lease ``lease``

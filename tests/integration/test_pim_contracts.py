@@ -17,7 +17,7 @@ from idsync.adapters.dynamodb_state import DynamoDbStateStore, table_definition
 from idsync.adapters.scheduler import EventBridgeExpiryScheduler
 from idsync.adapters.sqlite_state import SqliteStateStore
 from idsync.errors import LeaseLost, StateError
-from idsync.model import OwnedMembership, OwnedUser
+from idsync.model import LogEntry, OwnedGroup, OwnedMembership, OwnedUser, Status
 from idsync.ports import AccessGrant, GrantStore, StateStore
 from idsync.services.jit import GroupLease
 from sandbox.moto_ext import fire_due_schedules
@@ -239,3 +239,51 @@ def test_a_cancelled_fenced_transaction_is_read_by_its_reasons(answers: tuple[An
                 store.record_grant(_grant(ADA, "x"))
             assert type(caught.value) is raised  # a throttled or conflicting write is no lost lease
         stubber.assert_no_pending_responses()
+
+
+def test_the_group_and_the_users_of_a_run_are_read_together(stores: Callable[[], Store]) -> None:
+    store = stores()
+    group = OwnedGroup(GROUP, "tg", "AWS PIM Production Admin", None, "f")
+    users = [OwnedUser(f"u{n:03d}", f"t{n:03d}", f"user{n:03d}", {"n": n}, None, "f") for n in range(150)]
+    store.record_group(group)
+    for owned in users:
+        store.record_user(owned)
+    wanted = [u.source_id for u in users] + ["not-owned", users[0].source_id]  # past BatchGetItem's 100 keys
+    found_group, found = store.owned_for(GROUP, wanted)
+    assert found_group == group
+    assert found == {u.source_id: u for u in users}
+    assert store.owned_for("another-group", [ADA]) == (None, {})
+
+
+def _entries(count: int, status: Status = Status.SUCCESS) -> list[LogEntry]:
+    moment = datetime.now(UTC).replace(microsecond=0)
+    return [
+        LogEntry("jit-1", f"jit-1-{n:06d}", moment.isoformat(), "membership", "create", status, ADA, "x")
+        for n in range(count)
+    ]
+
+
+@pytest.mark.parametrize(("count", "status"), [(0, Status.SUCCESS), (2, Status.FAILURE), (60, Status.FAILURE)])
+def test_the_last_write_of_a_run_stores_its_logs_and_releases_its_lease(
+    stores: Callable[[], Store], count: int, status: Status
+) -> None:
+    clock = FakeClock(END)
+    lease = GroupLease(stores(), GROUP, clock, 60)
+    assert lease.acquire()
+    stores().append_logs_and_release(_entries(count, status), lease.name, lease.owner)
+    assert len(stores().query_logs("jit-1", limit=1000)) == count  # 60 failures: 120 items, past one transaction
+    assert GroupLease(stores(), GROUP, clock, 60).acquire(), "released"
+
+
+def test_the_last_write_of_a_run_whose_lease_was_taken_over_stores_its_logs_and_leaves_the_lease(
+    stores: Callable[[], Store],
+) -> None:
+    clock = FakeClock(END)
+    stale = GroupLease(stores(), GROUP, clock, 60)
+    assert stale.acquire()
+    clock.advance(61)
+    holder = GroupLease(stores(), GROUP, clock, 60)
+    assert holder.acquire()
+    stores().append_logs_and_release(_entries(2), stale.name, stale.owner)
+    assert len(stores().query_logs("jit-1")) == 2  # what the stale writer did is on record all the same
+    assert not GroupLease(stores(), GROUP, clock, 60).acquire(), "the new holder keeps its lease"

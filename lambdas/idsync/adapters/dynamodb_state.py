@@ -78,9 +78,11 @@ _LOG_INDEX = TABLE_SCHEMA["indexes"][0]["name"]
 _CONDITION_FAILED = "ConditionalCheckFailedException"
 _CANCELLED = "TransactionCanceledException"
 _TRANSACTION_ATTEMPTS = 4
+_TRANSACTION_ITEMS = 100  # TransactWriteItems' limit
 # ':' sorts right after '9': after every "<time>#..." key and before "STATUS#..." keys
 _AFTER_ANY_TIME = ":"
 _BATCH_SIZE = 25  # BatchWriteItem's limit
+_GET_BATCH_SIZE = 100  # BatchGetItem's limit
 _BATCH_ATTEMPTS = 8
 
 
@@ -242,6 +244,11 @@ class DynamoDbStateStore:
 
         Raises ValueError for an entry whose time is not ISO 8601, StateError.
         """
+        requests = [{"PutRequest": {"Item": item}} for item in self._log_items(entries)]
+        for start in range(0, len(requests), _BATCH_SIZE):
+            self._write_batch(requests[start : start + _BATCH_SIZE])
+
+    def _log_items(self, entries: Sequence[LogEntry]) -> list[dict[str, Any]]:
         items: dict[tuple[str, str], dict[str, Any]] = {}  # one request per key: a batch refuses duplicates
         for entry in entries:
             moment = _log_time(entry)
@@ -259,9 +266,7 @@ class DynamoDbStateStore:
                 items[(pk, status_sk)] = (
                     _key(pk, status_sk) | common | {"gsi1pk": _s(f"LOGSTATUS#{entry.status.value}")}
                 )
-        requests = [{"PutRequest": {"Item": item}} for item in items.values()]
-        for start in range(0, len(requests), _BATCH_SIZE):
-            self._write_batch(requests[start : start + _BATCH_SIZE])
+        return list(items.values())
 
     def query_logs(
         self, cycle_id: str | None = None, status: str | None = None, limit: int = 100
@@ -312,6 +317,19 @@ class DynamoDbStateStore:
     def owned_group(self, source_id: str) -> OwnedGroup | None:
         item = self._get_item(_key(_GROUP, source_id))
         return _owned_group(item) if item else None
+
+    def owned_for(self, group_id: str, user_ids: Sequence[str]) -> tuple[OwnedGroup | None, dict[str, OwnedUser]]:
+        """One strongly consistent BatchGetItem (per 100 keys; unprocessed keys asked again). Raises StateError."""
+        keys = [_key(_GROUP, group_id)] + [_key(_USER, source_id) for source_id in dict.fromkeys(user_ids)]
+        group: OwnedGroup | None = None
+        users: dict[str, OwnedUser] = {}
+        for item in self._get_batch(keys):
+            if item["pk"]["S"] == _GROUP:
+                group = _owned_group(item)
+            else:
+                owned = _owned_user(item)
+                users[owned.source_id] = owned
+        return group, users
 
     def owned_memberships(self, group_source_id: str) -> dict[str, OwnedMembership]:
         """The group's owned memberships by user source id: one Query on a sort-key prefix. Raises StateError."""
@@ -408,6 +426,36 @@ class DynamoDbStateStore:
         except ClientError:  # held by another owner, or already gone
             return
 
+    def append_logs_and_release(self, entries: Sequence[LogEntry], name: str, owner: str) -> None:
+        """A lease holder's last write: its log entries and the release, in one TransactWriteItems when they fit
+        (100 items); a lease another owner holds is left alone and the entries are written all the same.
+        Raises ValueError for an entry whose time is not ISO 8601, StateError."""
+        items = self._log_items(entries)
+        if not items or len(items) >= _TRANSACTION_ITEMS:
+            self.append_logs(entries)
+            self.release_lease(name, owner)
+            return
+        release = {
+            "Delete": {
+                "TableName": self._table,
+                "Key": _key(_LEASE, name),
+                "ConditionExpression": "#owner = :owner",
+                "ExpressionAttributeNames": {"#owner": "owner"},
+                "ExpressionAttributeValues": {":owner": _s(owner)},
+            }
+        }
+        puts = [{"Put": {"TableName": self._table, "Item": item}} for item in items]
+        try:
+            self._client.transact_write_items(TransactItems=[release, *puts])
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") != _CANCELLED:
+                raise self._error("transact_write_items", error) from error
+            # the lease is another owner's (or a request raced for it): the entries go on their own
+            self.append_logs(entries)
+            self.release_lease(name, owner)
+        except BotoCoreError as error:
+            raise self._error("transact_write_items", error) from error
+
     # ------------------------------------------------------------------ plumbing
 
     def _cutoff_key(self) -> str:
@@ -487,6 +535,22 @@ class DynamoDbStateStore:
                 yield from page["Items"]
         except (ClientError, BotoCoreError) as error:
             raise self._error("query", error) from error
+
+    def _get_batch(self, keys: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for start in range(0, len(keys), _GET_BATCH_SIZE):
+            pending: dict[str, Any] = {"Keys": keys[start : start + _GET_BATCH_SIZE], "ConsistentRead": True}
+            for attempt in range(_BATCH_ATTEMPTS):
+                response = self._call("batch_get_item", RequestItems={self._table: pending})
+                yield from response.get("Responses", {}).get(self._table, [])
+                pending = response.get("UnprocessedKeys", {}).get(self._table, {})
+                if not pending.get("Keys"):
+                    break
+                time.sleep(min(0.05 * 2**attempt, 2.0))  # unprocessed keys mean throttling: back off
+            else:
+                raise StateError(
+                    f"DynamoDB table {self._table}: batch_get_item left {len(pending['Keys'])} keys unprocessed "
+                    f"after {_BATCH_ATTEMPTS} attempts"
+                )
 
     def _write_batch(self, requests: list[dict[str, Any]]) -> None:
         pending = requests

@@ -294,6 +294,10 @@ class SqliteStateStore:
             ).fetchone()
         return OwnedGroup(*row) if row else None
 
+    def owned_for(self, group_id: str, user_ids: Sequence[str]) -> tuple[OwnedGroup | None, dict[str, OwnedUser]]:
+        users = {source_id: owned for source_id in user_ids if (owned := self.owned_user(source_id)) is not None}
+        return self.owned_group(group_id), users
+
     def owned_memberships(self, group_source_id: str) -> dict[str, OwnedMembership]:
         with self._connection() as conn:
             rows = conn.execute(
@@ -327,6 +331,11 @@ class SqliteStateStore:
 
     def _cutoff_key(self) -> str:
         return _time_key(datetime.now(UTC) - self._retention)
+
+    def append_logs_and_release(self, entries: Sequence[LogEntry], name: str, owner: str) -> None:
+        """The entries, then the release (a lease another owner holds is left alone). Raises ValueError, StateError."""
+        self.append_logs(entries)
+        self.release_lease(name, owner)
 
     def fenced(self, lease: str, owner: str) -> SqliteStateStore:
         """This store seen by the holder of ``lease``: every write runs in one transaction with a check that

@@ -304,8 +304,7 @@ class JitService:
                 waits = run.outcome.wait_seconds
                 run.outcome.wait_seconds = min(waits, SIGHTING_RECHECK_SECONDS) if waits else SIGHTING_RECHECK_SECONDS
         finally:
-            run.flush()
-            lease.release()
+            run.finish(lease)
         if run.outcome.wait_seconds is None and not run.served:
             # nothing of this group waits for a token any more (a take that served it took it out of the line)
             self.bucket.leave(group)
@@ -336,8 +335,7 @@ class JitService:
         try:
             run.settle(lease, adds=False, rearm=(user_id,), only=user_id)
         finally:
-            run.flush()
-            lease.release()
+            run.finish(lease)
         return run.outcome
 
     @contextmanager
@@ -433,6 +431,7 @@ class _Run:
         self._group: OwnedGroup | None = None
         self.lease: GroupLease | None = None
         self._store: LeasedStore | None = None
+        self._users: dict[str, OwnedUser | None] = {}  # read ahead for the additions: each used once
         self.served = False  # a token was taken for ``waiter``: that take also took it out of the line
         # a look's hint waits in the token line under its group's name; the cycle takes only unreserved tokens
         self.waiter: str | None = None
@@ -500,6 +499,10 @@ class _Run:
         """Apply what ``reconcile`` found to add, while tokens last. Raises StateError, LeaseLost."""
         # the longest-waiting activation first; permanent members are not metered and come last
         additions.sort(key=lambda a: (not a[1].activation, latest_start(a[0].active) or self.now, a[0].user_id))
+        if additions:
+            wanted = [facts.user_id for facts, _ in additions]
+            self._group, users = self.store.owned_for(self.group_id, wanted)
+            self._users = {user_id: users.get(user_id) for user_id in wanted}
         metered = True
         for facts, verdict in additions:
             if verdict.activation and not metered:
@@ -676,7 +679,7 @@ class _Run:
         user_id = facts.user_id
         if verdict.record is not None:
             self.store.record_grant(verdict.record)  # write-ahead: an active grant protects the user
-        owned_user = self.store.owned_user(user_id)
+        owned_user = self._users.pop(user_id) if user_id in self._users else self.store.owned_user(user_id)
         provisioned = owned_user is None
         if owned_user is None:
             self._keep_lease()
@@ -869,6 +872,15 @@ class _Run:
                 error=error,
             )
         )
+
+    def finish(self, lease: GroupLease) -> None:
+        """The run's log entries and the release of ``lease``, in one write where the store can. Raises StateError."""
+        entries, self.entries = self.entries, []
+        if lease.held:
+            lease.held = False
+            self.service.grants.append_logs_and_release(entries, lease.name, lease.owner)
+        elif entries:
+            self.service.state.append_logs(entries)
 
     def flush(self) -> None:
         if self.entries:
