@@ -31,8 +31,9 @@ the rest of the looks (Graph reads and Python), ``busy_looks`` the looks that fo
 ``aws_calls`` by service, ``dynamodb_calls_per_activation`` the median of the DynamoDB calls an activation's
 looks made (the bench's own check of the membership not counted), ``calls_of_one_activation`` the AWS calls of
 one activation applied in one look, in order (a shared budget call, made inside an Identity Store call, comes
-before it), ``over_target`` the activations of at least 2 s; ``idle_breakdown`` the same for the idle
-activations.
+before it; the three reads a look sends at once in any order), ``seconds_by_operation`` the AWS calls' seconds
+summed by operation (calls sent at once each count their own: the sum may exceed the wall time),
+``over_target`` the activations of at least 2 s; ``idle_breakdown`` the same for the idle activations.
 
 Where the time goes (2-core machine shared with other work, three runs): each activation makes 18 DynamoDB
 calls (lease, grants, shared budget, activation bucket), one Identity Store and one Scheduler call. Idle, a
@@ -270,6 +271,7 @@ class Activation:
     aws: dict[str, float] = field(default_factory=dict)
     aws_calls: dict[str, int] = field(default_factory=dict)
     operations: list[str] = field(default_factory=list)  # every AWS call of the looks, in order
+    operation_seconds: dict[str, float] = field(default_factory=dict)  # the seconds of each kind of call
     recording: bool = False  # True inside a look: the bench's own check of the membership is not counted
 
     def dynamodb_calls(self) -> int:
@@ -324,6 +326,9 @@ class AwsClock:
             # counts for its own service only
             self.current.aws[service] = self.current.aws.get(service, 0.0) + elapsed - inner
             self.current.aws_calls[service] = self.current.aws_calls.get(service, 0) + 1
+            if model is not None:
+                name = f"{service}.{model.name}"
+                self.current.operation_seconds[name] = self.current.operation_seconds.get(name, 0.0) + elapsed - inner
             if stack:
                 stack[-1][1] += elapsed
 
@@ -368,7 +373,10 @@ def breakdown(records: list[Activation]) -> dict[str, Any]:
     slowest = max(records, key=lambda record: record.total)
     sums: dict[str, float] = {}
     calls: dict[str, int] = {}
+    by_operation: dict[str, float] = {}
     for record in records:
+        for name, seconds in record.operation_seconds.items():
+            by_operation[name] = by_operation.get(name, 0.0) + seconds
         for name, seconds in record.parts().items():
             sums[name] = sums.get(name, 0.0) + seconds
         for service, count in record.aws_calls.items():
@@ -378,6 +386,7 @@ def breakdown(records: list[Activation]) -> dict[str, Any]:
         **{f"{name}_sum_s": round(seconds, 3) for name, seconds in sums.items()},
         "busy_looks": sum(record.busy_looks for record in records),
         "dynamodb_calls_per_activation": statistics.median(record.dynamodb_calls() for record in records),
+        "seconds_by_operation": {name: round(seconds, 3) for name, seconds in sorted(by_operation.items())},
         "calls_of_one_activation": next((r.operations for r in records if r.looks == 1), slowest.operations),
         "looks": sum(record.looks for record in records),
         "aws_calls": dict(sorted(calls.items())),

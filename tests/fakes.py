@@ -47,6 +47,7 @@ from idsync.ports import (
     DirectoryChanges,
     Forget,
     FullRead,
+    GroupRecords,
     OwnershipWrite,
 )
 
@@ -663,6 +664,11 @@ class JitState(FakeState):
 
     def owned_memberships(self, group_source_id: str) -> dict[str, OwnedMembership]:
         return {u: m for (g, u), m in self.memberships.items() if g == group_source_id}
+
+    def read_group(self, group_id: str, user_ids: Sequence[str]) -> GroupRecords:
+        """One after the other, through the methods (a test that replaces one sees the call)."""
+        grants, memberships = self.grants(group_id), self.owned_memberships(group_id)
+        return GroupRecords(grants, memberships, *self.owned_for(group_id, user_ids))
 
     def grants(self, group_id: str) -> dict[str, AccessGrant]:
         return {u: grant for (g, u), grant in self.granted.items() if g == group_id}

@@ -611,6 +611,17 @@ class PimDirectory(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class GroupRecords:
+    """``GrantStore.read_group``: a PIM group's grants and owned memberships (by user id), its owned group, and
+    those of the users asked for that are owned."""
+
+    grants: dict[str, AccessGrant]
+    memberships: dict[str, OwnedMembership]
+    group: OwnedGroup | None
+    users: dict[str, OwnedUser]
+
+
 @runtime_checkable
 class GrantStore(Protocol):
     """JIT state beside the sync state: grants, and point reads of what the sync state owns.
@@ -629,6 +640,11 @@ class GrantStore(Protocol):
 
     def owned_memberships(self, group_source_id: str) -> dict[str, OwnedMembership]:
         """The group's owned memberships, by user source id."""
+        ...
+
+    def read_group(self, group_id: str, user_ids: Sequence[str]) -> GroupRecords:
+        """What a run over one PIM group reads from the store: ``grants``, ``owned_memberships`` and ``owned_for``
+        (the requests sent at once where the store can). Raises StateError, ValueError for a malformed grant."""
         ...
 
     def grants(self, group_id: str) -> dict[str, AccessGrant]:

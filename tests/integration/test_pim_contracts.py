@@ -18,7 +18,7 @@ from idsync.adapters.scheduler import EventBridgeExpiryScheduler
 from idsync.adapters.sqlite_state import SqliteStateStore
 from idsync.errors import LeaseLost, StateError
 from idsync.model import LogEntry, OwnedGroup, OwnedMembership, OwnedUser, Status
-from idsync.ports import AccessGrant, GrantStore, StateStore
+from idsync.ports import AccessGrant, GrantStore, GroupRecords, StateStore
 from idsync.services.jit import GroupLease
 from sandbox.moto_ext import fire_due_schedules
 from tests.fakes import FakeClock, FakeScheduler, FakeState, JitState
@@ -287,3 +287,18 @@ def test_the_last_write_of_a_run_whose_lease_was_taken_over_stores_its_logs_and_
     stores().append_logs_and_release(_entries(2), stale.name, stale.owner)
     assert len(stores().query_logs("jit-1")) == 2  # what the stale writer did is on record all the same
     assert not GroupLease(stores(), GROUP, clock, 60).acquire(), "the new holder keeps its lease"
+
+
+def test_a_runs_reads_come_back_together_as_each_read_alone_answers(stores: Callable[[], Store]) -> None:
+    store = stores()
+    group = OwnedGroup(GROUP, "tg", "AWS PIM Production Admin", None, "f")
+    ada = OwnedUser(ADA, "ta", "ada", {}, None, "f")
+    store.record_group(group)
+    store.record_user(ada)
+    store.record_membership(OwnedMembership(GROUP, ADA, "m-1"))
+    store.record_membership(OwnedMembership("another-group", BOB, "m-2"))
+    store.record_grant(_grant(ADA, "a"))
+    store.record_grant(AccessGrant("another-group", BOB, ("i9",), END, False, "b"))
+    read = stores().read_group(GROUP, [ADA, BOB])
+    assert read == GroupRecords({ADA: _grant(ADA, "a")}, {ADA: OwnedMembership(GROUP, ADA, "m-1")}, group, {ADA: ada})
+    assert stores().read_group("nothing", []) == GroupRecords({}, {}, None, {})

@@ -31,7 +31,7 @@ from idsync.adapters.state_codec import log_time as _log_time
 from idsync.adapters.state_codec import time_key as _time_key
 from idsync.errors import LeaseLost, StateError
 from idsync.model import LogEntry, OwnedGroup, OwnedMembership, OwnedUser, Ownership
-from idsync.ports import AccessGrant, OwnershipWrite
+from idsync.ports import AccessGrant, GroupRecords, OwnershipWrite
 
 SCHEMA_VERSION = 1
 
@@ -297,6 +297,10 @@ class SqliteStateStore:
     def owned_for(self, group_id: str, user_ids: Sequence[str]) -> tuple[OwnedGroup | None, dict[str, OwnedUser]]:
         users = {source_id: owned for source_id in user_ids if (owned := self.owned_user(source_id)) is not None}
         return self.owned_group(group_id), users
+
+    def read_group(self, group_id: str, user_ids: Sequence[str]) -> GroupRecords:
+        group, users = self.owned_for(group_id, user_ids)
+        return GroupRecords(self.grants(group_id), self.owned_memberships(group_id), group, users)
 
     def owned_memberships(self, group_source_id: str) -> dict[str, OwnedMembership]:
         with self._connection() as conn:

@@ -89,6 +89,7 @@ CLOCK_MARGIN_SECONDS = 10  # leases compare clocks of different processes (NTP k
 LEASE_RETRY_SECONDS = 1.0  # a look that found the group's lease held comes back this soon
 SIGHTING_RECHECK_SECONDS = 30.0  # Graph may list an activated user before her instance: look again this soon
 EXPIRY_RETRY = timedelta(minutes=1)  # an expiry that could not run (lease held, fired early) fires again
+READ_AHEAD_USERS = 99  # a run reads this many users with its group's records at most (one BatchGetItem)
 
 
 class UserMapping(Protocol):
@@ -144,7 +145,6 @@ class GroupLease:
         self.renew_below = timedelta(seconds=need)
         self.expires: datetime | None = None  # as this writer last wrote it (its own clock)
         self.held = False
-        self.renewals = 0
 
     def acquire(self) -> bool:
         """True when this writer now holds the lease. Raises StateError."""
@@ -163,7 +163,6 @@ class GroupLease:
         if not self.held or not self.state.renew_lease(self.name, self.owner, now, self.seconds):
             self.held = False
             raise LeaseLost(f"lease {self.name} was taken over by another writer")
-        self.renewals += 1
         self.expires = now + timedelta(seconds=self.seconds)
 
     def release(self) -> None:
@@ -450,8 +449,13 @@ class _Run:
         self.hold(lease)
         members = service.directory.members(self.group_id)
         instances = service.directory.instances(self.group_id, only)
-        records = service.grants.grants(self.group_id)
-        owned = service.grants.owned_memberships(self.group_id)
+        # the users an addition may need (read with the records, when few): listed members, active principals
+        candidates = sorted(members | {i.principal_id for i in instances}) if adds else []
+        ahead = candidates if len(candidates) <= READ_AHEAD_USERS else []
+        read = self.store.read_group(self.group_id, ahead)
+        records, owned = read.grants, read.memberships
+        self._group = read.group
+        self._users = {user_id: read.users.get(user_id) for user_id in ahead}
         judged = judge_group(self.group_id, members, instances, records, owned, self.now, settle=service.settle)
         if only is not None:
             judged = [(facts, verdict) for facts, verdict in judged if facts.user_id == only]
@@ -499,10 +503,11 @@ class _Run:
         """Apply what ``reconcile`` found to add, while tokens last. Raises StateError, LeaseLost."""
         # the longest-waiting activation first; permanent members are not metered and come last
         additions.sort(key=lambda a: (not a[1].activation, latest_start(a[0].active) or self.now, a[0].user_id))
-        if additions:
-            wanted = [facts.user_id for facts, _ in additions]
-            self._group, users = self.store.owned_for(self.group_id, wanted)
-            self._users = {user_id: users.get(user_id) for user_id in wanted}
+        wanted = [facts.user_id for facts, _ in additions if facts.user_id not in self._users]
+        if wanted:
+            group, users = self.store.owned_for(self.group_id, wanted)
+            self._group = self._group or group
+            self._users |= {user_id: users.get(user_id) for user_id in wanted}
         metered = True
         for facts, verdict in additions:
             if verdict.activation and not metered:
