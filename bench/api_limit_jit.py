@@ -35,17 +35,25 @@ before it; the three reads a look sends at once in any order), ``seconds_by_oper
 summed by operation (calls sent at once each count their own: the sum may exceed the wall time),
 ``over_target`` the activations of at least 2 s; ``idle_breakdown`` the same for the idle activations.
 
-Where the time goes (2-core machine shared with other work, three runs): each activation makes 18 DynamoDB
-calls (lease, grants, shared budget, activation bucket), one Identity Store and one Scheduler call. Idle, a
-DynamoDB call to the emulator takes about 22 ms; during the sync about 52 ms, because the one emulator process
-also answers the sync's Identity Store and DynamoDB requests: DynamoDB is 85% of the activations' seconds
-(104 s of 122 s), Identity Store 6%, Graph and Python 7%, the shared budget 0 s. Every activation of 2 s or
-more spent about 2 s in DynamoDB calls and none in lease waits, except in two runs of three, where the one
-activation that met the cycle's PIM pass looked 4 times at a held lease (4 s) and took 7.8 s / 8.4 s (the
-max, not the p99). Split into processes, the figures stay where the single process had them (p50 0.88-1.07 s
-against 0.81 s, p99 2.29-2.75 s against 2.41 s): neither the GIL nor moto's in-process lock was the cause.
-Real DynamoDB answers in single-digit milliseconds, so the emulator's per-call cost, times 18 sequential
-calls, is what the p99 measures here.
+Where the time goes (2-core machine shared with other work): an activation applied in one look makes 10 DynamoDB
+calls, 8 of them one after the other (``calls_of_one_activation``; the lease, the three reads sent at once, the
+token, the grant with its lease check, the shared budget's read and write, the membership record, the logs with the
+release: see ``idsync.services.jit``), one Identity Store and one Scheduler call; before, 17 calls one after the
+other (lease renewals before and after each write, a GetItem per read, the token's read, the bucket line's read
+after the look). Measured on the 10-call path during the sync (132 activations): p50 1.00 s, p99 2.08 s, max 5.99
+s, idle p50 0.46 s; before, p50 1.07 s, p99 2.29 s, idle p50 0.55 s. 74% of the JIT's DynamoDB call seconds are the
+look's two Queries (146.5 s of 198.0 s; 0.55 s a Query during the sync, 0.16 s idle): moto answers a Query by
+walking every item of the table (``Table.query`` over ``all_items()``) and sorting, and the sync fills the table
+with thousands of items, where DynamoDB reads the one partition's keys; the three reads go out at once, but the one
+emulator process answers them one after the other. The writes cost what single writes cost (TransactWriteItems 15
+ms, UpdateItem 26 ms, the lease's PutItem 20 ms on average). Of the three activations of 2 s or more, two spent it
+in DynamoDB calls (2.6 s and 3.0 s of call seconds, the reads sent at once each counted), and one met the cycle's
+PIM pass (3 looks at a held lease, 3 s; the max, not the p99). A first run of the 10 calls, with the three reads
+one after the other and the machine twice as loaded (load average 6), measured p50 1.07 s and p99 4.22 s over 97
+samples (the nearest-rank p99 of 97 samples is the max). The emulator's Query is left as it is; its transactions
+cost the items they touch (``sandbox.moto_transactions``: moto copied the whole table for each one). The calls sent
+at once each count their own seconds, so ``graph_and_cpu`` (the look's seconds not spent in AWS calls) reads 0
+here.
 """
 
 from __future__ import annotations

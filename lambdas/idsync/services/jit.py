@@ -23,6 +23,13 @@ Whoever applies an activation (worker or cycle) records its grant and schedules 
 that fires while the grant is still active (clock skew, an extension) re-arms its schedule: EventBridge
 Scheduler deletes a one-time schedule once it has fired. The cycle also re-arms every active grant's
 schedule, so one lost schedule costs at most one cycle interval.
+
+What a look costs the state table (DynamoDB) when it applies one activation of a provisioned user: the lease
+(one conditional write); the grants, the owned memberships, the group and the user (two Queries and one
+BatchGetItem, sent at once); the activation token (one conditional write, from the bucket state this worker
+last wrote); the write-ahead grant (one transaction with the lease check); the shared budget's token for the
+Identity Store call (a read and a conditional write); the membership record (one transaction); the log
+entries and the release (one transaction). Ten calls, eight of them one after the other.
 """
 
 from __future__ import annotations
@@ -398,7 +405,8 @@ class CyclePass:
         return outcomes
 
     def keep(self) -> bool:
-        """Renew every held lease; False when one was lost (the caller must stop writing). Raises StateError."""
+        """Keep every held lease (``GroupLease.keep``); False when one was lost (the caller must stop writing).
+        Raises StateError."""
         try:
             for lease in self.leases.values():
                 lease.keep()
