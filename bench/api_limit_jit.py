@@ -28,20 +28,32 @@ the group's lease held (the cycle's PIM pass holds every PIM group's lease while
 ``requeue_wait`` sleeping after other looks (the membership not applied yet), ``identitystore`` /
 ``dynamodb`` / ``scheduler`` the AWS calls' seconds (latency layer and budget waits included), ``graph_and_cpu``
 the rest of the looks (Graph reads and Python), ``busy_looks`` the looks that found the lease held,
-``aws_calls`` by service, ``over_target`` the activations of at least 2 s; ``idle_breakdown`` the same for the
-idle activations.
+``aws_calls`` by service, ``dynamodb_calls_per_activation`` the median of the DynamoDB calls an activation's
+looks made (the bench's own check of the membership not counted), ``calls_of_one_activation`` the AWS calls of
+one activation applied in one look, in order (a shared budget call, made inside an Identity Store call, comes
+before it; the three reads a look sends at once in any order), ``seconds_by_operation`` the AWS calls' seconds
+summed by operation (calls sent at once each count their own: the sum may exceed the wall time),
+``over_target`` the activations of at least 2 s; ``idle_breakdown`` the same for the idle activations.
 
-Where the time goes (2-core machine shared with other work, three runs): each activation makes 18 DynamoDB
-calls (lease, grants, shared budget, activation bucket), one Identity Store and one Scheduler call. Idle, a
-DynamoDB call to the emulator takes about 22 ms; during the sync about 52 ms, because the one emulator process
-also answers the sync's Identity Store and DynamoDB requests: DynamoDB is 85% of the activations' seconds
-(104 s of 122 s), Identity Store 6%, Graph and Python 7%, the shared budget 0 s. Every activation of 2 s or
-more spent about 2 s in DynamoDB calls and none in lease waits, except in two runs of three, where the one
-activation that met the cycle's PIM pass looked 4 times at a held lease (4 s) and took 7.8 s / 8.4 s (the
-max, not the p99). Split into processes, the figures stay where the single process had them (p50 0.88-1.07 s
-against 0.81 s, p99 2.29-2.75 s against 2.41 s): neither the GIL nor moto's in-process lock was the cause.
-Real DynamoDB answers in single-digit milliseconds, so the emulator's per-call cost, times 18 sequential
-calls, is what the p99 measures here.
+Where the time goes (2-core machine shared with other work): an activation applied in one look makes 10 DynamoDB
+calls, 8 of them one after the other (``calls_of_one_activation``; the lease, the three reads sent at once, the
+token, the grant with its lease check, the shared budget's read and write, the membership record, the logs with the
+release: see ``idsync.services.jit``), one Identity Store and one Scheduler call; before, 17 calls one after the
+other (lease renewals before and after each write, a GetItem per read, the token's read, the bucket line's read
+after the look). Two runs of the 10-call path during the sync: 132 activations, p50 1.00 s, p99 2.08 s, max 5.99 s,
+idle p50 0.46 s; and 116 activations, p50 0.90 s, p99 2.37 s, max 2.49 s, idle p50 0.31 s (the figures saved).
+Before: p50 1.07 s, p99 2.29 s, idle p50 0.55 s. Three quarters of the JIT's DynamoDB call seconds are the look's
+two Queries (125.1 s of 166.9 s, and 146.5 s of 198.0 s; 0.54 s a Query during the sync, 0.16 s idle): moto answers
+a Query by walking every item of the table (``Table.query`` over ``all_items()``) and sorting, and the sync fills
+the table with thousands of items, where DynamoDB reads the one partition's keys; the three reads go out at once,
+but the one emulator process answers them one after the other. The writes cost what single writes cost
+(TransactWriteItems 15 ms, UpdateItem 26 ms, the lease's PutItem 20 ms on average). The activations of 2 s or more
+(4, and 3) spent it in DynamoDB calls, except one that met the cycle's PIM pass (3 looks at a held lease, 3 s: the
+5.99 s max). A first run of the 10 calls, with the three reads one after the other and the machine twice as loaded
+(load average 6), measured p50 1.07 s and p99 4.22 s over 97 samples (the nearest-rank p99 of 97 samples is the
+max). The emulator's Query is left as it is; its transactions cost the items they touch
+(``sandbox.moto_transactions``: moto copied the whole table for each one). The calls sent at once each count their
+own seconds, so ``graph_and_cpu`` (the look's seconds not spent in AWS calls) reads 0 here.
 """
 
 from __future__ import annotations
@@ -67,7 +79,7 @@ from moto.ssoadmin.responses import SSOAdminResponse
 
 from bench.world import FAKE_AWS_ENVIRONMENT
 from idsync.adapters.dynamodb_state import TABLE_SCHEMA, table_definition
-from idsync.adapters.identitystore import from_settings
+from idsync.adapters.identitystore import JIT_CALL_SECONDS, from_settings
 from idsync.adapters.sso_admin import attach_budget
 from idsync.config import Settings, parse_settings
 from idsync.services.cycle import CycleOptions
@@ -106,10 +118,12 @@ def percentile(values: list[float], fraction: float) -> float:
 
 @contextlib.contextmanager
 def atomic_dynamodb() -> Iterator[None]:
-    """DynamoDB applies each conditional write atomically; moto's in-process backend does not lock. One lock
-    around its item operations gives the two writers DynamoDB's guarantee on the shared budget's item."""
+    """DynamoDB applies each conditional write and each transaction atomically; moto's in-process backend does
+    not lock. One lock around its item operations gives the writers DynamoDB's guarantee on the shared budget's
+    item and on a lease (a fenced write's check and write against another writer's take-over)."""
     lock = threading.RLock()
-    saved = {name: getattr(DynamoDBBackend, name) for name in ("get_item", "update_item", "put_item")}
+    operations = ("get_item", "update_item", "put_item", "delete_item", "transact_write_items")
+    saved = {name: getattr(DynamoDBBackend, name) for name in operations}
 
     def locked(original: Any) -> Any:
         def call(self: DynamoDBBackend, *args: Any, **kwargs: Any) -> Any:
@@ -264,6 +278,12 @@ class Activation:
     look: float = 0.0
     aws: dict[str, float] = field(default_factory=dict)
     aws_calls: dict[str, int] = field(default_factory=dict)
+    operations: list[str] = field(default_factory=list)  # every AWS call of the looks, in order
+    operation_seconds: dict[str, float] = field(default_factory=dict)  # the seconds of each kind of call
+    recording: bool = False  # True inside a look: the bench's own check of the membership is not counted
+
+    def dynamodb_calls(self) -> int:
+        return sum(1 for operation in self.operations if operation.startswith("dynamodb."))
 
     def parts(self) -> dict[str, float]:
         aws = {service: self.aws.get(service, 0.0) for service in ("identitystore", "dynamodb", "scheduler")}
@@ -302,7 +322,9 @@ class AwsClock:
         self._stack.setdefault(threading.get_ident(), []).append([time.monotonic(), 0.0])
 
     def _after(self, service: str) -> Callable[..., None]:
-        def after(**_: Any) -> None:
+        def after(model: Any = None, **_: Any) -> None:
+            if self.current.recording and model is not None:
+                self.current.operations.append(f"{service}.{model.name}")
             stack = self._stack.get(threading.get_ident())
             if not stack:
                 return
@@ -312,6 +334,9 @@ class AwsClock:
             # counts for its own service only
             self.current.aws[service] = self.current.aws.get(service, 0.0) + elapsed - inner
             self.current.aws_calls[service] = self.current.aws_calls.get(service, 0) + 1
+            if model is not None:
+                name = f"{service}.{model.name}"
+                self.current.operation_seconds[name] = self.current.operation_seconds.get(name, 0.0) + elapsed - inner
             if stack:
                 stack[-1][1] += elapsed
 
@@ -330,7 +355,11 @@ def activate_and_wait(emulator: GraphEmulator, jit: JitService, group: str, user
     emulator.app.pim.activate(group, user, GRANT_MINUTES)
     while True:
         looked = time.monotonic()
-        outcome = jit.look(group)
+        record.recording = True
+        try:
+            outcome = jit.look(group)
+        finally:
+            record.recording = False
         applied = present(jit, group, user)
         record.look += time.monotonic() - looked
         record.looks += 1
@@ -352,7 +381,10 @@ def breakdown(records: list[Activation]) -> dict[str, Any]:
     slowest = max(records, key=lambda record: record.total)
     sums: dict[str, float] = {}
     calls: dict[str, int] = {}
+    by_operation: dict[str, float] = {}
     for record in records:
+        for name, seconds in record.operation_seconds.items():
+            by_operation[name] = by_operation.get(name, 0.0) + seconds
         for name, seconds in record.parts().items():
             sums[name] = sums.get(name, 0.0) + seconds
         for service, count in record.aws_calls.items():
@@ -361,6 +393,9 @@ def breakdown(records: list[Activation]) -> dict[str, Any]:
         "total_sum_s": round(sum(record.total for record in records), 3),
         **{f"{name}_sum_s": round(seconds, 3) for name, seconds in sums.items()},
         "busy_looks": sum(record.busy_looks for record in records),
+        "dynamodb_calls_per_activation": statistics.median(record.dynamodb_calls() for record in records),
+        "seconds_by_operation": {name: round(seconds, 3) for name, seconds in sorted(by_operation.items())},
+        "calls_of_one_activation": next((r.operations for r in records if r.looks == 1), slowest.operations),
         "looks": sum(record.looks for record in records),
         "aws_calls": dict(sorted(calls.items())),
         "over_target": [
@@ -453,7 +488,7 @@ def measure() -> dict[str, Any]:
             target = from_settings(settings.identity_store, bounded=True)
             budget = build_rate_budget(settings, "jit")
             attach_budget(target.client, budget)
-            jit = build_jit_service(settings, target=target)
+            jit = build_jit_service(settings, target=target, call_seconds=JIT_CALL_SECONDS)
         layer.attach(target.client)
         users = iter(pim_users)
         idle_records = [activate_and_wait(emulator, jit, group, next(users), clock) for _ in range(IDLE_SAMPLES)]

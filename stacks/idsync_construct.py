@@ -48,9 +48,12 @@ from stacks.webhook_api import WebhookApi
 
 WORKER_TIMEOUT = Duration.seconds(60)
 
-# The state store's calls (idsync.adapters.dynamodb_state).
+# The state store's calls (idsync.adapters.dynamodb_state); its TransactWriteItems (a lease holder's writes, each
+# with a ConditionCheck on the lease) is authorized as ConditionCheckItem, PutItem and DeleteItem.
 STATE_ACTIONS = [
+    "dynamodb:BatchGetItem",
     "dynamodb:BatchWriteItem",
+    "dynamodb:ConditionCheckItem",
     "dynamodb:DeleteItem",
     "dynamodb:GetItem",
     "dynamodb:PutItem",

@@ -16,6 +16,7 @@ from typing import Any
 from idsync.errors import (
     DeltaExpired,
     DirectoryError,
+    LeaseLost,
     SchedulerError,
     StateError,
     TargetConflict,
@@ -46,6 +47,7 @@ from idsync.ports import (
     DirectoryChanges,
     Forget,
     FullRead,
+    GroupRecords,
     OwnershipWrite,
 )
 
@@ -289,6 +291,7 @@ class FakeState:
     crash_after_records: int | None = None  # simulate dying right after an AWS write, before recording it
     records: int = 0
     lose_lease_races: int = 0  # the next N acquisitions lose the conditional write to another writer
+    renewals: int = 0  # renew_lease calls (each one conditional write)
     batches: list[int] = field(default_factory=list)  # the size of each write_ownership batch
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
@@ -374,6 +377,7 @@ class FakeState:
         return True
 
     def renew_lease(self, name: str, owner: str, now: datetime, ttl_seconds: int) -> bool:
+        self.renewals += 1
         if self.leases.get(name, ("", None))[0] != owner:
             return False
         self.leases[name] = (owner, now + timedelta(seconds=ttl_seconds))
@@ -653,6 +657,8 @@ class JitState(FakeState):
 
     granted: dict[tuple[str, str], AccessGrant] = field(default_factory=dict)
     grant_writes: int = 0
+    in_flight: Callable[[str], None] | None = None  # see FencedJitState
+    fenced_refusals: int = 0  # fenced writes refused because the lease was another writer's
 
     def owned_user(self, source_id: str) -> OwnedUser | None:
         return self.users.get(source_id)
@@ -660,8 +666,17 @@ class JitState(FakeState):
     def owned_group(self, source_id: str) -> OwnedGroup | None:
         return self.groups.get(source_id)
 
+    def owned_for(self, group_id: str, user_ids: Sequence[str]) -> tuple[OwnedGroup | None, dict[str, OwnedUser]]:
+        with self._lock:
+            return self.groups.get(group_id), {u: self.users[u] for u in user_ids if u in self.users}
+
     def owned_memberships(self, group_source_id: str) -> dict[str, OwnedMembership]:
         return {u: m for (g, u), m in self.memberships.items() if g == group_source_id}
+
+    def read_group(self, group_id: str, user_ids: Sequence[str]) -> GroupRecords:
+        """One after the other, through the methods (a test that replaces one sees the call)."""
+        grants, memberships = self.grants(group_id), self.owned_memberships(group_id)
+        return GroupRecords(grants, memberships, *self.owned_for(group_id, user_ids))
 
     def grants(self, group_id: str) -> dict[str, AccessGrant]:
         return {u: grant for (g, u), grant in self.granted.items() if g == group_id}
@@ -676,6 +691,59 @@ class JitState(FakeState):
     def forget_grant(self, group_id: str, user_id: str) -> None:
         self.grant_writes += 1
         self.granted.pop((group_id, user_id), None)
+
+    def append_logs_and_release(self, entries: Sequence[LogEntry], name: str, owner: str) -> None:
+        self.append_logs(entries)
+        self.release_lease(name, owner)
+
+    def fenced(self, lease: str, owner: str) -> FencedJitState:
+        return FencedJitState(self, lease, owner)
+
+
+class FencedJitState:
+    """``JitState.fenced``: the store as one lease holder sees it. Each write checks the lease's owner and writes
+    under the store's lock, as DynamoDB applies a transaction's ConditionCheck and Put together: a check that
+    fails writes nothing (LeaseLost). ``JitState.in_flight``, when set, runs once as a write leaves (before it
+    reaches the store): a writer stalls there."""
+
+    WRITES = frozenset(
+        {
+            "record_user",
+            "forget_user",
+            "record_group",
+            "forget_group",
+            "record_membership",
+            "forget_membership",
+            "write_ownership",
+            "put_item",
+            "delete_item",
+            "record_grant",
+            "forget_grant",
+        }
+    )
+
+    def __init__(self, base: JitState, lease: str, owner: str) -> None:
+        self._base, self._lease, self._owner = base, lease, owner
+        self.applied: list[str] = []  # the writes this view applied, in order
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in self.WRITES:
+            return getattr(self._base, name)
+
+        def write(*args: Any, **kwargs: Any) -> Any:
+            base = self._base
+            hook, base.in_flight = base.in_flight, None
+            if hook is not None:
+                hook(name)
+            with base._lock:
+                held = base.leases.get(self._lease)
+                if held is None or held[0] != self._owner:
+                    base.fenced_refusals += 1
+                    raise LeaseLost(f"lease {self._lease} was taken over by another writer: {name} not applied")
+                self.applied.append(name)
+                return getattr(base, name)(*args, **kwargs)
+
+        return write
 
 
 class FakeScheduler:

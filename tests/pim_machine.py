@@ -12,7 +12,8 @@ trace), keeps showing an instance that ran out (until its instance list catches 
 member list does), lists a user before her instance is visible, and is unreachable for a while; notifications
 are lost, duplicated or replayed, schedules fire early, late or twice (and are deleted once fired), the
 Identity Store refuses one user, the scheduler refuses a call, a state write is throttled, a lease race is
-lost, a writer stalls past its lease, a cycle runs out of time, idsync is paused and resumed, and a worker and
+lost, a writer stalls past its lease (while reading, or with a state write on its way), Identity Center's
+writes take as long as the JIT client allows, a cycle runs out of time, idsync is paused and resumed, and a worker and
 a cycle run inside each other's reads. The scheduled sync cycle runs every ``CYCLE`` (delta,
 and every fourth one full) and the PIM poller every ``POLL`` (and at any other moment); a hint that waited (for a
 token, or after a failed look; the worker's, or one the poller handed to the queue) comes back when due.
@@ -25,12 +26,14 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import ClassVar
 
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
+from idsync.adapters.identitystore import JIT_CALL_SECONDS
 from idsync.errors import DirectoryError, SchedulerError, StateError
 from idsync.ports import GRANT_SIGHTED, Hint
 from idsync.services.control import pause, resume
@@ -224,6 +227,59 @@ class PimMachine(RuleBasedStateMachine):
             self._look()
         finally:
             state.__dict__.pop("owned_memberships", None)
+
+    @rule(user=st.sampled_from(USERS), minutes=st.sampled_from([30, 60]))
+    def writer_stalls_before_a_state_write(self, user: str, minutes: int) -> None:
+        """A look's state write is on its way (no renewal before it: the lease had time left) and stalls past
+        the lease; meanwhile the user activates and another look takes the group over. The late write must
+        change nothing (the write and the lease check are one transaction)."""
+        state = self.world.state
+        stalled: list[str] = []
+        refusals = state.fenced_refusals
+
+        def stall(write: str) -> None:
+            stalled.append(write)
+            self.world.clock.current += timedelta(seconds=LEASE_SECONDS + 1)
+            self.activate(user, minutes, 1)
+
+        state.in_flight = stall
+        try:
+            self._look()
+        finally:
+            state.in_flight = None
+        assert not stalled or state.fenced_refusals > refusals, f"the stalled {stalled} was applied"
+
+    @rule(
+        user=st.sampled_from(USERS),
+        minutes=st.sampled_from([30, 60]),
+        seconds=st.integers(0, JIT_CALL_SECONDS),
+    )
+    def identity_center_slow(self, user: str, minutes: int, seconds: int) -> None:
+        """Every Identity Center write of one look takes ``seconds`` (at most the JIT client's bound); the user
+        activates during the first, and her notification's look comes while the slow look holds the group."""
+        identity = self.world.identity
+        calls: list[str] = []
+
+        def slow(name: str) -> Callable[..., object]:
+            call = getattr(identity, name)
+
+            def run(*args: object) -> object:
+                self.world.clock.current += timedelta(seconds=seconds)
+                calls.append(name)
+                if len(calls) == 1:
+                    self.activate(user, minutes, 1)
+                return call(*args)
+
+            return run
+
+        names = ("create_user", "create_membership", "delete_membership")
+        for name in names:
+            setattr(identity, name, slow(name))
+        try:
+            self._look()
+        finally:
+            for name in names:
+                delattr(identity, name)
 
     @rule(user=st.sampled_from(USERS), seconds=st.integers(1, 60), minutes=st.sampled_from([30, 60]))
     def listed_before_instance(self, user: str, seconds: int, minutes: int) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from idsync.adapters.identitystore import JIT_CALL_SECONDS
 from idsync.config import MappingSettings, ScopeSettings
 from idsync.errors import DirectoryError, SchedulerError, StateError
 from idsync.mapping import build_mappers
@@ -100,6 +101,7 @@ class PimWorld:
             self.clock,
             [GROUP],
             settle=timedelta(minutes=settle_minutes),
+            call_seconds=JIT_CALL_SECONDS,  # as the JIT functions' bounded client: keep renews only when needed
         )
         self.source = LinkedSource(self.graph, {GROUP} if assigned else set())
         self.cycle_service = CycleService(

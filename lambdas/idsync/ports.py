@@ -619,6 +619,17 @@ class PimDirectory(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class GroupRecords:
+    """``GrantStore.read_group``: a PIM group's grants and owned memberships (by user id), its owned group, and
+    those of the users asked for that are owned."""
+
+    grants: dict[str, AccessGrant]
+    memberships: dict[str, OwnedMembership]
+    group: OwnedGroup | None
+    users: dict[str, OwnedUser]
+
+
 @runtime_checkable
 class GrantStore(Protocol):
     """JIT state beside the sync state: grants, and point reads of what the sync state owns.
@@ -630,8 +641,18 @@ class GrantStore(Protocol):
 
     def owned_group(self, source_id: str) -> OwnedGroup | None: ...
 
+    def owned_for(self, group_id: str, user_ids: Sequence[str]) -> tuple[OwnedGroup | None, dict[str, OwnedUser]]:
+        """The owned group and those of the users that are owned (by source id), read together (one request
+        where the store can). Raises StateError."""
+        ...
+
     def owned_memberships(self, group_source_id: str) -> dict[str, OwnedMembership]:
         """The group's owned memberships, by user source id."""
+        ...
+
+    def read_group(self, group_id: str, user_ids: Sequence[str]) -> GroupRecords:
+        """What a run over one PIM group reads from the store: ``grants``, ``owned_memberships`` and ``owned_for``
+        (the requests sent at once where the store can). Raises StateError, ValueError for a malformed grant."""
         ...
 
     def grants(self, group_id: str) -> dict[str, AccessGrant]:
@@ -643,6 +664,22 @@ class GrantStore(Protocol):
     def record_grant(self, grant: AccessGrant) -> None: ...
 
     def forget_grant(self, group_id: str, user_id: str) -> None: ...
+
+    def append_logs_and_release(self, entries: Sequence[LogEntry], name: str, owner: str) -> None:
+        """A lease holder's last write: ``StateStore.append_logs`` then ``StateStore.release_lease`` (one request
+        where the store can). Raises ValueError, StateError."""
+        ...
+
+    def fenced(self, lease: str, owner: str) -> LeasedStore:
+        """A view of this store whose every write is applied only while ``owner`` holds the lease ``lease``
+        (expired or not, as ``StateStore.renew_lease`` has it), checked atomically with the write itself: once
+        another owner took the lease over, the write changes nothing and raises LeaseLost. Reads and
+        ``append_logs`` are the store's own."""
+        ...
+
+
+class LeasedStore(StateStore, GrantStore, Protocol):
+    """The state store and grant store seen by one lease holder (``GrantStore.fenced``)."""
 
 
 class ExpiryScheduler(Protocol):

@@ -352,16 +352,18 @@ def build_jit_service(
     counters: Counters | None = None,
     target: IdentityStore | None = None,
     writer: str = "jit",
+    call_seconds: float | None = None,
 ) -> JitService:
     """The JIT service (worker and expiry function): Graph, the Identity Store, the state store (which also
     keeps the grants), the shared token bucket and the expiry scheduler; any collaborator given replaces
     the default one. The Identity Store client built here draws from the rate budget as ``writer`` ("jit",
-    "expiry" or "poller": the JIT reserve is theirs), through ``bucket_store`` when given.
+    "expiry" or "poller": the JIT reserve is theirs), through ``bucket_store`` when given; its calls are bounded
+    (``JIT_CALL_SECONDS``). ``call_seconds``: the longest a call of a ``target`` given takes (None: unbounded).
     Raises ConfigError, TargetError (the identity store id cannot be discovered)."""
     from idsync.adapters.budget import attach_budget
     from idsync.adapters.graph import GraphClient
     from idsync.adapters.graph_pim import GraphPim
-    from idsync.adapters.identitystore import from_settings
+    from idsync.adapters.identitystore import JIT_CALL_SECONDS, from_settings
 
     counters = counters or Counters()
     user_mapper, _ = build_mappers(settings.mapping)
@@ -377,7 +379,7 @@ def build_jit_service(
     if target is None:
         bounded = from_settings(settings.identity_store, counters.aws, bounded=True)
         attach_budget(bounded.client, build_rate_budget(settings, writer, store=buckets))
-        target = bounded
+        target, call_seconds = bounded, JIT_CALL_SECONDS
     return JitService(
         directory,
         target,
@@ -389,6 +391,7 @@ def build_jit_service(
         scope,
         clock,
         settings.pim.groups,
+        call_seconds=call_seconds,
     )
 
 

@@ -40,8 +40,12 @@ SERVICE_OF = {
     "notify": "sns",
 }
 PLUMBING = {"_call", "_page", "_pages", "_update", "get_paginator"}
-# IAM authorizes some APIs under another action's name.
-IAM_ACTION_OF = {"sqs:SendMessageBatch": "sqs:SendMessage"}
+# IAM authorizes some APIs under other actions' names.
+IAM_ACTION_OF = {
+    "sqs:SendMessageBatch": ("sqs:SendMessage",),
+    # a transaction's items, by kind: the state store's transactions check the lease, put and delete
+    "dynamodb:TransactWriteItems": ("dynamodb:ConditionCheckItem", "dynamodb:PutItem", "dynamodb:DeleteItem"),
+}
 # Calls made with the function's role by the platform, not by idsync's code, and why.
 PLATFORM = {
     "logs:CreateLogStream": "Lambda writes the function's logs",
@@ -125,7 +129,8 @@ def _operations(tree: ast.AST, service: str) -> set[str]:
 def adapter_actions(module: str) -> set[str]:
     service = SERVICE_OF[module]
     tree = ast.parse((ADAPTERS / f"{module}.py").read_text(encoding="utf-8"))
-    return {IAM_ACTION_OF.get(f"{service}:{op}", f"{service}:{op}") for op in _operations(tree, service)}
+    operations = [f"{service}:{op}" for op in _operations(tree, service)]
+    return {action for op in operations for action in IAM_ACTION_OF.get(op, (op,))}
 
 
 def identity_store_methods() -> dict[str, set[str]]:
@@ -224,7 +229,9 @@ def test_every_granted_action_is_called_by_the_functions_code_or_its_platform(
 def test_the_scan_sees_the_adapters_calls() -> None:
     # the scan itself must find what is plainly there, or the tests above prove nothing
     assert adapter_actions("scheduler") == {"scheduler:CreateSchedule", "scheduler:DeleteSchedule"}
-    assert "dynamodb:BatchWriteItem" in adapter_actions("dynamodb_state")
+    assert {"dynamodb:BatchWriteItem", "dynamodb:BatchGetItem", "dynamodb:ConditionCheckItem"} <= adapter_actions(
+        "dynamodb_state"
+    )
     assert adapter_actions("sqs_queue") == {"sqs:SendMessage"}
     assert identity_store_methods()["find_membership"] == {"GetGroupMembershipId"}
     assert identity_store_methods()["update_user"] == {"UpdateUser"}

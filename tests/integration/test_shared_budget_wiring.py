@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import boto3
 import pytest
 
+from idsync.adapters.identitystore import JIT_CALL_SECONDS
 from idsync.config import Settings, parse_settings
+from idsync.services.jit import CLOCK_MARGIN_SECONDS, LEASE_SECONDS
 from idsync.services.rate_budget import TokenRateBudget
 from idsync.services.shared_budget import SharedRateBudget, WriterClass
 from idsync.wiring import build_jit_service, build_rate_budget
@@ -71,3 +74,14 @@ def test_the_jit_functions_calls_draw_from_the_shared_budget_item(
     item = boto3.client("dynamodb").get_item(TableName=TABLE, Key=BUDGET_KEY, ConsistentRead=True)["Item"]
     assert item["version"] == {"N": "2"}
     assert int(item["micro_tokens"]["N"]) >= 7_000_000  # 9 - 2, and whatever refilled since
+
+
+def test_the_jit_functions_bounded_client_lets_a_lease_skip_renewals_and_a_given_client_renews_every_time(
+    dynamodb: Any,  # noqa: F811 -- the fixture imported above
+) -> None:
+    own = build_jit_service(settings("dynamodb"), scheduler=FakeScheduler())
+    assert own.call_seconds == JIT_CALL_SECONDS
+    assert own.lease("g").renew_below == timedelta(seconds=JIT_CALL_SECONDS + CLOCK_MARGIN_SECONDS)
+    given = build_jit_service(settings("dynamodb"), scheduler=FakeScheduler(), target=own.target)
+    assert given.call_seconds is None  # the sync cycle's client: its calls are not bounded
+    assert given.lease("g").renew_below == timedelta(seconds=LEASE_SECONDS)

@@ -7,11 +7,12 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from idsync.adapters.identitystore import jit_client_config
+from idsync.adapters.identitystore import JIT_CALL_SECONDS, jit_client_config
 from idsync.errors import DirectoryError, LeaseLost, SchedulerError, StateError
 from idsync.services.control import pause
 from idsync.services.cycle import CycleOptions
-from idsync.services.jit import LEASE_SECONDS
+from idsync.services.jit import CLOCK_MARGIN_SECONDS, LEASE_SECONDS, GroupLease
+from tests.fakes import FencedJitState
 from tests.pim_world import ADA, BOB, GROUP, PimWorld
 
 
@@ -91,7 +92,48 @@ def test_the_jit_identity_store_client_answers_well_within_the_group_lease() -> 
     attempts = retries["total_max_attempts"]
     worst = attempts * (config.connect_timeout + config.read_timeout) + 2 ** (attempts - 1)
     assert retries["mode"] == "standard"
-    assert worst <= LEASE_SECONDS / 2
+    assert worst <= JIT_CALL_SECONDS
+    assert JIT_CALL_SECONDS + CLOCK_MARGIN_SECONDS < LEASE_SECONDS  # else every keep renews
+
+
+def test_keep_renews_only_when_the_lease_would_not_outlast_the_next_call_and_the_margin() -> None:
+    world = PimWorld()
+    lease = GroupLease(world.state, GROUP, world.clock, LEASE_SECONDS, JIT_CALL_SECONDS)
+    assert lease.acquire()
+    spare = LEASE_SECONDS - JIT_CALL_SECONDS - CLOCK_MARGIN_SECONDS
+    world.clock.advance(spare - 1)
+    lease.keep()
+    assert world.state.renewals == 0
+    world.clock.advance(1)  # exactly the call and the margin left: not more than needed, so renew
+    lease.keep()
+    assert world.state.renewals == 1
+    assert world.state.leases[lease.name] == (lease.owner, world.clock.now() + timedelta(seconds=LEASE_SECONDS))
+    unbounded = GroupLease(world.state, "another", world.clock, LEASE_SECONDS)
+    assert unbounded.acquire()
+    unbounded.keep()  # a client without a bound: every call renews first
+    assert world.state.renewals == 2
+
+
+def test_an_activation_under_a_fresh_lease_renews_nothing_and_every_state_write_is_fenced() -> None:
+    world = PimWorld()
+    world.cycle()
+    world.graph.grant("i1", ADA, world.clock.now(), 30)
+    views: list[FencedJitState] = []
+    fenced = world.state.fenced
+
+    def watched(lease: str, owner: str) -> FencedJitState:
+        views.append(fenced(lease, owner))
+        return views[-1]
+
+    world.state.fenced = watched  # type: ignore[method-assign]
+    state = world.state
+    renewals, grant_writes, records = state.renewals, state.grant_writes, state.records
+    outcome = world.look()
+    assert [a.user_id for a in outcome.activations] == [ADA]
+    assert state.renewals == renewals
+    assert [write for view in views for write in view.applied] == ["record_grant", "record_membership"]
+    assert (state.grant_writes - grant_writes, state.records - records) == (1, 1)  # nothing written unfenced
+    assert state.leases == {}  # released
 
 
 def _extended_then_paused(world: PimWorld) -> datetime:

@@ -49,3 +49,31 @@ def test_the_model_keeps_listing_an_activation_that_ran_out_unapplied_past_the_s
     assert user not in graph.listed[GROUP]
     assert not machine.world.is_member(user)
     assert machine.world.phase(user) is None
+
+
+def test_a_state_write_that_stalls_past_the_lease_is_refused_and_the_new_holder_applies_both() -> None:
+    machine = PimMachine()
+    machine.provision()
+    first, second = USERS[0], USERS[1]
+    machine.activate(first, 30, 0)  # its notification lost: the stalled look is the first to see it
+    state = machine.world.state
+    machine.writer_stalls_before_a_state_write(second, 30)
+    assert state.fenced_refusals == 1  # the stalled look's write-ahead grant of the first user
+    assert machine.world.is_member(first)
+    assert machine.world.is_member(second)
+    assert machine.world.phase(first) == "active"
+    assert machine.world.phase(second) == "active"
+
+
+def test_identity_center_writes_at_the_clients_bound_keep_the_lease_by_renewing_it() -> None:
+    machine = PimMachine()
+    machine.provision()
+    machine.activate(USERS[0], 30, 0)
+    machine.activate(USERS[1], 30, 0)
+    renewals = machine.world.state.renewals
+    machine.identity_center_slow(USERS[2], 30, 30)
+    assert machine.world.is_member(USERS[0])
+    assert machine.world.is_member(USERS[1])
+    assert machine.world.state.renewals > renewals  # 30 s per call: the second call needed a renewal first
+    machine.time_passes(seconds=2, lag=0)  # the busy look's hint comes back
+    assert machine.world.is_member(USERS[2])

@@ -300,3 +300,44 @@ def test_a_token_given_back_is_there_again_and_never_above_capacity() -> None:
     assert full.give_back() is True
     assert full.give_back() is True
     assert sum(isinstance(full.try_take(), Grant) for _ in range(7)) == 5
+
+
+class CountingStore(MemoryBucketStore):
+    """Counts the reads, as DynamoDB GetItem calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loads = 0
+
+    def load(self, name: str) -> BucketState | None:
+        self.loads += 1
+        return super().load(name)
+
+
+def test_a_take_starts_from_the_state_this_worker_wrote_and_a_stale_one_never_spends_a_token_twice() -> None:
+    clock, store = FakeClock(T0), CountingStore()
+    one = TokenBucket(store, clock, BucketPolicy(capacity=2, refill=1, period_seconds=60.0))
+    other = TokenBucket(store, clock, BucketPolicy(capacity=2, refill=1, period_seconds=60.0))
+    assert isinstance(one.try_take("g1"), Grant)
+    loads = store.loads
+    assert isinstance(one.try_take("g1"), Grant)  # from its own last write: one conditional write, no read
+    assert store.loads == loads
+    # the other worker's view is stale (never read): it reads, and finds the bucket empty
+    assert isinstance(other.try_take("g2"), Wait)
+    assert one.give_back()  # one worker returns a token; the other's cached state does not show it
+    assert isinstance(other.try_take("g2"), Grant)  # its stale write fails, it reads and takes the token
+    assert isinstance(one.try_take(), Wait)  # an answer that writes nothing is decided on a fresh read
+    assert store.buckets["activations"].micro_tokens == 0
+    assert store.writes == 5  # two takes, a place in line, the give back, the take that served g2
+
+
+def test_a_worker_that_saw_no_token_reads_again_before_it_answers_wait() -> None:
+    clock, store = FakeClock(T0), CountingStore()
+    policy = BucketPolicy(capacity=1, refill=1, period_seconds=60.0)
+    one, other = TokenBucket(store, clock, policy), TokenBucket(store, clock, policy)
+    assert isinstance(one.try_take(), Grant)
+    assert isinstance(other.try_take(), Wait)
+    assert one.give_back()
+    assert isinstance(other.try_take(), Grant), "a wait from a stale state would make it wait for nothing"
+    other.leave("absent")  # no place in line: nothing written
+    assert store.writes == 3

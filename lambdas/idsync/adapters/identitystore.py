@@ -109,10 +109,14 @@ def retry_config(max_attempts: int) -> Config:
     return Config(retries={"mode": "adaptive", "max_attempts": max_attempts})
 
 
+JIT_CALL_SECONDS = 30  # the longest a call of ``jit_client_config``'s client takes: 2 x (3 + 10) s + a backoff
+
+
 def jit_client_config() -> Config:
     """The JIT functions' bounded client: every call answers (or fails) within 2 x (3 + 10) s plus one
-    backoff, well inside the PIM group's 60 s lease, which is renewed before and after each call. Standard
-    retries: the adaptive mode's client-side rate limiter may wait without bound."""
+    backoff (``JIT_CALL_SECONDS``), well inside the PIM group's 60 s lease, which a writer holds for at least
+    that long (plus a margin) before each call. Standard retries: the adaptive mode's client-side rate limiter
+    may wait without bound."""
     return Config(connect_timeout=3, read_timeout=10, retries={"mode": "standard", "total_max_attempts": 2})
 
 

@@ -14,6 +14,7 @@ user_version`` holds the schema version.
 
 from __future__ import annotations
 
+import copy
 import json
 import sqlite3
 import sys
@@ -28,9 +29,9 @@ from idsync.adapters.state_codec import encode_json as _encode
 from idsync.adapters.state_codec import epoch as _epoch
 from idsync.adapters.state_codec import log_time as _log_time
 from idsync.adapters.state_codec import time_key as _time_key
-from idsync.errors import StateError
+from idsync.errors import LeaseLost, StateError
 from idsync.model import LogEntry, OwnedGroup, OwnedMembership, OwnedUser, Ownership
-from idsync.ports import AccessGrant, OwnershipWrite
+from idsync.ports import AccessGrant, GroupRecords, OwnershipWrite
 
 SCHEMA_VERSION = 1
 
@@ -94,6 +95,7 @@ class SqliteStateStore:
         self._path = Path(path)
         self._retention = timedelta(days=log_retention_days)
         self._lock = threading.Lock()
+        self._fence: tuple[str, str] | None = None  # (lease, owner): see ``fenced``
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
             # isolation_level=None: autocommit, so every statement outside BEGIN commits on return
@@ -188,6 +190,7 @@ class SqliteStateStore:
         if not statements:
             return
         with self._transaction("BEGIN IMMEDIATE") as conn:
+            self._check_fence(conn)
             for sql, params in statements:
                 conn.execute(sql, params)
 
@@ -291,6 +294,14 @@ class SqliteStateStore:
             ).fetchone()
         return OwnedGroup(*row) if row else None
 
+    def owned_for(self, group_id: str, user_ids: Sequence[str]) -> tuple[OwnedGroup | None, dict[str, OwnedUser]]:
+        users = {source_id: owned for source_id in user_ids if (owned := self.owned_user(source_id)) is not None}
+        return self.owned_group(group_id), users
+
+    def read_group(self, group_id: str, user_ids: Sequence[str]) -> GroupRecords:
+        group, users = self.owned_for(group_id, user_ids)
+        return GroupRecords(self.grants(group_id), self.owned_memberships(group_id), group, users)
+
     def owned_memberships(self, group_source_id: str) -> dict[str, OwnedMembership]:
         with self._connection() as conn:
             rows = conn.execute(
@@ -325,9 +336,35 @@ class SqliteStateStore:
     def _cutoff_key(self) -> str:
         return _time_key(datetime.now(UTC) - self._retention)
 
+    def append_logs_and_release(self, entries: Sequence[LogEntry], name: str, owner: str) -> None:
+        """The entries, then the release (a lease another owner holds is left alone). Raises ValueError, StateError."""
+        self.append_logs(entries)
+        self.release_lease(name, owner)
+
+    def fenced(self, lease: str, owner: str) -> SqliteStateStore:
+        """This store seen by the holder of ``lease``: every write runs in one transaction with a check that
+        ``owner`` still holds the lease, so a writer that lost it writes nothing (LeaseLost); the same file."""
+        view = copy.copy(self)
+        view._fence = (lease, owner)
+        return view
+
     def _execute(self, sql: str, params: Sequence[Any]) -> None:
-        with self._connection() as conn:
+        if self._fence is None:
+            with self._connection() as conn:
+                conn.execute(sql, params)
+            return
+        with self._transaction("BEGIN IMMEDIATE") as conn:
+            self._check_fence(conn)
             conn.execute(sql, params)
+
+    def _check_fence(self, conn: sqlite3.Connection) -> None:
+        """Inside a write transaction: raises LeaseLost unless this view's owner holds its lease."""
+        if self._fence is None:
+            return
+        lease, owner = self._fence
+        row = conn.execute("SELECT owner FROM leases WHERE name = ?", (lease,)).fetchone()
+        if row is None or row[0] != owner:
+            raise LeaseLost(f"lease {lease} was taken over by another writer: write not applied")
 
     @contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:

@@ -9,7 +9,9 @@ sync cycle's ``CyclePass``) does the same thing, ``_Run.reconcile``, under the g
 2. read Graph (direct members, assignment schedule instances), idsync's grants and owned memberships,
    all after the lease is held, so nothing read is older than the last write to the group;
 3. decide with the one rule, ``idsync.pim.judge_group``;
-4. write, renewing the lease before every write (``LeaseLost`` stops the run: the new holder decides):
+4. write under the lease's fence (``GroupLease``: every state write checks the lease in the same transaction,
+   and an external call goes out only while the lease outlasts it; ``LeaseLost`` stops the run: the new
+   holder decides):
    removals first (never metered), then grants recorded or moved, then additions. An activation checks
    that the user can be provisioned (enabled, in scope, mapped) even when Identity Center holds them,
    takes a token, records its grant *before* writing (so a crash leaves a grant the next run completes,
@@ -21,6 +23,13 @@ Whoever applies an activation (worker or cycle) records its grant and schedules 
 that fires while the grant is still active (clock skew, an extension) re-arms its schedule: EventBridge
 Scheduler deletes a one-time schedule once it has fired. The cycle also re-arms every active grant's
 schedule, so one lost schedule costs at most one cycle interval.
+
+What a look costs the state table (DynamoDB) when it applies one activation of a provisioned user: the lease
+(one conditional write); the grants, the owned memberships, the group and the user (two Queries and one
+BatchGetItem, sent at once); the activation token (one conditional write, from the bucket state this worker
+last wrote); the write-ahead grant (one transaction with the lease check); the shared budget's token for the
+Identity Store call (a read and a conditional write); the membership record (one transaction); the log
+entries and the release (one transaction). Ten calls, eight of them one after the other.
 """
 
 from __future__ import annotations
@@ -68,6 +77,7 @@ from idsync.ports import (
     Hint,
     HintRetry,
     IdentityStore,
+    LeasedStore,
     PimDirectory,
     StateStore,
 )
@@ -81,10 +91,12 @@ logger = logging.getLogger(__name__)
 # for tokens never carries it past the queue's maxReceiveCount (50) into the dead-letter queue.
 RESEND_AFTER_RECEIVES = 40
 LEASE_PREFIX = "pim:"
-LEASE_SECONDS = 60  # renewed before every write; a crashed holder blocks the group at most this long
+LEASE_SECONDS = 60  # a crashed holder blocks the group at most this long
+CLOCK_MARGIN_SECONDS = 10  # leases compare clocks of different processes (NTP keeps them within milliseconds)
 LEASE_RETRY_SECONDS = 1.0  # a look that found the group's lease held comes back this soon
 SIGHTING_RECHECK_SECONDS = 30.0  # Graph may list an activated user before her instance: look again this soon
 EXPIRY_RETRY = timedelta(minutes=1)  # an expiry that could not run (lease held, fired early) fires again
+READ_AHEAD_USERS = 99  # a run reads this many users with its group's records at most (one BatchGetItem)
 
 
 class UserMapping(Protocol):
@@ -107,32 +119,58 @@ class UserScope(Protocol):
 
 
 class GroupLease:
-    """One writer's hold on one PIM group: taken before reading, renewed before every write, released after.
+    """One writer's hold on one PIM group: taken before reading, kept before every external call, released after.
 
-    Built on ``StateStore.acquire_lease`` (one conditional write: of two writers racing, one loses).
-    ``keep`` raises LeaseLost once another writer took the lease over, so a stale read never overwrites a
-    fresher decision.
+    Built on ``StateStore.acquire_lease`` (one conditional write: of two writers racing, one loses). Nobody else
+    can take the lease before it expires, so the holder knows how long it still holds it without asking the
+    store. The fence, two halves:
+
+    - a state write is applied only while this owner holds the lease, checked atomically with the write itself
+      (``GrantStore.fenced``): a writer whose lease was taken over writes nothing, however late its write lands;
+    - an external call (Identity Center, the scheduler) cannot carry that check, so ``keep`` runs before each:
+      the call is sent only while the lease is held for longer than the call can take (``call_seconds``, the
+      client's timeouts and retries) plus ``CLOCK_MARGIN_SECONDS``; when less is left, it renews first (one
+      conditional write, which fails once another writer took the lease over).
+
+    ``call_seconds`` None (a client whose calls are not bounded): ``keep`` renews every time.
     """
 
-    def __init__(self, state: StateStore, group_id: str, clock: Clock, seconds: int = LEASE_SECONDS) -> None:
+    def __init__(
+        self,
+        state: StateStore,
+        group_id: str,
+        clock: Clock,
+        seconds: int = LEASE_SECONDS,
+        call_seconds: float | None = None,
+    ) -> None:
         self.state = state
         self.name = f"{LEASE_PREFIX}{group_id.lower()}"
         self.owner = uuid.uuid4().hex
         self.clock = clock
         self.seconds = seconds
+        need = seconds if call_seconds is None else call_seconds + CLOCK_MARGIN_SECONDS
+        self.renew_below = timedelta(seconds=need)
+        self.expires: datetime | None = None  # as this writer last wrote it (its own clock)
         self.held = False
 
     def acquire(self) -> bool:
         """True when this writer now holds the lease. Raises StateError."""
-        self.held = self.state.acquire_lease(self.name, self.owner, self.clock.now(), self.seconds)
+        now = self.clock.now()
+        self.held = self.state.acquire_lease(self.name, self.owner, now, self.seconds)
+        self.expires = now + timedelta(seconds=self.seconds) if self.held else None
         return self.held
 
     def keep(self) -> None:
-        """Renew before a write and after every external call. Raises LeaseLost once another writer took the lease
-        over (even one that released it since: the renewal is conditioned on this owner), StateError."""
-        if not self.held or not self.state.renew_lease(self.name, self.owner, self.clock.now(), self.seconds):
+        """Before an external call: hold the lease for longer than ``renew_below`` from now, renewing it when less
+        is left. Raises LeaseLost when not held, or once another writer took the lease over (even one that
+        released it since: the renewal is conditioned on this owner), StateError."""
+        now = self.clock.now()
+        if self.held and self.expires is not None and self.expires - now > self.renew_below:
+            return
+        if not self.held or not self.state.renew_lease(self.name, self.owner, now, self.seconds):
             self.held = False
             raise LeaseLost(f"lease {self.name} was taken over by another writer")
+        self.expires = now + timedelta(seconds=self.seconds)
 
     def release(self) -> None:
         if self.held:
@@ -191,7 +229,13 @@ class JitOutcome:
 
 
 class JitService:
-    """Applies PIM for Groups activations and expiries for the configured PIM groups."""
+    """Applies PIM for Groups activations and expiries for the configured PIM groups.
+
+    ``state`` and ``grants`` are one store (the same file or table): a run writes through ``grants.fenced``.
+    ``call_seconds``: the longest a call of ``target`` can take (see ``GroupLease``; None when unbounded, e.g. the
+    sync cycle's client). A schedule call that lands late does no harm: an expiry judges again under the lease,
+    and the cycle re-arms every active grant's schedule.
+    """
 
     def __init__(
         self,
@@ -207,6 +251,7 @@ class JitService:
         pim_groups: Iterable[str],
         settle: timedelta = SETTLE,
         lease_seconds: int = LEASE_SECONDS,
+        call_seconds: float | None = None,
     ) -> None:
         self.directory = directory
         self.target = target
@@ -219,6 +264,7 @@ class JitService:
         self.clock = clock
         self.settle = settle
         self.lease_seconds = lease_seconds
+        self.call_seconds = call_seconds
         self._groups = {group.lower(): group for group in pim_groups}
 
     @property
@@ -231,7 +277,7 @@ class JitService:
         return self._groups.get(group_id.lower())
 
     def lease(self, group_id: str) -> GroupLease:
-        return GroupLease(self.state, group_id, self.clock, self.lease_seconds)
+        return GroupLease(self.state, group_id, self.clock, self.lease_seconds, self.call_seconds)
 
     def look(self, group_id: str, paused: bool = False) -> JitOutcome:
         """Bring IAM Identity Center in line with the rule for one PIM group: removals first, then activations
@@ -264,10 +310,10 @@ class JitService:
                 waits = run.outcome.wait_seconds
                 run.outcome.wait_seconds = min(waits, SIGHTING_RECHECK_SECONDS) if waits else SIGHTING_RECHECK_SECONDS
         finally:
-            run.flush()
-            lease.release()
-        if run.outcome.wait_seconds is None:
-            self.bucket.leave(group)  # nothing of this group waits for a token any more
+            run.finish(lease)
+        if run.outcome.wait_seconds is None and not run.served:
+            # nothing of this group waits for a token any more (a take that served it took it out of the line)
+            self.bucket.leave(group)
         return run.outcome
 
     def expire(self, group_id: str, user_id: str) -> JitOutcome:
@@ -295,8 +341,7 @@ class JitService:
         try:
             run.settle(lease, adds=False, rearm=(user_id,), only=user_id)
         finally:
-            run.flush()
-            lease.release()
+            run.finish(lease)
         return run.outcome
 
     @contextmanager
@@ -360,7 +405,8 @@ class CyclePass:
         return outcomes
 
     def keep(self) -> bool:
-        """Renew every held lease; False when one was lost (the caller must stop writing). Raises StateError."""
+        """Keep every held lease (``GroupLease.keep``); False when one was lost (the caller must stop writing).
+        Raises StateError."""
         try:
             for lease in self.leases.values():
                 lease.keep()
@@ -391,6 +437,9 @@ class _Run:
         self.entries: list[LogEntry] = []
         self._group: OwnedGroup | None = None
         self.lease: GroupLease | None = None
+        self._store: LeasedStore | None = None
+        self._users: dict[str, OwnedUser | None] = {}  # read ahead for the additions: each used once
+        self.served = False  # a token was taken for ``waiter``: that take also took it out of the line
         # a look's hint waits in the token line under its group's name; the cycle takes only unreserved tokens
         self.waiter: str | None = None
         self.scheduler_errors_raise = False  # an expiry's schedule is its only trigger: failing it must retry
@@ -405,11 +454,16 @@ class _Run:
         least-privilege test reads it).
         Raises DirectoryError, StateError, LeaseLost."""
         service = self.service
-        self.lease = lease
+        self.hold(lease)
         members = service.directory.members(self.group_id)
         instances = service.directory.instances(self.group_id, only)
-        records = service.grants.grants(self.group_id)
-        owned = service.grants.owned_memberships(self.group_id)
+        # the users an addition may need (read with the records, when few): listed members, active principals
+        candidates = sorted(members | {i.principal_id for i in instances}) if adds else []
+        ahead = candidates if len(candidates) <= READ_AHEAD_USERS else []
+        read = self.store.read_group(self.group_id, ahead)
+        records, owned = read.grants, read.memberships
+        self._group = read.group
+        self._users = {user_id: read.users.get(user_id) for user_id in ahead}
         judged = judge_group(self.group_id, members, instances, records, owned, self.now, settle=service.settle)
         if only is not None:
             judged = [(facts, verdict) for facts, verdict in judged if facts.user_id == only]
@@ -442,10 +496,26 @@ class _Run:
             return []
         return additions
 
+    def hold(self, lease: GroupLease) -> None:
+        """Write under ``lease`` from now on (every state write fenced by it)."""
+        self.lease = lease
+        self._store = self.service.grants.fenced(lease.name, lease.owner)
+
+    @property
+    def store(self) -> LeasedStore:
+        """The state store as this run's lease holder sees it (``GrantStore.fenced``)."""
+        assert self._store is not None, "a run writes only under a lease (hold)"
+        return self._store
+
     def apply_additions(self, additions: list[tuple[Facts, Verdict]]) -> None:
         """Apply what ``reconcile`` found to add, while tokens last. Raises StateError, LeaseLost."""
         # the longest-waiting activation first; permanent members are not metered and come last
         additions.sort(key=lambda a: (not a[1].activation, latest_start(a[0].active) or self.now, a[0].user_id))
+        wanted = [facts.user_id for facts, _ in additions if facts.user_id not in self._users]
+        if wanted:
+            group, users = self.store.owned_for(self.group_id, wanted)
+            self._group = self._group or group
+            self._users |= {user_id: users.get(user_id) for user_id in wanted}
         metered = True
         for facts, verdict in additions:
             if verdict.activation and not metered:
@@ -457,8 +527,8 @@ class _Run:
         """Graph unreadable: remove the membership of every non-standing grant whose recorded end is past (its
         expiry never ran), keeping an ended marker so that the first run with Graph back re-adds only a grant
         that was extended meanwhile. Raises StateError; stops quietly when the lease is lost."""
-        self.lease = lease
-        grants = self.service.grants
+        self.hold(lease)
+        grants = self.store
         owned = grants.owned_memberships(self.group_id)
         stamp = self.now.astimezone(UTC).isoformat()
         for user, record in sorted(grants.grants(self.group_id).items()):
@@ -486,7 +556,7 @@ class _Run:
     def _remove(self, facts: Facts, verdict: Verdict, owned: OwnedMembership) -> None:
         service = self.service
         self._keep_lease()
-        user = service.grants.owned_user(facts.user_id)
+        user = self.store.owned_user(facts.user_id)
         name = f"{self._group_display()} <- {user.user_name if user else facts.user_id}"
         source = f"{self.group_id}:{facts.user_id}"
         try:
@@ -494,8 +564,8 @@ class _Run:
         except TargetError as error:
             self._log("membership", "delete", Status.FAILURE, source, name, owned.membership_id, error=str(error))
             raise
-        self._keep_lease()  # the call may have outlived the lease: a new holder decides then
-        service.state.forget_membership(self.group_id, facts.user_id)
+        # fenced: the call may have outlived the lease, and a new holder decides then
+        self.store.forget_membership(self.group_id, facts.user_id)
         self._log("membership", "delete", Status.SUCCESS, source, name, owned.membership_id)
         self.outcome.removals.append(facts.user_id)
         logger.info(
@@ -515,7 +585,7 @@ class _Run:
         """Remove the membership Identity Center holds for an ended grant that idsync never recorded, then write
         the record as the rule says. Raises TargetError, StateError, LeaseLost, SchedulerError."""
         service = self.service
-        user = service.grants.owned_user(facts.user_id)
+        user = self.store.owned_user(facts.user_id)
         group = self._owned_group()
         found = None
         if user is not None and group is not None:
@@ -561,12 +631,11 @@ class _Run:
         after = new.end if new is not None and new.active else None
         if after is not None and after != before:
             service.scheduler.set(self.group_id, user_id, after, before)
-            self._keep_lease()
         if new is not None:
             if not new.same_terms(old):
-                service.grants.record_grant(new)
+                self.store.record_grant(new)
         elif old is not None:
-            service.grants.forget_grant(self.group_id, user_id)
+            self.store.forget_grant(self.group_id, user_id)
         if before is not None and after is None:
             service.scheduler.clear(self.group_id, user_id, before)
 
@@ -588,6 +657,7 @@ class _Run:
             return True
         if verdict.activation:
             taken = service.bucket.try_take(self.waiter)
+            self.served = not isinstance(taken, Wait)
             if isinstance(taken, Wait):
                 self.outcome.wait_seconds = taken.seconds
                 logger.info(
@@ -620,10 +690,9 @@ class _Run:
         """Record the grant, provision the user if needed, add the membership. Raises TargetError, LeaseLost."""
         service = self.service
         user_id = facts.user_id
-        self._keep_lease()
         if verdict.record is not None:
-            service.grants.record_grant(verdict.record)  # write-ahead: an active grant protects the user
-        owned_user = service.grants.owned_user(user_id)
+            self.store.record_grant(verdict.record)  # write-ahead: an active grant protects the user
+        owned_user = self._users.pop(user_id) if user_id in self._users else self.store.owned_user(user_id)
         provisioned = owned_user is None
         if owned_user is None:
             self._keep_lease()
@@ -631,7 +700,7 @@ class _Run:
         self._keep_lease()
         self._add_membership(owned_user)
         if verdict.record is None and facts.record is not None:
-            service.grants.forget_grant(self.group_id, user_id)  # a settled sighting: now a permanent member
+            self.store.forget_grant(self.group_id, user_id)  # a settled sighting: now a permanent member
         latency = None
         if verdict.activation:
             start = latest_start(facts.active)
@@ -655,7 +724,7 @@ class _Run:
 
     def _owned_group(self) -> OwnedGroup | None:
         if self._group is None:
-            self._group = self.service.grants.owned_group(self.group_id)
+            self._group = self.store.owned_group(self.group_id)
         return self._group
 
     def _group_ready(self) -> bool:
@@ -700,23 +769,21 @@ class _Run:
         """Create the user, or adopt the one holding its userName, and record it as the sync cycle does.
 
         Raises TargetError (logged against the user)."""
-        service = self.service
+        service, store = self.service, self.store
         targets: dict[str, str] = {}
         if user.manager_source_id:
-            manager = service.grants.owned_user(user.manager_source_id)
+            manager = store.owned_user(user.manager_source_id)
             if manager is not None:
                 targets[user.manager_source_id] = manager.target_id
         doc = desired_doc_for_create(user, targets)
         intent = jit_intent_key(self.group_id)
         try:
             # a create this group's writer sent before a crash is settled before this one is intended
-            resolve_intent(service.state, service.target, key=intent)
-            recorded = service.grants.owned_user(user.source_id)
+            resolve_intent(store, service.target, key=intent)
+            recorded = store.owned_user(user.source_id)
             if recorded is not None:
                 return recorded
-            service.state.put_item(
-                intent, {"kind": "user", "source_id": user.source_id, "name": user.user_name, "doc": doc}
-            )
+            store.put_item(intent, {"kind": "user", "source_id": user.source_id, "name": user.user_name, "doc": doc})
             try:
                 target_id = service.target.create_user(user.user_name, doc)
                 action, changes = "create", tuple(AttributeChange(k, None, v) for k, v in sorted(doc.items()))
@@ -725,13 +792,13 @@ class _Run:
                 existing = service.target.find_user(user.user_name)
                 if existing is None:
                     raise
-                recorded = service.grants.owned_user(user.source_id)
+                recorded = store.owned_user(user.source_id)
                 if recorded is not None and recorded.target_id == existing:
-                    service.state.delete_item(intent)
+                    store.delete_item(intent)
                     return recorded  # another writer (the sync cycle) created and recorded it meanwhile
-                holders = sorted(s for s, o in service.state.load_ownership().users.items() if o.target_id == existing)
+                holders = sorted(s for s, o in store.load_ownership().users.items() if o.target_id == existing)
                 if holders:
-                    service.state.delete_item(intent)
+                    store.delete_item(intent)
                     raise TargetConflict(
                         f"user {user.user_name}: userName is held by IAM Identity Center user {existing}, which "
                         f"idsync manages for Entra user {holders[0]}; the sync cycle settles the names"
@@ -750,9 +817,8 @@ class _Run:
             manager_source_id=user.manager_source_id,
             fingerprint=user.fingerprint(),
         )
-        self._keep_lease()
-        service.state.record_user(owned)
-        service.state.delete_item(intent)
+        store.record_user(owned)
+        store.delete_item(intent)
         self._log("user", action, Status.SUCCESS, user.source_id, user.user_name, target_id, changes)
         return owned
 
@@ -776,8 +842,7 @@ class _Run:
         except TargetError as error:
             self._log("membership", "create", Status.FAILURE, source, name, error=str(error))
             raise
-        self._keep_lease()
-        service.state.record_membership(OwnedMembership(self.group_id, user.source_id, membership_id))
+        self.store.record_membership(OwnedMembership(self.group_id, user.source_id, membership_id))
         changes = (AttributeChange("members", None, user.target_id),) if action == "create" else ()
         self._log("membership", action, Status.SUCCESS, source, name, membership_id, changes)
 
@@ -820,6 +885,15 @@ class _Run:
                 error=error,
             )
         )
+
+    def finish(self, lease: GroupLease) -> None:
+        """The run's log entries and the release of ``lease``, in one write where the store can. Raises StateError."""
+        entries, self.entries = self.entries, []
+        if lease.held:
+            lease.held = False
+            self.service.grants.append_logs_and_release(entries, lease.name, lease.owner)
+        elif entries:
+            self.service.state.append_logs(entries)
 
     def flush(self) -> None:
         if self.entries:

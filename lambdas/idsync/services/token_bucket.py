@@ -17,6 +17,10 @@ waiting and ``r = refill / period`` tokens a second, a hint waits at most ``W / 
 lateness of the hints ahead of it coming back, which the line forgives for at most ``WAITER_GRACE``:
 a waiter not back by ``due + WAITER_GRACE`` (its hint lost, its worker crashed) is dropped from the line.
 
+Reads: a take starts from the state this process last read or wrote (an activation's take is then one
+conditional write); a stale one only costs the failed write and a read. Every answer that writes nothing
+(a wait without a place in line, a waiter not in line) is decided on a state read afresh.
+
 Arithmetic is in integers (millionths of a token, microseconds), so refills and waits are exact;
 the only rounding is down, by less than a millionth of a token per take, which never over-grants.
 """
@@ -137,6 +141,25 @@ class TokenBucket:
         self._policy = policy
         self._name = name
         self._max_attempts = max(1, max_attempts)
+        self._known: BucketState | None = None
+        self._read = False  # ``_known`` holds what this process last read or wrote
+
+    def _begin(self) -> tuple[BucketState | None, bool]:
+        """The state a compare-and-set starts from, and whether it was read just now."""
+        if self._read:
+            return self._known, False
+        return self._load(), True
+
+    def _load(self) -> BucketState | None:
+        self._known, self._read = self._store.load(self._name), True
+        return self._known
+
+    def _replace(self, expected: BucketState | None, new: BucketState) -> bool:
+        if self._store.replace(self._name, expected, new):
+            self._known, self._read = new, True
+            return True
+        self._read = False
+        return False
 
     def try_take(self, waiter: str | None = None) -> Grant | Wait:
         """Take one token for one activation, at the injected clock's now, in line order.
@@ -146,7 +169,7 @@ class TokenBucket:
         Returns Grant, or Wait with the time until its turn. Removals must never call this: they are not
         metered. Raises StateError when the store cannot be read or written.
         """
-        state = self._store.load(self._name)
+        state, fresh = self._begin()
         for _ in range(self._max_attempts):
             now_us = to_micros(self._clock.now())
             tokens = available(state, now_us, self._policy)
@@ -158,14 +181,17 @@ class TokenBucket:
             if tokens >= (ahead + 1) * SCALE:
                 rest = tuple(w for w in line if w is not mine)
                 new = BucketState(tokens - SCALE, updated_us, version, rest)
-                if self._store.replace(self._name, state, new):
+                if self._replace(state, new):
                     return Grant(tokens_left=new.micro_tokens / SCALE)
-                state = self._store.load(self._name)
+                state, fresh = self._load(), True
                 continue
             wait_us = micros_until_token(state, now_us, self._policy)
             if ahead:
                 wait_us = max(wait_us, micros_until_tokens(tokens, ahead + 1, self._policy))
             if waiter is None:
+                if not fresh:  # a wait writes nothing here: decided on the state as it is now
+                    state, fresh = self._load(), True
+                    continue
                 return Wait(seconds=wait_us / SCALE)
             place = (
                 replace(mine, due_us=now_us + wait_us) if mine is not None else Waiter(waiter, now_us, now_us + wait_us)
@@ -173,9 +199,9 @@ class TokenBucket:
             # the tokens as they are now (the refill is folded in), so no time is counted twice
             kept = (*(w for w in line if w is not mine), place)
             new = BucketState(tokens, updated_us, version, kept)
-            if self._store.replace(self._name, state, new):
+            if self._replace(state, new):
                 return Wait(seconds=wait_us / SCALE)
-            state = self._store.load(self._name)
+            state, fresh = self._load(), True
         return Wait(seconds=CONTENTION_RETRY_SECONDS, contended=True)
 
     def leave(self, waiter: str) -> None:
@@ -183,21 +209,24 @@ class TokenBucket:
 
         Best effort: a lost race leaves the place to expire. Raises StateError.
         """
-        state = self._store.load(self._name)
+        state, fresh = self._begin()
         for _ in range(self._max_attempts):
             if state is None or all(w.name != waiter for w in state.waiting):
-                return
+                if fresh:
+                    return
+                state, fresh = self._load(), True
+                continue
             now_us = to_micros(self._clock.now())
             updated_us = max(now_us, state.updated_us)
             rest = tuple(w for w in live_line(state, now_us) if w.name != waiter)
             new = BucketState(available(state, now_us, self._policy), updated_us, state.version + 1, rest)
-            if self._store.replace(self._name, state, new):
+            if self._replace(state, new):
                 return
-            state = self._store.load(self._name)
+            state, fresh = self._load(), True
 
     def line(self) -> list[Waiter]:
         """The waiters in line now, oldest first. Raises StateError."""
-        return live_line(self._store.load(self._name), to_micros(self._clock.now()))
+        return live_line(self._load(), to_micros(self._clock.now()))
 
     def give_back(self) -> bool:
         """Return one token taken for an activation whose write then failed (never above capacity).
@@ -205,15 +234,18 @@ class TokenBucket:
         True when returned; False when every compare-and-set round was lost (the token is then spent).
         Raises StateError when the store cannot be read or written.
         """
-        state = self._store.load(self._name)
+        state, fresh = self._begin()
         for _ in range(self._max_attempts):
             if state is None:
-                return True  # a bucket never written is full
+                if fresh:
+                    return True  # a bucket never written is full
+                state, fresh = self._load(), True
+                continue
             now_us = to_micros(self._clock.now())
             updated_us = max(now_us, state.updated_us)
             tokens = min(self._policy.capacity * SCALE, available(state, now_us, self._policy) + SCALE)
             new = BucketState(tokens, updated_us, state.version + 1, state.waiting)
-            if self._store.replace(self._name, state, new):
+            if self._replace(state, new):
                 return True
-            state = self._store.load(self._name)
+            state, fresh = self._load(), True
         return False
