@@ -62,6 +62,8 @@ from moto.identitystore.models import IdentityStoreBackend, IdentityStoreData
 from moto.identitystore.responses import IdentityStoreResponse
 from moto.moto_api._internal import mock_random
 
+from sandbox import moto_dynamodb
+
 ENTERPRISE = "aws:identitystore:enterprise"
 # The SCIM enterprise user attributes the extension carries; manager is {"value": <user id>}.
 ENTERPRISE_ATTRIBUTES = ("employeeNumber", "costCenter", "organization", "division", "department", "manager")
@@ -732,7 +734,9 @@ class _ResponseGaps:
 
 
 def install() -> None:
-    """Install the gap-fill on moto's Identity Store classes (idempotent; in-process and server mode)."""
+    """Install the gap-fill on moto's Identity Store classes, and DynamoDB's partition-sized Query
+    (``sandbox.moto_dynamodb``); idempotent; in-process and server mode."""
+    moto_dynamodb.install()
     with _lock:
         for target, gaps in ((IdentityStoreBackend, _BackendGaps), (IdentityStoreResponse, _ResponseGaps)):
             for name, member in vars(gaps).items():
