@@ -62,7 +62,7 @@ from moto.identitystore.models import IdentityStoreBackend, IdentityStoreData
 from moto.identitystore.responses import IdentityStoreResponse
 from moto.moto_api._internal import mock_random
 
-from sandbox import moto_transactions
+from sandbox import moto_dynamodb, moto_transactions
 
 ENTERPRISE = "aws:identitystore:enterprise"
 # The SCIM enterprise user attributes the extension carries; manager is {"value": <user id>}.
@@ -734,8 +734,10 @@ class _ResponseGaps:
 
 
 def install() -> None:
-    """Install the gap-fill on moto's Identity Store classes, and DynamoDB transactions at the cost of their
-    items (``sandbox.moto_transactions``). Idempotent; in-process and server mode."""
+    """Install the gap-fill on moto's Identity Store classes, and DynamoDB's Query and transactions at the cost
+    of what they read and write (``sandbox.moto_dynamodb``, ``sandbox.moto_transactions``). Idempotent;
+    in-process and server mode."""
+    moto_dynamodb.install()
     moto_transactions.install()
     with _lock:
         for target, gaps in ((IdentityStoreBackend, _BackendGaps), (IdentityStoreResponse, _ResponseGaps)):
