@@ -8,7 +8,7 @@ import functools
 import itertools
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -291,6 +291,27 @@ class FakeState:
 
     def load_ownership(self) -> Ownership:
         return Ownership(dict(self.users), dict(self.groups), dict(self.memberships))
+
+    def load_ownership_of(self, users: Collection[str], groups: Collection[str]) -> Ownership:
+        wanted_users, wanted_groups = set(users), set(groups)
+        return Ownership(
+            {k: v for k, v in self.users.items() if k in wanted_users},
+            dict(self.groups),
+            {k: v for k, v in self.memberships.items() if k[1] in wanted_users or k[0] in wanted_groups},
+        )
+
+    def owned_users_named(self, names: Collection[str]) -> dict[str, list[str]]:
+        wanted = {name.casefold() for name in names}
+        holders: dict[str, list[str]] = {}
+        for source_id, owned in self.users.items():
+            if owned.user_name.casefold() in wanted:
+                holders.setdefault(owned.user_name.casefold(), []).append(source_id)
+        return holders
+
+    def count_ownership(self, excluded_groups: Collection[str] = ()) -> tuple[int, int, int]:
+        aside = {group_id.lower() for group_id in excluded_groups}
+        kept = sum(1 for group_id, _ in self.memberships if group_id.lower() not in aside)
+        return len(self.users), len(self.groups), kept
 
     def record_user(self, owned: OwnedUser) -> None:
         self._recording()

@@ -264,8 +264,11 @@ class Applier:
         desired: DesiredView | None = None,
         concurrency: int = 1,
         record_every: int = 1,
+        claimed: Callable[[str, str], bool] | None = None,
     ) -> None:
-        """Raises ValueError when ``concurrency`` or ``record_every`` is below 1."""
+        """``claimed``: with ``owned`` narrowed (a delta cycle), whether an Identity Store id ("user" or
+        "group") is recorded for a source object outside it, so a create conflict never adopts another's
+        object. Raises ValueError when ``concurrency`` or ``record_every`` is below 1."""
         if concurrency < 1 or record_every < 1:
             raise ValueError(f"applier: concurrency ({concurrency}) and record_every ({record_every}) must be >= 1")
         self.target = target
@@ -277,6 +280,7 @@ class Applier:
         self.policy = policy
         self.concurrency = concurrency
         self.record_every = record_every
+        self.claimed = claimed or _nobody
         self.users: dict[str, OwnedUser] = dict(owned.users)
         self.groups: dict[str, OwnedGroup] = dict(owned.groups)
         self.user_targets: dict[str, str] = {sid: o.target_id for sid, o in owned.users.items()}
@@ -708,7 +712,8 @@ class Applier:
             # a previous run created it but stopped before recording it, or it was created by hand
             existing = self.target.find_user(user.user_name)
             with self._lock:
-                mine = existing in {o.target_id for o in self.users.values()}
+                known = {o.target_id for o in self.users.values()}
+                mine = existing is not None and (existing in known or self.claimed("user", existing))
             if existing is None or mine:
                 raise
             self.target.update_user(existing, [AttributeChange(k, None, v) for k, v in sorted(doc.items())])
@@ -826,7 +831,8 @@ class Applier:
         except TargetConflict:
             existing = self.target.find_group(group.display_name)
             with self._lock:
-                mine = existing in {o.target_id for o in self.groups.values()}
+                known = {o.target_id for o in self.groups.values()}
+                mine = existing is not None and (existing in known or self.claimed("group", existing))
             if existing is None or mine:
                 raise
             target_id = existing
@@ -1055,3 +1061,9 @@ class Applier:
             writes=plan.writes if dry_run else self.writes,
             complete=complete,
         )
+
+
+def _nobody(kind: str, target_id: str) -> bool:
+    """``Applier.claimed`` when ``owned`` is every record: nothing is recorded outside it."""
+    del kind, target_id
+    return False
