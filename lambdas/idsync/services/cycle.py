@@ -662,13 +662,11 @@ class CycleService:
         full = mode in ("full", "resume")
         listed: TargetRead | None = None
         totals: tuple[int, int] | None = None
-        claimed: Callable[[str, str], bool] | None = None
         if touched is not None:
-            # ownership read by key: the guard's totals are counted, a conflict asks ownership as a whole
+            # ownership read by key (the Applier asks for more when it must): the guard's totals are counted
             totals = (users_count + groups_count, memberships_count)
             desired, owned = self._delta_views(mirror, touched)
             current = current_from_ownership(owned)
-            claimed = self._claimed()
         else:
             owned = self.state.load_ownership()
             counts = (len(owned.users), len(owned.groups))
@@ -695,7 +693,16 @@ class CycleService:
         escrow = Escrow(self.state)
         runnable, held = self._escrow_filter(plan, escrow, desired)
         applier = Applier(
-            self.target, self.state, self.clock, cycle_id, owned, current, policy, desired, *self._pool(), claimed
+            self.target,
+            self.state,
+            self.clock,
+            cycle_id,
+            owned,
+            current,
+            policy,
+            desired,
+            *self._pool(),
+            touched is not None,
         )
         if opts.dry_run:
             return CycleOutcome(applier.report(plan, started.isoformat(), True, True), mode=mode, plan=plan)
@@ -858,20 +865,6 @@ class CycleService:
         views = narrow(mirror, self.state, touched, self.scoping.mode, self.scoping.transitive, map_user)
         view = build_desired(views.users, views.groups, views.members, self.user_mapper, self.group_mapper, self.scope)
         return with_out_of_scope(view, views.alive, self._retained(mirror)), views.owned
-
-    def _claimed(self) -> Callable[[str, str], bool]:
-        """Whether an Identity Store id ("user" or "group") is recorded as any source object's: a narrowed
-        Applier's question when a create meets a same-named object (rare), so ownership is loaded, once, then."""
-        targets: dict[str, set[str]] = {}
-
-        def claimed(kind: str, target_id: str) -> bool:
-            if not targets:
-                owned = self.state.load_ownership()
-                targets["user"] = {o.target_id for o in owned.users.values()}
-                targets["group"] = {o.target_id for o in owned.groups.values()}
-            return target_id in targets[kind]
-
-        return claimed
 
     def _occupied(self, mirror: Mirror) -> Callable[[str], bool]:
         """Whether a group has a member in the mirror that maps to an active user (the emptied-group
