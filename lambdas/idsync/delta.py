@@ -20,6 +20,7 @@ Every planned user has all its memberships planned, so a deletion or recreation 
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -107,11 +108,32 @@ def touched_by(
 
 def parents_of(mirror: Mirror) -> dict[str, list[str]]:
     """Member id (user or group) -> the groups it is a direct member of."""
-    parents: dict[str, list[str]] = {}
+    parents: defaultdict[str, list[str]] = defaultdict(list)
     for group_id, members in mirror.members.items():
         for member_id in members:
-            parents.setdefault(member_id, []).append(group_id)
+            parents[member_id].append(group_id)
     return parents
+
+
+class Parents(dict[str, list[str]]):
+    """``parents_of`` for the ids asked for only: ``find`` adds a batch of ids in one pass over the groups
+    (a set intersection per group), so a delta cycle never inverts the whole membership."""
+
+    def __init__(self, mirror: Mirror) -> None:
+        super().__init__()
+        self.mirror = mirror
+
+    def find(self, ids: Iterable[str]) -> None:
+        """Learn the groups of every id in ``ids`` not known yet."""
+        wanted = {i for i in ids if i not in self}
+        if not wanted:
+            return
+        for object_id in wanted:
+            self[object_id] = []
+        for group_id, members in self.mirror.members.items():
+            if not wanted.isdisjoint(members):
+                for member_id in wanted.intersection(members):
+                    self[member_id].append(group_id)
 
 
 def ancestors(parents: Mapping[str, list[str]], object_id: str) -> set[str]:
@@ -184,20 +206,20 @@ def narrow(
     mode: str,
     transitive: bool,
     map_user: MapUser,
-    parents: Mapping[str, list[str]] | None = None,
 ) -> DeltaViews:
     """The users to plan (``touched.users`` widened as the module docstring says) and the views for them.
 
     ``owned``: ownership, or an index that reads it by key (then only the records of the touched groups'
     members, of the userNames the planned users want, and of the planned users are read, in one request
     per widening step). ``map_user``: the mapped user for an in-scope mirror object (None when the scoping
-    filters leave it out); used for the names and managers the widening follows. ``parents``: the mirror's
-    ``parents_of``, when the caller has it already.
+    filters leave it out); used for the names and managers the widening follows.
     """
     index = Loaded(owned) if isinstance(owned, Ownership) else owned
     live_groups = {g for g, obj in mirror.groups.items() if not obj.get(SOFT_DELETED)}
     group_ids = live_groups if mode == "all" else set(mirror.assigned_groups) & live_groups
-    parents = parents if parents is not None else parents_of(mirror)
+    parents = Parents(mirror)
+    if transitive:
+        parents.find(mirror.members)  # every group that has members: the nested ones' parents, for ancestors()
     assigned = set(mirror.assigned_users)
 
     def groups_of(user_id: str) -> set[str]:
@@ -234,7 +256,9 @@ def narrow(
     # in rounds: one request for the holders of every userName the round's users want
     while work:
         names: set[str] = set()
-        for user_id in [u for u in dict.fromkeys(work) if u not in planned]:
+        round_ = [u for u in dict.fromkeys(work) if u not in planned]
+        parents.find(round_)
+        for user_id in round_:
             planned.add(user_id)
             mapped = map_user(mirror.users[user_id]) if in_scope(user_id) else None
             if isinstance(mapped, User):
