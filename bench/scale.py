@@ -305,8 +305,17 @@ def measure(sizes: tuple[int, int] = SIZES) -> dict[str, Any]:
     small, big = figures[str(sizes[0])], figures[str(sizes[-1])]
     same = small["same"]
     memory = lambda_memory_mb()
+    target_rss = min(1536, 0.75 * memory)
+    ratio = big["delta"]["seconds"] / small["delta"]["seconds"]
+    same_ratio = big["delta"]["seconds"] / same["delta"]["seconds"]
     return {
         "scale": {
+            "targets_met": {
+                "delta_ratio <= 3": ratio <= 3,
+                "delta_ratio_same_changes <= 3": same_ratio <= 3,
+                "delta_writes == delta_changes": big["delta"]["writes"] == big["changes"],
+                "peak_rss_mb <= target_peak_rss_mb": big["delta"]["peak_rss_mb"] <= target_rss,
+            },
             "users": big["users"],
             "groups": big["groups"],
             "memberships": big["memberships"],
@@ -314,18 +323,18 @@ def measure(sizes: tuple[int, int] = SIZES) -> dict[str, Any]:
             "peak_rss_measured": "the sync engine's own process (fresh interpreter); the Graph emulator and "
             "moto run in other processes",
             "lambda_memory_mb": memory,
-            "target_peak_rss_mb": min(1536, 0.75 * memory),
+            "target_peak_rss_mb": target_rss,
             "delta_changes": big["changes"],
             "delta_writes": big["delta"]["writes"],
             "delta_seconds": round(big["delta"]["seconds"], 3),
             "delta_seconds_10k": round(small["delta"]["seconds"], 3),
             "delta_changes_10k": small["changes"],
             "delta_writes_10k": small["delta"]["writes"],
-            "delta_ratio": round(big["delta"]["seconds"] / small["delta"]["seconds"], 2),
+            "delta_ratio": round(ratio, 2),
             "delta_seconds_10k_same_changes": round(same["delta"]["seconds"], 3),
             "delta_changes_10k_same_changes": same["changes"],
             "delta_writes_10k_same_changes": same["delta"]["writes"],
-            "delta_ratio_same_changes": round(big["delta"]["seconds"] / same["delta"]["seconds"], 2),
+            "delta_ratio_same_changes": round(same_ratio, 2),
             "noop_delta_seconds_10k": round(small["noop"]["seconds"], 3),
             "noop_delta_seconds": round(big["noop"]["seconds"], 3),
             "noop_delta_peak_rss_mb": big["noop"]["peak_rss_mb"],
