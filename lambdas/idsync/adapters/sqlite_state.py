@@ -187,15 +187,19 @@ class SqliteStateStore:
         return holders
 
     def count_ownership(self, excluded_groups: Collection[str] = ()) -> tuple[int, int, int]:
-        """Counted by SQLite (no record is decoded). Raises StateError."""
-        aside = {group_id.lower() for group_id in excluded_groups}
+        """Counted by SQLite (no record is decoded; group ids are GUIDs, so SQLite's ASCII ``lower`` is exact).
+        Raises StateError."""
+        aside = sorted({group_id.lower() for group_id in excluded_groups})
         with self._transaction("BEGIN") as conn:
             (users,) = conn.execute("SELECT COUNT(*) FROM owned_users").fetchone()
             (groups,) = conn.execute("SELECT COUNT(*) FROM owned_groups").fetchone()
-            per_group = conn.execute(
-                "SELECT group_source_id, COUNT(*) FROM owned_memberships GROUP BY group_source_id"
-            ).fetchall()
-        return users, groups, sum(count for group_id, count in per_group if group_id.lower() not in aside)
+            (memberships,) = conn.execute("SELECT COUNT(*) FROM owned_memberships").fetchone()
+            for chunk in _chunks(aside):
+                (excluded,) = conn.execute(
+                    f"SELECT COUNT(*) FROM owned_memberships WHERE lower(group_source_id) IN ({_marks(chunk)})", chunk
+                ).fetchone()
+                memberships -= excluded
+        return users, groups, memberships
 
     def record_user(self, owned: OwnedUser) -> None:
         """Record (or replace) an owned user. Raises ValueError for a doc that is not JSON, StateError."""
