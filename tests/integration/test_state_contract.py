@@ -735,3 +735,33 @@ def test_dynamodb_retries_the_keys_a_batch_get_left_unprocessed(dynamodb: Any) -
     # Then the unprocessed keys were asked again and both users came back
     assert client.refused == 1
     assert set(part.users) == {"u1", "u2"}
+
+
+def test_a_sqlite_file_from_before_the_by_key_indexes_gets_them_when_opened(tmp_path: Path) -> None:
+    # Given a state file holding users and memberships, written before the by-key indexes existed
+    path = tmp_path / "state.db"
+    store = SqliteStateStore(path)
+    store.write_ownership([user("u1", user_name="Ann@Example.com"), OwnedMembership("g1", "u1", "m-1")])
+    store.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP INDEX owned_users_by_name")
+        conn.execute("DROP INDEX owned_memberships_by_user")
+        conn.execute("PRAGMA user_version = 1")
+
+    # When this version opens it
+    store = SqliteStateStore(path)
+
+    # Then the indexes are built, the by-key reads find the records through them, and writes go on
+    with sqlite3.connect(path) as conn:
+        indexes = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        plan = " ".join(str(row) for row in conn.execute("EXPLAIN QUERY PLAN " + _BY_USER, ("u1",)))
+    assert {"owned_users_by_name", "owned_memberships_by_user"} <= indexes
+    assert "owned_memberships_by_user" in plan
+    assert store.owned_users_named(["ann@example.com"]) == {"ann@example.com": ["u1"]}
+    assert set(store.load_ownership_of(["u1"], ()).memberships) == {("g1", "u1")}
+    store.record_user(user("u2", user_name="Bo@example.com"))
+    assert store.owned_users_named(["BO@example.com"]) == {"bo@example.com": ["u2"]}
+    store.close()
+
+
+_BY_USER = "SELECT group_source_id FROM owned_memberships WHERE user_source_id = ?"
