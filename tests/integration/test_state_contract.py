@@ -751,11 +751,14 @@ def test_a_sqlite_file_from_before_the_by_key_indexes_gets_them_when_opened(tmp_
     # When this version opens it
     store = SqliteStateStore(path)
 
-    # Then the indexes are built, the by-key reads find the records through them, and writes go on
+    # Then the indexes are built (and the file marked as this schema, which older versions refuse), the
+    # by-key reads find the records through them, and writes go on
     with sqlite3.connect(path) as conn:
         indexes = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
         plan = " ".join(str(row) for row in conn.execute("EXPLAIN QUERY PLAN " + _BY_USER, ("u1",)))
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
     assert {"owned_users_by_name", "owned_memberships_by_user"} <= indexes
+    assert version == 2
     assert "owned_memberships_by_user" in plan
     assert store.owned_users_named(["ann@example.com"]) == {"ann@example.com": ["u1"]}
     assert set(store.load_ownership_of(["u1"], ()).memberships) == {("g1", "u1")}

@@ -34,7 +34,8 @@ from idsync.errors import StateError
 from idsync.model import LogEntry, OwnedGroup, OwnedMembership, OwnedUser, Ownership
 from idsync.ports import AccessGrant, OwnershipWrite
 
-SCHEMA_VERSION = 1
+# 2: the by-key indexes; the userName one calls a function older versions lack, so they refuse the file
+SCHEMA_VERSION = 2
 _CASEFOLD = "idsync_casefold"  # str.casefold, registered on the connection: the key of owned_users_by_name
 _IN_LIMIT = 500  # keys bound in one IN (...) list
 _SELECT_USERS = "SELECT source_id, target_id, user_name, doc, manager_source_id, fingerprint FROM owned_users"
