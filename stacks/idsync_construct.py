@@ -50,6 +50,7 @@ WORKER_TIMEOUT = Duration.seconds(60)
 
 # The state store's calls (idsync.adapters.dynamodb_state).
 STATE_ACTIONS = [
+    "dynamodb:BatchGetItem",
     "dynamodb:BatchWriteItem",
     "dynamodb:DeleteItem",
     "dynamodb:GetItem",

@@ -14,6 +14,7 @@ from stack_helpers import Synthesized, as_list, render
 LOGS = {"logs:CreateLogStream", "logs:PutLogEvents"}
 XRAY = {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
 STATE = {
+    "dynamodb:BatchGetItem",  # a delta cycle reads ownership records by key
     "dynamodb:BatchWriteItem",
     "dynamodb:DeleteItem",
     "dynamodb:GetItem",
