@@ -11,7 +11,12 @@ the emulator and moto live in other processes, so their memory is not counted):
   ``delta_changes`` counts the writes those changes need, ``delta_writes`` the writes the cycle made;
 * a delta cycle with no change (``noop_delta_seconds``).
 
-The same 1% delta at 10,000 users gives ``delta_seconds_10k`` and ``delta_ratio``.
+The same 1% delta at 10,000 users gives ``delta_seconds_10k`` and ``delta_ratio`` (1% against 1%: ten
+times the changes at 100,000). Then the 10,000-user tenant takes as many changed users as the big one's 1%
+(1,000, so about as many writes, ``delta_changes_10k_same_changes``) in one more delta cycle:
+``delta_seconds_10k_same_changes``, and ``delta_ratio_same_changes`` (100,000 against 10,000 users for the
+same changes: what the tenant's size still costs). ``noop_delta_seconds_10k`` is the 10,000-user no-change
+cycle.
 """
 
 from __future__ import annotations
@@ -205,17 +210,18 @@ def _owned(state_path: Path) -> tuple[list[str], dict[str, int], set[str], list[
     return sorted(owned.users), dict(per_user), managers, sorted(owned.groups)
 
 
-def _change(emulator: world.EmulatorProcess, state_path: Path, size: int) -> int:
-    """Change 1% of the users in Entra; returns the writes those changes need."""
+def _change(emulator: world.EmulatorProcess, state_path: Path, count: int, tag: str = "") -> int:
+    """Change ``count`` users in Entra; returns the writes those changes need. ``tag`` keeps a second round's
+    titles and joiners apart from the first's."""
     users, per_user, managers, groups = world.in_fresh_process(_owned, state_path)
-    rng = random.Random(SEED)
-    chosen = rng.sample([u for u in users if u not in managers and per_user.get(u, 0) >= 2], round(size * 0.01))
+    rng = random.Random(SEED + len(tag))
+    chosen = rng.sample([u for u in users if u not in managers and per_user.get(u, 0) >= 2], count)
     leavers, joiners = chosen[: max(1, len(chosen) // 20)], max(1, len(chosen) // 20)
     movers = chosen[len(leavers) : len(leavers) + len(chosen) * 2 // 5]
     retitled = chosen[len(leavers) + len(movers) :]
     writes = 0
     for n, user_id in enumerate(retitled):
-        emulator.mutate("update_user", user_id=user_id, jobTitle=f"Scale Title {n}")
+        emulator.mutate("update_user", user_id=user_id, jobTitle=f"Scale Title {tag}{n}")
         writes += 1
     for n, user_id in enumerate(movers):
         group_id = groups[rng.randrange(len(groups))]
@@ -226,13 +232,13 @@ def _change(emulator: world.EmulatorProcess, state_path: Path, size: int) -> int
         emulator.mutate("hard_delete_user", user_id=user_id)
         writes += 1 + per_user.get(user_id, 0)  # the memberships go first, then the user
     for n in range(joiners):
-        name = f"scale.joiner.{n}"
+        name = f"scale.joiner.{tag}{n}"
         user_id = emulator.mutate(
             "add_user",
             userPrincipalName=f"{name}@contoso.example",
-            displayName=f"Scale Joiner {n}",
+            displayName=f"Scale Joiner {tag}{n}",
             givenName="Scale",
-            surname=f"Joiner {n}",
+            surname=f"Joiner {tag}{n}",
             mail=f"{name}@contoso.example",
             mailNickname=name,
         )
@@ -249,7 +255,9 @@ def _answer(conn: Any, process: Any) -> Any:
     return conn.recv()
 
 
-def _measure(emulator: world.EmulatorProcess, folder: Path, size: int) -> dict[str, Any]:
+def _measure(emulator: world.EmulatorProcess, folder: Path, size: int, then: int = 0) -> dict[str, Any]:
+    """Seed ``size`` users, then a 1% delta cycle and a no-change one; with ``then``, a third delta cycle
+    after ``then`` more users changed (the big tenant's 1%: the same changes at this size)."""
     emulator.admin("reset", {"kind": "scale", "users": size, "groups": size // 10, "memberships": size * 5})
     context = multiprocessing.get_context("spawn")
     parent, child = context.Pipe()
@@ -266,19 +274,24 @@ def _measure(emulator: world.EmulatorProcess, folder: Path, size: int) -> dict[s
         _answer(parent, aws)
         counts = world.in_fresh_process(_record, state_path, creates, Path(f"{creates}.ids"))
         seeding = time.perf_counter() - started
-        changes = _change(emulator, state_path, size)
+        changes = _change(emulator, state_path, round(size * CHANGED_SHARE))
         print(f"  {size} users: seeded in {seeding:.0f} s; {changes} writes' worth of changes made", flush=True)
         delta = world.in_fresh_process(_cycle, emulator.graph, state_path, endpoint)
         noop = world.in_fresh_process(_cycle, emulator.graph, state_path, endpoint)
+        more: dict[str, Any] = {}
+        if then:
+            more["changes"] = _change(emulator, state_path, then, tag="same-")
+            print(f"  {size} users: {more['changes']} writes' worth of changes made again", flush=True)
+            more["delta"] = world.in_fresh_process(_cycle, emulator.graph, state_path, endpoint)
         parent.send(("stop", ""))
     finally:
         aws.join(timeout=30)
         if aws.is_alive():
             aws.terminate()
-    for name, cycle in (("delta", delta), ("no-change", noop)):
+    for name, cycle in (("delta", delta), ("no-change", noop), ("same-changes", more.get("delta", delta))):
         if cycle["mode"] != "delta":
             raise RuntimeError(f"the {name} cycle at {size} users ran {cycle['mode']}, not a delta cycle")
-    return {**counts, "seeding": seeding, "changes": changes, "delta": delta, "noop": noop}
+    return {**counts, "seeding": seeding, "changes": changes, "delta": delta, "noop": noop, "same": more}
 
 
 def measure(sizes: tuple[int, int] = SIZES) -> dict[str, Any]:
@@ -286,11 +299,23 @@ def measure(sizes: tuple[int, int] = SIZES) -> dict[str, Any]:
     figures: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="idsync-scale-") as folder, world.EmulatorProcess(Path(folder)) as emulator:
         for size in sizes:
-            figures[str(size)] = _measure(emulator, Path(folder), size)
+            # the small tenant also takes the big one's 1% (as many changed users) in a third cycle
+            then = round(sizes[-1] * CHANGED_SHARE) if size == sizes[0] else 0
+            figures[str(size)] = _measure(emulator, Path(folder), size, then)
     small, big = figures[str(sizes[0])], figures[str(sizes[-1])]
+    same = small["same"]
     memory = lambda_memory_mb()
+    target_rss = min(1536, 0.75 * memory)
+    ratio = big["delta"]["seconds"] / small["delta"]["seconds"]
+    same_ratio = big["delta"]["seconds"] / same["delta"]["seconds"]
     return {
         "scale": {
+            "targets_met": {
+                "delta_ratio <= 3": ratio <= 3,
+                "delta_ratio_same_changes <= 3": same_ratio <= 3,
+                "delta_writes == delta_changes": big["delta"]["writes"] == big["changes"],
+                "peak_rss_mb <= target_peak_rss_mb": big["delta"]["peak_rss_mb"] <= target_rss,
+            },
             "users": big["users"],
             "groups": big["groups"],
             "memberships": big["memberships"],
@@ -298,14 +323,19 @@ def measure(sizes: tuple[int, int] = SIZES) -> dict[str, Any]:
             "peak_rss_measured": "the sync engine's own process (fresh interpreter); the Graph emulator and "
             "moto run in other processes",
             "lambda_memory_mb": memory,
-            "target_peak_rss_mb": min(1536, 0.75 * memory),
+            "target_peak_rss_mb": target_rss,
             "delta_changes": big["changes"],
             "delta_writes": big["delta"]["writes"],
             "delta_seconds": round(big["delta"]["seconds"], 3),
             "delta_seconds_10k": round(small["delta"]["seconds"], 3),
             "delta_changes_10k": small["changes"],
             "delta_writes_10k": small["delta"]["writes"],
-            "delta_ratio": round(big["delta"]["seconds"] / small["delta"]["seconds"], 2),
+            "delta_ratio": round(ratio, 2),
+            "delta_seconds_10k_same_changes": round(same["delta"]["seconds"], 3),
+            "delta_changes_10k_same_changes": same["changes"],
+            "delta_writes_10k_same_changes": same["delta"]["writes"],
+            "delta_ratio_same_changes": round(same_ratio, 2),
+            "noop_delta_seconds_10k": round(small["noop"]["seconds"], 3),
             "noop_delta_seconds": round(big["noop"]["seconds"], 3),
             "noop_delta_peak_rss_mb": big["noop"]["peak_rss_mb"],
             "seeding_seconds": round(big["seeding"], 1),

@@ -8,7 +8,7 @@ import functools
 import itertools
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -303,6 +303,27 @@ class FakeState:
     def load_ownership(self) -> Ownership:
         return Ownership(dict(self.users), dict(self.groups), dict(self.memberships))
 
+    def load_ownership_of(self, users: Collection[str], groups: Collection[str]) -> Ownership:
+        wanted_users, wanted_groups = set(users), set(groups)
+        return Ownership(
+            {k: v for k, v in self.users.items() if k in wanted_users},
+            dict(self.groups),
+            {k: v for k, v in self.memberships.items() if k[1] in wanted_users or k[0] in wanted_groups},
+        )
+
+    def owned_users_named(self, names: Collection[str]) -> dict[str, list[str]]:
+        wanted = {name.casefold() for name in names}
+        holders: dict[str, list[str]] = {}
+        for source_id, owned in self.users.items():
+            if owned.user_name.casefold() in wanted:
+                holders.setdefault(owned.user_name.casefold(), []).append(source_id)
+        return holders
+
+    def count_ownership(self, excluded_groups: Collection[str] = ()) -> tuple[int, int, int]:
+        aside = {group_id.lower() for group_id in excluded_groups}
+        kept = sum(1 for group_id, _ in self.memberships if group_id.lower() not in aside)
+        return len(self.users), len(self.groups), kept
+
     def record_user(self, owned: OwnedUser) -> None:
         self._recording()
         self.users[owned.source_id] = owned
@@ -388,6 +409,11 @@ class FakeState:
             del self.leases[name]
 
 
+def _member_type(member_id: str, groups: set[str]) -> str:
+    """A member's type as Graph reports it: "group" for a nested group (one of ``groups``), else "user"."""
+    return "group" if member_id in groups else "user"
+
+
 @dataclass
 class FakeSource:
     """Entra as a ChangeSource: every read is a full read (delta semantics are tested on the emulator)."""
@@ -401,10 +427,11 @@ class FakeSource:
 
     def read_changes(self, links: Mapping[str, str] | None) -> DirectoryChanges:
         self.reads += 1
+        groups = {str(g["id"]) for g in self.groups}
         changes = [
-            MemberChange(group_id, user_id, "user", True)
-            for group_id, user_ids in self.members.items()
-            for user_id in user_ids
+            MemberChange(group_id, member_id, _member_type(member_id, groups), True)
+            for group_id, member_ids in self.members.items()
+            for member_id in member_ids
         ]
         return DirectoryChanges(
             [dict(u) for u in self.users],
@@ -457,7 +484,7 @@ class FakeDeltaSource(FakeSource):
             if self.outage:
                 self.outage = False
                 return DirectoryChanges([], {}, [], {}, [], out, full=True)
-            changes = [MemberChange(g, u, "user", True) for g, u in sorted(now[2])]
+            changes = [MemberChange(g, u, _member_type(u, set(now[1])), True) for g, u in sorted(now[2])]
             # Graph's deleted users (idsync reads no deleted groups), read alongside a full delta round
             were_users = {i for users, _, _ in self.snapshots.values() for i in users}
             deleted = {i: self.deleted_at.get(i, "") for i in sorted(self.soft_deleted & were_users)}
@@ -472,8 +499,9 @@ class FakeDeltaSource(FakeSource):
         since = int(links["users"].rsplit("-", 1)[1])
         purged = {i: "deleted" for i, at in self.purged.items() if at >= since and i not in now[0]}
         users = [u for i, u in now[0].items() if before[0].get(i) != u]
-        members = [MemberChange(g, u, "user", True) for g, u in sorted(now[2] - before[2])]
-        members += [MemberChange(g, u, "user", False) for g, u in sorted(before[2] - now[2])]
+        groups_ever = set(now[1]) | set(before[1])
+        members = [MemberChange(g, u, _member_type(u, groups_ever), True) for g, u in sorted(now[2] - before[2])]
+        members += [MemberChange(g, u, _member_type(u, groups_ever), False) for g, u in sorted(before[2] - now[2])]
         # as Graph's groups delta does, a group whose members changed comes back too (with members@delta)
         regrouped = {c.group_id for c in members}
         groups = [g for i, g in now[1].items() if before[1].get(i) != g or i in regrouped]

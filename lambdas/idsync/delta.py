@@ -20,9 +20,10 @@ Every planned user has all its memberships planned, so a deletion or recreation 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections import defaultdict
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from idsync.mirror import GROUP, SOFT_DELETED, USER, Mirror
 from idsync.model import DesiredView, Ownership, Refusal, User
@@ -81,7 +82,7 @@ def touched_by(
     """
     # a group named only for its member changes is not touched as a whole: the changed members are
     out = Touched(set(users), {g for g in groups if not before.unchanged(mirror, g)})
-    parents = parents_of(mirror)
+    parents: dict[str, list[str]] | None = None
     for group_id, member_id, member_type in member_changes:
         if member_type == USER:
             out.users.add(member_id)
@@ -89,6 +90,7 @@ def touched_by(
         if not transitive:
             continue
         # a nested group moved: its users join or leave the parent and every group above it
+        parents = parents if parents is not None else parents_of(mirror)
         out.groups.add(group_id)
         out.groups |= ancestors(parents, group_id)
         out.users |= mirror.user_members(member_id, True)
@@ -106,11 +108,32 @@ def touched_by(
 
 def parents_of(mirror: Mirror) -> dict[str, list[str]]:
     """Member id (user or group) -> the groups it is a direct member of."""
-    parents: dict[str, list[str]] = {}
+    parents: defaultdict[str, list[str]] = defaultdict(list)
     for group_id, members in mirror.members.items():
         for member_id in members:
-            parents.setdefault(member_id, []).append(group_id)
+            parents[member_id].append(group_id)
     return parents
+
+
+class Parents(dict[str, list[str]]):
+    """``parents_of`` for the ids asked for only: ``find`` adds a batch of ids in one pass over the groups
+    (a set intersection per group), so a delta cycle never inverts the whole membership."""
+
+    def __init__(self, mirror: Mirror) -> None:
+        super().__init__()
+        self.mirror = mirror
+
+    def find(self, ids: Iterable[str]) -> None:
+        """Learn the groups of every id in ``ids`` not known yet."""
+        wanted = {i for i in ids if i not in self}
+        if not wanted:
+            return
+        for object_id in wanted:
+            self[object_id] = []
+        for group_id, members in self.mirror.members.items():
+            if not wanted.isdisjoint(members):
+                for member_id in wanted.intersection(members):
+                    self[member_id].append(group_id)
 
 
 def ancestors(parents: Mapping[str, list[str]], object_id: str) -> set[str]:
@@ -138,9 +161,47 @@ class DeltaViews:
     alive: frozenset[str]  # planned users alive in Entra (not soft-deleted)
 
 
+class OwnedIndex(Protocol):
+    """What narrowing asks of ownership, by key: ``ports.StateStore`` answers it without loading every record;
+    ``Loaded`` answers it from records already loaded."""
+
+    def load_ownership_of(self, users: Collection[str], groups: Collection[str]) -> Ownership:
+        """The records of ``users``, every owned group, the memberships of ``users`` or of ``groups``."""
+        ...
+
+    def owned_users_named(self, names: Collection[str]) -> dict[str, list[str]]:
+        """Casefolded userName -> the owned users holding it, for ``names``."""
+        ...
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """``OwnedIndex`` over ownership loaded in full."""
+
+    owned: Ownership
+
+    def load_ownership_of(self, users: Collection[str], groups: Collection[str]) -> Ownership:
+        wanted_users, wanted_groups = set(users), set(groups)
+        return Ownership(
+            users={k: v for k, v in self.owned.users.items() if k in wanted_users},
+            groups=self.owned.groups,
+            memberships={
+                k: v for k, v in self.owned.memberships.items() if k[1] in wanted_users or k[0] in wanted_groups
+            },
+        )
+
+    def owned_users_named(self, names: Collection[str]) -> dict[str, list[str]]:
+        wanted = {name.casefold() for name in names}
+        holders: dict[str, list[str]] = {}
+        for user_id, mine in self.owned.users.items():
+            if mine.user_name.casefold() in wanted:
+                holders.setdefault(mine.user_name.casefold(), []).append(user_id)
+        return holders
+
+
 def narrow(
     mirror: Mirror,
-    owned: Ownership,
+    owned: Ownership | OwnedIndex,
     touched: Touched,
     mode: str,
     transitive: bool,
@@ -148,12 +209,17 @@ def narrow(
 ) -> DeltaViews:
     """The users to plan (``touched.users`` widened as the module docstring says) and the views for them.
 
-    ``map_user``: the mapped user for an in-scope mirror object (None when the scoping filters leave it
-    out); used for the names and managers the widening follows.
+    ``owned``: ownership, or an index that reads it by key (then only the records of the touched groups'
+    members, of the userNames the planned users want, and of the planned users are read, in one request
+    per widening step). ``map_user``: the mapped user for an in-scope mirror object (None when the scoping
+    filters leave it out); used for the names and managers the widening follows.
     """
+    index = Loaded(owned) if isinstance(owned, Ownership) else owned
     live_groups = {g for g, obj in mirror.groups.items() if not obj.get(SOFT_DELETED)}
     group_ids = live_groups if mode == "all" else set(mirror.assigned_groups) & live_groups
-    parents = parents_of(mirror)
+    parents = Parents(mirror)
+    if transitive:
+        parents.find(mirror.members)  # every group that has members: the nested ones' parents, for ancestors()
     assigned = set(mirror.assigned_users)
 
     def groups_of(user_id: str) -> set[str]:
@@ -172,45 +238,45 @@ def narrow(
         return mode == "all" or user_id in assigned or bool(groups_of(user_id) & group_ids)
 
     reports: dict[str, list[str]] = {}
-    for user_id, obj in mirror.users.items():
-        manager = _reference(obj.get("manager"))
-        if manager is not None:
-            reports.setdefault(manager, []).append(user_id)
-    holders: dict[str, list[str]] = {}
-    for user_id, mine in owned.users.items():
-        holders.setdefault(mine.user_name.casefold(), []).append(user_id)
-    owned_members: dict[str, list[str]] = {}
-    for group_id, user_id in owned.memberships:
-        if group_id in touched.groups:
-            owned_members.setdefault(group_id, []).append(user_id)
+    if touched.users:
+        for user_id, obj in mirror.users.items():
+            manager = _reference(obj.get("manager"))
+            if manager is not None:
+                reports.setdefault(manager, []).append(user_id)
 
     work = list(touched.users)
     for user_id in touched.users:
         work += reports.get(user_id, [])
+    if touched.groups:
+        work += [user_id for _, user_id in index.load_ownership_of((), touched.groups).memberships]
     for group_id in touched.groups:
         work += mirror.user_members(group_id, transitive) if group_id in mirror.members else []
-        work += owned_members.get(group_id, [])
     planned: set[str] = set()
+    asked: set[str] = set()
+    # in rounds: one request for the holders of every userName the round's users want
     while work:
-        user_id = work.pop()
-        if user_id in planned:
-            continue
-        planned.add(user_id)
-        mapped = map_user(mirror.users[user_id]) if in_scope(user_id) else None
-        if isinstance(mapped, User):
-            if mapped.manager_source_id:
-                work.append(mapped.manager_source_id)
-            work += holders.get(mapped.user_name.casefold(), [])
+        names: set[str] = set()
+        round_ = [u for u in dict.fromkeys(work) if u not in planned]
+        parents.find(round_)
+        for user_id in round_:
+            planned.add(user_id)
+            mapped = map_user(mirror.users[user_id]) if in_scope(user_id) else None
+            if isinstance(mapped, User):
+                if mapped.manager_source_id:
+                    work.append(mapped.manager_source_id)
+                names.add(mapped.user_name.casefold())
+        work = [u for u in work if u not in planned]
+        names -= asked
+        asked |= names
+        for holders in index.owned_users_named(names).values() if names else ():
+            work += holders
     scoped = sorted(u for u in planned if in_scope(u))
     members: dict[str, list[str]] = {}
     for user_id in scoped:
         for group_id in groups_of(user_id) & group_ids:
             members.setdefault(group_id, []).append(user_id)
-    narrowed = Ownership(
-        users={k: v for k, v in owned.users.items() if k in planned},
-        groups=owned.groups,
-        memberships={k: v for k, v in owned.memberships.items() if k[1] in planned},
-    )
+    # the touched groups' owned members are planned: their memberships are among the planned users'
+    narrowed = index.load_ownership_of(planned, ())
     alive = frozenset(u for u in planned if u in mirror.users and not mirror.users[u].get(SOFT_DELETED))
     return DeltaViews(
         users=[mirror.users[u] for u in scoped],

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
@@ -150,6 +150,21 @@ class StateStore(Protocol):
     """
 
     def load_ownership(self) -> Ownership: ...
+
+    def load_ownership_of(self, users: Collection[str], groups: Collection[str]) -> Ownership:
+        """Part of ownership, read by key (a delta cycle's): the records of ``users``, every owned group (groups
+        are few), and the memberships of ``users`` or of ``groups``. Raises StateError."""
+        ...
+
+    def owned_users_named(self, names: Collection[str]) -> dict[str, list[str]]:
+        """The owned users holding each userName in ``names`` (compared casefolded, as IAM Identity Center
+        compares userNames): casefolded name -> source ids; names nobody holds are left out. Raises StateError."""
+        ...
+
+    def count_ownership(self, excluded_groups: Collection[str] = ()) -> tuple[int, int, int]:
+        """(users, groups, memberships) recorded, without the memberships of ``excluded_groups`` (ids compared
+        without regard to case): the deletion guard's totals, without loading a record. Raises StateError."""
+        ...
 
     def record_user(self, owned: OwnedUser) -> None: ...
 

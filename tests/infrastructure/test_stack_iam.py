@@ -14,7 +14,7 @@ from stack_helpers import Synthesized, as_list, render
 LOGS = {"logs:CreateLogStream", "logs:PutLogEvents"}
 XRAY = {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
 STATE = {
-    "dynamodb:BatchGetItem",
+    "dynamodb:BatchGetItem",  # ownership read by key; a JIT run reads its group and users at once
     "dynamodb:BatchWriteItem",
     "dynamodb:ConditionCheckItem",  # a lease holder's transactions check the lease
     "dynamodb:DeleteItem",

@@ -29,6 +29,7 @@ from idsync.model import (
     Status,
 )
 from idsync.ports import StateStore
+from tests.fakes import FakeState
 
 REGION = "eu-west-1"
 TABLE = "idsync-state"
@@ -633,3 +634,137 @@ def test_owned_account_assignments_survive_a_restart_and_an_emptied_group_leaves
     third = open_store()
     assert (third.get_item(GROUPS_KEY) or {})["groups"] == ["g1"]
     assert set(load_owned(third).flat()) == {created, pending}
+
+
+# ---------------------------------------------------------------------------- ownership by key (delta cycles)
+
+
+@pytest.fixture(params=["sqlite", "dynamodb", "fake"])
+def keyed_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StateStore]:
+    """The adapters and the in-memory fake the unit tests use: the by-key reads must agree on all three."""
+    if request.param == "sqlite":
+        sqlite_store = SqliteStateStore(tmp_path / "state.db")
+        yield sqlite_store
+        sqlite_store.close()
+    elif request.param == "dynamodb":
+        request.getfixturevalue("dynamodb")
+        yield DynamoDbStateStore(TABLE, client=boto3.client("dynamodb", region_name=REGION))
+    else:
+        yield FakeState()
+
+
+def _tenant(store: StateStore, users: int) -> Ownership:
+    writes: list[Any] = [user(f"u{i}", user_name=f"user{i}@example.com") for i in range(users)]
+    writes += [OwnedGroup(f"g{i}", f"tg-{i}", f"Group {i}") for i in range(3)]
+    writes += [OwnedMembership(f"g{i % 3}", f"u{i}", f"m-{i}") for i in range(users)]
+    writes += [OwnedMembership("g2", f"u{i}", f"m2-{i}") for i in range(0, users, 7)]
+    store.write_ownership(writes)
+    return store.load_ownership()
+
+
+def test_ownership_read_by_key_is_the_full_ownership_filtered(keyed_store: StateStore) -> None:
+    # Given 520 users (more than one BatchGetItem and one IN list), 3 groups and their memberships
+    everything = _tenant(keyed_store, 520)
+    wanted = {f"u{i}" for i in range(0, 520, 3)} | {"u-missing"}
+
+    # When a delta cycle reads the records of some users and of group g1
+    part = keyed_store.load_ownership_of(wanted, {"g1"})
+
+    # Then it gets exactly their records, every group, and the memberships of those users or of g1
+    assert part.users == {k: v for k, v in everything.users.items() if k in wanted}
+    assert part.groups == everything.groups
+    assert part.memberships == {k: v for k, v in everything.memberships.items() if k[1] in wanted or k[0] == "g1"}
+    assert keyed_store.load_ownership_of((), ()) == Ownership(groups=everything.groups)
+
+
+def test_holders_of_a_user_name_are_found_without_regard_to_case(keyed_store: StateStore) -> None:
+    # Given users holding names that differ from the asked ones only in case (ß casefolds to ss)
+    keyed_store.record_user(user("u1", user_name="Straße@Example.com"))
+    keyed_store.record_user(user("u2", user_name="STRASSE@example.com"))
+    keyed_store.record_user(user("u3", user_name="other@example.com"))
+
+    # When the holders of two names are asked for, one of them held by nobody
+    holders = keyed_store.owned_users_named(["strasse@EXAMPLE.com", "nobody@example.com"])
+
+    # Then both holders of the first come back under its casefolded form, and the second is absent
+    assert {name: sorted(ids) for name, ids in holders.items()} == {"strasse@example.com": ["u1", "u2"]}
+    assert keyed_store.owned_users_named([]) == {}
+
+
+def test_ownership_counts_leave_the_excluded_groups_memberships_out(keyed_store: StateStore) -> None:
+    # Given 40 users in 3 groups, g2 holding a seventh of them twice over
+    everything = _tenant(keyed_store, 40)
+
+    # When ownership is counted, with g2 excluded in another case
+    counted = keyed_store.count_ownership(["G2"])
+
+    # Then users and groups are all counted, and only the memberships outside g2
+    outside = sum(1 for group_id, _ in everything.memberships if group_id != "g2")
+    assert counted == (40, 3, outside)
+    assert keyed_store.count_ownership() == (40, 3, len(everything.memberships))
+
+
+class _Unprocessing:
+    """A DynamoDB client whose BatchGetItem answers the first request with every key unprocessed (throttled)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.refused = 0
+
+    def batch_get_item(self, **params: Any) -> dict[str, Any]:
+        if not self.refused:
+            self.refused += 1
+            table, request = next(iter(params["RequestItems"].items()))
+            return {"Responses": {table: []}, "UnprocessedKeys": {table: request}}
+        return dict(self.client.batch_get_item(**params))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+
+def test_dynamodb_retries_the_keys_a_batch_get_left_unprocessed(dynamodb: Any) -> None:
+    # Given a table holding two users, and BatchGetItem throttling its first request as a whole
+    client = _Unprocessing(boto3.client("dynamodb", region_name=REGION))
+    store = DynamoDbStateStore(TABLE, client=client)
+    store.record_user(user("u1"))
+    store.record_user(user("u2"))
+
+    # When the users are read by key
+    part = store.load_ownership_of(["u1", "u2"], ())
+
+    # Then the unprocessed keys were asked again and both users came back
+    assert client.refused == 1
+    assert set(part.users) == {"u1", "u2"}
+
+
+def test_a_sqlite_file_from_before_the_by_key_indexes_gets_them_when_opened(tmp_path: Path) -> None:
+    # Given a state file holding users and memberships, written before the by-key indexes existed
+    path = tmp_path / "state.db"
+    store = SqliteStateStore(path)
+    store.write_ownership([user("u1", user_name="Ann@Example.com"), OwnedMembership("g1", "u1", "m-1")])
+    store.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP INDEX owned_users_by_name")
+        conn.execute("DROP INDEX owned_memberships_by_user")
+        conn.execute("PRAGMA user_version = 1")
+
+    # When this version opens it
+    store = SqliteStateStore(path)
+
+    # Then the indexes are built (and the file marked as this schema, which older versions refuse), the
+    # by-key reads find the records through them, and writes go on
+    with sqlite3.connect(path) as conn:
+        indexes = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        plan = " ".join(str(row) for row in conn.execute("EXPLAIN QUERY PLAN " + _BY_USER, ("u1",)))
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+    assert {"owned_users_by_name", "owned_memberships_by_user"} <= indexes
+    assert version == 2
+    assert "owned_memberships_by_user" in plan
+    assert store.owned_users_named(["ann@example.com"]) == {"ann@example.com": ["u1"]}
+    assert set(store.load_ownership_of(["u1"], ()).memberships) == {("g1", "u1")}
+    store.record_user(user("u2", user_name="Bo@example.com"))
+    assert store.owned_users_named(["BO@example.com"]) == {"bo@example.com": ["u2"]}
+    store.close()
+
+
+_BY_USER = "SELECT group_source_id FROM owned_memberships WHERE user_source_id = ?"

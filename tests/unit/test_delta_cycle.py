@@ -1,8 +1,11 @@
-"""Delta cycles planned from narrowed views write what a full plan would: the Applier sees every ownership
-record (a create refused with a conflict never adopts an object idsync manages for another user), a group
-deleted by hand is restored with every member, and the deletion guard counts the full membership."""
+"""Delta cycles planned from narrowed views write what a full plan would: a create refused with a conflict
+never adopts an object idsync manages for another user (the Applier then asks ownership as a whole), a group
+deleted by hand is restored with every member, and the deletion guard counts the full membership. A delta
+cycle reads ownership by key only: the records of the users it plans, never every record."""
 
 from __future__ import annotations
+
+from collections.abc import Collection
 
 import pytest
 
@@ -147,3 +150,42 @@ def test_only_a_successful_write_counts_as_succeeded_and_a_skipped_one_stays_uns
     assert applier.unfinished == [add]
     assert unsettled([add], applier.succeeded, (), ()).users == {"e1"}
     assert store.memberships == {}
+
+
+class KeyedReads(FakeState):
+    """Counts full ownership loads, and the users each by-key read asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.full_loads = 0
+        self.asked: set[str] = set()
+
+    def load_ownership(self) -> Ownership:
+        self.full_loads += 1
+        return super().load_ownership()
+
+    def load_ownership_of(self, users: Collection[str], groups: Collection[str]) -> Ownership:
+        self.asked |= set(users)
+        return super().load_ownership_of(users, groups)
+
+
+def test_a_delta_cycle_reads_the_ownership_of_the_users_it_plans_only() -> None:
+    # Given 40 synced users, e1 reporting to e0, in one group
+    users = _users(40)
+    users[1]["manager"] = {"id": "e0"}
+    source = FakeDeltaSource(users, [{"id": "g1", "displayName": "Admins"}], {"g1": ["e0", "e1", "e5"]})
+    store, state, clock = FakeIdentityStore(), KeyedReads(), FakeClock()
+    service = _service(source, store, state, clock, True)
+    assert service.run(CycleOptions()).report.complete
+    state.full_loads, state.asked = 0, set()
+    # When e0 is renamed in Entra and e7 leaves g1's neighbourhood untouched
+    source.users[0]["displayName"] = "Renamed"
+    clock.advance(60)
+    out = service.run(CycleOptions())
+    # Then the update was written, no full ownership load was made, and only e0 and its report were read
+    assert out.mode == "delta"
+    assert out.report is not None
+    assert out.report.complete
+    assert [op.source_id for op in out.plan.operations if op.is_write] == ["e0"]
+    assert state.full_loads == 0
+    assert state.asked == {"e0", "e1"}

@@ -1,7 +1,8 @@
 """A delta cycle plans only what its read touched (idsync.delta), and its plan is the full plan.
 
-Property: over random directories and random rounds of Entra changes (attributes, userName contests,
-managers, joiners, leavers, soft deletions, memberships, group renames and deletions, app assignments),
+Property: over random directories, with nested groups counted transitively or not, and random rounds of
+Entra changes (attributes, userName contests, managers, joiners, leavers, soft deletions, memberships,
+nested groups, group renames and deletions, app assignments),
 with cycles that fail on some objects, stop early or trip the deletion guard, the plan a delta cycle
 makes from its narrowed views holds exactly the full plan's operations in the same order, with the
 same refusals, held-back deletions and guard.
@@ -39,7 +40,7 @@ def _user(index: int, name: str, draw: st.DrawFn, ids: list[str]) -> dict[str, A
 
 
 @st.composite
-def tenants(draw: st.DrawFn) -> tuple[FakeDeltaSource, str]:
+def tenants(draw: st.DrawFn) -> tuple[FakeDeltaSource, str, bool]:
     count = draw(st.integers(2, 9))
     ids = [f"e{i}" for i in range(count)]
     users = [_user(i, draw(st.sampled_from(NAMES)), draw, ids) for i in range(count)]
@@ -47,11 +48,16 @@ def tenants(draw: st.DrawFn) -> tuple[FakeDeltaSource, str]:
         {"id": f"g{i}", "displayName": draw(st.sampled_from(GROUP_NAMES))} for i in range(draw(st.integers(0, 4)))
     ]
     members = {g["id"]: [u for u in ids if draw(st.booleans())] for g in groups}
+    transitive = draw(st.booleans())
+    if transitive:
+        # nested groups (cycles too): their users are members of every group above them
+        for group in groups:
+            members[group["id"]] += [g["id"] for g in groups if g is not group and draw(st.booleans())]
     source = FakeDeltaSource(users, groups, members)
     mode = draw(st.sampled_from(["all", "assigned"]))
     source.assigned_users = {u for u in ids if draw(st.booleans())}
     source.assigned_groups = {g["id"] for g in groups if draw(st.booleans())}
-    return source, mode
+    return source, mode, transitive
 
 
 def _change(source: FakeDeltaSource, draw: st.DrawFn, serial: int) -> None:
@@ -68,6 +74,7 @@ def _change(source: FakeDeltaSource, draw: st.DrawFn, serial: int) -> None:
                 "soft-delete",
                 "restore",
                 "member",
+                "nest",
                 "group-rename",
                 "group-delete",
                 "assign",
@@ -105,12 +112,22 @@ def _change(source: FakeDeltaSource, draw: st.DrawFn, serial: int) -> None:
             members.remove(user["id"])
         else:
             members.append(user["id"])
+    elif kind == "nest" and len(source.groups) > 1:
+        parent, child = draw(st.permutations(source.groups))[:2]
+        members = source.members.setdefault(parent["id"], [])
+        if child["id"] in members:
+            members.remove(child["id"])
+        else:
+            members.append(child["id"])
     elif kind == "group-rename" and source.groups:
         draw(st.sampled_from(source.groups))["displayName"] = draw(st.sampled_from(GROUP_NAMES))
     elif kind == "group-delete" and source.groups:
         group = draw(st.sampled_from(source.groups))
         source.groups.remove(group)
         source.members.pop(group["id"], None)
+        for members in source.members.values():
+            if group["id"] in members:
+                members.remove(group["id"])
     elif kind == "assign":
         target = draw(st.sampled_from(ids + [g["id"] for g in source.groups]))
         chosen = source.assigned_groups if target.startswith("g") else source.assigned_users
@@ -118,7 +135,13 @@ def _change(source: FakeDeltaSource, draw: st.DrawFn, serial: int) -> None:
 
 
 def _service(
-    source: FakeDeltaSource, store: FakeIdentityStore, state: FakeState, clock: FakeClock, mode: str, narrow: bool
+    source: FakeDeltaSource,
+    store: FakeIdentityStore,
+    state: FakeState,
+    clock: FakeClock,
+    mode: str,
+    narrow: bool,
+    transitive: bool = False,
 ) -> CycleService:
     return CycleService(
         source,
@@ -127,7 +150,7 @@ def _service(
         SimpleUserMapper(),
         SimpleGroupMapper(),
         Everything(),
-        Scoping(mode, False),
+        Scoping(mode, transitive),
         PlanPolicy(max_deletions=3, max_deletion_percent=60.0),
         clock,
         narrow_delta=narrow,
@@ -137,13 +160,13 @@ def _service(
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(tenants(), st.data())
 def test_a_delta_cycles_narrowed_plan_is_the_full_plan(
-    tenant: tuple[FakeDeltaSource, str], data: st.DataObject
+    tenant: tuple[FakeDeltaSource, str, bool], data: st.DataObject
 ) -> None:
-    source, mode = tenant
+    source, mode, transitive = tenant
     source.deleted = []  # type: ignore[attr-defined]
     store, state, clock = FakeIdentityStore(), FakeState(), FakeClock()
-    narrowed = _service(source, store, state, clock, mode, narrow=True)
-    full = _service(source, store, state, clock, mode, narrow=False)
+    narrowed = _service(source, store, state, clock, mode, True, transitive)
+    full = _service(source, store, state, clock, mode, False, transitive)
     narrowed.run(CycleOptions())
     compared = 0
     for round_ in range(data.draw(st.integers(1, 4))):

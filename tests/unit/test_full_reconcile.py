@@ -62,7 +62,8 @@ def orphans(state: FakeState) -> list[str]:
             continue
         manifest = state.items.get(match["key"]) or {}
         named = {manifest.get("generation"), (manifest.get("pending") or [None])[0]}
-        named |= {shard.get("generation") for shard in manifest.get("shards") or ()}  # the sharded mirror
+        pieces = [*(manifest.get("shards") or ()), *(manifest.get("journal") or ())]  # the sharded mirror
+        named |= {piece.get("generation") for piece in pieces}
         named |= {g for key in ("pending_shards", "replaced_shards") for g, _ in manifest.get(key) or ()}
         if match["generation"] not in named:
             found.append(key)

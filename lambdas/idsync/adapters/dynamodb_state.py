@@ -34,7 +34,7 @@ import copy
 import json
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TypedDict
@@ -173,6 +173,48 @@ class DynamoDbStateStore:
             owned = _owned_membership(item)
             memberships[(owned.group_source_id, owned.user_source_id)] = owned
         return Ownership(users=users, groups=groups, memberships=memberships)
+
+    def load_ownership_of(self, users: Collection[str], groups: Collection[str]) -> Ownership:
+        """The users by key (strongly consistent BatchGetItem, unprocessed keys retried), every group (one
+        Query), the groups' memberships (a Query on each group's sort-key prefix) and the users' memberships.
+        The table has no by-user index: the users' memberships are found in one projected Query of the
+        membership family (its read capacity grows with the tenant; its documents are never decoded).
+        Raises StateError."""
+        keys = [_key(_USER, source_id) for source_id in dict.fromkeys(users)]
+        found = {owned.source_id: owned for owned in map(_owned_user, self._get_batch(keys))}
+        every = {owned.source_id: owned for owned in map(_owned_group, self._partition(_GROUP))}
+        memberships: dict[tuple[str, str], OwnedMembership] = {}
+        for group_id in dict.fromkeys(groups):
+            for owned in self.owned_memberships(group_id).values():
+                memberships[(owned.group_source_id, owned.user_source_id)] = owned
+        wanted = set(users)
+        if wanted:
+            for item in self._partition(_MEMBERSHIP, "#group, #user, membershipId"):
+                if item["user"]["S"] in wanted:
+                    owned = _owned_membership(item)
+                    memberships[(owned.group_source_id, owned.user_source_id)] = owned
+        return Ownership(users=found, groups=every, memberships=memberships)
+
+    def owned_users_named(self, names: Collection[str]) -> dict[str, list[str]]:
+        """Holders of the userNames: one Query of the user family projected to source id and userName (no
+        document read or decoded; the table has no index by name). Raises StateError."""
+        wanted = {name.casefold() for name in names}
+        holders: dict[str, list[str]] = {}
+        if not wanted:
+            return holders
+        for item in self._partition(_USER, "sk, userName"):
+            folded = item["userName"]["S"].casefold()
+            if folded in wanted:
+                holders.setdefault(folded, []).append(item["sk"]["S"])
+        return holders
+
+    def count_ownership(self, excluded_groups: Collection[str] = ()) -> tuple[int, int, int]:
+        """Counted with Select=COUNT Queries, an excluded group's memberships on its sort-key prefix (group ids
+        are GUIDs: asked as given, in lower and in upper case). Raises StateError."""
+        memberships = self._count(_MEMBERSHIP)
+        for group_id in sorted({v for g in excluded_groups for v in (g, g.lower(), g.upper())}):
+            memberships -= self._count(_MEMBERSHIP, f"{group_id}#")
+        return self._count(_USER), self._count(_GROUP), memberships
 
     def record_user(self, owned: OwnedUser) -> None:
         """Record (or replace) an owned user. Raises ValueError for a doc that is not JSON, StateError."""
@@ -530,14 +572,56 @@ class DynamoDbStateStore:
     def _error(self, operation: str, error: Exception) -> StateError:
         return StateError(f"DynamoDB table {self._table}: {operation} failed: {error}")
 
-    def _partition(self, pk: str) -> Iterator[dict[str, Any]]:
-        return self._query(
-            {
-                "KeyConditionExpression": "pk = :pk",
-                "ExpressionAttributeValues": {":pk": _s(pk)},
-                "ConsistentRead": True,
-            }
+    def _partition(self, pk: str, projection: str | None = None) -> Iterator[dict[str, Any]]:
+        """Every item of a family (strongly consistent); ``projection`` may name ``#group`` and ``#user``."""
+        params: dict[str, Any] = {
+            "KeyConditionExpression": "pk = :pk",
+            "ExpressionAttributeValues": {":pk": _s(pk)},
+            "ConsistentRead": True,
+        }
+        if projection is not None:
+            params["ProjectionExpression"] = projection
+            names = {name: name[1:] for name in ("#group", "#user") if name in projection}
+            if names:
+                params["ExpressionAttributeNames"] = names
+        return self._query(params)
+
+    def _count(self, pk: str, prefix: str | None = None) -> int:
+        """How many items a family holds (those whose sort key begins with ``prefix``, when given)."""
+        condition, values = "pk = :pk", {":pk": _s(pk)}
+        if prefix is not None:
+            condition, values = f"{condition} AND begins_with(sk, :prefix)", values | {":prefix": _s(prefix)}
+        pages = self._client.get_paginator("query").paginate(
+            TableName=self._table,
+            KeyConditionExpression=condition,
+            ExpressionAttributeValues=values,
+            ConsistentRead=True,
+            Select="COUNT",
         )
+        try:
+            return sum(int(page["Count"]) for page in pages)
+        except (ClientError, BotoCoreError) as error:
+            raise self._error("query", error) from error
+
+    def _get_batch(self, keys: Sequence[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """The items of ``keys`` that exist (BatchGetItem, 100 keys a request, strongly consistent, unprocessed
+        keys retried with backoff). Raises StateError."""
+        for start in range(0, len(keys), _GET_BATCH_SIZE):
+            pending: list[dict[str, Any]] = list(keys[start : start + _GET_BATCH_SIZE])
+            for attempt in range(_BATCH_ATTEMPTS):
+                response = self._call(
+                    "batch_get_item", RequestItems={self._table: {"Keys": pending, "ConsistentRead": True}}
+                )
+                yield from response.get("Responses", {}).get(self._table, [])
+                pending = response.get("UnprocessedKeys", {}).get(self._table, {}).get("Keys", [])
+                if not pending:
+                    break
+                time.sleep(min(0.05 * 2**attempt, 2.0))  # unprocessed keys mean throttling: back off
+            else:
+                raise StateError(
+                    f"DynamoDB table {self._table}: batch_get_item left {len(pending)} keys unprocessed "
+                    f"after {_BATCH_ATTEMPTS} attempts"
+                )
 
     def _query(self, params: dict[str, Any], limit: int | None = None) -> Iterator[dict[str, Any]]:
         paging = {"MaxItems": limit, "PageSize": limit} if limit else {}
@@ -547,22 +631,6 @@ class DynamoDbStateStore:
                 yield from page["Items"]
         except (ClientError, BotoCoreError) as error:
             raise self._error("query", error) from error
-
-    def _get_batch(self, keys: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        for start in range(0, len(keys), _GET_BATCH_SIZE):
-            pending: dict[str, Any] = {"Keys": keys[start : start + _GET_BATCH_SIZE], "ConsistentRead": True}
-            for attempt in range(_BATCH_ATTEMPTS):
-                response = self._call("batch_get_item", RequestItems={self._table: pending})
-                yield from response.get("Responses", {}).get(self._table, [])
-                pending = response.get("UnprocessedKeys", {}).get(self._table, {})
-                if not pending.get("Keys"):
-                    break
-                time.sleep(min(0.05 * 2**attempt, 2.0))  # unprocessed keys mean throttling: back off
-            else:
-                raise StateError(
-                    f"DynamoDB table {self._table}: batch_get_item left {len(pending['Keys'])} keys unprocessed "
-                    f"after {_BATCH_ATTEMPTS} attempts"
-                )
 
     def _write_batch(self, requests: list[dict[str, Any]]) -> None:
         pending = requests

@@ -9,7 +9,9 @@ Tables: ``owned_users``, ``owned_groups``, ``owned_memberships`` (ownership), ``
 documents), ``logs`` (provisioning log, keyed ``<UTC time>#<change id>`` so text order is time
 order; entries older than the retention are hidden, and deleted whenever logs are appended),
 ``leases`` and ``grants`` (active JIT grants, one JSON document per group and user). ``PRAGMA
-user_version`` holds the schema version.
+user_version`` holds the schema version. A delta cycle reads ownership by key: memberships are indexed
+by user too, and users by their casefolded userName (an index on ``idsync_casefold(user_name)``, a
+function every connection of this class registers).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import json
 import sqlite3
 import sys
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,7 +35,11 @@ from idsync.errors import LeaseLost, StateError
 from idsync.model import LogEntry, OwnedGroup, OwnedMembership, OwnedUser, Ownership
 from idsync.ports import AccessGrant, GroupRecords, OwnershipWrite
 
-SCHEMA_VERSION = 1
+# 2: the by-key indexes; the userName one calls a function older versions lack, so they refuse the file
+SCHEMA_VERSION = 2
+_CASEFOLD = "idsync_casefold"  # str.casefold, registered on the connection: the key of owned_users_by_name
+_IN_LIMIT = 500  # keys bound in one IN (...) list
+_SELECT_USERS = "SELECT source_id, target_id, user_name, doc, manager_source_id, fingerprint FROM owned_users"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS owned_users (
@@ -57,6 +63,8 @@ CREATE TABLE IF NOT EXISTS owned_memberships (
     membership_id TEXT NOT NULL,
     PRIMARY KEY (group_source_id, user_source_id)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS owned_memberships_by_user ON owned_memberships (user_source_id);
+CREATE INDEX IF NOT EXISTS owned_users_by_name ON owned_users (idsync_casefold(user_name));
 CREATE TABLE IF NOT EXISTS items (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -102,6 +110,8 @@ class SqliteStateStore:
             self._conn = sqlite3.connect(self._path, timeout=30.0, isolation_level=None, check_same_thread=False)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
+            # the userName index's key: every connection that writes owned_users needs the function
+            self._conn.create_function(_CASEFOLD, 1, _casefold, deterministic=True)
             (version,) = self._conn.execute("PRAGMA user_version").fetchone()
             if version > SCHEMA_VERSION:
                 raise StateError(
@@ -141,6 +151,58 @@ class SqliteStateStore:
                 pair = (sys.intern(group_id), sys.intern(user_id))
                 memberships[pair] = OwnedMembership(pair[0], pair[1], membership_id)
         return Ownership(users=users, groups=groups, memberships=memberships)
+
+    def load_ownership_of(self, users: Collection[str], groups: Collection[str]) -> Ownership:
+        """The records of ``users``, every owned group, the memberships of ``users`` or of ``groups``: one
+        snapshot, read through the primary keys and the by-user index. Raises StateError."""
+        found: dict[str, OwnedUser] = {}
+        memberships: dict[tuple[str, str], OwnedMembership] = {}
+        with self._transaction("BEGIN") as conn:
+            for chunk in _chunks(users):
+                for row in conn.execute(f"{_SELECT_USERS} WHERE source_id IN ({_marks(chunk)})", chunk):
+                    found[row[0]] = _owned_user_row(row)
+            every = {
+                row[0]: OwnedGroup(*row)
+                for row in conn.execute(
+                    "SELECT source_id, target_id, display_name, description, fingerprint FROM owned_groups"
+                )
+            }
+            for column, keys in (("user_source_id", users), ("group_source_id", groups)):
+                for chunk in _chunks(keys):
+                    for group_id, user_id, membership_id in conn.execute(
+                        "SELECT group_source_id, user_source_id, membership_id FROM owned_memberships "
+                        f"WHERE {column} IN ({_marks(chunk)})",
+                        chunk,
+                    ):
+                        memberships[(group_id, user_id)] = OwnedMembership(group_id, user_id, membership_id)
+        return Ownership(users=found, groups=every, memberships=memberships)
+
+    def owned_users_named(self, names: Collection[str]) -> dict[str, list[str]]:
+        """Holders of the userNames, through the casefolded-userName index. Raises StateError."""
+        holders: dict[str, list[str]] = {}
+        with self._connection() as conn:
+            for chunk in _chunks({name.casefold() for name in names}):
+                for source_id, user_name in conn.execute(
+                    f"SELECT source_id, user_name FROM owned_users WHERE {_CASEFOLD}(user_name) IN ({_marks(chunk)})",
+                    chunk,
+                ):
+                    holders.setdefault(user_name.casefold(), []).append(source_id)
+        return holders
+
+    def count_ownership(self, excluded_groups: Collection[str] = ()) -> tuple[int, int, int]:
+        """Counted by SQLite (no record is decoded; group ids are GUIDs, so SQLite's ASCII ``lower`` is exact).
+        Raises StateError."""
+        aside = sorted({group_id.lower() for group_id in excluded_groups})
+        with self._transaction("BEGIN") as conn:
+            (users,) = conn.execute("SELECT COUNT(*) FROM owned_users").fetchone()
+            (groups,) = conn.execute("SELECT COUNT(*) FROM owned_groups").fetchone()
+            (memberships,) = conn.execute("SELECT COUNT(*) FROM owned_memberships").fetchone()
+            for chunk in _chunks(aside):
+                (excluded,) = conn.execute(
+                    f"SELECT COUNT(*) FROM owned_memberships WHERE lower(group_source_id) IN ({_marks(chunk)})", chunk
+                ).fetchone()
+                memberships -= excluded
+        return users, groups, memberships
 
     def record_user(self, owned: OwnedUser) -> None:
         """Record (or replace) an owned user. Raises ValueError for a doc that is not JSON, StateError."""
@@ -278,12 +340,8 @@ class SqliteStateStore:
 
     def owned_user(self, source_id: str) -> OwnedUser | None:
         with self._connection() as conn:
-            row = conn.execute(
-                "SELECT source_id, target_id, user_name, doc, manager_source_id, fingerprint FROM owned_users "
-                "WHERE source_id = ?",
-                (source_id,),
-            ).fetchone()
-        return OwnedUser(row[0], row[1], row[2], json.loads(row[3]), row[4], row[5]) if row else None
+            row = conn.execute(f"{_SELECT_USERS} WHERE source_id = ?", (source_id,)).fetchone()
+        return _owned_user_row(row) if row else None
 
     def owned_group(self, source_id: str) -> OwnedGroup | None:
         with self._connection() as conn:
@@ -384,6 +442,25 @@ class SqliteStateStore:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+
+
+def _casefold(value: Any) -> Any:
+    return value.casefold() if isinstance(value, str) else value
+
+
+def _chunks(keys: Collection[str]) -> Iterator[tuple[str, ...]]:
+    """The keys in runs SQLite takes as bound parameters of one statement."""
+    ordered = tuple(keys)
+    for start in range(0, len(ordered), _IN_LIMIT):
+        yield ordered[start : start + _IN_LIMIT]
+
+
+def _marks(chunk: Sequence[str]) -> str:
+    return ",".join("?" * len(chunk))
+
+
+def _owned_user_row(row: Sequence[Any]) -> OwnedUser:
+    return OwnedUser(row[0], row[1], row[2], json.loads(row[3]), row[4], row[5])
 
 
 def _ownership_statement(write: OwnershipWrite) -> tuple[str, tuple[Any, ...]]:

@@ -656,23 +656,23 @@ class CycleService:
         mirror, links, mode, record = read
         if not opts.dry_run:
             self._keep_soft_deleted(mirror)
-        owned = self.state.load_ownership()
-        resolved = not opts.dry_run and resolve_intent(self.state, self.target, owned)
-        if resolved:
-            owned = self.state.load_ownership()
-        counts = (len(owned.users), len(owned.groups))
+        # ownership is loaded only when an intent is left to settle
+        resolved = not opts.dry_run and resolve_intent(self.state, self.target)
+        users_count, groups_count, memberships_count = self.state.count_ownership(self.pim_groups)
+        counts = (users_count, groups_count)
         touched = self._delta_touched(mirror, counts) if mode == "delta" and not resolved else None
         # a resumed full reconcile compares with AWS too, or the drift it found would be forgotten
         full = mode in ("full", "resume")
         listed: TargetRead | None = None
         totals: tuple[int, int] | None = None
-        # the Applier and the unsettled record see every record: a conflict must not adopt another user's object
-        every = owned
         if touched is not None:
-            totals = (counts[0] + counts[1], self._managed_memberships(owned))
-            desired, owned = self._delta_views(mirror, owned, touched)
+            # ownership read by key (the Applier asks for more when it must): the guard's totals are counted
+            totals = (users_count + groups_count, memberships_count)
+            desired, owned = self._delta_views(mirror, touched)
             current = current_from_ownership(owned)
         else:
+            owned = self.state.load_ownership()
+            counts = (len(owned.users), len(owned.groups))
             desired = self.desired(mirror)
             if full:
                 # the invocation's first request is made whatever the budget says, so every invocation makes progress
@@ -694,10 +694,10 @@ class CycleService:
         if self.drift is not None and mode == "delta":
             desired, owned, current = self.drift.check(
                 started,
-                every,
+                owned if touched is None else self.state.load_ownership(),
                 (desired, owned, current),
                 touched,
-                lambda t: self._delta_views(mirror, every, t),
+                lambda t: self._delta_views(mirror, t),
                 opts.dry_run,
             )
         # ---- end of the drift check
@@ -706,7 +706,18 @@ class CycleService:
         plan = make_plan(*set_aside_memberships(desired, current, owned, self.pim_groups), policy, totals, occupied)
         escrow = Escrow(self.state)
         runnable, held = self._escrow_filter(plan, escrow, desired)
-        applier = Applier(self.target, self.state, self.clock, cycle_id, every, current, policy, desired, *self._pool())
+        applier = Applier(
+            self.target,
+            self.state,
+            self.clock,
+            cycle_id,
+            owned,
+            current,
+            policy,
+            desired,
+            *self._pool(),
+            touched is not None,
+        )
         if opts.dry_run:
             return CycleOutcome(applier.report(plan, started.isoformat(), True, True), mode=mode, plan=plan)
         if mode == "full" and plan.writes > 0 and plan.guard is None:
@@ -747,7 +758,7 @@ class CycleService:
             )
         self._log_new_refusals(applier, plan.refusals)
         self._update_escrow(escrow, applier, runnable, desired)
-        self._keep_unsettled(plan, applier, every, counts)
+        self._keep_unsettled(plan, applier, owned, counts)
         applier.flush()
         report = applier.report(plan, started.isoformat(), dry_run=False, complete=complete)
         attempted = applier.attempted
@@ -858,13 +869,14 @@ class CycleService:
             (touched.groups if object_id in mirror.groups else touched.users).add(object_id)
         return touched
 
-    def _delta_views(self, mirror: Mirror, owned: Ownership, touched: Touched) -> tuple[DesiredView, Ownership]:
-        """The desired view and ownership narrowed to the touched users (widened: see idsync.delta)."""
+    def _delta_views(self, mirror: Mirror, touched: Touched) -> tuple[DesiredView, Ownership]:
+        """The desired view and ownership narrowed to the touched users (widened: see idsync.delta); only
+        the ownership records narrowing needs are read, by key."""
 
         def map_user(obj: Mapping[str, Any]) -> User | Refusal | None:
             return self.user_mapper.map(obj) if self.scope.user(obj).in_scope else None
 
-        views = narrow(mirror, owned, touched, self.scoping.mode, self.scoping.transitive, map_user)
+        views = narrow(mirror, self.state, touched, self.scoping.mode, self.scoping.transitive, map_user)
         view = build_desired(views.users, views.groups, views.members, self.user_mapper, self.group_mapper, self.scope)
         return with_out_of_scope(view, views.alive, self._retained(mirror)), views.owned
 
@@ -891,11 +903,6 @@ class CycleService:
             for object_id, since in mirror.soft_deleted.items()
             if now - datetime.fromisoformat(since) < self.restorable_grace
         )
-
-    def _managed_memberships(self, owned: Ownership) -> int:
-        """Memberships idsync manages outside PIM groups (the deletion guard's total)."""
-        aside = {g.lower() for g in self.pim_groups}
-        return sum(1 for group_id, _ in owned.memberships if group_id.lower() not in aside)
 
     def _keep_unsettled(self, plan: Plan, applier: Applier, owned: Ownership, counts: tuple[int, int]) -> None:
         """Record what the next delta cycle must plan again, and ownership's size after this cycle's writes

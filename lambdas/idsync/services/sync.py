@@ -264,8 +264,12 @@ class Applier:
         desired: DesiredView | None = None,
         concurrency: int = 1,
         record_every: int = 1,
+        narrowed: bool = False,
     ) -> None:
-        """Raises ValueError when ``concurrency`` or ``record_every`` is below 1."""
+        """``narrowed``: ``owned`` holds some users' records only (a delta cycle's): a create that meets a
+        same-named object then asks the state for ownership as a whole (never adopting an object recorded for
+        another source object), and a group created again forgets every membership the state records for it.
+        Raises ValueError when ``concurrency`` or ``record_every`` is below 1."""
         if concurrency < 1 or record_every < 1:
             raise ValueError(f"applier: concurrency ({concurrency}) and record_every ({record_every}) must be >= 1")
         self.target = target
@@ -277,6 +281,8 @@ class Applier:
         self.policy = policy
         self.concurrency = concurrency
         self.record_every = record_every
+        self.narrowed = narrowed
+        self._claimed_targets: dict[str, set[str]] = {}  # every recorded target id by kind, once a conflict asks
         self.users: dict[str, OwnedUser] = dict(owned.users)
         self.groups: dict[str, OwnedGroup] = dict(owned.groups)
         self.user_targets: dict[str, str] = {sid: o.target_id for sid, o in owned.users.items()}
@@ -588,8 +594,21 @@ class Applier:
                 )
             )
 
+    def _claimed(self, kind: str, target_id: str) -> bool:
+        """Whether a narrowed applier's state records ``target_id`` ("user" or "group") for any source object."""
+        if not self.narrowed:
+            return False
+        if not self._claimed_targets:
+            owned = self.state.load_ownership()
+            self._claimed_targets["user"] = {o.target_id for o in owned.users.values()}
+            self._claimed_targets["group"] = {o.target_id for o in owned.groups.values()}
+        return target_id in self._claimed_targets[kind]
+
     def _forget_memberships(self, user_sid: str | None = None, group_sid: str | None = None) -> None:
         with self._lock:
+            if group_sid is not None and self.narrowed:
+                # the group's members this applier was not given are recorded too
+                self.memberships |= set(self.state.load_ownership_of((), (group_sid,)).memberships)
             for pair in [m for m in self.memberships if m[1] == user_sid or m[0] == group_sid]:
                 self._record(Forget("membership", pair))
                 self.memberships.discard(pair)
@@ -708,7 +727,8 @@ class Applier:
             # a previous run created it but stopped before recording it, or it was created by hand
             existing = self.target.find_user(user.user_name)
             with self._lock:
-                mine = existing in {o.target_id for o in self.users.values()}
+                known = {o.target_id for o in self.users.values()}
+                mine = existing is not None and (existing in known or self._claimed("user", existing))
             if existing is None or mine:
                 raise
             self.target.update_user(existing, [AttributeChange(k, None, v) for k, v in sorted(doc.items())])
@@ -794,9 +814,7 @@ class Applier:
         self.target.delete_user(op.target_id)
         self._wrote()
         with self._lock:
-            for group_sid, user_sid in [m for m in self.memberships if m[1] == op.source_id]:
-                self._record(Forget("membership", (group_sid, user_sid)))
-                self.memberships.discard((group_sid, user_sid))
+            self._forget_memberships(user_sid=op.source_id)
             self._record(Forget("user", (op.source_id,)))
             self.users.pop(op.source_id, None)
             self.user_targets.pop(op.source_id, None)
@@ -826,7 +844,8 @@ class Applier:
         except TargetConflict:
             existing = self.target.find_group(group.display_name)
             with self._lock:
-                mine = existing in {o.target_id for o in self.groups.values()}
+                known = {o.target_id for o in self.groups.values()}
+                mine = existing is not None and (existing in known or self._claimed("group", existing))
             if existing is None or mine:
                 raise
             target_id = existing
@@ -859,9 +878,7 @@ class Applier:
         self.target.delete_group(op.target_id)
         self._wrote()
         with self._lock:
-            for group_sid, user_sid in [m for m in self.memberships if m[0] == op.source_id]:
-                self._record(Forget("membership", (group_sid, user_sid)))
-                self.memberships.discard((group_sid, user_sid))
+            self._forget_memberships(group_sid=op.source_id)
             self._record(Forget("group", (op.source_id,)))
             self.groups.pop(op.source_id, None)
             self.group_targets.pop(op.source_id, None)
