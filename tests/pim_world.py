@@ -9,7 +9,6 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from idsync.adapters.identitystore import JIT_CALL_SECONDS
 from idsync.config import MappingSettings, ScopeSettings
 from idsync.errors import DirectoryError, SchedulerError, StateError
 from idsync.mapping import build_mappers
@@ -76,7 +75,13 @@ class PimWorld:
     """Everything, on one fake clock. ``scope``: ScopeSettings as a dict; ``assigned``: only members of the PIM
     group are in the cycle's scope (Entra's "assigned users and groups")."""
 
-    def __init__(self, scope: dict[str, Any] | None = None, assigned: bool = False, settle_minutes: float = 10) -> None:
+    def __init__(
+        self,
+        scope: dict[str, Any] | None = None,
+        assigned: bool = False,
+        settle_minutes: float = 10,
+        call_seconds: float | None = None,
+    ) -> None:
         self.clock = FakeClock(T0)
         self.graph = FakePimGraph(GROUP)
         for user_id, name in PEOPLE.items():
@@ -101,7 +106,7 @@ class PimWorld:
             self.clock,
             [GROUP],
             settle=timedelta(minutes=settle_minutes),
-            call_seconds=JIT_CALL_SECONDS,  # as the JIT functions' bounded client: keep renews only when needed
+            call_seconds=call_seconds,  # None, as deployed: keep renews before every external call
         )
         self.source = LinkedSource(self.graph, {GROUP} if assigned else set())
         self.cycle_service = CycleService(

@@ -357,13 +357,14 @@ def build_jit_service(
     """The JIT service (worker and expiry function): Graph, the Identity Store, the state store (which also
     keeps the grants), the shared token bucket and the expiry scheduler; any collaborator given replaces
     the default one. The Identity Store client built here draws from the rate budget as ``writer`` ("jit",
-    "expiry" or "poller": the JIT reserve is theirs), through ``bucket_store`` when given; its calls are bounded
-    (``JIT_CALL_SECONDS``). ``call_seconds``: the longest a call of a ``target`` given takes (None: unbounded).
+    "expiry" or "poller": the JIT reserve is theirs), through ``bucket_store`` when given; its calls' timeouts
+    are bounded (``JIT_CALL_SECONDS``), but not the budget's wait before each, so the group lease is renewed before
+    every external call. ``call_seconds``: the longest a call of a ``target`` given takes (None: unbounded).
     Raises ConfigError, TargetError (the identity store id cannot be discovered)."""
     from idsync.adapters.budget import attach_budget
     from idsync.adapters.graph import GraphClient
     from idsync.adapters.graph_pim import GraphPim
-    from idsync.adapters.identitystore import JIT_CALL_SECONDS, from_settings
+    from idsync.adapters.identitystore import from_settings
 
     counters = counters or Counters()
     user_mapper, _ = build_mappers(settings.mapping)
@@ -379,7 +380,9 @@ def build_jit_service(
     if target is None:
         bounded = from_settings(settings.identity_store, counters.aws, bounded=True)
         attach_budget(bounded.client, build_rate_budget(settings, writer, store=buckets))
-        target, call_seconds = bounded, JIT_CALL_SECONDS
+        # the budget's turn is taken inside the request (before-send) and its wait has no bound, so no call's
+        # length is known in advance: the lease is renewed before every external call
+        target = bounded
     return JitService(
         directory,
         target,

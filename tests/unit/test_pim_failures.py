@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -115,7 +116,7 @@ def test_keep_renews_only_when_the_lease_would_not_outlast_the_next_call_and_the
 
 
 def test_an_activation_under_a_fresh_lease_renews_nothing_and_every_state_write_is_fenced() -> None:
-    world = PimWorld()
+    world = PimWorld(call_seconds=JIT_CALL_SECONDS)  # a client whose every call is bounded
     world.cycle()
     world.graph.grant("i1", ADA, world.clock.now(), 30)
     views: list[FencedJitState] = []
@@ -134,6 +135,45 @@ def test_an_activation_under_a_fresh_lease_renews_nothing_and_every_state_write_
     assert [write for view in views for write in view.applied] == ["record_grant", "record_membership"]
     assert (state.grant_writes - grant_writes, state.records - records) == (1, 1)  # nothing written unfenced
     assert state.leases == {}  # released
+
+
+def test_a_call_that_waits_past_the_lease_lands_only_while_its_writer_still_holds_it() -> None:
+    """As deployed, the lease is renewed to its full length right before each Identity Center call: a look that
+    read slowly (19 s) and whose call then waits 12 s for the shared budget and takes 29 s still lands inside
+    its lease, so the look that the deactivation triggers waits for it and removes the membership. (A lease
+    renewed only when less than the call's bound was left lapsed here, the second look found no membership yet
+    and forgot the grant, and the late create left a member with no grant and no record, for good.)"""
+    world = PimWorld()
+    world.cycle(full=True)
+    world.graph.grant("i1", ADA, world.clock.now(), 30)
+    instances, create = world.graph.instances, world.identity.create_membership
+    second: list[Any] = []
+
+    def slow_read(*args: Any) -> Any:
+        world.graph.instances = instances
+        world.clock.advance(19)
+        return instances(*args)
+
+    def slow_create(group_id: str, user_id: str) -> Any:
+        world.clock.advance(12 + 30 - 1)  # the budget's wait and the call: the request lands at its end
+        world.graph.end("i1")
+        world.clock.advance(1)
+        world.identity.create_membership = create
+        second.append(world.jit.look(GROUP))  # the deactivation's look, while the create is in flight
+        return create(group_id, user_id)
+
+    world.graph.instances, world.identity.create_membership = slow_read, slow_create  # type: ignore[method-assign]
+    world.jit.look(GROUP)
+    assert len(second) == 1
+    assert not second[0].removals  # it found the lease held and looks again later
+    for _ in range(3):
+        world.clock.advance(31 * 60)
+        world.look()
+        world.fire_due()
+        world.cycle(full=True)
+    assert not world.is_member(ADA)
+    assert world.phase(ADA) is None
+    assert world.state.owned_memberships(GROUP) == {}
 
 
 def _extended_then_paused(world: PimWorld) -> datetime:
