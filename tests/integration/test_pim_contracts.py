@@ -241,6 +241,51 @@ def test_a_cancelled_fenced_transaction_is_read_by_its_reasons(answers: tuple[An
         stubber.assert_no_pending_responses()
 
 
+def _in_transaction(stubber: Stubber, operation: str) -> None:
+    stubber.add_client_error(
+        operation,
+        service_error_code="TransactionConflictException",
+        service_message="Transaction is ongoing for the item",
+        http_status_code=400,
+    )
+
+
+@pytest.mark.parametrize(("conflicts", "held"), [(1, True), (3, True), (4, False)])
+def test_a_lease_write_that_meets_a_holders_transaction_is_tried_again_then_read_as_held(
+    conflicts: int, held: bool
+) -> None:
+    """DynamoDB refuses a single write to an item a transaction is applying, and the holder's fenced transactions
+    name the lease item: taking the lease then means another writer holds it (False, look again later), never a
+    failed run; renewing it is tried again, then fails as any state error does; a release leaves it to expire."""
+    client = boto3.client("dynamodb", region_name="us-east-1")
+    store = DynamoDbStateStore("idsync-state", client=client)
+    now = datetime(2030, 1, 1, tzinfo=UTC)
+    with Stubber(client) as stubber:
+        for _ in range(min(conflicts, 4)):
+            _in_transaction(stubber, "put_item")
+        if held:
+            stubber.add_response("put_item", {})
+        assert store.acquire_lease("pim:g", "me", now, 60) is held
+        stubber.assert_no_pending_responses()
+    with Stubber(client) as stubber:
+        for _ in range(min(conflicts, 4)):
+            _in_transaction(stubber, "put_item")
+        if held:
+            stubber.add_response("put_item", {})
+            assert store.renew_lease("pim:g", "me", now, 60) is True
+        else:
+            with pytest.raises(StateError):
+                store.renew_lease("pim:g", "me", now, 60)
+        stubber.assert_no_pending_responses()
+    with Stubber(client) as stubber:
+        for _ in range(min(conflicts, 4)):
+            _in_transaction(stubber, "delete_item")
+        if held:
+            stubber.add_response("delete_item", {})
+        store.release_lease("pim:g", "me")
+        stubber.assert_no_pending_responses()
+
+
 def test_the_group_and_the_users_of_a_run_are_read_together(stores: Callable[[], Store]) -> None:
     store = stores()
     group = OwnedGroup(GROUP, "tg", "AWS PIM Production Admin", None, "f")

@@ -78,6 +78,9 @@ _GRANT = "GRANT#"
 _LOG_INDEX = TABLE_SCHEMA["indexes"][0]["name"]
 _CONDITION_FAILED = "ConditionalCheckFailedException"
 _CANCELLED = "TransactionCanceledException"
+# a lease item's single write that meets a fenced transaction in flight on it; botocore does not retry it
+_IN_TRANSACTION = "TransactionConflictException"
+_LEASE_ATTEMPTS = 4
 _TRANSACTION_ATTEMPTS = 4
 _TRANSACTION_ITEMS = 100  # TransactWriteItems' limit
 # ':' sorts right after '9': after every "<time>#..." key and before "STATUS#..." keys
@@ -436,7 +439,7 @@ class DynamoDbStateStore:
         """
         at = _epoch(now)
         try:
-            self._call(
+            self._lease_call(
                 "put_item",
                 TableName=self._table,
                 Item=_key(_LEASE, name) | {"owner": _s(owner), "expires": _n(at + ttl_seconds)},
@@ -444,7 +447,7 @@ class DynamoDbStateStore:
                 ExpressionAttributeNames={"#expires": "expires", "#owner": "owner"},
                 ExpressionAttributeValues={":now": _n(at), ":owner": _s(owner)},
             )
-        except ClientError:  # _call lets only a failed condition through: another owner holds it
+        except ClientError:  # a failed condition, or a holder's transaction on it in flight: another owner holds it
             return False
         return True
 
@@ -454,7 +457,7 @@ class DynamoDbStateStore:
         False once another owner took it over, even one that released it since. Raises StateError.
         """
         try:
-            self._call(
+            self._lease_call(
                 "put_item",
                 TableName=self._table,
                 Item=_key(_LEASE, name) | {"owner": _s(owner), "expires": _n(_epoch(now) + ttl_seconds)},
@@ -462,14 +465,16 @@ class DynamoDbStateStore:
                 ExpressionAttributeNames={"#owner": "owner"},
                 ExpressionAttributeValues={":owner": _s(owner)},
             )
-        except ClientError:  # _call lets only a failed condition through: the lease is someone else's
-            return False
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") == _IN_TRANSACTION:
+                raise self._error("put_item", error) from error  # unknown: the caller stops, as on any error
+            return False  # a failed condition: the lease is someone else's
         return True
 
     def release_lease(self, name: str, owner: str) -> None:
         """Give the lease up; a lease held by another owner is left alone. Raises StateError."""
         try:
-            self._call(
+            self._lease_call(
                 "delete_item",
                 TableName=self._table,
                 Key=_key(_LEASE, name),
@@ -477,7 +482,7 @@ class DynamoDbStateStore:
                 ExpressionAttributeNames={"#owner": "owner"},
                 ExpressionAttributeValues={":owner": _s(owner)},
             )
-        except ClientError:  # held by another owner, or already gone
+        except ClientError:  # held by another owner, already gone, or still in a transaction: it expires
             return
 
     def append_logs_and_release(self, entries: Sequence[LogEntry], name: str, owner: str) -> None:
@@ -526,6 +531,23 @@ class DynamoDbStateStore:
         except BotoCoreError as error:
             raise self._error(operation, error) from error
         return response
+
+    def _lease_call(self, operation: str, **params: Any) -> dict[str, Any]:
+        """A lease item's conditional write. A lease holder's fenced transactions name the lease item, and
+        DynamoDB refuses a single write to an item a transaction is applying (TransactionConflictException, which
+        botocore does not retry): tried again briefly, then re-raised as is, like a failed condition."""
+        attempt = 0
+        while True:
+            try:
+                return self._call(operation, **params)
+            except StateError as error:
+                cause = error.__cause__
+                if not isinstance(cause, ClientError) or cause.response.get("Error", {}).get("Code") != _IN_TRANSACTION:
+                    raise
+                attempt += 1
+                if attempt == _LEASE_ATTEMPTS:
+                    raise cause from None
+                time.sleep(0.02 * 2**attempt)  # transactions take milliseconds
 
     def _put(self, item: dict[str, Any]) -> None:
         if self._fence is None:
