@@ -84,7 +84,7 @@ from idsync.services.escrow import (
     save_quarantine,
 )
 from idsync.services.mirror_store import load_mirror, save_mirror
-from idsync.services.sync import Applier, resolve_intent
+from idsync.services.sync import PROBE_OPS, Applier, resolve_intent
 
 if TYPE_CHECKING:
     from idsync.services.jit import JitService
@@ -302,6 +302,7 @@ class CycleService:
         self.access = access
         self.concurrency = concurrency
         self.record_every = record_every
+        self.probe = PROBE_OPS  # operations measured one at a time before the applier's pool may grow
         self.fingerprint = content_hash([config_fingerprint, scope.fingerprint, sorted(self.policy.managed_attributes)])
         # PIM for Groups: the plan leaves these groups' memberships to idsync.pim's rule (see _pim_pass)
         self.pim = pim
@@ -314,8 +315,8 @@ class CycleService:
         self.narrow_delta = narrow_delta
         self.touched: Touched | None = None  # what the last delta read touched (None after a full read)
 
-    def _pool(self) -> tuple[int, int]:
-        return self.concurrency, self.record_every
+    def _pool(self) -> tuple[int, int, int]:
+        return self.concurrency, self.record_every, self.probe
 
     # ------------------------------------------------------------------ reading Entra
 

@@ -89,6 +89,13 @@ from idsync.plan import (
 )
 from idsync.ports import Clock, Forget, IdentityStore, OwnershipWrite, StateStore
 
+try:
+    import resource
+
+    _RUSAGE_THREAD: int | None = getattr(resource, "RUSAGE_THREAD", None)
+except ImportError:  # no resource module (Windows)
+    _RUSAGE_THREAD = None
+
 logger = logging.getLogger(__name__)
 
 LOG_FLUSH_EVERY = 500
@@ -97,6 +104,7 @@ RECORD_FLUSH_SECONDS = 1.0  # and at least this often while applying
 INTENT_WINDOW = 16  # creates intended ahead in one put of the intent item
 INTENT_SCAN = 512  # operations looked through for the next window's creates
 INTENT_KEY = "create-intent"  # the sync lease holder's creates in flight: {"intents": [{"kind", "source_id", "name"}]}
+PROBE_OPS = 16  # operations measured one at a time before the pool may grow (0: the whole pool at once)
 
 
 def jit_intent_key(group_id: str) -> str:
@@ -241,6 +249,67 @@ class _Schedule:
         return self.state[index] != 0
 
 
+def _blocks() -> int | None:
+    """This thread's voluntary context switches so far (it blocked: a socket read, a sleep), None where the
+    platform does not count them per thread."""
+    if _RUSAGE_THREAD is None:
+        return None
+    return resource.getrusage(_RUSAGE_THREAD).ru_nvcsw
+
+
+class PoolSizer:
+    """How many operations the applier keeps in flight: one, run on the dispatching thread, until the calls
+    are seen to wait (on the network, on the rate budget) longer than the operations compute; then
+    ``limit``.
+
+    Python's threads overlap only waiting: against an Identity Store that answers at once (an emulator in
+    the same process), a pool adds its dispatch and its lock hand-offs to every write and overlaps
+    nothing. So the operations run one at a time are measured (``start`` / ``stop``): the thread's CPU
+    time, and the wall time beyond it when the thread blocked (a voluntary context switch), so that time
+    the machine gave to other processes does not count as waiting. After each ``probe`` operations the
+    pool grows to ``limit`` when they waited longer than they computed, and it never shrinks within a
+    run. ``probe`` 0 (or ``limit`` 1): ``limit`` from the first operation. Raises ValueError when ``limit``
+    is below 1 or ``probe`` below 0.
+    """
+
+    def __init__(self, limit: int, probe: int = PROBE_OPS) -> None:
+        if limit < 1 or probe < 0:
+            raise ValueError(f"pool sizer: limit ({limit}) must be >= 1 and probe ({probe}) >= 0")
+        self.limit = limit
+        self.probe = probe
+        self.width = limit if probe == 0 else 1
+        self._ops = 0
+        self._cpu = 0.0
+        self._waited = 0.0
+
+    @staticmethod
+    def start() -> tuple[float, float, int | None]:
+        """A mark taken on the thread about to run one operation."""
+        return time.perf_counter(), time.thread_time(), _blocks()
+
+    def stop(self, mark: tuple[float, float, int | None]) -> None:
+        """Account the operation run on this thread since ``mark``."""
+        wall, cpu, blocks = mark
+        cpu = time.thread_time() - cpu
+        wall = time.perf_counter() - wall
+        after = _blocks()
+        blocked = blocks is None or after is None or after > blocks
+        self.observe(cpu, max(0.0, wall - cpu) if blocked else 0.0)
+
+    def observe(self, cpu: float, waited: float) -> None:
+        """Account one operation run alone: ``cpu`` seconds computing, ``waited`` seconds blocked."""
+        if self.width >= self.limit:
+            return
+        self._ops += 1
+        self._cpu += cpu
+        self._waited += waited
+        if self._ops < self.probe:
+            return
+        if self._waited > self._cpu:
+            self.width = self.limit
+        self._ops, self._cpu, self._waited = 0, 0.0, 0.0
+
+
 class _SerialTail(Exception):
     """A pooled operation reached a path that mutates shared maps (creating again what was deleted by hand)."""
 
@@ -250,6 +319,7 @@ class Applier:
     ownership and a log entry for each.
 
     ``record_every``: ownership writes buffered per batch (1: each written before the next operation).
+    ``concurrency`` is the most in flight; how many are is ``PoolSizer``'s (``self.sizer``, per ``apply``).
     """
 
     def __init__(
@@ -264,10 +334,16 @@ class Applier:
         desired: DesiredView | None = None,
         concurrency: int = 1,
         record_every: int = 1,
+        probe: int = PROBE_OPS,
     ) -> None:
-        """Raises ValueError when ``concurrency`` or ``record_every`` is below 1."""
-        if concurrency < 1 or record_every < 1:
-            raise ValueError(f"applier: concurrency ({concurrency}) and record_every ({record_every}) must be >= 1")
+        """``probe``: operations run one at a time and measured before the pool may grow (``PoolSizer``).
+        Raises ValueError when ``concurrency`` or ``record_every`` is below 1, or ``probe`` below 0."""
+        if concurrency < 1 or record_every < 1 or probe < 0:
+            raise ValueError(
+                f"applier: concurrency ({concurrency}) and record_every ({record_every}) must be >= 1, "
+                f"probe ({probe}) >= 0"
+            )
+        self.probe = probe
         self.target = target
         self.desired = desired
         self.state = state
@@ -306,6 +382,7 @@ class Applier:
         self._unsettled: set[str] = set()  # intents of creates that ended transient: they may have landed
         self._previous_transient: tuple[str | None, int] = (None, 0)
         self._counted = False
+        self.sizer = PoolSizer(concurrency, probe)
 
     # ------------------------------------------------------------------ loop
 
@@ -356,40 +433,53 @@ class Applier:
     def _run_pool(
         self, ops: list[Operation], schedule: _Schedule, should_stop: Callable[[], bool], advance: Callable[[], None]
     ) -> bool:
-        """Run what the schedule allows through the pool; False when stopped (the in-flight ones finished).
-        Operations deferred to the serial tail, and those waiting on them, stay unfinished."""
+        """Run what the schedule allows, as many at once as ``self.sizer`` says (one: on this thread, measured;
+        more: through the pool); False when stopped (the in-flight ones finished). Operations deferred to
+        the serial tail, and those waiting on them, stay unfinished."""
         stopping = False
         crash: BaseException | None = None
         flight: dict[Future[tuple[Outcome | BaseException, float, list[str]]], int] = {}
+        sizer = self.sizer
+
+        def settle(index: int, outcome: Outcome | BaseException, seconds: float, touched: list[str]) -> None:
+            nonlocal stopping, crash
+            if isinstance(outcome, _SerialTail):
+                schedule.defer(index)
+                return
+            if isinstance(outcome, BaseException) and not isinstance(outcome, TargetError):
+                crash = crash or outcome
+                return
+            if isinstance(outcome, TargetAuthError):
+                crash = crash or outcome
+                return
+            if not self._complete(ops[index], outcome, seconds, touched):
+                stopping = True
+            schedule.finish(index)
+            advance()
+            self._maybe_flush()
+
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="idsync-apply") as pool:
             while True:
-                while not stopping and crash is None and len(flight) < self.concurrency and schedule.ready:
+                while not stopping and crash is None and len(flight) < sizer.width and schedule.ready:
                     if should_stop():
                         stopping = True
                         break
                     index = schedule.pop()
                     self._intend_ahead(ops, index, schedule.started)
+                    if sizer.width == 1:
+                        # alone: on this thread, as the one-at-a-time applier runs it (nothing else in flight)
+                        mark = sizer.start()
+                        outcome, seconds, touched = self._run_one(ops[index])
+                        sizer.stop(mark)
+                        settle(index, outcome, seconds, touched)
+                        continue
                     flight[pool.submit(self._pooled_one, ops[index])] = index
                 if not flight:
                     break
                 finished, _ = wait(flight, return_when=FIRST_COMPLETED)
                 for future in sorted(finished, key=flight.__getitem__):
                     index = flight.pop(future)
-                    outcome, seconds, touched = future.result()
-                    if isinstance(outcome, _SerialTail):
-                        schedule.defer(index)
-                        continue
-                    if isinstance(outcome, BaseException) and not isinstance(outcome, TargetError):
-                        crash = crash or outcome
-                        continue
-                    if isinstance(outcome, TargetAuthError):
-                        crash = crash or outcome
-                        continue
-                    if not self._complete(ops[index], outcome, seconds, touched):
-                        stopping = True
-                    schedule.finish(index)
-                    advance()
-                    self._maybe_flush()
+                    settle(index, *future.result())
         if isinstance(crash, TargetAuthError):
             self._end()
             raise crash
