@@ -579,7 +579,16 @@ def test_the_sizer_grows_once_a_probe_waited_longer_than_it_computed_and_never_s
     one = PoolSizer(1, probe=2)
     one.observe(cpu=0.001, waited=1.0), one.observe(cpu=0.001, waited=1.0)
     assert one.width == 1
+    # between probes, operations go unmeasured: a later probe still grows the pool
+    later = PoolSizer(6, probe=2, every=3)
+    assert later.due()
+    later.observe(cpu=0.002, waited=0.0), later.observe(cpu=0.002, waited=0.0)
+    assert [later.due() for _ in range(4)] == [False, False, False, True]
+    later.observe(cpu=0.002, waited=0.010), later.observe(cpu=0.002, waited=0.010)
+    assert later.width == 6
     with pytest.raises(ValueError, match="probe"):
         PoolSizer(6, probe=-1)
+    with pytest.raises(ValueError, match="every"):
+        PoolSizer(6, every=0)
     with pytest.raises(ValueError, match="limit"):
         PoolSizer(0)

@@ -105,6 +105,7 @@ INTENT_WINDOW = 16  # creates intended ahead in one put of the intent item
 INTENT_SCAN = 512  # operations looked through for the next window's creates
 INTENT_KEY = "create-intent"  # the sync lease holder's creates in flight: {"intents": [{"kind", "source_id", "name"}]}
 PROBE_OPS = 16  # operations measured one at a time before the pool may grow (0: the whole pool at once)
+PROBE_EVERY = 512  # operations between two probes while the pool stays at one (measuring costs two syscalls)
 
 
 def jit_intent_key(group_id: str) -> str:
@@ -264,23 +265,33 @@ class PoolSizer:
 
     Python's threads overlap only waiting: against an Identity Store that answers at once (an emulator in
     the same process), a pool adds its dispatch and its lock hand-offs to every write and overlaps
-    nothing. So the operations run one at a time are measured (``start`` / ``stop``): the thread's CPU
-    time, and the wall time beyond it when the thread blocked (a voluntary context switch), so that time
-    the machine gave to other processes does not count as waiting. After each ``probe`` operations the
-    pool grows to ``limit`` when they waited longer than they computed, and it never shrinks within a
-    run. ``probe`` 0 (or ``limit`` 1): ``limit`` from the first operation. Raises ValueError when ``limit``
-    is below 1 or ``probe`` below 0.
+    nothing. So operations run one at a time are measured (``start`` / ``stop``), a probe of ``probe``
+    of them first and another after each ``every`` more (``due``): the thread's CPU time, and the wall time
+    beyond it when the thread blocked (a voluntary context switch), so that time the machine gave to other
+    processes does not count as waiting. At the end of a probe the pool grows to ``limit`` when its
+    operations waited longer than they computed, and it never shrinks within a run. ``probe`` 0 (or
+    ``limit`` 1): ``limit`` from the first operation. Raises ValueError when ``limit`` or ``every`` is
+    below 1 or ``probe`` below 0.
     """
 
-    def __init__(self, limit: int, probe: int = PROBE_OPS) -> None:
-        if limit < 1 or probe < 0:
-            raise ValueError(f"pool sizer: limit ({limit}) must be >= 1 and probe ({probe}) >= 0")
+    def __init__(self, limit: int, probe: int = PROBE_OPS, every: int = PROBE_EVERY) -> None:
+        if limit < 1 or probe < 0 or every < 1:
+            raise ValueError(f"pool sizer: limit ({limit}) and every ({every}) must be >= 1, probe ({probe}) >= 0")
         self.limit = limit
         self.probe = probe
+        self.every = every
         self.width = limit if probe == 0 else 1
+        self._skip = 0  # operations left before the next probe
         self._ops = 0
         self._cpu = 0.0
         self._waited = 0.0
+
+    def due(self) -> bool:
+        """Whether the next operation run alone is to be measured (it belongs to a probe)."""
+        if self._skip:
+            self._skip -= 1
+            return False
+        return True
 
     @staticmethod
     def start() -> tuple[float, float, int | None]:
@@ -307,7 +318,7 @@ class PoolSizer:
             return
         if self._waited > self._cpu:
             self.width = self.limit
-        self._ops, self._cpu, self._waited = 0, 0.0, 0.0
+        self._ops, self._cpu, self._waited, self._skip = 0, 0.0, 0.0, self.every
 
 
 class _SerialTail(Exception):
@@ -468,9 +479,12 @@ class Applier:
                     self._intend_ahead(ops, index, schedule.started)
                     if sizer.width == 1:
                         # alone: on this thread, as the one-at-a-time applier runs it (nothing else in flight)
-                        mark = sizer.start()
-                        outcome, seconds, touched = self._run_one(ops[index])
-                        sizer.stop(mark)
+                        if sizer.due():
+                            mark = sizer.start()
+                            outcome, seconds, touched = self._run_one(ops[index])
+                            sizer.stop(mark)
+                        else:
+                            outcome, seconds, touched = self._run_one(ops[index])
                         settle(index, outcome, seconds, touched)
                         continue
                     flight[pool.submit(self._pooled_one, ops[index])] = index
