@@ -629,6 +629,8 @@ class Applier:
     def _intend_ahead(self, ops: Sequence[Operation], index: int, started: Callable[[int], bool]) -> None:
         """Before ``ops[index]`` is sent: when it is a create not yet intended, intend it and the next creates
         not yet started (a window) in one put, so the pool's next creates find their intent written."""
+        if ops[index].action is not Action.CREATE:
+            return  # most operations (memberships): nothing to intend
         entry = self._intent_entry(ops[index])
         known = self._intended.get(self._intent_key(ops[index]))
         if entry is None or (known is not None and known.get("name") == entry["name"]):
