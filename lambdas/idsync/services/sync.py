@@ -2,7 +2,8 @@
 
 Speaks to ports only. Each operation declares the resources it touches (``resources``), shared or
 exclusive; an operation starts only when every earlier operation (plan order) that conflicts with it
-has finished, so the pool keeps every ordering the plan requires and overlaps the rest. Ownership
+has finished, so the pool keeps every ordering the plan requires and overlaps the rest; the pool runs
+one operation at a time on the calling thread until its calls are seen to wait (``PoolSizer``). Ownership
 records and log entries are written in batches (``StateStore.write_ownership``, ``append_logs``),
 always before ``apply`` returns; a cycle stopped at any point (crash, time budget) is finished by the
 next: the next cycle plans again from what is recorded, and a replayed write is harmless (a create that
@@ -268,8 +269,9 @@ class PoolSizer:
     nothing. So operations run one at a time are measured (``start`` / ``stop``), a probe of ``probe``
     of them first and another after each ``every`` more (``due``): the thread's CPU time, and the wall time
     beyond it when the thread blocked (a voluntary context switch), so that time the machine gave to other
-    processes does not count as waiting. At the end of a probe the pool grows to ``limit`` when its
-    operations waited longer than they computed, and it never shrinks within a run. ``probe`` 0 (or
+    processes does not count as waiting. At the end of a probe the pool grows to ``limit`` when most of
+    its operations waited longer than they computed (one stall, a disk write, does not make a network),
+    and it never shrinks within a run. ``probe`` 0 (or
     ``limit`` 1): ``limit`` from the first operation. Raises ValueError when ``limit`` or ``every`` is
     below 1 or ``probe`` below 0.
     """
@@ -282,9 +284,8 @@ class PoolSizer:
         self.every = every
         self.width = limit if probe == 0 else 1
         self._skip = 0  # operations left before the next probe
-        self._ops = 0
-        self._cpu = 0.0
-        self._waited = 0.0
+        self._ops = 0  # operations measured in this probe
+        self._waiting = 0  # of which waited longer than they computed
 
     def due(self) -> bool:
         """Whether the next operation run alone is to be measured (it belongs to a probe)."""
@@ -312,13 +313,12 @@ class PoolSizer:
         if self.width >= self.limit:
             return
         self._ops += 1
-        self._cpu += cpu
-        self._waited += waited
+        self._waiting += waited > cpu
         if self._ops < self.probe:
             return
-        if self._waited > self._cpu:
+        if 2 * self._waiting > self._ops:
             self.width = self.limit
-        self._ops, self._cpu, self._waited, self._skip = 0, 0.0, 0.0, self.every
+        self._ops, self._waiting, self._skip = 0, 0, self.every
 
 
 class _SerialTail(Exception):
