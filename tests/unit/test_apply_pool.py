@@ -15,7 +15,15 @@ from hypothesis import strategies as st
 
 from idsync.model import Action, AttributeChange, Kind, Operation, OwnedUser, UserDoc
 from idsync.services.cycle import CycleService
-from idsync.services.sync import INTENT_KEY, _Schedule, intent_entries, resolve_intent, resources
+from idsync.services.sync import (
+    INTENT_KEY,
+    PROBE_OPS,
+    PoolSizer,
+    _Schedule,
+    intent_entries,
+    resolve_intent,
+    resources,
+)
 from tests.fakes import FakeIdentityStore, FakeSource, FakeState
 from tests.unit.test_cycle import World, tenant
 
@@ -25,15 +33,19 @@ ENTERPRISE = "aws:identitystore:enterprise"
 class PooledWorld(World):
     """The unit tests' world, its cycle applying ``concurrency`` writes at once with batched records."""
 
-    def __init__(self, source: FakeSource | None = None, concurrency: int = 4, record_every: int = 25) -> None:
+    def __init__(
+        self, source: FakeSource | None = None, concurrency: int = 4, record_every: int = 25, probe: int = 0
+    ) -> None:
         super().__init__(source)
         self.concurrency = concurrency
         self.record_every = record_every
+        self.probe = probe  # 0: the whole pool from the first write, whatever the fake's latency
 
     def service(self) -> CycleService:
         service = super().service()
         service.concurrency = self.concurrency
         service.record_every = self.record_every
+        service.probe = self.probe
         return service
 
 
@@ -470,3 +482,115 @@ def test_a_failed_write_costs_no_other_and_an_auth_error_stops_after_the_in_flig
     # Then the writes that went through before it are recorded (u4 exists and is owned)
     assert world.store.find_user("u4@example.com") == world.state.users["e4"].target_id
     world.store.create_membership = original  # type: ignore[method-assign]
+
+
+# --------------------------------------------------------------------------- the pool's width from what it observes
+
+
+class ThreadNotingStore(FakeIdentityStore):
+    """The fake Identity Store noting which thread sent each create."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[int] = []
+
+    def create_user(self, user_name: str, doc: UserDoc) -> str:
+        self.threads.append(threading.get_ident())
+        return super().create_user(user_name, doc)
+
+    def create_group(self, display_name: str, description: str | None) -> str:
+        self.threads.append(threading.get_ident())
+        return super().create_group(display_name, description)
+
+    def create_membership(self, group_id: str, user_id: str) -> str:
+        self.threads.append(threading.get_ident())
+        return super().create_membership(group_id, user_id)
+
+
+def _sized_twins(latency: float) -> tuple[World, PooledWorld, ThreadNotingStore]:
+    sequential = World(tenant(users=40, groups=4))
+    sized = PooledWorld(tenant(users=40, groups=4), concurrency=6, probe=PROBE_OPS)
+    store = ThreadNotingStore()
+    store.latency = latency
+    sized.store = store
+    return sequential, sized, store
+
+
+def test_calls_answering_at_once_keep_the_applier_on_its_own_thread_and_end_as_the_sequential_applier() -> None:
+    # Given an Identity Store that answers at once, and an applier allowed 6 writes at once
+    sequential, sized, store = _sized_twins(latency=0.0)
+    # When each provisions the tenant
+    expected = sequential.run()
+    outcome = sized.run()
+    # Then every write went out from the cycle's own thread: a pool would only have added its hand-offs
+    assert len(store.threads) > PROBE_OPS
+    assert set(store.threads) == {threading.get_ident()}
+    # and it ends where the one-at-a-time applier ends
+    assert outcome.report.complete
+    assert outcome.report.failures == ()
+    assert outcome.report.counts == expected.report.counts
+    assert sized.snapshot() == sequential.snapshot()
+    assert set(sized.state.memberships) == set(sequential.state.memberships)
+    assert sized.state.get_item(INTENT_KEY) is None
+
+
+def test_calls_that_wait_grow_the_pool_after_the_probe_and_end_as_the_sequential_applier() -> None:
+    # Given an Identity Store whose calls wait a few milliseconds (the network), far longer than the fake computes
+    sequential, sized, store = _sized_twins(latency=0.003)
+    # When each provisions the tenant
+    expected = sequential.run()
+    outcome = sized.run()
+    # Then the first writes went one at a time from the cycle's thread, then several at once from the pool's
+    me = threading.get_ident()
+    assert set(store.threads[:PROBE_OPS]) == {me}
+    assert me not in store.threads[PROBE_OPS:]
+    assert store.max_in_flight > 1
+    # and it ends where the one-at-a-time applier ends
+    assert outcome.report.complete
+    assert outcome.report.failures == ()
+    assert outcome.report.counts == expected.report.counts
+    assert sized.snapshot() == sequential.snapshot()
+    assert set(sized.state.memberships) == set(sequential.state.memberships)
+    assert sized.state.get_item(INTENT_KEY) is None
+
+
+def test_the_sizer_grows_once_most_of_a_probe_waited_longer_than_it_computed_and_never_shrinks() -> None:
+    sizer = PoolSizer(6, probe=4)
+    assert sizer.width == 1
+    for _ in range(4):
+        sizer.observe(cpu=0.002, waited=0.0005)  # calls answer faster than the applier computes
+    assert sizer.width == 1
+    for _ in range(3):
+        sizer.observe(cpu=0.002, waited=0.050)
+    assert sizer.width == 1  # the probe is not over yet
+    sizer.observe(cpu=0.002, waited=0.0)
+    assert sizer.width == 6  # 3 of 4 waited longer than they computed
+    sizer.observe(cpu=1.0, waited=0.0)
+    assert sizer.width == 6
+    # half of a probe waiting does not grow the pool, nor does one operation stalled however long
+    half = PoolSizer(6, probe=4)
+    for waited in (0.0, 0.010, 0.0, 0.010):
+        half.observe(cpu=0.002, waited=waited)
+    assert half.width == 1
+    stalled = PoolSizer(6, probe=4)
+    for waited in (0.0, 5.0, 0.0, 0.0):
+        stalled.observe(cpu=0.002, waited=waited)
+    assert stalled.width == 1
+    # probe 0: the whole pool at once; limit 1: one at a time, whatever the calls do
+    assert PoolSizer(6, probe=0).width == 6
+    one = PoolSizer(1, probe=2)
+    one.observe(cpu=0.001, waited=1.0), one.observe(cpu=0.001, waited=1.0)
+    assert one.width == 1
+    # between probes, operations go unmeasured: a later probe still grows the pool
+    later = PoolSizer(6, probe=2, every=3)
+    assert later.due()
+    later.observe(cpu=0.002, waited=0.0), later.observe(cpu=0.002, waited=0.0)
+    assert [later.due() for _ in range(4)] == [False, False, False, True]
+    later.observe(cpu=0.002, waited=0.010), later.observe(cpu=0.002, waited=0.010)
+    assert later.width == 6
+    with pytest.raises(ValueError, match="probe"):
+        PoolSizer(6, probe=-1)
+    with pytest.raises(ValueError, match="every"):
+        PoolSizer(6, every=0)
+    with pytest.raises(ValueError, match="limit"):
+        PoolSizer(0)

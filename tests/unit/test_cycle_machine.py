@@ -15,7 +15,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from idsync.model import PlanPolicy
 from idsync.services.cycle import CycleOptions, CycleService, Scoping
-from idsync.services.sync import intent_entries
+from idsync.services.sync import PROBE_OPS, intent_entries
 from tests.fakes import FakeClock, FakeDeltaSource, FakeIdentityStore, FakeState
 from tests.unit.test_plan_laws import Everything, SimpleGroupMapper, SimpleUserMapper
 
@@ -38,6 +38,7 @@ class RecordingStore(FakeIdentityStore):
 class CycleMachine(RuleBasedStateMachine):
     concurrency = 1  # writes applied at once
     record_every = 1  # ownership records per batch
+    probe = PROBE_OPS  # writes run one at a time before the pool may grow
 
     def __init__(self) -> None:
         super().__init__()
@@ -66,6 +67,7 @@ class CycleMachine(RuleBasedStateMachine):
             concurrency=self.concurrency,
             record_every=self.record_every,
         )
+        self.service.probe = self.probe
         self.settle()
 
     # ------------------------------------------------------------------ the cycle
@@ -261,6 +263,7 @@ class PooledCycleMachine(CycleMachine):
 
     concurrency = 4
     record_every = 25
+    probe = 0  # the whole pool from the first write: the fake answers at once
 
 
 PooledCycleMachine.TestCase.settings = settings(

@@ -84,7 +84,7 @@ from idsync.services.escrow import (
     save_quarantine,
 )
 from idsync.services.mirror_store import load_mirror, save_mirror
-from idsync.services.sync import Applier, resolve_intent
+from idsync.services.sync import PROBE_OPS, Applier, resolve_intent
 
 if TYPE_CHECKING:
     from idsync.services.drift import DriftCheck
@@ -305,6 +305,7 @@ class CycleService:
         self.access = access
         self.concurrency = concurrency
         self.record_every = record_every
+        self.probe = PROBE_OPS  # operations measured one at a time before the applier's pool may grow
         self.fingerprint = content_hash([config_fingerprint, scope.fingerprint, sorted(self.policy.managed_attributes)])
         # PIM for Groups: the plan leaves these groups' memberships to idsync.pim's rule (see _pim_pass)
         self.pim = pim
@@ -716,7 +717,8 @@ class CycleService:
             policy,
             desired,
             *self._pool(),
-            touched is not None,
+            narrowed=touched is not None,
+            probe=self.probe,
         )
         if opts.dry_run:
             return CycleOutcome(applier.report(plan, started.isoformat(), True, True), mode=mode, plan=plan)
@@ -1084,7 +1086,16 @@ class CycleService:
             started = self.clock.now()
             cycle_id = f"ondemand-{started.strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:6]}"
             applier = Applier(
-                self.target, self.state, self.clock, cycle_id, owned, current, policy, narrowed, *self._pool()
+                self.target,
+                self.state,
+                self.clock,
+                cycle_id,
+                owned,
+                current,
+                policy,
+                narrowed,
+                *self._pool(),
+                probe=self.probe,
             )
             # a stored listing of IAM Identity Center is out of date once this writes
             delete_blob(self.state, CHECKPOINT_TARGET)

@@ -2,7 +2,8 @@
 
 Speaks to ports only. Each operation declares the resources it touches (``resources``), shared or
 exclusive; an operation starts only when every earlier operation (plan order) that conflicts with it
-has finished, so the pool keeps every ordering the plan requires and overlaps the rest. Ownership
+has finished, so the pool keeps every ordering the plan requires and overlaps the rest; the pool runs
+one operation at a time on the calling thread until its calls are seen to wait (``PoolSizer``). Ownership
 records and log entries are written in batches (``StateStore.write_ownership``, ``append_logs``),
 always before ``apply`` returns; a cycle stopped at any point (crash, time budget) is finished by the
 next: the next cycle plans again from what is recorded, and a replayed write is harmless (a create that
@@ -89,6 +90,13 @@ from idsync.plan import (
 )
 from idsync.ports import Clock, Forget, IdentityStore, OwnershipWrite, StateStore
 
+try:
+    import resource
+
+    _RUSAGE_THREAD: int | None = getattr(resource, "RUSAGE_THREAD", None)
+except ImportError:  # no resource module (Windows)
+    _RUSAGE_THREAD = None
+
 logger = logging.getLogger(__name__)
 
 LOG_FLUSH_EVERY = 500
@@ -97,6 +105,8 @@ RECORD_FLUSH_SECONDS = 1.0  # and at least this often while applying
 INTENT_WINDOW = 16  # creates intended ahead in one put of the intent item
 INTENT_SCAN = 512  # operations looked through for the next window's creates
 INTENT_KEY = "create-intent"  # the sync lease holder's creates in flight: {"intents": [{"kind", "source_id", "name"}]}
+PROBE_OPS = 16  # operations measured one at a time before the pool may grow (0: the whole pool at once)
+PROBE_EVERY = 512  # operations between two probes while the pool stays at one (measuring costs two syscalls)
 
 
 def jit_intent_key(group_id: str) -> str:
@@ -241,6 +251,76 @@ class _Schedule:
         return self.state[index] != 0
 
 
+def _blocks() -> int | None:
+    """This thread's voluntary context switches so far (it blocked: a socket read, a sleep), None where the
+    platform does not count them per thread."""
+    if _RUSAGE_THREAD is None:
+        return None
+    return resource.getrusage(_RUSAGE_THREAD).ru_nvcsw
+
+
+class PoolSizer:
+    """How many operations the applier keeps in flight: one, run on the dispatching thread, until the calls
+    are seen to wait (on the network, on the rate budget) longer than the operations compute; then
+    ``limit``.
+
+    Python's threads overlap only waiting: against an Identity Store that answers at once (an emulator in
+    the same process), a pool adds its dispatch and its lock hand-offs to every write and overlaps
+    nothing. So operations run one at a time are measured (``start`` / ``stop``), a probe of ``probe``
+    of them first and another after each ``every`` more (``due``): the thread's CPU time, and the wall time
+    beyond it when the thread blocked (a voluntary context switch), so that time the machine gave to other
+    processes does not count as waiting. At the end of a probe the pool grows to ``limit`` when most of
+    its operations waited longer than they computed (one stall, a disk write, does not make a network),
+    and it never shrinks within a run. ``probe`` 0 (or
+    ``limit`` 1): ``limit`` from the first operation. Raises ValueError when ``limit`` or ``every`` is
+    below 1 or ``probe`` below 0.
+    """
+
+    def __init__(self, limit: int, probe: int = PROBE_OPS, every: int = PROBE_EVERY) -> None:
+        if limit < 1 or probe < 0 or every < 1:
+            raise ValueError(f"pool sizer: limit ({limit}) and every ({every}) must be >= 1, probe ({probe}) >= 0")
+        self.limit = limit
+        self.probe = probe
+        self.every = every
+        self.width = limit if probe == 0 else 1
+        self._skip = 0  # operations left before the next probe
+        self._ops = 0  # operations measured in this probe
+        self._waiting = 0  # of which waited longer than they computed
+
+    def due(self) -> bool:
+        """Whether the next operation run alone is to be measured (it belongs to a probe)."""
+        if self._skip:
+            self._skip -= 1
+            return False
+        return True
+
+    @staticmethod
+    def start() -> tuple[float, float, int | None]:
+        """A mark taken on the thread about to run one operation."""
+        return time.perf_counter(), time.thread_time(), _blocks()
+
+    def stop(self, mark: tuple[float, float, int | None]) -> None:
+        """Account the operation run on this thread since ``mark``."""
+        wall, cpu, blocks = mark
+        cpu = time.thread_time() - cpu
+        wall = time.perf_counter() - wall
+        after = _blocks()
+        blocked = blocks is None or after is None or after > blocks
+        self.observe(cpu, max(0.0, wall - cpu) if blocked else 0.0)
+
+    def observe(self, cpu: float, waited: float) -> None:
+        """Account one operation run alone: ``cpu`` seconds computing, ``waited`` seconds blocked."""
+        if self.width >= self.limit:
+            return
+        self._ops += 1
+        self._waiting += waited > cpu
+        if self._ops < self.probe:
+            return
+        if 2 * self._waiting > self._ops:
+            self.width = self.limit
+        self._ops, self._waiting, self._skip = 0, 0, self.every
+
+
 class _SerialTail(Exception):
     """A pooled operation reached a path that mutates shared maps (creating again what was deleted by hand)."""
 
@@ -250,6 +330,7 @@ class Applier:
     ownership and a log entry for each.
 
     ``record_every``: ownership writes buffered per batch (1: each written before the next operation).
+    ``concurrency`` is the most in flight; how many are is ``PoolSizer``'s (``self.sizer``, per ``apply``).
     """
 
     def __init__(
@@ -265,13 +346,19 @@ class Applier:
         concurrency: int = 1,
         record_every: int = 1,
         narrowed: bool = False,
+        probe: int = PROBE_OPS,
     ) -> None:
         """``narrowed``: ``owned`` holds some users' records only (a delta cycle's): a create that meets a
         same-named object then asks the state for ownership as a whole (never adopting an object recorded for
         another source object), and a group created again forgets every membership the state records for it.
-        Raises ValueError when ``concurrency`` or ``record_every`` is below 1."""
-        if concurrency < 1 or record_every < 1:
-            raise ValueError(f"applier: concurrency ({concurrency}) and record_every ({record_every}) must be >= 1")
+        ``probe``: operations run one at a time and measured before the pool may grow (``PoolSizer``).
+        Raises ValueError when ``concurrency`` or ``record_every`` is below 1, or ``probe`` below 0."""
+        if concurrency < 1 or record_every < 1 or probe < 0:
+            raise ValueError(
+                f"applier: concurrency ({concurrency}) and record_every ({record_every}) must be >= 1, "
+                f"probe ({probe}) >= 0"
+            )
+        self.probe = probe
         self.target = target
         self.desired = desired
         self.state = state
@@ -312,6 +399,7 @@ class Applier:
         self._unsettled: set[str] = set()  # intents of creates that ended transient: they may have landed
         self._previous_transient: tuple[str | None, int] = (None, 0)
         self._counted = False
+        self.sizer = PoolSizer(concurrency, probe)
 
     # ------------------------------------------------------------------ loop
 
@@ -362,40 +450,56 @@ class Applier:
     def _run_pool(
         self, ops: list[Operation], schedule: _Schedule, should_stop: Callable[[], bool], advance: Callable[[], None]
     ) -> bool:
-        """Run what the schedule allows through the pool; False when stopped (the in-flight ones finished).
-        Operations deferred to the serial tail, and those waiting on them, stay unfinished."""
+        """Run what the schedule allows, as many at once as ``self.sizer`` says (one: on this thread, measured;
+        more: through the pool); False when stopped (the in-flight ones finished). Operations deferred to
+        the serial tail, and those waiting on them, stay unfinished."""
         stopping = False
         crash: BaseException | None = None
         flight: dict[Future[tuple[Outcome | BaseException, float, list[str]]], int] = {}
+        sizer = self.sizer
+
+        def settle(index: int, outcome: Outcome | BaseException, seconds: float, touched: list[str]) -> None:
+            nonlocal stopping, crash
+            if isinstance(outcome, _SerialTail):
+                schedule.defer(index)
+                return
+            if isinstance(outcome, BaseException) and not isinstance(outcome, TargetError):
+                crash = crash or outcome
+                return
+            if isinstance(outcome, TargetAuthError):
+                crash = crash or outcome
+                return
+            if not self._complete(ops[index], outcome, seconds, touched):
+                stopping = True
+            schedule.finish(index)
+            advance()
+            self._maybe_flush()
+
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="idsync-apply") as pool:
             while True:
-                while not stopping and crash is None and len(flight) < self.concurrency and schedule.ready:
+                while not stopping and crash is None and len(flight) < sizer.width and schedule.ready:
                     if should_stop():
                         stopping = True
                         break
                     index = schedule.pop()
                     self._intend_ahead(ops, index, schedule.started)
+                    if sizer.width == 1:
+                        # alone: on this thread, as the one-at-a-time applier runs it (nothing else in flight)
+                        if sizer.due():
+                            mark = sizer.start()
+                            outcome, seconds, touched = self._run_one(ops[index])
+                            sizer.stop(mark)
+                        else:
+                            outcome, seconds, touched = self._run_one(ops[index])
+                        settle(index, outcome, seconds, touched)
+                        continue
                     flight[pool.submit(self._pooled_one, ops[index])] = index
                 if not flight:
                     break
                 finished, _ = wait(flight, return_when=FIRST_COMPLETED)
                 for future in sorted(finished, key=flight.__getitem__):
                     index = flight.pop(future)
-                    outcome, seconds, touched = future.result()
-                    if isinstance(outcome, _SerialTail):
-                        schedule.defer(index)
-                        continue
-                    if isinstance(outcome, BaseException) and not isinstance(outcome, TargetError):
-                        crash = crash or outcome
-                        continue
-                    if isinstance(outcome, TargetAuthError):
-                        crash = crash or outcome
-                        continue
-                    if not self._complete(ops[index], outcome, seconds, touched):
-                        stopping = True
-                    schedule.finish(index)
-                    advance()
-                    self._maybe_flush()
+                    settle(index, *future.result())
         if isinstance(crash, TargetAuthError):
             self._end()
             raise crash
@@ -531,6 +635,8 @@ class Applier:
     def _intend_ahead(self, ops: Sequence[Operation], index: int, started: Callable[[int], bool]) -> None:
         """Before ``ops[index]`` is sent: when it is a create not yet intended, intend it and the next creates
         not yet started (a window) in one put, so the pool's next creates find their intent written."""
+        if ops[index].action is not Action.CREATE:
+            return  # most operations (memberships): nothing to intend
         entry = self._intent_entry(ops[index])
         known = self._intended.get(self._intent_key(ops[index]))
         if entry is None or (known is not None and known.get("name") == entry["name"]):
