@@ -319,6 +319,10 @@ class FakeState:
                 holders.setdefault(owned.user_name.casefold(), []).append(source_id)
         return holders
 
+    def owned_users_by_target(self, target_ids: Collection[str]) -> dict[str, OwnedUser]:
+        wanted = set(target_ids)
+        return {owned.target_id: owned for owned in self.users.values() if owned.target_id in wanted}
+
     def count_ownership(self, excluded_groups: Collection[str] = ()) -> tuple[int, int, int]:
         aside = {group_id.lower() for group_id in excluded_groups}
         kept = sum(1 for group_id, _ in self.memberships if group_id.lower() not in aside)
