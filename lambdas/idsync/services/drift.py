@@ -24,8 +24,8 @@ Invariants (tests/unit/test_drift.py):
 
 What a slice reads from the state store: the users phase (and a confirm of a user no listing showed) loads
 all of ownership, once per slice that reaches it (about 10 s and 600 MB at 100,000 users and 500,000
-memberships; at that size the users listing spans about 10 of a round's cycles, so about 10 cycles a day
-pay it); the groups phase reads the owned groups only; the members phase (most of a round's cycles) reads
+memberships; at that size the users listing spans about 12 of a round's 144 cycles, so about 12 cycles a
+day pay it); the groups phase reads the owned groups only; the members phase (most of a round's cycles) reads
 the owned groups, the memberships of the groups it listed, and the owned users by the target ids listed.
 A member idsync recorded but AWS no longer lists (drift) costs one read of those users' records.
 """
