@@ -27,7 +27,8 @@ all of ownership, once per slice that reaches it (about 10 s and 600 MB at 100,0
 memberships; at that size the users listing spans about 12 of a round's 144 cycles, so about 12 cycles a
 day pay it); the groups phase reads the owned groups only; the members phase (most of a round's cycles) reads
 the owned groups, the memberships of the groups it listed, and the owned users by the target ids listed.
-A member idsync recorded but AWS no longer lists (drift) costs one read of those users' records.
+A member idsync recorded but AWS no longer lists (drift) costs one read of those users' records (on
+DynamoDB ``load_ownership_of`` by user, which also reads the membership family projected to its keys).
 """
 
 from __future__ import annotations
