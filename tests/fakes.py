@@ -293,6 +293,7 @@ class FakeState:
     lose_lease_races: int = 0  # the next N acquisitions lose the conditional write to another writer
     renewals: int = 0  # renew_lease calls (each one conditional write)
     batches: list[int] = field(default_factory=list)  # the size of each write_ownership batch
+    reads: list[tuple[str, frozenset[str], frozenset[str]]] = field(default_factory=list)  # ownership reads, keys
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     def _recording(self) -> None:
@@ -301,10 +302,12 @@ class FakeState:
         self.records += 1
 
     def load_ownership(self) -> Ownership:
+        self.reads.append(("load_ownership", frozenset(), frozenset()))
         return Ownership(dict(self.users), dict(self.groups), dict(self.memberships))
 
     def load_ownership_of(self, users: Collection[str], groups: Collection[str]) -> Ownership:
         wanted_users, wanted_groups = set(users), set(groups)
+        self.reads.append(("load_ownership_of", frozenset(wanted_users), frozenset(wanted_groups)))
         return Ownership(
             {k: v for k, v in self.users.items() if k in wanted_users},
             dict(self.groups),
@@ -318,6 +321,11 @@ class FakeState:
             if owned.user_name.casefold() in wanted:
                 holders.setdefault(owned.user_name.casefold(), []).append(source_id)
         return holders
+
+    def owned_users_by_target(self, target_ids: Collection[str]) -> dict[str, OwnedUser]:
+        wanted = set(target_ids)
+        self.reads.append(("owned_users_by_target", frozenset(wanted), frozenset()))
+        return {owned.target_id: owned for owned in self.users.values() if owned.target_id in wanted}
 
     def count_ownership(self, excluded_groups: Collection[str] = ()) -> tuple[int, int, int]:
         aside = {group_id.lower() for group_id in excluded_groups}

@@ -9,7 +9,7 @@ the cycle plans from: the slice's actual state in place of the believed one, for
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -86,10 +86,10 @@ def group_differences(owned: OwnedGroup, actual: TargetGroup) -> tuple[str, ...]
     return tuple(c.attribute for c in _diff_group(believed, actual))
 
 
-def round_calls(users_pages: int, groups_pages: int, group_members: Mapping[str, int]) -> int:
-    """List calls one round takes: the user and group pages, and each checked group's membership pages."""
-    members = sum(max(1, math.ceil(count / PAGE)) for count in group_members.values())
-    return users_pages + groups_pages + members
+def members_calls_estimate(groups: int, memberships: int) -> int:
+    """At most the List calls the members phase takes for ``groups`` holding ``memberships`` in all, when no
+    round has measured it yet: a group of c members takes max(1, ceil(c / PAGE)) <= 1 + c // PAGE pages."""
+    return groups + memberships // PAGE
 
 
 def slice_budget(round_total: int, elapsed: timedelta, period: timedelta) -> int:

@@ -161,6 +161,11 @@ class StateStore(Protocol):
         compares userNames): casefolded name -> source ids; names nobody holds are left out. Raises StateError."""
         ...
 
+    def owned_users_by_target(self, target_ids: Collection[str]) -> dict[str, OwnedUser]:
+        """The owned users whose IAM Identity Center user id is in ``target_ids``: target id -> record; ids no
+        owned user holds are left out. Raises StateError."""
+        ...
+
     def count_ownership(self, excluded_groups: Collection[str] = ()) -> tuple[int, int, int]:
         """(users, groups, memberships) recorded, without the memberships of ``excluded_groups`` (ids compared
         without regard to case): the deletion guard's totals, without loading a record. Raises StateError."""

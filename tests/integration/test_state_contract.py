@@ -691,6 +691,20 @@ def test_holders_of_a_user_name_are_found_without_regard_to_case(keyed_store: St
     assert keyed_store.owned_users_named([]) == {}
 
 
+def test_owned_users_are_found_by_their_target_id(keyed_store: StateStore) -> None:
+    # Given 520 users (more than one BatchGetItem and one IN list)
+    everything = _tenant(keyed_store, 520)
+    wanted = {f"t-u{i}" for i in range(0, 520, 3)} | {"t-nobody"}
+
+    # When the owners of some target ids are asked for, one of them held by nobody
+    found = keyed_store.owned_users_by_target(wanted)
+
+    # Then each held target id comes back with its full record, and the unheld one is absent
+    assert found == {o.target_id: o for o in everything.users.values() if o.target_id in wanted}
+    assert len(found) == 174
+    assert keyed_store.owned_users_by_target([]) == {}
+
+
 def test_ownership_counts_leave_the_excluded_groups_memberships_out(keyed_store: StateStore) -> None:
     # Given 40 users in 3 groups, g2 holding a seventh of them twice over
     everything = _tenant(keyed_store, 40)

@@ -15,7 +15,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from idsync.errors import TargetThrottled
 from idsync.model import PlanPolicy
 from idsync.services.cycle import CycleOptions, CycleService, Scoping
-from idsync.services.drift import DriftCheck
+from idsync.services.drift import MEMBERS, DriftCheck
 from tests.fakes import FakeClock, FakeDeltaSource, FakeIdentityStore, FakeState
 from tests.unit.test_plan_laws import Everything, SimpleGroupMapper, SimpleUserMapper
 
@@ -297,6 +297,44 @@ def test_the_cursor_advances_only_when_the_cycle_that_compared_its_slice_complet
     assert (world.drift.cursor().phase, world.drift.cursor().after) == ("members", "g00")
     world.cycle()
     assert world.drift.cursor().after == "g02"
+
+
+def test_a_members_phase_slice_reads_only_its_groups_memberships_and_never_all_of_ownership() -> None:
+    # Given 12 groups whose members take a few slices to compare, and a slice that begins in the members phase
+    world = World(users=36, groups=12, period=timedelta(minutes=60))
+    while world.drift.cursor().phase != MEMBERS or world.drift.cursor().after == "":
+        world.cycle()
+    before = world.drift.cursor().after
+    # When a delta cycle with no change runs
+    world.state.reads.clear()
+    world.cycle()
+    after = world.drift.cursor().after
+    compared = {g["id"] for g in _groups(12) if before < g["id"] <= after}
+    # Then its slice compared some groups, and read the memberships of those groups and of no other
+    assert compared
+    assert world.drift.last.calls == len(compared) < 12
+    assert "load_ownership" not in {what for what, _, _ in world.state.reads}
+    memberships_read = [groups for what, _, groups in world.state.reads if what == "load_ownership_of" and groups]
+    assert memberships_read == [frozenset(compared)]
+    assert not any(users for what, users, _ in world.state.reads if what == "load_ownership_of")
+    listed = {world.user(u) for g in compared for u in world.source.members[g]}
+    assert [ids for what, ids, _ in world.state.reads if what == "owned_users_by_target"] == [frozenset(listed)]
+
+    # When the next slice's first group lost a member by hand, and gained a managed user by hand
+    group = min(g["id"] for g in _groups(12) if g["id"] > after)
+    gone = world.source.members[group][0]
+    stranger = next(u["id"] for u in _users(36) if u["id"] not in world.source.members[group])
+    del world.store.memberships[world.membership(group, gone)]
+    world.store.memberships["m-hand"] = (world.group(group), world.user(stranger))
+    world.state.reads.clear()
+    world.cycle()
+    reads = list(world.state.reads)
+    # Then both are repaired, still without loading all of ownership
+    assert world.user(gone) in world.members(group)
+    assert world.user(stranger) not in world.members(group)
+    assert {d.kind for d in world.drift.last.drifts} == {"membership"}
+    assert len(world.drift.last.drifts) == 2
+    assert "load_ownership" not in {what for what, _, _ in reads}
 
 
 def test_a_slice_never_exceeds_its_budget_and_a_refused_token_restarts_the_listing() -> None:

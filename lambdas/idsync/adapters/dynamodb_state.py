@@ -211,6 +211,20 @@ class DynamoDbStateStore:
                 holders.setdefault(folded, []).append(item["sk"]["S"])
         return holders
 
+    def owned_users_by_target(self, target_ids: Collection[str]) -> dict[str, OwnedUser]:
+        """One Query of the user family projected to source id and target id (the table has no index by
+        target id), then the matching users by key. Raises StateError."""
+        wanted = set(target_ids)
+        if not wanted:
+            return {}
+        keys = [
+            _key(_USER, item["sk"]["S"])
+            for item in self._partition(_USER, "sk, targetId")
+            if item["targetId"]["S"] in wanted
+        ]
+        found = map(_owned_user, self._get_batch(keys))
+        return {owned.target_id: owned for owned in found if owned.target_id in wanted}
+
     def count_ownership(self, excluded_groups: Collection[str] = ()) -> tuple[int, int, int]:
         """Counted with Select=COUNT Queries, an excluded group's memberships on its sort-key prefix (group ids
         are GUIDs: asked as given, in lower and in upper case). Raises StateError."""

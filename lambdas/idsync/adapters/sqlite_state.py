@@ -10,8 +10,9 @@ documents), ``logs`` (provisioning log, keyed ``<UTC time>#<change id>`` so text
 order; entries older than the retention are hidden, and deleted whenever logs are appended),
 ``leases`` and ``grants`` (active JIT grants, one JSON document per group and user). ``PRAGMA
 user_version`` holds the schema version. A delta cycle reads ownership by key: memberships are indexed
-by user too, and users by their casefolded userName (an index on ``idsync_casefold(user_name)``, a
-function every connection of this class registers).
+by user too, and users by their IAM Identity Center id (the drift check's) and by their casefolded
+userName (an index on ``idsync_casefold(user_name)``, a function every connection of this class
+registers).
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ CREATE TABLE IF NOT EXISTS owned_memberships (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS owned_memberships_by_user ON owned_memberships (user_source_id);
 CREATE INDEX IF NOT EXISTS owned_users_by_name ON owned_users (idsync_casefold(user_name));
+CREATE INDEX IF NOT EXISTS owned_users_by_target ON owned_users (target_id);
 CREATE TABLE IF NOT EXISTS items (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -188,6 +190,16 @@ class SqliteStateStore:
                 ):
                     holders.setdefault(user_name.casefold(), []).append(source_id)
         return holders
+
+    def owned_users_by_target(self, target_ids: Collection[str]) -> dict[str, OwnedUser]:
+        """Through the users' target-id index. Raises StateError."""
+        found: dict[str, OwnedUser] = {}
+        with self._connection() as conn:
+            for chunk in _chunks(set(target_ids)):
+                for row in conn.execute(f"{_SELECT_USERS} WHERE target_id IN ({_marks(chunk)})", chunk):
+                    owned = _owned_user_row(row)
+                    found[owned.target_id] = owned
+        return found
 
     def count_ownership(self, excluded_groups: Collection[str] = ()) -> tuple[int, int, int]:
         """Counted by SQLite (no record is decoded; group ids are GUIDs, so SQLite's ASCII ``lower`` is exact).

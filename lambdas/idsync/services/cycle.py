@@ -695,7 +695,7 @@ class CycleService:
         if self.drift is not None and mode == "delta":
             desired, owned, current = self.drift.check(
                 started,
-                owned if touched is None else self.state.load_ownership(),
+                owned if touched is None else None,  # None: the check reads only what its slice needs
                 (desired, owned, current),
                 touched,
                 lambda t: self._delta_views(mirror, t),

@@ -17,7 +17,18 @@ Invariants (tests/unit/test_drift.py):
   becomes a deletion; a page token AWS no longer accepts begins that listing again;
 * only objects idsync manages are compared: users and groups it does not own are never drift;
 * a slice never makes more List calls than its budget;
-* every managed object is read at least once every ``drift_check_hours`` while cycles run.
+* every managed object is read at least once every ``drift_check_hours`` while cycles run;
+* a members-phase slice reads state in proportion to its slice: the owned groups, the owned memberships of
+  the groups it listed, and the owned users those listings name (by their IAM Identity Center id); never
+  all of ownership.
+
+What a slice reads from the state store: the users phase (and a confirm of a user no listing showed) loads
+all of ownership, once per slice that reaches it (about 10 s and 600 MB at 100,000 users and 500,000
+memberships; at that size the users listing spans about 12 of a round's 144 cycles, so about 12 cycles a
+day pay it); the groups phase reads the owned groups only; the members phase (most of a round's cycles) reads
+the owned groups, the memberships of the groups it listed, and the owned users by the target ids listed.
+A member idsync recorded but AWS no longer lists (drift) costs one read of those users' records (on
+DynamoDB ``load_ownership_of`` by user, which also reads the membership family projected to its keys).
 """
 
 from __future__ import annotations
@@ -25,15 +36,23 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from idsync.delta import Touched
-from idsync.drift import PAGE, Drift, Findings, group_differences, round_calls, slice_budget, user_differences
+from idsync.drift import (
+    PAGE,
+    Drift,
+    Findings,
+    group_differences,
+    members_calls_estimate,
+    slice_budget,
+    user_differences,
+)
 from idsync.errors import TargetAuthError, TargetError, TargetTransient
-from idsync.model import CurrentView, DesiredView, Ownership, TargetGroup, TargetUser
+from idsync.model import CurrentView, DesiredView, OwnedGroup, OwnedUser, Ownership, TargetGroup, TargetUser
 from idsync.ports import Clock, IdentityStore, StateStore
 from idsync.services.blobs import load_blob, save_blob
 from idsync.services.cycle import COMPLETED_KEY, current_from_ownership
@@ -60,6 +79,8 @@ class Cursor:
     confirm: list[list[str]] = field(default_factory=list)  # [kind, target] a finished listing missed: described
     users_pages: int = 0  # pages the last finished listing took (0: not known yet)
     groups_pages: int = 0
+    members_pages: int = 0  # membership pages the last finished round read (0: not known yet)
+    members_read: int = 0  # membership pages this round has read so far
     rounds: int = 0  # rounds finished
 
     @classmethod
@@ -80,6 +101,65 @@ class SliceReport:
     drifts: tuple[Drift, ...] = ()
     failed: str | None = None  # why the slice was unreadable (nothing repaired)
     phase: str = ""
+
+
+class Believed:
+    """What idsync recorded, read from the state store as a slice needs it (each read at most once a slice).
+
+    ``every``: all of ownership when the cycle already holds it (every query is then answered from it).
+    Raises StateError from each read.
+    """
+
+    def __init__(self, state: StateStore, every: Ownership | None = None) -> None:
+        self.state = state
+        self._every = every
+        self._groups: dict[str, OwnedGroup] | None = None
+
+    def everything(self) -> Ownership:
+        """All of ownership (the users phase's: loaded once, on first use)."""
+        if self._every is None:
+            self._every = self.state.load_ownership()
+        return self._every
+
+    def groups(self) -> Mapping[str, OwnedGroup]:
+        """Every owned group (groups are few)."""
+        if self._every is not None:
+            return self._every.groups
+        if self._groups is None:
+            self._groups = dict(self.state.load_ownership_of((), ()).groups)
+        return self._groups
+
+    def members_of(self, groups: Collection[str]) -> dict[str, list[str]]:
+        """Group -> the users idsync recorded as its members, for ``groups`` only."""
+        members: dict[str, list[str]] = {group_id: [] for group_id in groups}
+        recorded = self._every.memberships if self._every is not None else None
+        if recorded is None:
+            recorded = self.state.load_ownership_of((), members).memberships
+        for group_id, user_id in recorded:
+            if group_id in members:
+                members[group_id].append(user_id)
+        return members
+
+    def users_by_target(self, target_ids: Collection[str]) -> dict[str, OwnedUser]:
+        """Target id -> the owned user holding it, for ``target_ids`` only."""
+        if self._every is None:
+            return self.state.owned_users_by_target(target_ids) if target_ids else {}
+        wanted = set(target_ids)
+        return {o.target_id: o for o in self._every.users.values() if o.target_id in wanted}
+
+    def users(self, source_ids: Collection[str]) -> dict[str, OwnedUser]:
+        """Source id -> the owned user, for ``source_ids`` only."""
+        if self._every is None:
+            return dict(self.state.load_ownership_of(source_ids, ()).users) if source_ids else {}
+        return {k: v for k, v in self._every.users.items() if k in source_ids}
+
+    def counts(self, excluded_groups: Collection[str]) -> tuple[int, int, int]:
+        """(users, groups, memberships outside ``excluded_groups``), counted without loading a record."""
+        if self._every is None:
+            return self.state.count_ownership(excluded_groups)
+        aside = {g.lower() for g in excluded_groups}
+        kept = sum(1 for group_id, _ in self._every.memberships if group_id.lower() not in aside)
+        return len(self._every.users), len(self._every.groups), kept
 
 
 class _Budget(Exception):
@@ -114,7 +194,7 @@ class DriftCheck:
     def check(
         self,
         started: datetime,
-        every: Ownership,
+        every: Ownership | None,
         views: tuple[DesiredView, Ownership, CurrentView],
         touched: Touched | None,
         replan: Replan,
@@ -122,13 +202,14 @@ class DriftCheck:
     ) -> tuple[DesiredView, Ownership, CurrentView]:
         """The cycle's (desired, owned, current) with this slice's drift folded in.
 
-        ``every``: all of ownership; ``views``: what the cycle plans from; ``touched``: the delta's touched set
+        ``every``: all of ownership when the cycle holds it (None: the slice reads what it needs from the state
+        store, see the module docstring); ``views``: what the cycle plans from; ``touched``: the delta's touched set
         (None: the views cover everything), widened with the drifted objects and planned again by ``replan``.
         ``started``: the cycle's start, by which the next check knows whether this cycle completed. A dry run
         reads its slice and stores nothing. Raises StateError.
         """
         desired, owned, current = views
-        findings = self.read_slice(started, every, dry_run)
+        findings = self.read_slice(started, Believed(self.state, every), dry_run)
         if not findings:
             return desired, owned, current
         for drift in findings.drifts:
@@ -145,21 +226,16 @@ class DriftCheck:
 
     # ------------------------------------------------------------------ the slice
 
-    def read_slice(self, started: datetime, every: Ownership, dry_run: bool = False) -> Findings:
-        """Read this cycle's slice and compare it; empty findings when the slice could not be read."""
+    def read_slice(self, started: datetime, believed: Believed, dry_run: bool = False) -> Findings:
+        """Read this cycle's slice and compare it; empty findings when the slice could not be read.
+        Raises StateError."""
         now = self.clock.now()
         cursor, checked = self._load()
-        members = self._members_by_group(every)
-        counts = {group_id: len(users) for group_id, users in members.items()}
-        total = round_calls(
-            cursor.users_pages or math.ceil(len(every.users) / PAGE) or 1,
-            cursor.groups_pages or math.ceil(len(every.groups) / PAGE) or 1,
-            counts,
-        )
+        total = self._round_calls(cursor, believed)
         elapsed = now - checked if checked is not None else timedelta(0)
         report = SliceReport(budget=slice_budget(total, elapsed, self.period), phase=cursor.phase)
         self.last = report
-        reading = _Slice(self, every, members, report)
+        reading = _Slice(self, believed, report)
         try:
             findings = reading.run(cursor)
         except TargetError as error:
@@ -184,18 +260,22 @@ class DriftCheck:
         )
         return findings
 
-    @staticmethod
-    def _members_by_group(every: Ownership) -> dict[str, list[str]]:
-        """Managed group -> the users idsync recorded as its members (one pass over the memberships)."""
-        members: dict[str, list[str]] = {group_id: [] for group_id in every.groups}
-        for group_id, user_id in every.memberships:
-            if group_id in members:
-                members[group_id].append(user_id)
-        return members
+    def _round_calls(self, cursor: Cursor, believed: Believed) -> int:
+        """List calls a round takes: as the last round took them, else estimated from ownership's counts."""
+        users_pages, groups_pages, members_pages = cursor.users_pages, cursor.groups_pages, cursor.members_pages
+        if users_pages and groups_pages and members_pages:
+            return users_pages + groups_pages + members_pages
+        managed = self.managed_groups(believed.groups())
+        users, groups, memberships = believed.counts([g for g in believed.groups() if g.lower() in self.pim])
+        return (
+            (users_pages or math.ceil(users / PAGE) or 1)
+            + (groups_pages or math.ceil(groups / PAGE) or 1)
+            + (members_pages or members_calls_estimate(len(managed), memberships))
+        )
 
-    def managed_groups(self, every: Ownership) -> list[str]:
+    def managed_groups(self, groups: Iterable[str]) -> list[str]:
         """The groups whose members a round compares, in order: the managed ones outside PIM."""
-        return sorted(sid for sid in every.groups if sid.lower() not in self.pim)
+        return sorted(sid for sid in groups if sid.lower() not in self.pim)
 
     # ------------------------------------------------------------------ the cursor
 
@@ -236,19 +316,36 @@ class DriftCheck:
 class _Slice:
     """One slice's read and comparison, from a cursor, within a budget of List calls."""
 
-    def __init__(
-        self, check: DriftCheck, every: Ownership, members: Mapping[str, list[str]], report: SliceReport
-    ) -> None:
+    def __init__(self, check: DriftCheck, believed: Believed, report: SliceReport) -> None:
         self.check = check
         self.target = check.target
-        self.every = every
-        self.members = members
+        self.believed = believed
         self.report = report
         self.cursor = Cursor()
         self.findings = Findings()
         self.unseen: set[str] = set()  # the cursor's ``unseen``, as a set while the slice reads
-        self.user_of = {o.target_id: sid for sid, o in every.users.items()}  # target id -> source id
-        self.group_of = {o.target_id: sid for sid, o in every.groups.items()}
+        self.listed: list[tuple[str, str, dict[str, str]]] = []  # (group, its target, user target -> membership)
+        self._user_of: dict[str, str] | None = None
+        self._group_of: dict[str, str] | None = None
+
+    @property
+    def users(self) -> Mapping[str, OwnedUser]:
+        """Every owned user (the users phase's: all of ownership is loaded on first use)."""
+        return self.believed.everything().users
+
+    @property
+    def user_of(self) -> Mapping[str, str]:
+        """Target id -> source id, of every owned user."""
+        if self._user_of is None:
+            self._user_of = {o.target_id: sid for sid, o in self.users.items()}
+        return self._user_of
+
+    @property
+    def group_of(self) -> Mapping[str, str]:
+        """Target id -> source id, of every owned group."""
+        if self._group_of is None:
+            self._group_of = {o.target_id: sid for sid, o in self.believed.groups().items()}
+        return self._group_of
 
     def run(self, start: Cursor) -> Findings:
         """Read from ``start`` until the budget is spent or the round ends. Raises TargetError."""
@@ -266,6 +363,7 @@ class _Slice:
                     break  # the round ended: the next slice begins the next one
         except _Budget:
             pass
+        self._compare_listed()
         self.cursor.unseen = sorted(self.unseen)
         return self.findings
 
@@ -298,7 +396,7 @@ class _Slice:
             return self._listed(what, None, group_target)
 
     def _managed_targets(self, what: str) -> set[str]:
-        owned = self.every.users if what == USERS else self.every.groups
+        owned = self.users if what == USERS else self.believed.groups()
         return {o.target_id for o in owned.values()}
 
     def _page(self, what: str) -> None:
@@ -336,7 +434,7 @@ class _Slice:
             elif source_id is not None:
                 self.findings.gone_users.add(target)
                 self.findings.touched_users.add(source_id)
-                name = self.every.users[source_id].user_name
+                name = self.users[source_id].user_name
                 self.findings.drifts.append(Drift("user", source_id, name, "deleted outside idsync"))
         else:
             group = self.target.describe_group(target)
@@ -346,7 +444,7 @@ class _Slice:
             elif group_id is not None:
                 self.findings.gone_groups.add(target)
                 self.findings.touched_groups.add(group_id)
-                name = self.every.groups[group_id].display_name
+                name = self.believed.groups()[group_id].display_name
                 self.findings.drifts.append(Drift("group", group_id, name, "deleted outside idsync"))
         self.cursor.confirm = self.cursor.confirm[1:]
 
@@ -354,7 +452,7 @@ class _Slice:
         source_id = self.user_of.get(actual.target_id)
         if source_id is None:
             return  # not idsync's
-        owned = self.every.users[source_id]
+        owned = self.users[source_id]
         differs = user_differences(owned, actual, self.check.managed, self.check.create_only)
         if differs:
             self.findings.users[actual.target_id] = actual
@@ -365,57 +463,70 @@ class _Slice:
         source_id = self.group_of.get(actual.target_id)
         if source_id is None:
             return
-        owned = self.every.groups[source_id]
+        owned = self.believed.groups()[source_id]
         differs = group_differences(owned, actual)
         if differs:
             self.findings.groups[actual.target_id] = actual
             self.findings.drifts.append(Drift("group", source_id, owned.display_name, f"{', '.join(differs)} edited"))
 
     def _members(self) -> bool:
-        """List (on) one managed group's members and compare them once listed; False when the round ended."""
+        """List (on) one managed group's members, to compare once listed; False when the round ended."""
         cursor = self.cursor
-        managed = self.check.managed_groups(self.every)
+        groups = self.believed.groups()
+        managed = self.check.managed_groups(groups)
         if cursor.group is not None and cursor.group not in managed:
             cursor.group, cursor.token, cursor.pairs = None, None, {}  # no longer managed: its listing is moot
         group_id = cursor.group or next((g for g in managed if g > cursor.after), None)
         if group_id is None:
             self.cursor = Cursor(
-                users_pages=cursor.users_pages, groups_pages=cursor.groups_pages, rounds=cursor.rounds + 1
+                users_pages=cursor.users_pages,
+                groups_pages=cursor.groups_pages,
+                members_pages=cursor.members_read,
+                rounds=cursor.rounds + 1,
             )
             return False
-        group_target = self.every.groups[group_id].target_id
+        group_target = groups[group_id].target_id
         if cursor.group != group_id:
             cursor.group, cursor.token, cursor.pairs = group_id, None, {}
         pairs, following = self._listed(MEMBERS, cursor.token, group_target)
+        cursor.members_read += 1
         cursor.pairs.update((user, membership) for membership, user in pairs)
         cursor.token = following
         if following is None:
-            self._compare_members(group_id, group_target, cursor.pairs)
+            self.listed.append((group_id, group_target, cursor.pairs))
             cursor.after, cursor.group, cursor.pairs = group_id, None, {}
         return True
 
-    def _compare_members(self, group_id: str, group_target: str, actual: Mapping[str, str]) -> None:
-        believed = {
-            self.every.users[user_id].target_id: user_id
-            for user_id in self.members.get(group_id, ())
-            if user_id in self.every.users
+    def _compare_listed(self) -> None:
+        """Compare the groups this slice listed in full with what idsync recorded: one read of their owned
+        memberships, one of the owned users their listings name (and, on drift, one of the missing members)."""
+        if not self.listed:
+            return
+        members = self.believed.members_of([group_id for group_id, _, _ in self.listed])
+        owners = self.believed.users_by_target({user for _, _, actual in self.listed for user in actual})
+        listed_ids = {
+            group_id: {owners[t].source_id for t in actual if t in owners} for group_id, _, actual in self.listed
         }
-        group_name = self.every.groups[group_id].display_name
-        drifted = False
-        for user_target, user_id in sorted(believed.items()):
-            if user_target not in actual:
-                drifted = True
-                self.findings.touched_users.add(user_id)
-                name = f"{group_name} <- {self.every.users[user_id].user_name}"
+        missing = {u for group_id, users in members.items() for u in users if u not in listed_ids[group_id]}
+        records = self.believed.users(missing)
+        for group_id, group_target, actual in self.listed:
+            believed = set(members[group_id])
+            group_name = self.believed.groups()[group_id].display_name
+            gone = sorted((records[u] for u in believed - listed_ids[group_id] if u in records), key=_by_target)
+            added = sorted(
+                (owners[t] for t in actual if t in owners and owners[t].source_id not in believed), key=_by_target
+            )
+            for owned in gone:
+                self.findings.touched_users.add(owned.source_id)
                 why = "member missing in IAM Identity Center (removed by hand, or its user or group deleted)"
-                self.findings.drifts.append(Drift("membership", group_id, name, why))
-        for user_target in sorted(actual):
-            member = self.user_of.get(user_target)
-            if member is None or user_target in believed:
-                continue  # not a user idsync manages, or as believed
-            drifted = True
-            self.findings.touched_users.add(member)
-            name = f"{group_name} <- {self.every.users[member].user_name}"
-            self.findings.drifts.append(Drift("membership", group_id, name, "member added outside idsync"))
-        if drifted:
-            self.findings.members[group_target] = dict(actual)
+                self.findings.drifts.append(Drift("membership", group_id, f"{group_name} <- {owned.user_name}", why))
+            for owned in added:
+                self.findings.touched_users.add(owned.source_id)
+                name = f"{group_name} <- {owned.user_name}"
+                self.findings.drifts.append(Drift("membership", group_id, name, "member added outside idsync"))
+            if gone or added:
+                self.findings.members[group_target] = dict(actual)
+
+
+def _by_target(owned: OwnedUser) -> str:
+    return owned.target_id
