@@ -12,7 +12,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from idsync.errors import TargetThrottled
+from idsync.errors import TargetError, TargetNotFound, TargetThrottled
 from idsync.model import PlanPolicy
 from idsync.services.cycle import CycleOptions, CycleService, Scoping
 from idsync.services.drift import MEMBERS, DriftCheck
@@ -275,6 +275,59 @@ def test_an_unreadable_slice_repairs_nothing_and_is_read_again() -> None:
     world.cycle()
     assert world.user("e00") in world.members("g00")
     assert world.store.writes == ["CreateGroupMembership"]
+
+
+def test_a_managed_group_deleted_by_hand_whose_listing_is_refused_is_created_again_and_the_round_goes_on() -> None:
+    """ListGroupMemberships names ResourceNotFoundException among its errors: the group is described, created
+    again with its members, and the check goes on with the other groups instead of stopping at it."""
+    world = World()
+    gone = world.group("g01")
+    del world.store.groups[gone]
+    for key in [k for k, (g, _) in world.store.memberships.items() if g == gone]:
+        del world.store.memberships[key]
+    del world.store.memberships[world.membership("g02", "e02")]  # a later group's drift, past the gone one
+    listing = world.store.list_memberships_page
+
+    def refused(group_id: str, token: str | None) -> Any:
+        if group_id not in world.store.groups:
+            raise TargetNotFound(f"ListGroupMemberships: ResourceNotFoundException: GROUP {group_id} not found")
+        return listing(group_id, token)
+
+    world.store.list_memberships_page = refused  # type: ignore[method-assign]
+    for _ in range(4):
+        world.cycle()
+    assert world.group("g01") != gone
+    assert world.group("g01") in world.store.groups
+    assert world.members("g01") == {world.user("e01"), world.user("e04")}
+    assert world.members("g02") == {world.user("e02"), world.user("e05")}
+
+
+def test_a_slice_whose_repair_failed_is_read_again_by_the_next_cycle() -> None:
+    """A delta cycle plans from ownership, which does not know the drift: a repair whose write fails (a
+    non-throttling error) leaves the slice to be read again, not forgotten until the next round."""
+    world = World(period=timedelta(hours=24))  # a long round: the slice would not come back for a day
+    del world.store.memberships[world.membership("g00", "e00")]
+    create = world.store.create_membership
+    failures = {"n": 0}
+
+    def refused(group_id: str, user_id: str) -> Any:
+        failures["n"] += 1
+        if failures["n"] == 1:
+            raise TargetError("CreateGroupMembership: ConflictException: CONCURRENT_MODIFICATION")
+        return create(group_id, user_id)
+
+    world.store.create_membership = refused  # type: ignore[method-assign]
+    for _ in range(30):  # slices of a day-long round, until one finds the drift and its repair fails
+        world.cycle()
+        if failures["n"]:
+            break
+    assert failures["n"] == 1
+    assert world.user("e00") not in world.members("g00")
+    before = world.drift.cursor()
+    world.cycle()  # the slice is read again from where it began, and the repair goes through
+    assert world.user("e00") in world.members("g00")
+    assert [drift.source_id for drift in world.drift.last.drifts] == ["g00"]  # found again, by the same slice
+    assert before.phase == world.drift.last.phase
 
 
 def test_the_cursor_advances_only_when_the_cycle_that_compared_its_slice_completed() -> None:

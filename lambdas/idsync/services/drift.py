@@ -12,7 +12,9 @@ Invariants (tests/unit/test_drift.py):
 
 * the cursor is durable and advances only once the cycle that compared its slice completed: a crash, a
   stopped cycle, a dry run or an unreadable slice leaves it where it was, so that slice is read again and
-  none is ever skipped;
+  none is ever skipped; so does a cycle that left one of the slice's repairs unsettled (a failed write);
+* a managed group whose member listing answers that it does not exist (deleted by hand) is described and,
+  gone, created again; the round goes on past it, so one missing group never stops the check;
 * a slice whose read fails (throttled, refused, an AWS fault) repairs nothing: its partial read never
   becomes a deletion; a page token AWS no longer accepts begins that listing again;
 * only objects idsync manages are compared: users and groups it does not own are never drift;
@@ -51,11 +53,11 @@ from idsync.drift import (
     slice_budget,
     user_differences,
 )
-from idsync.errors import TargetAuthError, TargetError, TargetTransient
+from idsync.errors import TargetAuthError, TargetError, TargetNotFound, TargetTransient
 from idsync.model import CurrentView, DesiredView, OwnedGroup, OwnedUser, Ownership, TargetGroup, TargetUser
 from idsync.ports import Clock, IdentityStore, StateStore
 from idsync.services.blobs import load_blob, save_blob
-from idsync.services.cycle import COMPLETED_KEY, current_from_ownership
+from idsync.services.cycle import COMPLETED_KEY, UNSETTLED_KEY, current_from_ownership
 
 logger = logging.getLogger(__name__)
 
@@ -248,7 +250,7 @@ class DriftCheck:
             return Findings()
         report.drifts = tuple(findings.drifts)
         if not dry_run:
-            self._store(started, now, cursor, reading.cursor)
+            self._store(started, now, cursor, reading.cursor, findings)
         logger.info(
             "drift check",
             extra={
@@ -291,7 +293,7 @@ class DriftCheck:
         pending = document.get("pending")
         if isinstance(pending, dict):
             completed = self.state.get_item(COMPLETED_KEY) or {}
-            if completed.get("at") == pending.get("started"):
+            if completed.get("at") == pending.get("started") and not self._unrepaired(pending):
                 cursor = Cursor.of(pending.get("cursor"))
         try:
             checked = datetime.fromisoformat(str(document["checked"]))
@@ -299,14 +301,27 @@ class DriftCheck:
             checked = None
         return cursor, checked
 
-    def _store(self, started: datetime, now: datetime, committed: Cursor, following: Cursor) -> None:
-        """Keep ``committed`` (where this slice began) and ``following`` as pending until this cycle completes."""
-        document = {
-            "cursor": asdict(committed),
-            "pending": {"started": started.isoformat(), "cursor": asdict(following)},
-            "checked": now.isoformat(),
+    def _store(
+        self, started: datetime, now: datetime, committed: Cursor, following: Cursor, findings: Findings
+    ) -> None:
+        """Keep ``committed`` (where this slice began) and ``following`` as pending until this cycle completes,
+        with the objects this slice found drifted (``_load``: a repair that did not go through reads it again)."""
+        pending = {
+            "started": started.isoformat(),
+            "cursor": asdict(following),
+            "users": sorted(findings.touched_users),
+            "groups": sorted(findings.touched_groups),
         }
+        document = {"cursor": asdict(committed), "pending": pending, "checked": now.isoformat()}
         save_blob(self.state, DRIFT_KEY, json.dumps(document, separators=(",", ":")).encode("utf-8"))
+
+    def _unrepaired(self, pending: Mapping[str, Any]) -> bool:
+        """Whether a write of the pending slice's repairs did not go through: the cycle left one of its drifted
+        objects unsettled (failed, held back, not reached), and a delta cycle plans from ownership, which does
+        not know the drift; so the slice is read again rather than forgotten until the next round."""
+        left = self.state.get_item(UNSETTLED_KEY) or {}
+        users, groups = set(left.get("users") or ()), set(left.get("groups") or ())
+        return bool(users & set(pending.get("users") or ()) or groups & set(pending.get("groups") or ()))
 
     def cursor(self) -> Cursor:
         """The cursor the next slice goes on from (status, tests)."""
@@ -488,7 +503,13 @@ class _Slice:
         group_target = groups[group_id].target_id
         if cursor.group != group_id:
             cursor.group, cursor.token, cursor.pairs = group_id, None, {}
-        pairs, following = self._listed(MEMBERS, cursor.token, group_target)
+        try:
+            pairs, following = self._listed(MEMBERS, cursor.token, group_target)
+        except TargetNotFound:
+            # the group is gone (deleted by hand): described next, and the round goes on without it
+            cursor.confirm.append([GROUPS, group_target])
+            cursor.after, cursor.group, cursor.token, cursor.pairs = group_id, None, None, {}
+            return True
         cursor.members_read += 1
         cursor.pairs.update((user, membership) for membership, user in pairs)
         cursor.token = following
