@@ -217,6 +217,7 @@ def seed(
                 json.dumps(doc, separators=(",", ":")),
                 user.manager_source_id,
                 user.fingerprint(),
+                user.user_name.casefold(),
             )
         )
     group_targets = {sid: f"{index:08d}-1111-4000-8000-000000000000" for index, sid in enumerate(desired.groups)}
@@ -238,7 +239,11 @@ def seed(
     connection = state._conn  # seeding in bulk: one transaction, not 610,000
     with connection:
         connection.execute("BEGIN")
-        connection.executemany("INSERT INTO owned_users VALUES (?, ?, ?, ?, ?, ?)", owned_users)
+        connection.executemany(
+            "INSERT INTO owned_users (source_id, target_id, user_name, doc, manager_source_id, fingerprint,"
+            " user_name_folded) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            owned_users,
+        )
         connection.executemany("INSERT INTO owned_groups VALUES (?, ?, ?, ?, ?)", owned_groups)
         connection.executemany("INSERT INTO owned_memberships VALUES (?, ?, ?)", owned_memberships)
         connection.execute("COMMIT")

@@ -782,3 +782,71 @@ def test_a_sqlite_file_from_before_the_by_key_indexes_gets_them_when_opened(tmp_
 
 
 _BY_USER = "SELECT group_source_id FROM owned_memberships WHERE user_source_id = ?"
+
+
+def test_a_plain_sqlite_client_can_write_users_and_check_a_file_idsync_wrote(tmp_path: Path) -> None:
+    # Given a state file idsync wrote, holding two users
+    path = tmp_path / "state.db"
+    store = SqliteStateStore(path)
+    store.write_ownership([user("u1", user_name="Ann@Example.com"), user("u2", user_name="Bo@example.com")])
+    store.close()
+
+    # When a client that registered no function (as the sqlite3 shell) inserts, updates and deletes users
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "INSERT INTO owned_users (source_id, target_id, user_name, doc, fingerprint)"
+            " VALUES ('u3', 't-u3', 'Straße@Example.com', '{}', 'fp-u3')"
+        )
+        conn.execute(
+            "UPDATE owned_users SET user_name = 'Cy@example.com', user_name_folded = NULL WHERE source_id = 'u1'"
+        )
+        conn.execute("DELETE FROM owned_users WHERE source_id = 'u2'")
+        (check,) = conn.execute("PRAGMA integrity_check").fetchone()
+
+    # Then the file checks ok, and idsync, opening it again, finds the hand-written names under their casefold
+    assert check == "ok"
+    store = SqliteStateStore(path)
+    holders = store.owned_users_named(["STRASSE@example.com", "cy@EXAMPLE.com", "ann@example.com", "bo@example.com"])
+    assert holders == {"strasse@example.com": ["u3"], "cy@example.com": ["u1"]}
+    store.close()
+
+
+_V1_OWNED_USERS = """CREATE TABLE owned_users (
+    source_id TEXT PRIMARY KEY,
+    target_id TEXT NOT NULL,
+    user_name TEXT NOT NULL,
+    doc TEXT NOT NULL,
+    manager_source_id TEXT,
+    fingerprint TEXT NOT NULL
+)"""
+
+
+def test_a_version_1_file_with_users_gets_their_folded_names_when_opened(tmp_path: Path) -> None:
+    # Given a version-1 file: owned_users without the folded column, holding users, no by-key indexes
+    path = tmp_path / "state.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute(_V1_OWNED_USERS)
+        conn.executemany(
+            "INSERT INTO owned_users VALUES (?, ?, ?, '{}', NULL, ?)",
+            [("u1", "t-u1", "Straße@Example.com", "fp-u1"), ("u2", "t-u2", "Other@example.com", "fp-u2")],
+        )
+        conn.execute("PRAGMA user_version = 1")
+
+    # When this version opens it
+    store = SqliteStateStore(path)
+
+    # Then every row carries str.casefold of its userName under the index, and ß is found as SS
+    with sqlite3.connect(path) as conn:
+        folded = dict(conn.execute("SELECT source_id, user_name_folded FROM owned_users"))
+        plan = " ".join(str(row) for row in conn.execute("EXPLAIN QUERY PLAN " + _BY_NAME, ("x",)))
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        (check,) = conn.execute("PRAGMA integrity_check").fetchone()
+    assert folded == {"u1": "strasse@example.com", "u2": "other@example.com"}
+    assert "owned_users_by_name" in plan
+    assert (version, check) == (2, "ok")
+    assert store.owned_users_named(["STRASSE@EXAMPLE.COM"]) == {"strasse@example.com": ["u1"]}
+    assert store.load_ownership().users["u1"].user_name == "Straße@Example.com"
+    store.close()
+
+
+_BY_NAME = "SELECT source_id FROM owned_users WHERE user_name_folded = ?"

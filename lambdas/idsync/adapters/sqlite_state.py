@@ -10,9 +10,10 @@ documents), ``logs`` (provisioning log, keyed ``<UTC time>#<change id>`` so text
 order; entries older than the retention are hidden, and deleted whenever logs are appended),
 ``leases`` and ``grants`` (active JIT grants, one JSON document per group and user). ``PRAGMA
 user_version`` holds the schema version. A delta cycle reads ownership by key: memberships are indexed
-by user too, and users by their IAM Identity Center id (the drift check's) and by their casefolded
-userName (an index on ``idsync_casefold(user_name)``, a function every connection of this class
-registers).
+by user too, users by their IAM Identity Center id (the drift check's), and by their casefolded userName,
+kept in the plain column ``user_name_folded`` (``str.casefold`` of ``user_name``, written with every user
+record) under an ordinary index, so any SQLite client (the ``sqlite3`` shell included) can read, write and
+check the file. A row written without the folded name (by hand) is folded when idsync next opens the file.
 """
 
 from __future__ import annotations
@@ -36,10 +37,14 @@ from idsync.errors import LeaseLost, StateError
 from idsync.model import LogEntry, OwnedGroup, OwnedMembership, OwnedUser, Ownership
 from idsync.ports import AccessGrant, GroupRecords, OwnershipWrite
 
-# 2: the by-key indexes; the userName one calls a function older versions lack, so they refuse the file
+# 2: the by-key indexes and owned_users.user_name_folded, which older versions do not write, so they refuse the file
 SCHEMA_VERSION = 2
-_CASEFOLD = "idsync_casefold"  # str.casefold, registered on the connection: the key of owned_users_by_name
 _IN_LIMIT = 500  # keys bound in one IN (...) list
+_INSERT_USER = (
+    "INSERT OR REPLACE INTO owned_users"
+    " (source_id, target_id, user_name, doc, manager_source_id, fingerprint, user_name_folded)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
 _SELECT_USERS = "SELECT source_id, target_id, user_name, doc, manager_source_id, fingerprint FROM owned_users"
 
 _SCHEMA = """
@@ -49,7 +54,8 @@ CREATE TABLE IF NOT EXISTS owned_users (
     user_name TEXT NOT NULL,
     doc TEXT NOT NULL,
     manager_source_id TEXT,
-    fingerprint TEXT NOT NULL
+    fingerprint TEXT NOT NULL,
+    user_name_folded TEXT
 );
 CREATE TABLE IF NOT EXISTS owned_groups (
     source_id TEXT PRIMARY KEY,
@@ -65,7 +71,6 @@ CREATE TABLE IF NOT EXISTS owned_memberships (
     PRIMARY KEY (group_source_id, user_source_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS owned_memberships_by_user ON owned_memberships (user_source_id);
-CREATE INDEX IF NOT EXISTS owned_users_by_name ON owned_users (idsync_casefold(user_name));
 CREATE INDEX IF NOT EXISTS owned_users_by_target ON owned_users (target_id);
 CREATE TABLE IF NOT EXISTS items (
     key TEXT PRIMARY KEY,
@@ -112,17 +117,38 @@ class SqliteStateStore:
             self._conn = sqlite3.connect(self._path, timeout=30.0, isolation_level=None, check_same_thread=False)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
-            # the userName index's key: every connection that writes owned_users needs the function
-            self._conn.create_function(_CASEFOLD, 1, _casefold, deterministic=True)
-            (version,) = self._conn.execute("PRAGMA user_version").fetchone()
-            if version > SCHEMA_VERSION:
-                raise StateError(
-                    f"state file {self._path}: schema version {version} is newer than this idsync "
-                    f"understands ({SCHEMA_VERSION}); upgrade idsync"
-                )
-            self._conn.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version = {SCHEMA_VERSION};COMMIT;")
+            with self._transaction("BEGIN IMMEDIATE") as conn:
+                self._migrate(conn)
         except (OSError, sqlite3.Error) as error:
             raise StateError(f"state file {self._path}: cannot open: {error}") from error
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        """Inside the opening write transaction: bring the file to ``SCHEMA_VERSION`` (all or none).
+
+        A version-1 file gets ``user_name_folded``, filled from ``user_name``, and the by-key indexes.
+        Raises StateError for a file of a newer schema.
+        """
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            raise StateError(
+                f"state file {self._path}: schema version {version} is newer than this idsync "
+                f"understands ({SCHEMA_VERSION}); upgrade idsync"
+            )
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(owned_users)")}
+        if "user_name_folded" not in columns:
+            conn.execute("ALTER TABLE owned_users ADD COLUMN user_name_folded TEXT")
+        # an older file is folded whole; after that only rows written without the folded name (by hand)
+        stale = "" if version < SCHEMA_VERSION else " WHERE user_name_folded IS NULL"
+        rows = conn.execute(f"SELECT source_id, user_name FROM owned_users{stale}").fetchall()
+        conn.executemany(
+            "UPDATE owned_users SET user_name_folded = ? WHERE source_id = ?",
+            [(user_name.casefold(), source_id) for source_id, user_name in rows],
+        )
+        conn.execute("CREATE INDEX IF NOT EXISTS owned_users_by_name ON owned_users (user_name_folded)")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
         with self._lock:
@@ -180,12 +206,12 @@ class SqliteStateStore:
         return Ownership(users=found, groups=every, memberships=memberships)
 
     def owned_users_named(self, names: Collection[str]) -> dict[str, list[str]]:
-        """Holders of the userNames, through the casefolded-userName index. Raises StateError."""
+        """Holders of the userNames, through the index on ``user_name_folded``. Raises StateError."""
         holders: dict[str, list[str]] = {}
         with self._connection() as conn:
             for chunk in _chunks({name.casefold() for name in names}):
                 for source_id, user_name in conn.execute(
-                    f"SELECT source_id, user_name FROM owned_users WHERE {_CASEFOLD}(user_name) IN ({_marks(chunk)})",
+                    f"SELECT source_id, user_name FROM owned_users WHERE user_name_folded IN ({_marks(chunk)})",
                     chunk,
                 ):
                     holders.setdefault(user_name.casefold(), []).append(source_id)
@@ -218,18 +244,7 @@ class SqliteStateStore:
 
     def record_user(self, owned: OwnedUser) -> None:
         """Record (or replace) an owned user. Raises ValueError for a doc that is not JSON, StateError."""
-        doc = _encode(owned.doc, f"user {owned.user_name} [{owned.source_id}]: attribute doc")
-        self._execute(
-            "INSERT OR REPLACE INTO owned_users VALUES (?, ?, ?, ?, ?, ?)",
-            (
-                owned.source_id,
-                owned.target_id,
-                owned.user_name,
-                doc,
-                owned.manager_source_id,
-                owned.fingerprint,
-            ),
-        )
+        self._execute(*_ownership_statement(owned))
 
     def forget_user(self, source_id: str) -> None:
         self._execute("DELETE FROM owned_users WHERE source_id = ?", (source_id,))
@@ -456,10 +471,6 @@ class SqliteStateStore:
             conn.execute("COMMIT")
 
 
-def _casefold(value: Any) -> Any:
-    return value.casefold() if isinstance(value, str) else value
-
-
 def _chunks(keys: Collection[str]) -> Iterator[tuple[str, ...]]:
     """The keys in runs SQLite takes as bound parameters of one statement."""
     ordered = tuple(keys)
@@ -478,8 +489,9 @@ def _owned_user_row(row: Sequence[Any]) -> OwnedUser:
 def _ownership_statement(write: OwnershipWrite) -> tuple[str, tuple[Any, ...]]:
     if isinstance(write, OwnedUser):
         doc = _encode(write.doc, f"user {write.user_name} [{write.source_id}]: attribute doc")
+        folded = write.user_name.casefold()
         user = (write.source_id, write.target_id, write.user_name, doc, write.manager_source_id, write.fingerprint)
-        return "INSERT OR REPLACE INTO owned_users VALUES (?, ?, ?, ?, ?, ?)", user
+        return _INSERT_USER, (*user, folded)
     if isinstance(write, OwnedGroup):
         group = (write.source_id, write.target_id, write.display_name, write.description, write.fingerprint)
         return "INSERT OR REPLACE INTO owned_groups VALUES (?, ?, ?, ?, ?)", group
