@@ -79,7 +79,7 @@ from moto.ssoadmin.responses import SSOAdminResponse
 
 from bench.world import FAKE_AWS_ENVIRONMENT
 from idsync.adapters.dynamodb_state import TABLE_SCHEMA, table_definition
-from idsync.adapters.identitystore import JIT_CALL_SECONDS, from_settings
+from idsync.adapters.identitystore import from_settings
 from idsync.adapters.sso_admin import attach_budget
 from idsync.config import Settings, parse_settings
 from idsync.services.cycle import CycleOptions
@@ -488,7 +488,7 @@ def measure() -> dict[str, Any]:
             target = from_settings(settings.identity_store, bounded=True)
             budget = build_rate_budget(settings, "jit")
             attach_budget(target.client, budget)
-            jit = build_jit_service(settings, target=target, call_seconds=JIT_CALL_SECONDS)
+            jit = build_jit_service(settings, target=target)  # the lease renewed before every call, as wired
         layer.attach(target.client)
         users = iter(pim_users)
         idle_records = [activate_and_wait(emulator, jit, group, next(users), clock) for _ in range(IDLE_SAMPLES)]
