@@ -9,8 +9,12 @@ not do, and benchmarks measuring the JIT path during a sync would measure moto.
 
 ``install()`` (idempotent) makes a base-table Query hand moto's own ``Table.query`` only the asked partition's
 items; everything else (key conditions, filters, paging, limits, ordering, errors, index queries, scans) is
-moto's own code, unchanged. ``tests/integration/test_moto_dynamodb.py`` runs the same queries with and without
-it and compares the answers.
+moto's own code, unchanged. A sort-key condition narrows further, as DynamoDB's sorted storage does: moto is
+handed the contiguous run of items the condition matches plus one neighbour on each side. moto decides
+``LastEvaluatedKey`` when it meets the item after a full page (matching or not), so that neighbour keeps its
+pages exactly as they were; when the run is so large that a later non-matching item could end a page on
+moto's 1 MB size rule, or the condition does not match a contiguous run, the whole partition is handed over.
+``tests/integration/test_moto_dynamodb.py`` runs the same queries with and without it and compares the answers.
 """
 
 from __future__ import annotations
@@ -19,7 +23,10 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from moto.dynamodb.models.table import Table
+from moto.dynamodb.comparisons import get_comparison_func
+from moto.dynamodb.models.table import RESULT_SIZE_LIMIT, Table
+
+_MAX_ITEM_BYTES = 400 * 1024  # DynamoDB's item size limit: no single later item can be larger
 
 _lock = threading.Lock()
 _partition = threading.local()  # the table and the items one base-table Query may see, in this thread
@@ -43,7 +50,9 @@ def _only_partition(original: Callable[..., Any]) -> Callable[..., Any]:
         if index_name is not None or hash_key is None or not self.range_key_attr:
             return original(self, hash_key, *positional, projection_expressions, index_name, *args, **kwargs)
         stored = self.items.get(hash_key, {})  # .get: a defaultdict must not grow a partition
-        _partition.seen = (self, sorted(stored.values(), key=lambda item: item.range_key))
+        ordered = sorted(stored.values(), key=lambda item: item.range_key.cast_value)
+        narrowing = bool(range_comparison) and not _other_filters(kwargs)
+        _partition.seen = (self, _run(ordered, range_comparison, range_objs) if narrowing else ordered)
         try:
             return original(self, hash_key, *positional, projection_expressions, index_name, *args, **kwargs)
         finally:
@@ -51,6 +60,29 @@ def _only_partition(original: Callable[..., Any]) -> Callable[..., Any]:
 
     query.__wrapped__ = original  # type: ignore[attr-defined]
     return query
+
+
+def _other_filters(kwargs: dict[str, Any]) -> bool:
+    """Legacy QueryFilter arguments arrive as extra keywords; moto then counts every item it walks."""
+    known = {"consistent_read", "filter_expression", "hash_key_conditions", "range_key_conditions"}
+    return any(value for key, value in kwargs.items() if key not in known)
+
+
+def _run(ordered: list[Any], comparison: str, objs: list[Any]) -> list[Any]:
+    """The items a sort-key condition matches with one neighbour each side, or all of them when unsafe."""
+    matches = get_comparison_func(comparison)
+    if matches is None:
+        return ordered
+    values = [obj.cast_value for obj in objs]
+    hits = [index for index, item in enumerate(ordered) if matches(item.range_key.cast_value, *values)]
+    if not hits:
+        return []
+    first, last = hits[0], hits[-1]
+    if last - first + 1 != len(hits):
+        return ordered
+    if sum(item.size() for item in ordered[first : last + 1]) > RESULT_SIZE_LIMIT - _MAX_ITEM_BYTES:
+        return ordered
+    return ordered[max(first - 1, 0) : last + 2]
 
 
 def _partition_items(original: Callable[[Table], list[Any]]) -> Callable[[Table], list[Any]]:

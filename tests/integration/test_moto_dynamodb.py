@@ -42,7 +42,30 @@ def _queries() -> list[dict[str, Any]]:
         },
         {"KeyConditionExpression": "pk = :pk", "ExpressionAttributeValues": {":pk": {"S": "GRANT#g1"}}},
     ]
-    return base
+    edges: list[dict[str, Any]] = [
+        {
+            "KeyConditionExpression": f"pk = :pk AND {condition}",
+            "ExpressionAttributeValues": {":pk": {"S": "MEMBERSHIP"}} | values,
+            "ScanIndexForward": forward,
+        }
+        for condition, values in (
+            ("begins_with(sk, :g)", {":g": {"S": "g1#"}}),  # the first run of the partition
+            ("begins_with(sk, :g)", {":g": {"S": "g3#"}}),  # the last run
+            ("begins_with(sk, :g)", {":g": {"S": "g9#"}}),  # no run at all
+            ("sk = :k", {":k": {"S": "g2#u3"}}),
+            ("sk < :k", {":k": {"S": "g2#u2"}}),
+            ("sk <= :k", {":k": {"S": "g2#u2"}}),
+            ("sk > :k", {":k": {"S": "g2#u2"}}),
+            ("sk >= :k", {":k": {"S": "g2#u2"}}),
+        )
+        for forward in (True, False)
+    ]
+    filtered = {
+        "KeyConditionExpression": "pk = :pk AND begins_with(sk, :g)",
+        "FilterExpression": "n > :n",
+        "ExpressionAttributeValues": {":pk": {"S": "MEMBERSHIP"}, ":g": {"S": "g2#"}, ":n": {"N": "10"}},
+    }
+    return base + edges + [filtered]
 
 
 def _pages(client: Any, query: dict[str, Any], limit: int | None) -> list[dict[str, Any]]:
@@ -88,7 +111,7 @@ def client() -> Iterator[Any]:
     moto_dynamodb.install()
 
 
-@pytest.mark.parametrize("limit", [None, 1, 3])
+@pytest.mark.parametrize("limit", [None, 1, 3, 4])  # 4: a page ends exactly at a run's last item
 @pytest.mark.parametrize("index", range(len(_queries())))
 def test_a_partition_query_answers_as_moto_answers(client: Any, index: int, limit: int | None) -> None:
     query = _queries()[index]
@@ -128,9 +151,62 @@ def test_a_query_reads_only_its_partition(client: Any) -> None:
     assert table_items == []
 
 
+def test_a_sort_key_condition_hands_moto_its_run_and_one_neighbour_each_side(client: Any) -> None:
+    """The JIT path's begins_with Query costs what it reads in the emulator too: the rest of the partition
+    never reaches moto's per-item loop."""
+    moto_dynamodb.install()
+    from moto.dynamodb.models.table import Table
+
+    handed: list[list[str]] = []
+    original = Table.all_items.__wrapped__  # type: ignore[attr-defined]
+    partitioned = Table.all_items
+
+    def recording(self: Table) -> list[Any]:
+        items = partitioned(self)
+        handed.append([item.range_key.value for item in items])
+        return items
+
+    Table.all_items = recording  # type: ignore[method-assign]
+    try:
+        answer = client.query(
+            TableName=TABLE,
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :g)",
+            ExpressionAttributeValues={":pk": {"S": "MEMBERSHIP"}, ":g": {"S": "g2#"}},
+        )
+    finally:
+        Table.all_items = partitioned  # type: ignore[method-assign]
+    assert original is not None
+    assert [item["sk"]["S"] for item in answer["Items"]] == ["g2#u1", "g2#u2", "g2#u3", "g2#u4"]
+    assert handed == [["g1#u4", "g2#u1", "g2#u2", "g2#u3", "g2#u4", "g3#u1"]]
+
+
 def test_a_query_on_a_missing_table_fails_as_before(client: Any) -> None:
     with pytest.raises(ClientError) as excinfo:
         client.query(
             TableName="absent", KeyConditionExpression="pk = :pk", ExpressionAttributeValues={":pk": {"S": "x"}}
         )
     assert excinfo.value.response["Error"]["Code"] == "ResourceNotFoundException"
+
+
+def test_a_run_near_the_page_size_pages_as_moto_pages(client: Any) -> None:
+    """moto ends a page at any later item that would carry it past 1 MB, matching or not: a run that large is
+    handed over with its whole partition, so the pages stay moto's."""
+    blob = "x" * 230_000
+    for key in ("a#1", "a#2", "a#3"):
+        client.put_item(TableName=TABLE, Item={"pk": {"S": "BIG"}, "sk": {"S": key}, "blob": {"S": blob}})
+    client.put_item(TableName=TABLE, Item={"pk": {"S": "BIG"}, "sk": {"S": "b#1"}})
+    client.put_item(TableName=TABLE, Item={"pk": {"S": "BIG"}, "sk": {"S": "b#2"}, "blob": {"S": "y" * 350_000}})
+    query = {
+        "KeyConditionExpression": "pk = :pk AND begins_with(sk, :a)",
+        "ExpressionAttributeValues": {":pk": {"S": "BIG"}, ":a": {"S": "a#"}},
+        "ProjectionExpression": "sk",
+    }
+    moto_dynamodb.install()
+    ours = _pages(client, query, None)
+    moto_dynamodb.uninstall()
+    try:
+        theirs = _pages(client, query, None)
+    finally:
+        moto_dynamodb.install()
+    assert ours == theirs
+    assert [item["sk"]["S"] for page in ours for item in page["Items"]] == ["a#1", "a#2", "a#3"]
