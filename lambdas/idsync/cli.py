@@ -513,6 +513,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace, console: Console) -
             console.print(f"[bold red]{escape(last['deletionGuard'])}[/]")
     if not current and not last:
         console.print("no cycle has run yet")
+    _print_drift(console, payload["drift"])
     due = payload["nextCycle"]
     console.print(
         f"next cycle: due by {due['dueBy']} (every {due['intervalMinutes']:g} minutes)"
@@ -521,6 +522,22 @@ def cmd_status(settings: Settings, args: argparse.Namespace, console: Console) -
     )
     _print_grants(console, payload["grants"])
     return EXIT_OK
+
+
+def _print_drift(console: Console, drift: dict[str, Any] | None) -> None:
+    if drift is None:
+        console.print("drift check: no slice read yet (it runs in delta cycles; sync.drift_check_hours)")
+        return
+    under_way = f"round under way since {drift['roundStarted']}" if drift["roundStarted"] else "a round begins"
+    finished = drift["roundsFinished"]
+    last = f", the last at {drift['lastRoundFinished']}" if drift["lastRoundFinished"] else ""
+    console.print(
+        escape(
+            f"drift check: {under_way} (next: {drift['phase']}), last slice read {drift['lastSlice']}; "
+            f"{finished} round{'' if finished == 1 else 's'} finished{last}"
+        ),
+        highlight=False,
+    )
 
 
 def _print_grants(console: Console, grants: Sequence[dict[str, Any]]) -> None:

@@ -55,13 +55,27 @@ def test_plan_then_sync_then_nothing_to_do(
     assert again["mode"] == "delta"
 
 
-def test_status_logs_and_explain(config: Path, capsys: pytest.CaptureFixture[str], tenant: Tenant) -> None:
+def test_status_logs_and_explain(
+    config: Path, capsys: pytest.CaptureFixture[str], tenant: Tenant, identity_center: IdentityCenter
+) -> None:
     main(["--config", str(config), "sync", "--json"])
     capsys.readouterr()
     code, status = run_json(capsys, "--config", str(config), "status", "--json")
     assert code == EXIT_OK
     assert status["last"]["status"] == "complete"
     assert status["quarantine"] is None
+    assert (status["totals"]["users"], status["totals"]["groups"]) == (
+        len(identity_center.users()),
+        len(identity_center.groups()),
+    )
+    assert status["drift"] is None  # the initial sync is a full cycle: no drift slice yet
+    main(["--config", str(config), "sync", "--json"])  # a delta cycle reads the drift check's first slice
+    capsys.readouterr()
+    code, status = run_json(capsys, "--config", str(config), "status", "--json")
+    assert status["drift"]["lastSlice"] is not None
+    assert status["drift"]["roundStarted"] == status["drift"]["lastSlice"]
+    assert main(["--config", str(config), "status"]) == EXIT_OK
+    assert f"drift check: round under way since {status['drift']['roundStarted']}" in capsys.readouterr().out
     code, logs = run_json(capsys, "--config", str(config), "logs", "--status", "skipped", "--json", "--limit", "50")
     assert code == EXIT_OK
     assert {row["sourceIdentity"] for row in logs} == set(tenant.expected_refusals)

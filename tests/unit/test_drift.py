@@ -15,7 +15,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from idsync.errors import TargetError, TargetNotFound, TargetThrottled
 from idsync.model import PlanPolicy
 from idsync.services.cycle import CycleOptions, CycleService, Scoping
-from idsync.services.drift import MEMBERS, DriftCheck
+from idsync.services.drift import MEMBERS, DriftCheck, drift_status
 from tests.fakes import FakeClock, FakeDeltaSource, FakeIdentityStore, FakeState
 from tests.unit.test_plan_laws import Everything, SimpleGroupMapper, SimpleUserMapper
 
@@ -402,6 +402,32 @@ def test_a_slice_never_exceeds_its_budget_and_a_refused_token_restarts_the_listi
     for _ in range(20):
         world.cycle()
     assert world.drift.cursor().rounds > rounds
+
+
+def test_status_tells_when_the_round_under_way_began_and_when_the_last_one_ended() -> None:
+    world = World(users=6, groups=2, period=timedelta(hours=3), page_size=2)
+    assert drift_status(world.state) is None  # no slice read yet
+    world.cycle()
+    first_slice = world.clock.now().isoformat()
+    world.cycle()
+    status = drift_status(world.state)
+    assert status is not None
+    assert (status["roundStarted"], status["lastSlice"], status["roundsFinished"]) == (
+        first_slice,
+        world.clock.now().isoformat(),
+        0,
+    )
+    assert status["lastRoundFinished"] is None
+    while world.drift.cursor().rounds == 0:
+        world.cycle()
+    ended = world.clock.now().isoformat()
+    status = drift_status(world.state)
+    assert status is not None
+    assert (status["roundsFinished"], status["lastRoundFinished"], status["roundStarted"]) == (1, ended, None)
+    world.cycle()
+    status = drift_status(world.state)
+    assert status is not None
+    assert (status["roundStarted"], status["lastRoundFinished"]) == (world.clock.now().isoformat(), ended)
 
 
 class HandEdits(RuleBasedStateMachine):

@@ -83,6 +83,10 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 </table>
 {% if status.nextCycle %}<p>Next cycle due by {{ status.nextCycle.dueBy }} (every {{ status.nextCycle.intervalMinutes }}
 minutes).</p>{% endif %}
+{% if status.drift %}<p id="drift">Drift check: {{ status.drift.roundsFinished }} rounds finished{% if
+status.drift.lastRoundFinished %}, the last at {{ status.drift.lastRoundFinished }}{% endif %}; last slice read
+{{ status.drift.lastSlice }} (next: {{ status.drift.phase }}).</p>{% else %}<p id="drift">Drift check: no slice read
+yet.</p>{% endif %}
 </section>
 
 <section id="refusals">

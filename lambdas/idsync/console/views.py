@@ -196,13 +196,14 @@ def status_payload(
     """Everything `idsync status --json` prints (and the HTML report shows)."""
     from idsync.services.control import load_not_configured, load_pause
     from idsync.services.cycle import REFUSALS_KEY, RUN_CURRENT, RUN_LAST
+    from idsync.services.drift import drift_status
     from idsync.services.escrow import ESCROW_KEY, load_quarantine
 
     current = state.get_item(RUN_CURRENT)
     last = state.get_item(RUN_LAST)
     quarantine = load_quarantine(state)
     escrow = (state.get_item(ESCROW_KEY) or {}).get("entries", {})
-    owned = state.load_ownership()
+    users, groups, memberships = state.count_ownership()  # counted: no record is loaded
     refusals = (state.get_item(REFUSALS_KEY) or {}).get("messages", {})
     paused = load_pause(state)
     return {
@@ -229,14 +230,11 @@ def status_payload(
             }
             for key, e in sorted(escrow.items())
         ],
-        "totals": {
-            "users": len(owned.users),
-            "groups": len(owned.groups),
-            "memberships": len(owned.memberships),
-        },
+        "totals": {"users": users, "groups": groups, "memberships": memberships},
         "refused": len(refusals),
         "refusals": [refusals[k] for k in sorted(refusals)],
         "nextCycle": next_cycle(last, interval, now),
+        "drift": drift_status(state),
         "grants": active_grants(state, pim_groups, now),
     }
 

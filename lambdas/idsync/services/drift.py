@@ -84,6 +84,8 @@ class Cursor:
     members_pages: int = 0  # membership pages the last finished round read (0: not known yet)
     members_read: int = 0  # membership pages this round has read so far
     rounds: int = 0  # rounds finished
+    round_started: str = ""  # when the round under way read its first slice (ISO time; status only)
+    round_finished: str = ""  # when the last finished round read its last slice (ISO time; status only)
 
     @classmethod
     def of(cls, value: Any) -> Cursor:
@@ -168,6 +170,55 @@ class _Budget(Exception):
     """The slice spent its calls."""
 
 
+def load_cursor(state: StateStore) -> tuple[Cursor, datetime | None]:
+    """The cursor the next slice goes on from, and when the last slice was read. The slice a cycle checked
+    counts as done only once that cycle completed (the cycle's completion record names its start).
+    Raises StateError."""
+    return _cursor_of(state, load_blob(state, DRIFT_KEY))
+
+
+def _cursor_of(state: StateStore, blob: bytes | None) -> tuple[Cursor, datetime | None]:
+    try:
+        document = json.loads(blob) if blob else {}
+    except ValueError:
+        document = {}
+    cursor = Cursor.of(document.get("cursor"))
+    pending = document.get("pending")
+    if isinstance(pending, dict):
+        completed = state.get_item(COMPLETED_KEY) or {}
+        if completed.get("at") == pending.get("started") and not _unrepaired(state, pending):
+            cursor = Cursor.of(pending.get("cursor"))
+    try:
+        checked = datetime.fromisoformat(str(document["checked"]))
+    except (KeyError, ValueError):
+        checked = None
+    return cursor, checked
+
+
+def _unrepaired(state: StateStore, pending: Mapping[str, Any]) -> bool:
+    """Whether a write of the pending slice's repairs did not go through: the cycle left one of its drifted
+    objects unsettled (failed, held back, not reached), and a delta cycle plans from ownership, which does
+    not know the drift; so the slice is read again rather than forgotten until the next round."""
+    left = state.get_item(UNSETTLED_KEY) or {}
+    users, groups = set(left.get("users") or ()), set(left.get("groups") or ())
+    return bool(users & set(pending.get("users") or ()) or groups & set(pending.get("groups") or ()))
+
+
+def drift_status(state: StateStore) -> dict[str, Any] | None:
+    """Where the drift check stands, for ``idsync status``: None before its first slice. Raises StateError."""
+    blob = load_blob(state, DRIFT_KEY)
+    if blob is None:
+        return None
+    cursor, checked = _cursor_of(state, blob)
+    return {
+        "phase": cursor.phase,
+        "lastSlice": checked.isoformat() if checked else None,
+        "roundStarted": cursor.round_started or None,
+        "roundsFinished": cursor.rounds,
+        "lastRoundFinished": cursor.round_finished or None,
+    }
+
+
 class DriftCheck:
     """Reads one slice of IAM Identity Center per delta cycle and folds what differs into the cycle's plan."""
 
@@ -232,7 +283,7 @@ class DriftCheck:
         """Read this cycle's slice and compare it; empty findings when the slice could not be read.
         Raises StateError."""
         now = self.clock.now()
-        cursor, checked = self._load()
+        cursor, checked = load_cursor(self.state)
         total = self._round_calls(cursor, believed)
         elapsed = now - checked if checked is not None else timedelta(0)
         report = SliceReport(budget=slice_budget(total, elapsed, self.period), phase=cursor.phase)
@@ -249,6 +300,11 @@ class DriftCheck:
             )
             return Findings()
         report.drifts = tuple(findings.drifts)
+        following = reading.cursor
+        if following.rounds > cursor.rounds:
+            following.round_finished = now.isoformat()  # the next slice begins the next round
+        elif not following.round_started:
+            following.round_started = now.isoformat()
         if not dry_run:
             self._store(started, now, cursor, reading.cursor, findings)
         logger.info(
@@ -281,31 +337,11 @@ class DriftCheck:
 
     # ------------------------------------------------------------------ the cursor
 
-    def _load(self) -> tuple[Cursor, datetime | None]:
-        """The cursor to go on from, and when the last slice was read. The slice a cycle checked counts as
-        done only once that cycle completed (the cycle's completion record names its start)."""
-        blob = load_blob(self.state, DRIFT_KEY)
-        try:
-            document = json.loads(blob) if blob else {}
-        except ValueError:
-            document = {}
-        cursor = Cursor.of(document.get("cursor"))
-        pending = document.get("pending")
-        if isinstance(pending, dict):
-            completed = self.state.get_item(COMPLETED_KEY) or {}
-            if completed.get("at") == pending.get("started") and not self._unrepaired(pending):
-                cursor = Cursor.of(pending.get("cursor"))
-        try:
-            checked = datetime.fromisoformat(str(document["checked"]))
-        except (KeyError, ValueError):
-            checked = None
-        return cursor, checked
-
     def _store(
         self, started: datetime, now: datetime, committed: Cursor, following: Cursor, findings: Findings
     ) -> None:
         """Keep ``committed`` (where this slice began) and ``following`` as pending until this cycle completes,
-        with the objects this slice found drifted (``_load``: a repair that did not go through reads it again)."""
+        with the objects this slice found drifted (``load_cursor``: a repair that did not go through reads it again)."""
         pending = {
             "started": started.isoformat(),
             "cursor": asdict(following),
@@ -315,17 +351,9 @@ class DriftCheck:
         document = {"cursor": asdict(committed), "pending": pending, "checked": now.isoformat()}
         save_blob(self.state, DRIFT_KEY, json.dumps(document, separators=(",", ":")).encode("utf-8"))
 
-    def _unrepaired(self, pending: Mapping[str, Any]) -> bool:
-        """Whether a write of the pending slice's repairs did not go through: the cycle left one of its drifted
-        objects unsettled (failed, held back, not reached), and a delta cycle plans from ownership, which does
-        not know the drift; so the slice is read again rather than forgotten until the next round."""
-        left = self.state.get_item(UNSETTLED_KEY) or {}
-        users, groups = set(left.get("users") or ()), set(left.get("groups") or ())
-        return bool(users & set(pending.get("users") or ()) or groups & set(pending.get("groups") or ()))
-
     def cursor(self) -> Cursor:
         """The cursor the next slice goes on from (status, tests)."""
-        return self._load()[0]
+        return load_cursor(self.state)[0]
 
 
 class _Slice:
