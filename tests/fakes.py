@@ -327,7 +327,17 @@ class FakeState:
         self.reads.append(("owned_users_by_target", frozenset(wanted), frozenset()))
         return {owned.target_id: owned for owned in self.users.values() if owned.target_id in wanted}
 
+    def owned_users(self, source_ids: Collection[str]) -> dict[str, OwnedUser]:
+        wanted = set(source_ids)
+        self.reads.append(("owned_users", frozenset(wanted), frozenset()))
+        return {k: v for k, v in self.users.items() if k in wanted}
+
+    def owned_user_targets(self) -> dict[str, str]:
+        self.reads.append(("owned_user_targets", frozenset(), frozenset()))
+        return {owned.target_id: source_id for source_id, owned in self.users.items()}
+
     def count_ownership(self, excluded_groups: Collection[str] = ()) -> tuple[int, int, int]:
+        self.reads.append(("count_ownership", frozenset(), frozenset(excluded_groups)))
         aside = {group_id.lower() for group_id in excluded_groups}
         kept = sum(1 for group_id, _ in self.memberships if group_id.lower() not in aside)
         return len(self.users), len(self.groups), kept

@@ -580,6 +580,10 @@ def _plan_memberships(
     return adds, removes
 
 
+Totals = tuple[int, int] | Callable[[], tuple[int, int]] | None
+"""The deletion guard's (managed users and groups, managed memberships), or a function answering them."""
+
+
 def _guard(
     user_deletes: list[Operation],
     group_deletes: list[Operation],
@@ -588,7 +592,7 @@ def _guard(
     live_users: set[str],
     owned: Ownership,
     policy: PlanPolicy,
-    totals: tuple[int, int] | None = None,
+    totals: Totals = None,
     occupied: Callable[[str], bool] | None = None,
 ) -> DeletionGuard | None:
     """The deletion guard's verdict on a plan: None when its deletions may apply.
@@ -607,7 +611,18 @@ def _guard(
     if policy.allow_deletions:
         return None
     deletions = len(user_deletes) + len(group_deletes)
-    managed, managed_memberships = totals or (len(owned.users) + len(owned.groups), len(owned.memberships))
+    known: list[tuple[int, int]] = []
+
+    def managed_totals() -> tuple[int, int]:
+        """Asked only when a threshold needs a share (a cycle with nothing to delete never counts)."""
+        if not known:
+            known.append(
+                totals()
+                if callable(totals)
+                else totals or (len(owned.users) + len(owned.groups), len(owned.memberships))
+            )
+        return known[0]
+
     deleted_users = {op.source_id for op in user_deletes}
     deleted_groups = {op.source_id for op in group_deletes}
     counted = [
@@ -616,26 +631,31 @@ def _guard(
         if op.source_id not in deleted_groups and op.member_source_id not in deleted_users
     ]
 
-    def trips(count: int, total: int) -> bool:
+    def trips(count: int) -> bool:
         if count == 0:
             return False
-        return count > policy.max_deletions or (total > 0 and 100.0 * count / total > policy.max_deletion_percent)
+        if count > policy.max_deletions:
+            return True
+        total = managed_totals()[0]
+        return total > 0 and 100.0 * count / total > policy.max_deletion_percent
 
-    def removals_trip(count: int, total: int) -> bool:
+    def removals_trip(count: int) -> bool:
         if count <= policy.membership_removal_floor:
             return False
+        total = managed_totals()[1]
         return total == 0 or 100.0 * count / total > policy.max_membership_removal_percent
 
     tripped: list[GuardThreshold] = []
-    if trips(deletions, managed):
+    if trips(deletions):
         tripped.append(GuardThreshold.DELETIONS)
-    if removals_trip(len(counted), managed_memberships):
+    if removals_trip(len(counted)):
         tripped.append(GuardThreshold.MEMBERSHIP_REMOVALS)
     emptied = _emptied_groups(counted, desired, live_users, policy.empty_group_min_memberships, occupied)
     if emptied:
         tripped.append(GuardThreshold.EMPTIED_GROUPS)
     if not tripped:
         return None
+    managed, managed_memberships = managed_totals()
     return DeletionGuard(
         deletions,
         managed,
@@ -678,13 +698,14 @@ def make_plan(
     current: CurrentView,
     owned: Ownership,
     policy: PlanPolicy,
-    totals: tuple[int, int] | None = None,
+    totals: Totals = None,
     occupied: Callable[[str], bool] | None = None,
 ) -> Plan:
     """Diff desired against current for the objects idsync owns or can adopt. Pure and deterministic.
 
     ``totals``: (managed users and groups, managed memberships) the deletion guard compares with, when
-    the views are narrowed to part of what idsync manages (a delta cycle); else counted from ``owned``.
+    the views are narrowed to part of what idsync manages (a delta cycle), or a function answering them
+    (called at most once, and only when a threshold needs a share); else counted from ``owned``.
     ``occupied``: with narrowed views, whether a group has an active member in Entra that the views leave
     out (asked only of groups the emptied-group threshold would otherwise trip on)."""
     refused = {r.source_id for r in desired.refusals}

@@ -166,6 +166,16 @@ class StateStore(Protocol):
         owned user holds are left out. Raises StateError."""
         ...
 
+    def owned_users(self, source_ids: Collection[str]) -> dict[str, OwnedUser]:
+        """The owned users among ``source_ids``, read by key (no membership read): source id -> record.
+        Raises StateError."""
+        ...
+
+    def owned_user_targets(self) -> dict[str, str]:
+        """IAM Identity Center user id -> source id, of every owned user, without decoding a record (the drift
+        check's users listing). Raises StateError."""
+        ...
+
     def count_ownership(self, excluded_groups: Collection[str] = ()) -> tuple[int, int, int]:
         """(users, groups, memberships) recorded, without the memberships of ``excluded_groups`` (ids compared
         without regard to case): the deletion guard's totals, without loading a record. Raises StateError."""

@@ -705,6 +705,22 @@ def test_owned_users_are_found_by_their_target_id(keyed_store: StateStore) -> No
     assert keyed_store.owned_users_by_target([]) == {}
 
 
+def test_owned_users_are_read_by_key_and_every_target_id_without_a_record(keyed_store: StateStore) -> None:
+    # Given 520 users (more than one BatchGetItem and one IN list)
+    everything = _tenant(keyed_store, 520)
+    wanted = {f"u{i}" for i in range(0, 520, 7)} | {"nobody"}
+
+    # When some users are asked for by source id, one of them owned by nobody, and then every target id
+    found = keyed_store.owned_users(wanted)
+    targets = keyed_store.owned_user_targets()
+
+    # Then each owned one comes back whole, the other is absent, and every target id names its source id
+    assert found == {sid: o for sid, o in everything.users.items() if sid in wanted}
+    assert len(found) == 75
+    assert keyed_store.owned_users([]) == {}
+    assert targets == {o.target_id: sid for sid, o in everything.users.items()}
+
+
 def test_ownership_counts_leave_the_excluded_groups_memberships_out(keyed_store: StateStore) -> None:
     # Given 40 users in 3 groups, g2 holding a seventh of them twice over
     everything = _tenant(keyed_store, 40)

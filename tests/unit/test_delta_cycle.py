@@ -189,3 +189,60 @@ def test_a_delta_cycle_reads_the_ownership_of_the_users_it_plans_only() -> None:
     assert [op.source_id for op in out.plan.operations if op.is_write] == ["e0"]
     assert state.full_loads == 0
     assert state.asked == {"e0", "e1"}
+
+
+def test_a_cycle_with_nothing_to_plan_never_counts_ownership_and_a_later_one_still_sees_another_writer() -> None:
+    # Given 12 synced users
+    source = FakeDeltaSource(_users(12), [{"id": "g1", "displayName": "Admins"}], {"g1": ["e0", "e1"]})
+    store, state, clock = FakeIdentityStore(), KeyedReads(), FakeClock()
+    service = _service(source, store, state, clock, True)
+    assert service.run(CycleOptions()).report.complete
+    recorded = dict(state.get_item("unsettled") or {})
+    # When a delta cycle runs with nothing changed in Entra
+    state.reads.clear()
+    state.full_loads = 0
+    clock.advance(60)
+    quiet = service.run(CycleOptions())
+    # Then it counted nothing (a count reads every ownership record on DynamoDB) and kept the recorded sizes
+    assert quiet.mode == "delta"
+    assert quiet.report.writes == 0
+    assert "count_ownership" not in {what for what, _, _ in state.reads}
+    assert state.full_loads == 0
+    assert {k: v for k, v in (state.get_item("unsettled") or {}).items() if k.endswith("_count")} == {
+        k: v for k, v in recorded.items() if k.endswith("_count")
+    }
+    # When another writer (on-demand provisioning) records a user of its own, quiet cycles pass, and then
+    # a user changes in Entra
+    from idsync.model import OwnedUser
+
+    state.record_user(OwnedUser("e-other", "t-other", "other@example.com", {}, None, ""))
+    for _ in range(2):
+        clock.advance(60)
+        service.run(CycleOptions())
+    assert state.full_loads == 0
+    source.users[3]["displayName"] = "Renamed"
+    clock.advance(60)
+    changed = service.run(CycleOptions())
+    # Then that cycle counts, finds ownership grown since the record, and plans from all of it (where the
+    # other writer's user, unknown to Entra, is planned too)
+    assert changed.mode == "delta"
+    assert changed.report.complete
+    assert state.full_loads == 1
+    assert "e3" in [op.source_id for op in changed.plan.operations if op.is_write]
+
+
+def test_sizes_carried_forward_stay_the_record_even_when_the_guard_counts_later() -> None:
+    from idsync.services.cycle import _Tally
+
+    state = FakeState()
+    from idsync.model import OwnedUser
+
+    state.record_user(OwnedUser("e-other", "t-other", "other@example.com", {}, None, ""))  # another writer's
+    tally = _Tally(state, ())
+    tally.base = (0, 0)  # what the last cycle recorded, carried forward by a cycle with nothing to plan
+    assert tally.totals() == (1, 0)  # the guard counts: it sees the other writer's user
+    # the record keeps the carried sizes, so the next cycle that plans still finds the other writer
+    assert tally.users_and_groups() == (0, 0)
+    assert [what for what, _, _ in state.reads] == ["count_ownership"]
+    fresh = _Tally(state, ())
+    assert fresh.users_and_groups() == (1, 0)  # nothing carried: counted

@@ -352,6 +352,29 @@ def test_the_cursor_advances_only_when_the_cycle_that_compared_its_slice_complet
     assert world.drift.cursor().after == "g02"
 
 
+def test_a_users_phase_slice_reads_target_ids_and_its_pages_users_by_key_never_all_of_ownership() -> None:
+    # Given 12 users listed 4 to a page, one of them edited by hand, one deleted by hand
+    world = World(users=12, groups=2, period=timedelta(hours=3), page_size=4)
+    edited, deleted = world.user("e02"), world.user("e09")
+    world.store.users[edited]["doc"] = {**world.store.users[edited]["doc"], "DisplayName": "Edited by hand"}
+    del world.store.users[deleted]
+    world.state.reads.clear()
+    # When delta cycles read the users listing to its end, and describe the user it missed
+    while world.drift.cursor().phase == "users" or world.drift.cursor().confirm:
+        world.cycle()
+    # Then every owned user's target id was read once a slice, each page's owned users by key, and never
+    # all of ownership; the edit and the deletion were found and repaired
+    reads = [(what, users) for what, users, _ in world.state.reads]
+    assert "load_ownership" not in {what for what, _ in reads}
+    by_key = [users for what, users in reads if what == "owned_users"]
+    assert by_key and all(len(users) <= 4 for users in by_key)
+    assert set().union(*by_key) >= {f"e{i:02d}" for i in range(12)} - {"e09"}
+    assert any(what == "owned_user_targets" for what, _ in reads)
+    assert world.store.users[world.user("e02")]["doc"]["DisplayName"] == "U2"
+    assert world.user("e09") != deleted
+    assert world.user("e09") in world.store.users
+
+
 def test_a_members_phase_slice_reads_only_its_groups_memberships_and_never_all_of_ownership() -> None:
     # Given 12 groups whose members take a few slices to compare, and a slice that begins in the members phase
     world = World(users=36, groups=12, period=timedelta(minutes=60))
@@ -370,8 +393,11 @@ def test_a_members_phase_slice_reads_only_its_groups_memberships_and_never_all_o
     memberships_read = [groups for what, _, groups in world.state.reads if what == "load_ownership_of" and groups]
     assert memberships_read == [frozenset(compared)]
     assert not any(users for what, users, _ in world.state.reads if what == "load_ownership_of")
-    listed = {world.user(u) for g in compared for u in world.source.members[g]}
-    assert [ids for what, ids, _ in world.state.reads if what == "owned_users_by_target"] == [frozenset(listed)]
+    recorded = {u for g in compared for u in world.source.members[g]}
+    # the users recorded in those groups, by key; nothing looked up by target id (every member is explained)
+    assert [ids for what, ids, _ in world.state.reads if what == "owned_users"] == [frozenset(recorded)]
+    assert "owned_users_by_target" not in {what for what, _, _ in world.state.reads}
+    assert "owned_user_targets" not in {what for what, _, _ in world.state.reads}
 
     # When the next slice's first group lost a member by hand, and gained a managed user by hand
     group = min(g["id"] for g in _groups(12) if g["id"] > after)
@@ -388,6 +414,8 @@ def test_a_members_phase_slice_reads_only_its_groups_memberships_and_never_all_o
     assert {d.kind for d in world.drift.last.drifts} == {"membership"}
     assert len(world.drift.last.drifts) == 2
     assert "load_ownership" not in {what for what, _, _ in reads}
+    # the member added by hand is the one listed member the recorded ones do not explain: looked up by its id
+    assert [ids for what, ids, _ in reads if what == "owned_users_by_target"] == [frozenset({world.user(stranger)})]
 
 
 def test_a_slice_never_exceeds_its_budget_and_a_refused_token_restarts_the_listing() -> None:

@@ -459,3 +459,27 @@ def test_membership_removals_trip_exactly_above_the_larger_of_the_floor_and_the_
     assert above is not None
     assert above.tripped == (GuardThreshold.MEMBERSHIP_REMOVALS,)
     assert above.counted_removals == limit + 1
+
+
+def test_the_guard_asks_for_the_managed_totals_only_when_a_threshold_needs_a_share() -> None:
+    owned = Ownership({}, {}, {})
+    asked: list[int] = []
+
+    def totals() -> tuple[int, int]:
+        asked.append(1)
+        return 100_000, 500_000
+
+    policy = PlanPolicy(empty_group_min_memberships=0)
+    removals = _leaving(600)
+    # nothing deleted, removals within the floor: the totals are never asked for
+    assert _guard([], [], removals[:500], _listed_at_scale(), set(), owned, policy, totals) is None
+    assert asked == []
+    # past the floor, the share is needed: asked once, and 600 of 500,000 stays under the percentage
+    assert _guard([], [], removals, _listed_at_scale(), set(), owned, policy, totals) is None
+    assert asked == [1]
+    # tripped: the verdict names the totals it compared with
+    many = [Operation(Kind.USER, Action.DELETE, f"x{n}", "gone") for n in range(501)]
+    verdict = _guard(many, [], [], _listed_at_scale(), set(), owned, policy, totals)
+    assert verdict is not None
+    assert (verdict.managed, verdict.managed_memberships) == (100_000, 500_000)
+    assert asked == [1, 1]

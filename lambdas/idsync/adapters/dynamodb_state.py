@@ -225,6 +225,16 @@ class DynamoDbStateStore:
         found = map(_owned_user, self._get_batch(keys))
         return {owned.target_id: owned for owned in found if owned.target_id in wanted}
 
+    def owned_users(self, source_ids: Collection[str]) -> dict[str, OwnedUser]:
+        """Strongly consistent BatchGetItem (unprocessed keys retried). Raises StateError."""
+        keys = [_key(_USER, source_id) for source_id in dict.fromkeys(source_ids)]
+        return {owned.source_id: owned for owned in map(_owned_user, self._get_batch(keys))}
+
+    def owned_user_targets(self) -> dict[str, str]:
+        """One Query of the user family projected to source id and target id (no document read into memory;
+        its read capacity is the family's). Raises StateError."""
+        return {item["targetId"]["S"]: item["sk"]["S"] for item in self._partition(_USER, "sk, targetId")}
+
     def count_ownership(self, excluded_groups: Collection[str] = ()) -> tuple[int, int, int]:
         """Counted with Select=COUNT Queries, an excluded group's memberships on its sort-key prefix (group ids
         are GUIDs: asked as given, in lower and in upper case). Raises StateError."""

@@ -227,6 +227,22 @@ class SqliteStateStore:
                     found[owned.target_id] = owned
         return found
 
+    def owned_users(self, source_ids: Collection[str]) -> dict[str, OwnedUser]:
+        """By primary key. Raises StateError."""
+        found: dict[str, OwnedUser] = {}
+        with self._connection() as conn:
+            for chunk in _chunks(set(source_ids)):
+                for row in conn.execute(f"{_SELECT_USERS} WHERE source_id IN ({_marks(chunk)})", chunk):
+                    owned = _owned_user_row(row)
+                    found[owned.source_id] = owned
+        return found
+
+    def owned_user_targets(self) -> dict[str, str]:
+        """Two columns of every owned user (no document decoded). Raises StateError."""
+        with self._connection() as conn:
+            rows: list[tuple[str, str]] = conn.execute("SELECT target_id, source_id FROM owned_users").fetchall()
+        return dict(rows)
+
     def count_ownership(self, excluded_groups: Collection[str] = ()) -> tuple[int, int, int]:
         """Counted by SQLite (no record is decoded; group ids are GUIDs, so SQLite's ASCII ``lower`` is exact).
         Raises StateError."""

@@ -70,7 +70,7 @@ from idsync.model import (
     User,
     content_hash,
 )
-from idsync.plan import EXTENSIONS, build_desired, make_plan, restrict, set_aside_memberships
+from idsync.plan import EXTENSIONS, Totals, build_desired, make_plan, restrict, set_aside_memberships
 from idsync.ports import ChangeSource, Clock, DirectoryChanges, FullRead, IdentityStore, Notifier, StateStore
 from idsync.services.access import NEW_GROUP, AccessService, GroupRef
 from idsync.services.blobs import delete_blob, load_blob, save_blob
@@ -255,6 +255,35 @@ def current_from_ownership(owned: Ownership) -> CurrentView:
         if group is not None and user is not None:
             memberships[(group.target_id, user.target_id)] = m.membership_id
     return CurrentView(users, groups, memberships)
+
+
+class _Tally:
+    """Ownership's size for one cycle, counted at most once and only when asked (on DynamoDB a count reads
+    every ownership record's capacity): the deletion guard's totals, and the users and groups the cycle's
+    record of what it left unsettled starts from (``base``: known without counting, when it is)."""
+
+    def __init__(self, state: StateStore, pim_groups: tuple[str, ...]) -> None:
+        self.state, self.pim_groups = state, pim_groups
+        self.base: tuple[int, int] | None = None
+        self._counted: tuple[int, int, int] | None = None
+
+    def _count(self) -> tuple[int, int, int]:
+        if self._counted is None:
+            self._counted = self.state.count_ownership(self.pim_groups)
+        return self._counted
+
+    def users_and_groups(self) -> tuple[int, int]:
+        """``base`` when known, else counted. A cycle that carried the recorded sizes forward keeps them even
+        if the guard counts later: a count taken then could hide another writer's write from the next cycle."""
+        if self.base is not None:
+            return self.base
+        users, groups, _ = self._count()
+        return users, groups
+
+    def totals(self) -> tuple[int, int]:
+        """(managed users and groups, managed memberships outside PIM for Groups groups)."""
+        users, groups, memberships = self._count()
+        return users + groups, memberships
 
 
 class CycleService:
@@ -659,21 +688,21 @@ class CycleService:
             self._keep_soft_deleted(mirror)
         # ownership is loaded only when an intent is left to settle
         resolved = not opts.dry_run and resolve_intent(self.state, self.target)
-        users_count, groups_count, memberships_count = self.state.count_ownership(self.pim_groups)
-        counts = (users_count, groups_count)
-        touched = self._delta_touched(mirror, counts) if mode == "delta" and not resolved else None
+        tally = _Tally(self.state, self.pim_groups)
+        touched = self._delta_touched(mirror, tally) if mode == "delta" and not resolved else None
         # a resumed full reconcile compares with AWS too, or the drift it found would be forgotten
         full = mode in ("full", "resume")
         listed: TargetRead | None = None
-        totals: tuple[int, int] | None = None
+        totals: Totals = None
         if touched is not None:
-            # ownership read by key (the Applier asks for more when it must): the guard's totals are counted
-            totals = (users_count + groups_count, memberships_count)
+            # ownership read by key (the Applier asks for more when it must); the guard's totals are counted
+            # only if a threshold needs them
+            totals = tally.totals
             desired, owned = self._delta_views(mirror, touched)
             current = current_from_ownership(owned)
         else:
             owned = self.state.load_ownership()
-            counts = (len(owned.users), len(owned.groups))
+            tally.base = (len(owned.users), len(owned.groups))
             desired = self.desired(mirror)
             if full:
                 # the invocation's first request is made whatever the budget says, so every invocation makes progress
@@ -760,7 +789,7 @@ class CycleService:
             )
         self._log_new_refusals(applier, plan.refusals)
         self._update_escrow(escrow, applier, runnable, desired)
-        self._keep_unsettled(plan, applier, owned, counts)
+        self._keep_unsettled(plan, applier, owned, tally.users_and_groups())
         applier.flush()
         report = applier.report(plan, started.isoformat(), dry_run=False, complete=complete)
         attempted = applier.attempted
@@ -855,20 +884,31 @@ class CycleService:
 
     # ------------------------------------------------------------------ delta planning
 
-    def _delta_touched(self, mirror: Mirror, counts: tuple[int, int]) -> Touched | None:
+    def _delta_touched(self, mirror: Mirror, tally: _Tally) -> Touched | None:
         """What this delta cycle plans: what its read touched, what the last cycle left unsettled, and what
         Entra can still restore (its grace period may end). None (plan everything) when the last cycle's
-        record is missing, or ownership changed since (another writer, a crash mid-cycle)."""
+        record is missing, or ownership changed since (another writer, a crash mid-cycle).
+
+        Ownership is counted (a read of every record on DynamoDB) only when there is something to plan: a
+        cycle with nothing touched plans nothing from ownership, so it carries the recorded sizes forward
+        (``_Tally.base``) and the next cycle that plans compares them with a count, finding any write made
+        by another writer in between."""
         item = self.state.get_item(UNSETTLED_KEY)
         if not self.narrow_delta or self.touched is None or item is None:
             return None
-        if (int(item.get("users_count", -1)), int(item.get("groups_count", -1))) != counts:
+        recorded = (int(item.get("users_count", -1)), int(item.get("groups_count", -1)))
+        if min(recorded) < 0:
             return None
         touched = Touched(set(self.touched.users), set(self.touched.groups))
         touched.users |= {str(u) for u in item.get("users") or ()}
         touched.groups |= {str(g) for g in item.get("groups") or ()}
         for object_id in mirror.soft_deleted:
             (touched.groups if object_id in mirror.groups else touched.users).add(object_id)
+        if not touched.users and not touched.groups:
+            tally.base = recorded
+            return touched
+        if tally.users_and_groups() != recorded:
+            return None
         return touched
 
     def _delta_views(self, mirror: Mirror, touched: Touched) -> tuple[DesiredView, Ownership]:

@@ -20,17 +20,18 @@ Invariants (tests/unit/test_drift.py):
 * only objects idsync manages are compared: users and groups it does not own are never drift;
 * a slice never makes more List calls than its budget;
 * every managed object is read at least once every ``drift_check_hours`` while cycles run;
-* a members-phase slice reads state in proportion to its slice: the owned groups, the owned memberships of
-  the groups it listed, and the owned users those listings name (by their IAM Identity Center id); never
-  all of ownership.
+* a slice reads state in proportion to its slice, never all of ownership: a members-phase slice reads the
+  owned groups, the owned memberships of the groups it listed and the users recorded in them (by key); a
+  users-phase slice reads the owned users' target ids (two columns, no record decoded) and each page's
+  owned users by key.
 
-What a slice reads from the state store: the users phase (and a confirm of a user no listing showed) loads
-all of ownership, once per slice that reaches it (about 10 s and 600 MB at 100,000 users and 500,000
-memberships; at that size the users listing spans about 12 of a round's 144 cycles, so about 12 cycles a
-day pay it); the groups phase reads the owned groups only; the members phase (most of a round's cycles) reads
-the owned groups, the memberships of the groups it listed, and the owned users by the target ids listed.
-A member idsync recorded but AWS no longer lists (drift) costs one read of those users' records (on
-DynamoDB ``load_ownership_of`` by user, which also reads the membership family projected to its keys).
+What a slice reads from the state store: the members phase (most of a round's cycles) reads the owned groups,
+the memberships recorded for the groups it listed (one read of their sort-key prefixes on DynamoDB) and the
+users recorded in them by key; only a listed member those users do not explain (added by hand, or a user
+idsync does not manage) is looked up by its IAM Identity Center id (on SQLite an index; on DynamoDB one Query
+of the user family projected to two attributes, whose read capacity is the family's). The groups phase reads
+the owned groups only. The users phase reads every owned user's IAM Identity Center id once a slice (on
+DynamoDB that projected Query) and, for each page listed, that page's owned users by key.
 """
 
 from __future__ import annotations
@@ -118,12 +119,17 @@ class Believed:
         self.state = state
         self._every = every
         self._groups: dict[str, OwnedGroup] | None = None
+        self._user_of: dict[str, str] | None = None
 
-    def everything(self) -> Ownership:
-        """All of ownership (the users phase's: loaded once, on first use)."""
-        if self._every is None:
-            self._every = self.state.load_ownership()
-        return self._every
+    def user_targets(self) -> Mapping[str, str]:
+        """Target id -> source id, of every owned user (the users phase's: read once, on first use, without
+        decoding a record)."""
+        if self._user_of is None:
+            if self._every is not None:
+                self._user_of = {o.target_id: sid for sid, o in self._every.users.items()}
+            else:
+                self._user_of = self.state.owned_user_targets()
+        return self._user_of
 
     def groups(self) -> Mapping[str, OwnedGroup]:
         """Every owned group (groups are few)."""
@@ -152,9 +158,9 @@ class Believed:
         return {o.target_id: o for o in self._every.users.values() if o.target_id in wanted}
 
     def users(self, source_ids: Collection[str]) -> dict[str, OwnedUser]:
-        """Source id -> the owned user, for ``source_ids`` only."""
+        """Source id -> the owned user, for ``source_ids`` only (by key; no membership is read)."""
         if self._every is None:
-            return dict(self.state.load_ownership_of(source_ids, ()).users) if source_ids else {}
+            return self.state.owned_users(source_ids) if source_ids else {}
         return {k: v for k, v in self._every.users.items() if k in source_ids}
 
     def counts(self, excluded_groups: Collection[str]) -> tuple[int, int, int]:
@@ -368,20 +374,12 @@ class _Slice:
         self.findings = Findings()
         self.unseen: set[str] = set()  # the cursor's ``unseen``, as a set while the slice reads
         self.listed: list[tuple[str, str, dict[str, str]]] = []  # (group, its target, user target -> membership)
-        self._user_of: dict[str, str] | None = None
         self._group_of: dict[str, str] | None = None
-
-    @property
-    def users(self) -> Mapping[str, OwnedUser]:
-        """Every owned user (the users phase's: all of ownership is loaded on first use)."""
-        return self.believed.everything().users
 
     @property
     def user_of(self) -> Mapping[str, str]:
         """Target id -> source id, of every owned user."""
-        if self._user_of is None:
-            self._user_of = {o.target_id: sid for sid, o in self.users.items()}
-        return self._user_of
+        return self.believed.user_targets()
 
     @property
     def group_of(self) -> Mapping[str, str]:
@@ -439,8 +437,9 @@ class _Slice:
             return self._listed(what, None, group_target)
 
     def _managed_targets(self, what: str) -> set[str]:
-        owned = self.users if what == USERS else self.believed.groups()
-        return {o.target_id for o in owned.values()}
+        if what == USERS:
+            return set(self.user_of)
+        return {o.target_id for o in self.believed.groups().values()}
 
     def _page(self, what: str) -> None:
         """One page of users or groups, compared; a finished listing's missing objects are described next."""
@@ -448,10 +447,13 @@ class _Slice:
         if cursor.token is None and cursor.pages == 0:
             self.unseen = self._managed_targets(what)  # managed when the listing begins
         items, following = self._listed(what, cursor.token)
-        for item in items:
-            if what == USERS:
-                self._compare_user(item)
-            else:
+        if what == USERS:
+            # the page's owned users, read by key: one read a page, never all of them
+            records = self.believed.users({self.user_of[i.target_id] for i in items if i.target_id in self.user_of})
+            for item in items:
+                self._compare_user(item, records)
+        else:
+            for item in items:
                 self._compare_group(item)
         self.unseen -= {item.target_id for item in items}
         cursor.token, cursor.pages = following, cursor.pages + 1
@@ -472,12 +474,13 @@ class _Slice:
         if what == USERS:
             user = self.target.describe_user(target)
             source_id = self.user_of.get(target)
+            records = self.believed.users([source_id]) if source_id is not None else {}
             if user is not None:
-                self._compare_user(user)
-            elif source_id is not None:
+                self._compare_user(user, records)
+            elif source_id in records:
                 self.findings.gone_users.add(target)
                 self.findings.touched_users.add(source_id)
-                name = self.users[source_id].user_name
+                name = records[source_id].user_name
                 self.findings.drifts.append(Drift("user", source_id, name, "deleted outside idsync"))
         else:
             group = self.target.describe_group(target)
@@ -491,11 +494,11 @@ class _Slice:
                 self.findings.drifts.append(Drift("group", group_id, name, "deleted outside idsync"))
         self.cursor.confirm = self.cursor.confirm[1:]
 
-    def _compare_user(self, actual: TargetUser) -> None:
+    def _compare_user(self, actual: TargetUser, records: Mapping[str, OwnedUser]) -> None:
         source_id = self.user_of.get(actual.target_id)
-        if source_id is None:
-            return  # not idsync's
-        owned = self.users[source_id]
+        owned = records.get(source_id) if source_id is not None else None
+        if source_id is None or owned is None:
+            return  # not idsync's (or no longer: forgotten since the listing began)
         differs = user_differences(owned, actual, self.check.managed, self.check.create_only)
         if differs:
             self.findings.users[actual.target_id] = actual
@@ -548,16 +551,19 @@ class _Slice:
 
     def _compare_listed(self) -> None:
         """Compare the groups this slice listed in full with what idsync recorded: one read of their owned
-        memberships, one of the owned users their listings name (and, on drift, one of the missing members)."""
+        memberships and one, by key, of the users recorded in them; a listed member none of those users
+        explains (added by hand, or not idsync's) is looked up by its IAM Identity Center id."""
         if not self.listed:
             return
         members = self.believed.members_of([group_id for group_id, _, _ in self.listed])
-        owners = self.believed.users_by_target({user for _, _, actual in self.listed for user in actual})
+        records = self.believed.users({u for users in members.values() for u in users})
+        owners = {owned.target_id: owned for owned in records.values()}
+        unexplained = {t for _, _, actual in self.listed for t in actual} - owners.keys()
+        if unexplained:
+            owners |= self.believed.users_by_target(unexplained)
         listed_ids = {
             group_id: {owners[t].source_id for t in actual if t in owners} for group_id, _, actual in self.listed
         }
-        missing = {u for group_id, users in members.items() for u in users if u not in listed_ids[group_id]}
-        records = self.believed.users(missing)
         for group_id, group_target, actual in self.listed:
             believed = set(members[group_id])
             group_name = self.believed.groups()[group_id].display_name
