@@ -246,3 +246,26 @@ def test_sizes_carried_forward_stay_the_record_even_when_the_guard_counts_later(
     assert [what for what, _, _ in state.reads] == ["count_ownership"]
     fresh = _Tally(state, ())
     assert fresh.users_and_groups() == (1, 0)  # nothing carried: counted
+
+
+def test_a_quiet_tenant_still_compares_ownership_with_a_count_every_hour() -> None:
+    from idsync.model import OwnedUser
+
+    # Given 12 synced users, and another writer's record made while nothing changes in Entra
+    source = FakeDeltaSource(_users(12), [{"id": "g1", "displayName": "Admins"}], {"g1": ["e0", "e1"]})
+    store, state, clock = FakeIdentityStore(), KeyedReads(), FakeClock()
+    service = _service(source, store, state, clock, True)
+    assert service.run(CycleOptions()).report.complete
+    state.record_user(OwnedUser("e-other", "t-other", "other@example.com", {}, None, ""))
+    state.full_loads = 0
+    # When quiet cycles run every ten minutes for an hour
+    for _ in range(5):
+        clock.advance(600)
+        service.run(CycleOptions())
+    assert state.full_loads == 0  # carried: nothing counted, nothing planned
+    clock.advance(600)
+    out = service.run(CycleOptions())
+    # Then the first cycle an hour after the last comparison counts, finds the other writer, and plans it all
+    assert out.mode == "delta"
+    assert state.full_loads == 1
+    assert "e-other" in [op.source_id for op in out.plan.operations if op.is_write]

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from idsync.errors import TargetError, TargetNotFound, TargetThrottled
-from idsync.model import PlanPolicy
+from idsync.model import OwnedUser, PlanPolicy
 from idsync.services.cycle import CycleOptions, CycleService, Scoping
 from idsync.services.drift import MEMBERS, DriftCheck, drift_status
 from tests.fakes import FakeClock, FakeDeltaSource, FakeIdentityStore, FakeState
@@ -430,6 +430,25 @@ def test_a_slice_never_exceeds_its_budget_and_a_refused_token_restarts_the_listi
     for _ in range(20):
         world.cycle()
     assert world.drift.cursor().rounds > rounds
+
+
+def test_a_cycle_the_drift_check_gives_work_still_compares_ownership_with_the_record() -> None:
+    # Given a synced world whose last delta cycle had nothing to plan (ownership was not counted)
+    world = World(narrow=True)
+    assert world.cycle().mode == "delta"
+    # When another writer records a user of its own, and a managed user is edited by hand
+    target = world.store.create_user("other@example.com", {"DisplayName": "Other"})
+    world.state.record_user(OwnedUser("e-other", target, "other@example.com", world.store.users[target]["doc"]))
+    edited = world.user("e02")
+    world.store.users[edited]["doc"] = {**world.store.users[edited]["doc"], "DisplayName": "X"}
+    out = world.cycle()
+    # Then the cycle the drift check gave work counts ownership, finds it changed since the record, and plans
+    # from all of it: the other writer's user (unknown to Entra) is planned with the repair
+    assert out.mode == "delta"
+    planned = [op.source_id for op in out.plan.operations if op.is_write]
+    assert "e02" in planned
+    assert "e-other" in planned
+    assert world.store.users[world.user("e02")]["doc"]["DisplayName"] == "U2"
 
 
 def test_status_tells_when_the_round_under_way_began_and_when_the_last_one_ended() -> None:

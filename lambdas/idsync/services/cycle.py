@@ -104,6 +104,7 @@ RUN_CURRENT, RUN_LAST = "run:current", "run:last"
 REFUSALS_KEY = "refusals"
 SOFT_DELETED_KEY = "soft-deleted"  # Entra's deleted items -> when first seen: kept even when a read is distrusted
 COMPLETED_KEY = "last-complete"  # when a cycle last completed, and whether a stall was notified
+COMPARE_EVERY = timedelta(hours=1)  # the longest a quiet tenant's cycles go without counting ownership
 UNSETTLED_KEY = "unsettled"  # what the next delta cycle must plan again, and ownership's size after this one
 STATUS_EVERY_SECONDS = 2.0
 
@@ -265,7 +266,19 @@ class _Tally:
     def __init__(self, state: StateStore, pim_groups: tuple[str, ...]) -> None:
         self.state, self.pim_groups = state, pim_groups
         self.base: tuple[int, int] | None = None
+        self.carried = False  # ``base`` is the last cycle's record, not compared with a count this cycle
+        self.compared: str | None = None  # when the carried record was last compared with a count (ISO time)
         self._counted: tuple[int, int, int] | None = None
+
+    def carry(self, recorded: tuple[int, int], compared: str) -> None:
+        """Carry the recorded sizes forward, uncounted (a cycle with nothing to plan)."""
+        self.base, self.carried, self.compared = recorded, True, compared
+
+    def changed_since_record(self) -> bool:
+        """Whether ownership's users and groups, counted, differ from the carried record."""
+        users, groups, _ = self._count()
+        self.compared = None  # compared now
+        return (users, groups) != self.base
 
     def _count(self) -> tuple[int, int, int]:
         if self._counted is None:
@@ -722,14 +735,29 @@ class CycleService:
                 current = current_from_ownership(owned)
         # ---- drift check (idsync.services.drift): a slice of IAM Identity Center; what differs is planned too
         if self.drift is not None and mode == "delta":
+            whole: list[bool] = []  # set when the drift's work met ownership changed by another writer
+
+            def replan(widened: Touched) -> tuple[DesiredView, Ownership]:
+                if tally.carried and tally.changed_since_record():
+                    # nothing was to be planned, so ownership was not compared with the record: it is now, and
+                    # changed since (another writer, a crash), this cycle plans from all of it, as a cycle whose
+                    # own work met that change would
+                    whole.append(True)
+                    everything = self.state.load_ownership()
+                    tally.base, tally.carried = (len(everything.users), len(everything.groups)), False
+                    return self.desired(mirror), everything
+                return self._delta_views(mirror, widened)
+
             desired, owned, current = self.drift.check(
                 started,
                 owned if touched is None else None,  # None: the check reads only what its slice needs
                 (desired, owned, current),
                 touched,
-                lambda t: self._delta_views(mirror, t),
+                replan,
                 opts.dry_run,
             )
+            if whole:
+                touched, totals = None, None
         # ---- end of the drift check
         policy = replace(self.policy, allow_deletions=opts.allow_deletions or self.policy.allow_deletions)
         occupied = self._occupied(mirror) if touched is not None else None
@@ -789,7 +817,7 @@ class CycleService:
             )
         self._log_new_refusals(applier, plan.refusals)
         self._update_escrow(escrow, applier, runnable, desired)
-        self._keep_unsettled(plan, applier, owned, tally.users_and_groups())
+        self._keep_unsettled(plan, applier, owned, tally)
         applier.flush()
         report = applier.report(plan, started.isoformat(), dry_run=False, complete=complete)
         attempted = applier.attempted
@@ -889,23 +917,25 @@ class CycleService:
         Entra can still restore (its grace period may end). None (plan everything) when the last cycle's
         record is missing, or ownership changed since (another writer, a crash mid-cycle).
 
-        Ownership is counted (a read of every record on DynamoDB) only when there is something to plan: a
-        cycle with nothing touched plans nothing from ownership, so it carries the recorded sizes forward
-        (``_Tally.base``) and the next cycle that plans compares them with a count, finding any write made
-        by another writer in between."""
+        Ownership is counted (a read of every record on DynamoDB) only when there is something to plan, or
+        when the record's sizes were last compared more than ``COMPARE_EVERY`` ago: a cycle with nothing
+        touched plans nothing from ownership, so it carries the recorded sizes forward (``_Tally.carry``),
+        and the next cycle that plans (the drift check's repairs included) compares them with a count,
+        finding any write another writer made in between."""
         item = self.state.get_item(UNSETTLED_KEY)
         if not self.narrow_delta or self.touched is None or item is None:
             return None
         recorded = (int(item.get("users_count", -1)), int(item.get("groups_count", -1)))
         if min(recorded) < 0:
             return None
+        compared = str(item.get("compared") or "")
         touched = Touched(set(self.touched.users), set(self.touched.groups))
         touched.users |= {str(u) for u in item.get("users") or ()}
         touched.groups |= {str(g) for g in item.get("groups") or ()}
         for object_id in mirror.soft_deleted:
             (touched.groups if object_id in mirror.groups else touched.users).add(object_id)
-        if not touched.users and not touched.groups:
-            tally.base = recorded
+        if not touched.users and not touched.groups and self._compared_lately(compared):
+            tally.carry(recorded, compared)  # compared as soon as anything is to be planned (drift repairs)
             return touched
         if tally.users_and_groups() != recorded:
             return None
@@ -946,9 +976,10 @@ class CycleService:
             if now - datetime.fromisoformat(since) < self.restorable_grace
         )
 
-    def _keep_unsettled(self, plan: Plan, applier: Applier, owned: Ownership, counts: tuple[int, int]) -> None:
+    def _keep_unsettled(self, plan: Plan, applier: Applier, owned: Ownership, tally: _Tally) -> None:
         """Record what the next delta cycle must plan again, and ownership's size after this cycle's writes
         (a different size next time means another writer changed it: that cycle plans everything)."""
+        counts = tally.users_and_groups()
         # follow-ups (created again, memberships restored) are not in the plan: the ones not done count too
         done = applier.succeeded
         left = unsettled(
@@ -972,8 +1003,18 @@ class CycleService:
                 "groups": sorted(left.groups),
                 "users_count": counts[0] + len(applier.users) - len(owned.users),
                 "groups_count": counts[1] + len(applier.groups) - len(owned.groups),
+                # when those sizes were last compared with a count (carried by a cycle that did not compare)
+                "compared": tally.compared if tally.carried and tally.compared else self.clock.now().isoformat(),
             },
         )
+
+    def _compared_lately(self, compared: str) -> bool:
+        """Whether the record's sizes were compared with a count within ``COMPARE_EVERY``: a quiet tenant's
+        cycles carry them forward, and still find another writer's change within that time."""
+        try:
+            return self.clock.now() - datetime.fromisoformat(compared) < COMPARE_EVERY
+        except ValueError:
+            return False
 
     # ------------------------------------------------------------------ PIM for Groups
 
