@@ -269,3 +269,39 @@ def test_a_quiet_tenant_still_compares_ownership_with_a_count_every_hour() -> No
     assert out.mode == "delta"
     assert state.full_loads == 1
     assert "e-other" in [op.source_id for op in out.plan.operations if op.is_write]
+
+
+def test_a_quiet_cycle_compares_ownership_before_it_writes_a_group_its_views_plan() -> None:
+    # Given 12 synced users in one group, and a quiet cycle whose sizes are carried
+    source = FakeDeltaSource(_users(12), [{"id": "g1", "displayName": "Admins"}], {"g1": ["e0", "e1"]})
+    store, state, clock = FakeIdentityStore(), KeyedReads(), FakeClock()
+    service = _service(source, store, state, clock, True)
+    assert service.run(CycleOptions()).report.complete
+    # When another writer forgets the group's record (nothing in Entra changed)
+    state.forget_group("g1")
+    state.reads.clear()
+    clock.advance(60)
+    out = service.run(CycleOptions())
+    # Then the cycle, about to write the group its views plan, counts, finds ownership changed since the
+    # record, and plans from all of it: the sizes it records are ownership's own again
+    assert out.mode == "delta"
+    assert out.report.complete
+    assert ("count_ownership", frozenset(), frozenset()) in state.reads
+    assert ("load_ownership", frozenset(), frozenset()) in state.reads
+    assert "g1" in [op.source_id for op in out.plan.operations if op.is_write]
+    assert "g1" in state.groups
+    record = state.get_item("unsettled") or {}
+    assert (record["users_count"], record["groups_count"]) == (len(state.users), len(state.groups))
+
+
+@pytest.mark.parametrize("compared", ["2026-11-28T12:00:00+00:00", "20261127", "", "2030-01-01T00:00:00"])
+def test_a_compared_time_ahead_of_the_clock_or_damaged_is_not_recent(compared: str) -> None:
+    source = FakeDeltaSource(_users(4), [{"id": "g1", "displayName": "Admins"}], {"g1": ["e0"]})
+    store, state, clock = FakeIdentityStore(), KeyedReads(), FakeClock()
+    service = _service(source, store, state, clock, True)
+    assert service.run(CycleOptions()).report.complete
+    state.put_item("unsettled", {**(state.get_item("unsettled") or {}), "compared": compared})
+    state.reads.clear()
+    clock.advance(60)
+    assert service.run(CycleOptions()).mode == "delta"
+    assert "count_ownership" in {what for what, _, _ in state.reads}

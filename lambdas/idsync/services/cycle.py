@@ -274,6 +274,10 @@ class _Tally:
         """Carry the recorded sizes forward, uncounted (a cycle with nothing to plan)."""
         self.base, self.carried, self.compared = recorded, True, compared
 
+    def unverified(self) -> bool:
+        """Whether the sizes were carried and not yet compared with a count this cycle."""
+        return self.carried and self.compared is not None
+
     def changed_since_record(self) -> bool:
         """Whether ownership's users and groups, counted, differ from the carried record."""
         users, groups, _ = self._count()
@@ -738,7 +742,7 @@ class CycleService:
             whole: list[bool] = []  # set when the drift's work met ownership changed by another writer
 
             def replan(widened: Touched) -> tuple[DesiredView, Ownership]:
-                if tally.carried and tally.changed_since_record():
+                if tally.unverified() and tally.changed_since_record():
                     # nothing was to be planned, so ownership was not compared with the record: it is now, and
                     # changed since (another writer, a crash), this cycle plans from all of it, as a cycle whose
                     # own work met that change would
@@ -762,6 +766,14 @@ class CycleService:
         policy = replace(self.policy, allow_deletions=opts.allow_deletions or self.policy.allow_deletions)
         occupied = self._occupied(mirror) if touched is not None else None
         plan = make_plan(*set_aside_memberships(desired, current, owned, self.pim_groups), policy, totals, occupied)
+        if (plan.writes or plan.held_back) and tally.unverified() and tally.changed_since_record():
+            # a cycle that carried the recorded sizes still plans from ownership (every owned group is in its
+            # views): before it writes, ownership is compared with the record, and changed since, planned whole
+            owned = self.state.load_ownership()
+            tally.base, tally.carried = (len(owned.users), len(owned.groups)), False
+            touched, totals, occupied = None, None, None
+            desired, current = self.desired(mirror), current_from_ownership(owned)
+            plan = make_plan(*set_aside_memberships(desired, current, owned, self.pim_groups), policy, None, None)
         escrow = Escrow(self.state)
         runnable, held = self._escrow_filter(plan, escrow, desired)
         applier = Applier(
@@ -917,11 +929,11 @@ class CycleService:
         Entra can still restore (its grace period may end). None (plan everything) when the last cycle's
         record is missing, or ownership changed since (another writer, a crash mid-cycle).
 
-        Ownership is counted (a read of every record on DynamoDB) only when there is something to plan, or
-        when the record's sizes were last compared more than ``COMPARE_EVERY`` ago: a cycle with nothing
-        touched plans nothing from ownership, so it carries the recorded sizes forward (``_Tally.carry``),
-        and the next cycle that plans (the drift check's repairs included) compares them with a count,
-        finding any write another writer made in between."""
+        Ownership is counted (a read of every record on DynamoDB) only when something is touched, or when
+        the record's sizes were last compared more than ``COMPARE_EVERY`` ago: a cycle with nothing touched
+        carries the recorded sizes forward (``_Tally.carry``), and compares them with a count as soon as it
+        has anything to write (the drift check's repairs, a group its views plan), so any write another
+        writer made in between is found before this cycle writes, or by the next one that writes."""
         item = self.state.get_item(UNSETTLED_KEY)
         if not self.narrow_delta or self.touched is None or item is None:
             return None
@@ -1012,9 +1024,10 @@ class CycleService:
         """Whether the record's sizes were compared with a count within ``COMPARE_EVERY``: a quiet tenant's
         cycles carry them forward, and still find another writer's change within that time."""
         try:
-            return self.clock.now() - datetime.fromisoformat(compared) < COMPARE_EVERY
-        except ValueError:
+            age = self.clock.now() - datetime.fromisoformat(compared)
+        except (TypeError, ValueError):  # missing, damaged, or without a time zone
             return False
+        return timedelta(0) <= age < COMPARE_EVERY  # a time ahead of the clock is not recent
 
     # ------------------------------------------------------------------ PIM for Groups
 
