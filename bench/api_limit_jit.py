@@ -40,16 +40,14 @@ calls one after the other (``calls_of_one_activation``: the lease, the three rea
 grant with its lease check, the lease's renewal before the Identity Store call, the shared budget's read and write,
 the membership record, the logs with the release: see ``idsync.services.jit``), one Identity Store and one
 Scheduler call; before, 17 (renewals before and after each write, a GetItem per read, the token's read, the bucket
-line's read after the look). The saved run (the full test suite running beside it): 126 activations during the
-sync, p50 0.80 s, p99 1.58 s, max 1.60 s, idle p50 0.32 s, no look met a held lease. Earlier runs of nearly the same
-path on a more loaded machine: p99 2.08 s, 2.37 s and 2.55 s (one activation that met the cycle's PIM pass waited
-3-5 s at a held lease: the max). Before: p50 1.07 s, p99 2.29 s, idle p50 0.55 s. Most of the JIT's DynamoDB call
-seconds are the look's two Queries (76.8 s of 126 s in the saved run): the owned memberships' Query reads the one
-partition that holds every membership, and moto keeps a sort-key prefix's items by testing each item of the
-partition in Python (59 ms idle at 1,500 items, 0.3 s under the sync's load), where DynamoDB finds them by the
-sort key's order. The emulator reads only the asked partition (``sandbox.moto_dynamodb``: moto sorted the whole
-table for each Query) and its transactions cost the items they touch (``sandbox.moto_transactions``: moto copied
-the whole table for each one); answers are moto's own. The calls sent at once each count their own seconds, so
+line's read after the look). The saved run (a quiet machine): 124 activations during the sync, p50 0.59 s,
+p99 1.14 s, max 1.14 s, idle p50 0.26 s, no look met a held lease. Earlier runs: p99 1.58 s beside the full test
+suite, and 2.08-2.55 s on a more loaded machine while moto still tested every item of the partition for the
+owned memberships' sort-key prefix (59 ms idle at 1,500 items, 0.3 s under the sync's load). Before: p50 1.07 s,
+p99 2.29 s, idle p50 0.55 s. The emulator reads only the asked partition, and of it only a sort-key
+condition's run (``sandbox.moto_dynamodb``: moto sorted the whole table for each Query), and its transactions cost
+the items they touch (``sandbox.moto_transactions``: moto copied the whole table for each one); answers are moto's
+own. The calls sent at once each count their own seconds, so
 ``graph_and_cpu`` (the look's seconds not spent in AWS calls) reads 0 here.
 """
 
