@@ -367,7 +367,8 @@ def test_a_users_phase_slice_reads_target_ids_and_its_pages_users_by_key_never_a
     reads = [(what, users) for what, users, _ in world.state.reads]
     assert "load_ownership" not in {what for what, _ in reads}
     by_key = [users for what, users in reads if what == "owned_users"]
-    assert by_key and all(len(users) <= 4 for users in by_key)
+    assert by_key
+    assert all(len(users) <= 4 for users in by_key)
     assert set().union(*by_key) >= {f"e{i:02d}" for i in range(12)} - {"e09"}
     assert any(what == "owned_user_targets" for what, _ in reads)
     assert world.store.users[world.user("e02")]["doc"]["DisplayName"] == "U2"
