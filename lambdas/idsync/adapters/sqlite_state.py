@@ -219,22 +219,19 @@ class SqliteStateStore:
 
     def owned_users_by_target(self, target_ids: Collection[str]) -> dict[str, OwnedUser]:
         """Through the users' target-id index. Raises StateError."""
-        found: dict[str, OwnedUser] = {}
-        with self._connection() as conn:
-            for chunk in _chunks(set(target_ids)):
-                for row in conn.execute(f"{_SELECT_USERS} WHERE target_id IN ({_marks(chunk)})", chunk):
-                    owned = _owned_user_row(row)
-                    found[owned.target_id] = owned
-        return found
+        return {owned.target_id: owned for owned in self._users_where("target_id", target_ids)}
 
     def owned_users(self, source_ids: Collection[str]) -> dict[str, OwnedUser]:
         """By primary key. Raises StateError."""
-        found: dict[str, OwnedUser] = {}
+        return {owned.source_id: owned for owned in self._users_where("source_id", source_ids)}
+
+    def _users_where(self, column: str, values: Collection[str]) -> list[OwnedUser]:
+        """The owned users whose ``column`` (an indexed one) is among ``values``, in IN lists."""
+        found: list[OwnedUser] = []
         with self._connection() as conn:
-            for chunk in _chunks(set(source_ids)):
-                for row in conn.execute(f"{_SELECT_USERS} WHERE source_id IN ({_marks(chunk)})", chunk):
-                    owned = _owned_user_row(row)
-                    found[owned.source_id] = owned
+            for chunk in _chunks(set(values)):
+                rows = conn.execute(f"{_SELECT_USERS} WHERE {column} IN ({_marks(chunk)})", chunk)
+                found.extend(_owned_user_row(row) for row in rows)
         return found
 
     def owned_user_targets(self) -> dict[str, str]:
