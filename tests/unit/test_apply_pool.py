@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from idsync.errors import TargetThrottled
 from idsync.model import Action, AttributeChange, Kind, Operation, OwnedUser, UserDoc
 from idsync.services.cycle import CycleService
 from idsync.services.sync import (
@@ -532,6 +533,48 @@ def test_calls_answering_at_once_keep_the_applier_on_its_own_thread_and_end_as_t
     assert sized.snapshot() == sequential.snapshot()
     assert set(sized.state.memberships) == set(sequential.state.memberships)
     assert sized.state.get_item(INTENT_KEY) is None
+
+
+class ThrottlingAtStore(ThreadNotingStore):
+    """Answers the write numbered ``throttle_at`` (counted from 0, once) with throttling past the retries."""
+
+    def __init__(self, throttle_at: int) -> None:
+        super().__init__()
+        self.throttle_at: int | None = throttle_at
+
+    def _write(self, what: str, name: str = "") -> None:
+        if self.throttle_at is not None and len(self.writes) == self.throttle_at:
+            self.throttle_at = None
+            raise TargetThrottled(f"{what} {name}: ThrottlingException: Rate exceeded")
+        super()._write(what, name)
+
+
+@pytest.mark.parametrize("throttle_at", [2, 9, 33, 50])
+def test_a_throttled_write_inside_a_back_to_back_run_ends_the_run_before_its_next_call(throttle_at: int) -> None:
+    # Given an applier alone against a store that answers at once (probe of 2: then runs of ready writes),
+    # whose write number ``throttle_at`` is throttled past the client's retries
+    sequential = World(tenant(users=40, groups=4))
+    alone = PooledWorld(tenant(users=40, groups=4), concurrency=6, probe=2)
+    store = ThrottlingAtStore(throttle_at)
+    alone.store = store
+    expected = sequential.run()
+    # When the cycle runs
+    outcome = alone.run()
+    # Then no call followed the throttled one: the run stopped, nothing after it was sent
+    assert len(store.threads) == throttle_at + 1
+    assert len(store.writes) == throttle_at
+    assert not outcome.report.complete
+    # and every write that landed is recorded as idsync's
+    owned = len(alone.state.users) + len(alone.state.groups) + len(alone.state.memberships)
+    assert owned == throttle_at
+    # and the next cycle carries on to where the one-at-a-time applier ends
+    again = alone.run()
+    assert again.report.complete
+    assert again.report.failures == ()
+    assert alone.snapshot() == sequential.snapshot()
+    assert set(alone.state.memberships) == set(sequential.state.memberships)
+    assert alone.state.get_item(INTENT_KEY) is None
+    assert expected.report.complete
 
 
 def test_calls_that_wait_grow_the_pool_after_the_probe_and_end_as_the_sequential_applier() -> None:

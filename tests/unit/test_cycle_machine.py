@@ -270,3 +270,19 @@ PooledCycleMachine.TestCase.settings = settings(
     max_examples=40, stateful_step_count=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 test_pooled_cycle_machine = PooledCycleMachine.TestCase
+
+
+class AloneCycleMachine(CycleMachine):
+    """The same faults and invariants, the cycle allowed 4 writes at once against a fake that answers at once:
+    after a probe of 2 writes the applier stays alone and sends runs of ready writes back to back, settling
+    each run after its last call."""
+
+    concurrency = 4
+    record_every = 25
+    probe = 2
+
+
+AloneCycleMachine.TestCase.settings = settings(
+    max_examples=40, stateful_step_count=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+test_alone_cycle_machine = AloneCycleMachine.TestCase

@@ -31,7 +31,7 @@ from typing import Any
 
 from idsync.adapters.state_codec import encode_json as _encode
 from idsync.adapters.state_codec import epoch as _epoch
-from idsync.adapters.state_codec import log_time as _log_time
+from idsync.adapters.state_codec import log_time_key as _log_time_key
 from idsync.adapters.state_codec import time_key as _time_key
 from idsync.errors import LeaseLost, StateError
 from idsync.model import LogEntry, OwnedGroup, OwnedMembership, OwnedUser, Ownership
@@ -288,13 +288,20 @@ class SqliteStateStore:
 
         Raises ValueError for a doc that is not JSON, StateError.
         """
-        statements = [_ownership_statement(write) for write in writes]
-        if not statements:
+        # consecutive writes of one statement go in one executemany; the order of the writes is kept
+        runs: list[tuple[str, list[tuple[Any, ...]]]] = []
+        for write in writes:
+            sql, params = _ownership_statement(write)
+            if runs and runs[-1][0] == sql:
+                runs[-1][1].append(params)
+            else:
+                runs.append((sql, [params]))
+        if not runs:
             return
         with self._transaction("BEGIN IMMEDIATE") as conn:
             self._check_fence(conn)
-            for sql, params in statements:
-                conn.execute(sql, params)
+            for sql, rows in runs:
+                conn.executemany(sql, rows)
 
     # ------------------------------------------------------------------ named documents
 
@@ -519,4 +526,4 @@ def _ownership_statement(write: OwnershipWrite) -> tuple[str, tuple[Any, ...]]:
 
 
 def _log_sort_key(entry: LogEntry) -> str:
-    return f"{_time_key(_log_time(entry))}#{entry.change_id}"
+    return f"{_log_time_key(entry)}#{entry.change_id}"

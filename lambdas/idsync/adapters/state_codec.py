@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from idsync.model import LogEntry
+
+_ZERO = timedelta(0)
 
 
 def encode_json(value: Any, where: str) -> str:
@@ -32,6 +34,16 @@ def epoch(moment: datetime) -> float:
 def time_key(moment: datetime) -> str:
     # fixed width, so comparing the text compares the times
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def log_time_key(entry: LogEntry) -> str:
+    """``time_key`` of the entry's time. When the text is already the clock's form (UTC, with microseconds)
+    the key is that text re-ended, without formatting the time again. Raises ValueError as ``log_time``."""
+    moment = log_time(entry)
+    text = entry.time
+    if moment.microsecond and moment.year >= 1000 and moment.utcoffset() == _ZERO and text == moment.isoformat():
+        return text[:26] + "Z"
+    return time_key(moment)
 
 
 def log_time(entry: LogEntry) -> datetime:

@@ -100,13 +100,16 @@ except ImportError:  # no resource module (Windows)
 logger = logging.getLogger(__name__)
 
 LOG_FLUSH_EVERY = 500
-RECORD_FLUSH_EVERY = 25  # ownership writes per batch: one BatchWriteItem
-RECORD_FLUSH_SECONDS = 1.0  # and at least this often while applying
+RECORD_FLUSH_EVERY = 100  # ownership writes per batch at most: one SQLite transaction, four BatchWriteItem requests
+RECORD_FLUSH_SECONDS = 1.0  # and at least this often while applying (at 20 calls a second, this bound comes first)
 INTENT_WINDOW = 16  # creates intended ahead in one put of the intent item
 INTENT_SCAN = 512  # operations looked through for the next window's creates
 INTENT_KEY = "create-intent"  # the sync lease holder's creates in flight: {"intents": [{"kind", "source_id", "name"}]}
 PROBE_OPS = 16  # operations measured one at a time before the pool may grow (0: the whole pool at once)
 PROBE_EVERY = 512  # operations between two probes while the pool stays at one (measuring costs two syscalls)
+# ready operations the applier sends back to back while alone, before it settles them (logs, records): the
+# calls run together and so does the bookkeeping, which costs less CPU than alternating them one by one
+BACK_TO_BACK = 32
 
 
 def jit_intent_key(group_id: str) -> str:
@@ -489,9 +492,24 @@ class Applier:
                             mark = sizer.start()
                             outcome, seconds, touched = self._run_one(ops[index])
                             sizer.stop(mark)
-                        else:
-                            outcome, seconds, touched = self._run_one(ops[index])
-                        settle(index, outcome, seconds, touched)
+                            settle(index, outcome, seconds, touched)
+                            continue
+                        # ready operations do not conflict (the pool would run them at once): send a run of
+                        # them back to back, then settle each in order. An error, a stop or a probe due ends
+                        # the run before its next call
+                        run = [(index, *self._run_one(ops[index]))]
+                        while (
+                            len(run) < BACK_TO_BACK
+                            and schedule.ready
+                            and not isinstance(run[-1][1], BaseException)
+                            and not should_stop()
+                            and not sizer.due()
+                        ):
+                            index = schedule.pop()
+                            self._intend_ahead(ops, index, schedule.started)
+                            run.append((index, *self._run_one(ops[index])))
+                        for ran in run:
+                            settle(*ran)
                         continue
                     flight[pool.submit(self._pooled_one, ops[index])] = index
                 if not flight:
@@ -635,7 +653,7 @@ class Applier:
     def _intend_ahead(self, ops: Sequence[Operation], index: int, started: Callable[[int], bool]) -> None:
         """Before ``ops[index]`` is sent: when it is a create not yet intended, intend it and the next creates
         not yet started (a window) in one put, so the pool's next creates find their intent written."""
-        if ops[index].action is not Action.CREATE:
+        if ops[index].action is not Action.CREATE or ops[index].kind is Kind.MEMBERSHIP:
             return  # most operations (memberships): nothing to intend
         entry = self._intent_entry(ops[index])
         known = self._intended.get(self._intent_key(ops[index]))
@@ -783,20 +801,7 @@ class Applier:
             self._log(op, status, target_id, changes, note, time.perf_counter() - started)
 
     def _apply_one(self, op: Operation) -> Outcome:
-        handler = {
-            (Kind.USER, Action.CREATE): self._create_user,
-            (Kind.USER, Action.ADOPT): self._adopt_user,
-            (Kind.USER, Action.UPDATE): self._update_user,
-            (Kind.USER, Action.DELETE): self._delete_user,
-            (Kind.GROUP, Action.CREATE): self._create_group,
-            (Kind.GROUP, Action.ADOPT): self._adopt_group,
-            (Kind.GROUP, Action.UPDATE): self._update_group,
-            (Kind.GROUP, Action.DELETE): self._delete_group,
-            (Kind.MEMBERSHIP, Action.CREATE): self._add_member,
-            (Kind.MEMBERSHIP, Action.ADOPT): self._adopt_member,
-            (Kind.MEMBERSHIP, Action.DELETE): self._remove_member,
-        }[(op.kind, op.action)]
-        return handler(op)
+        return _HANDLERS[(op.kind, op.action)](self, op)
 
     # ------------------------------------------------------------------ users
 
@@ -1178,3 +1183,18 @@ class Applier:
             writes=plan.writes if dry_run else self.writes,
             complete=complete,
         )
+
+
+_HANDLERS: dict[tuple[Kind, Action], Callable[[Applier, Operation], Outcome]] = {
+    (Kind.USER, Action.CREATE): Applier._create_user,
+    (Kind.USER, Action.ADOPT): Applier._adopt_user,
+    (Kind.USER, Action.UPDATE): Applier._update_user,
+    (Kind.USER, Action.DELETE): Applier._delete_user,
+    (Kind.GROUP, Action.CREATE): Applier._create_group,
+    (Kind.GROUP, Action.ADOPT): Applier._adopt_group,
+    (Kind.GROUP, Action.UPDATE): Applier._update_group,
+    (Kind.GROUP, Action.DELETE): Applier._delete_group,
+    (Kind.MEMBERSHIP, Action.CREATE): Applier._add_member,
+    (Kind.MEMBERSHIP, Action.ADOPT): Applier._adopt_member,
+    (Kind.MEMBERSHIP, Action.DELETE): Applier._remove_member,
+}
