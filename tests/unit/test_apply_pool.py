@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from idsync.errors import TargetThrottled
-from idsync.model import Action, AttributeChange, Kind, Operation, OwnedUser, UserDoc
+from idsync.model import Action, AttributeChange, Kind, Operation, OwnedUser, Status, UserDoc
 from idsync.services.cycle import CycleService
 from idsync.services.sync import (
     INTENT_KEY,
@@ -489,27 +489,32 @@ def test_a_failed_write_costs_no_other_and_an_auth_error_stops_after_the_in_flig
 
 
 class ThreadNotingStore(FakeIdentityStore):
-    """The fake Identity Store noting which thread sent each create."""
+    """The fake Identity Store noting which thread sent each create, and what, in the order they came."""
 
     def __init__(self) -> None:
         super().__init__()
         self.threads: list[int] = []
+        self.sent: list[tuple[str, ...]] = []
 
     def create_user(self, user_name: str, doc: UserDoc) -> str:
         self.threads.append(threading.get_ident())
+        self.sent.append(("user", user_name))
         return super().create_user(user_name, doc)
 
     def create_group(self, display_name: str, description: str | None) -> str:
         self.threads.append(threading.get_ident())
+        self.sent.append(("group", display_name))
         return super().create_group(display_name, description)
 
     def create_membership(self, group_id: str, user_id: str) -> str:
         self.threads.append(threading.get_ident())
+        self.sent.append(("membership", self.groups[group_id]["DisplayName"], self.users[user_id]["UserName"]))
         return super().create_membership(group_id, user_id)
 
 
 def _sized_twins(latency: float) -> tuple[World, PooledWorld, ThreadNotingStore]:
     sequential = World(tenant(users=40, groups=4))
+    sequential.store = ThreadNotingStore()
     sized = PooledWorld(tenant(users=40, groups=4), concurrency=6, probe=PROBE_OPS)
     store = ThreadNotingStore()
     store.latency = latency
@@ -526,6 +531,9 @@ def test_calls_answering_at_once_keep_the_applier_on_its_own_thread_and_end_as_t
     # Then every write went out from the cycle's own thread: a pool would only have added its hand-offs
     assert len(store.threads) > PROBE_OPS
     assert set(store.threads) == {threading.get_ident()}
+    # in exactly the one-at-a-time applier's order, though sent in runs back to back
+    assert isinstance(sequential.store, ThreadNotingStore)
+    assert store.sent == sequential.store.sent
     # and it ends where the one-at-a-time applier ends
     assert outcome.report.complete
     assert outcome.report.failures == ()
@@ -549,6 +557,7 @@ class ThrottlingAtStore(ThreadNotingStore):
         super()._write(what, name)
 
 
+# the probe sends writes 0 and 1 alone; runs of 32 follow (2-33, 34-65): the first, a middle, the last of a run
 @pytest.mark.parametrize("throttle_at", [2, 9, 33, 50])
 def test_a_throttled_write_inside_a_back_to_back_run_ends_the_run_before_its_next_call(throttle_at: int) -> None:
     # Given an applier alone against a store that answers at once (probe of 2: then runs of ready writes),
@@ -564,9 +573,13 @@ def test_a_throttled_write_inside_a_back_to_back_run_ends_the_run_before_its_nex
     assert len(store.threads) == throttle_at + 1
     assert len(store.writes) == throttle_at
     assert not outcome.report.complete
-    # and every write that landed is recorded as idsync's
+    # and every write that landed is recorded as idsync's, and logged as a success in the order it was sent;
+    # the throttled one is logged as skipped, last
     owned = len(alone.state.users) + len(alone.state.groups) + len(alone.state.memberships)
     assert owned == throttle_at
+    first = [(e.kind, e.action, e.status) for e in alone.state.logs if e.cycle_id == outcome.report.cycle_id]
+    assert [status for _, _, status in first] == [Status.SUCCESS] * throttle_at + [Status.SKIPPED]
+    assert all(action == "create" for _, action, _ in first)
     # and the next cycle carries on to where the one-at-a-time applier ends
     again = alone.run()
     assert again.report.complete

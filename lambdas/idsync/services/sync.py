@@ -3,7 +3,8 @@
 Speaks to ports only. Each operation declares the resources it touches (``resources``), shared or
 exclusive; an operation starts only when every earlier operation (plan order) that conflicts with it
 has finished, so the pool keeps every ordering the plan requires and overlaps the rest; the pool runs
-one operation at a time on the calling thread until its calls are seen to wait (``PoolSizer``). Ownership
+one operation at a time on the calling thread until its calls are seen to wait (``PoolSizer``), sending
+runs of consecutive ready operations back to back and settling each run after its last call. Ownership
 records and log entries are written in batches (``StateStore.write_ownership``, ``append_logs``),
 always before ``apply`` returns; a cycle stopped at any point (crash, time budget) is finished by the
 next: the next cycle plans again from what is recorded, and a replayed write is harmless (a create that
@@ -107,8 +108,9 @@ INTENT_SCAN = 512  # operations looked through for the next window's creates
 INTENT_KEY = "create-intent"  # the sync lease holder's creates in flight: {"intents": [{"kind", "source_id", "name"}]}
 PROBE_OPS = 16  # operations measured one at a time before the pool may grow (0: the whole pool at once)
 PROBE_EVERY = 512  # operations between two probes while the pool stays at one (measuring costs two syscalls)
-# ready operations the applier sends back to back while alone, before it settles them (logs, records): the
-# calls run together and so does the bookkeeping, which costs less CPU than alternating them one by one
+# operations (consecutive in plan order, each ready) the applier sends back to back while alone, before it
+# settles them (logs, records): the calls run together and so does the bookkeeping, which costs less CPU
+# than alternating them one by one
 BACK_TO_BACK = 32
 
 
@@ -494,13 +496,14 @@ class Applier:
                             sizer.stop(mark)
                             settle(index, outcome, seconds, touched)
                             continue
-                        # ready operations do not conflict (the pool would run them at once): send a run of
-                        # them back to back, then settle each in order. An error, a stop or a probe due ends
-                        # the run before its next call
+                        # the next operations in plan order, while each is ready (ready ones do not conflict):
+                        # sent back to back, then settled in order, so the writes go out exactly as one at a
+                        # time. An error, a stop or a probe due ends the run before its next call
                         run = [(index, *self._run_one(ops[index]))]
                         while (
                             len(run) < BACK_TO_BACK
                             and schedule.ready
+                            and schedule.ready[0] == run[-1][0] + 1
                             and not isinstance(run[-1][1], BaseException)
                             and not should_stop()
                             and not sizer.due()
