@@ -405,6 +405,7 @@ class Applier:
         self._previous_transient: tuple[str | None, int] = (None, 0)
         self._counted = False
         self.sizer = PoolSizer(concurrency, probe)
+        self._handlers: dict[tuple[Kind, Action], Callable[[Operation], Outcome]] | None = None
 
     # ------------------------------------------------------------------ loop
 
@@ -804,7 +805,21 @@ class Applier:
             self._log(op, status, target_id, changes, note, time.perf_counter() - started)
 
     def _apply_one(self, op: Operation) -> Outcome:
-        return _HANDLERS[(op.kind, op.action)](self, op)
+        if self._handlers is None:  # built once per applier, not once per operation
+            self._handlers = {
+                (Kind.USER, Action.CREATE): self._create_user,
+                (Kind.USER, Action.ADOPT): self._adopt_user,
+                (Kind.USER, Action.UPDATE): self._update_user,
+                (Kind.USER, Action.DELETE): self._delete_user,
+                (Kind.GROUP, Action.CREATE): self._create_group,
+                (Kind.GROUP, Action.ADOPT): self._adopt_group,
+                (Kind.GROUP, Action.UPDATE): self._update_group,
+                (Kind.GROUP, Action.DELETE): self._delete_group,
+                (Kind.MEMBERSHIP, Action.CREATE): self._add_member,
+                (Kind.MEMBERSHIP, Action.ADOPT): self._adopt_member,
+                (Kind.MEMBERSHIP, Action.DELETE): self._remove_member,
+            }
+        return self._handlers[(op.kind, op.action)](op)
 
     # ------------------------------------------------------------------ users
 
@@ -1186,18 +1201,3 @@ class Applier:
             writes=plan.writes if dry_run else self.writes,
             complete=complete,
         )
-
-
-_HANDLERS: dict[tuple[Kind, Action], Callable[[Applier, Operation], Outcome]] = {
-    (Kind.USER, Action.CREATE): Applier._create_user,
-    (Kind.USER, Action.ADOPT): Applier._adopt_user,
-    (Kind.USER, Action.UPDATE): Applier._update_user,
-    (Kind.USER, Action.DELETE): Applier._delete_user,
-    (Kind.GROUP, Action.CREATE): Applier._create_group,
-    (Kind.GROUP, Action.ADOPT): Applier._adopt_group,
-    (Kind.GROUP, Action.UPDATE): Applier._update_group,
-    (Kind.GROUP, Action.DELETE): Applier._delete_group,
-    (Kind.MEMBERSHIP, Action.CREATE): Applier._add_member,
-    (Kind.MEMBERSHIP, Action.ADOPT): Applier._adopt_member,
-    (Kind.MEMBERSHIP, Action.DELETE): Applier._remove_member,
-}
