@@ -3,9 +3,12 @@ where the one-at-a-time applier ends; batched records and multi-create intents s
 
 from __future__ import annotations
 
+import gc
+import itertools
 import random
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -15,10 +18,13 @@ from hypothesis import strategies as st
 
 from idsync.errors import TargetThrottled
 from idsync.model import Action, AttributeChange, Kind, Operation, OwnedUser, Status, UserDoc
+from idsync.services import sync
 from idsync.services.cycle import CycleService
 from idsync.services.sync import (
+    BACK_TO_BACK,
     INTENT_KEY,
     PROBE_OPS,
+    Applier,
     PoolSizer,
     _Schedule,
     intent_entries,
@@ -588,6 +594,138 @@ def test_a_throttled_write_inside_a_back_to_back_run_ends_the_run_before_its_nex
     assert set(alone.state.memberships) == set(sequential.state.memberships)
     assert alone.state.get_item(INTENT_KEY) is None
     assert expected.report.complete
+
+
+def chain(users: int = 40, groups: int = 2) -> FakeSource:
+    """A tenant where every user reports to the one before: each user's create waits on the previous one's."""
+    return tenant(users, groups, boss=lambda i: i - 1)
+
+
+class SettleNotingStore(ThreadNotingStore):
+    """Notes each write as it lands and (through the applier, patched by the test) each write settled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[str] = []
+
+    def _write(self, what: str, name: str = "") -> None:
+        self.events.append(what)
+        super()._write(what, name)
+
+
+def _noting_settles(monkeypatch: pytest.MonkeyPatch, store: SettleNotingStore) -> None:
+    complete = Applier._complete
+
+    def noted(self: Applier, *args: Any) -> bool:
+        store.events.append("settle")
+        return complete(self, *args)
+
+    monkeypatch.setattr(Applier, "_complete", noted)
+
+
+WRITES = ("CreateUser", "CreateGroup", "CreateGroupMembership")
+
+
+def _longest_run(events: list[str], calls: tuple[str, ...] = WRITES) -> int:
+    """The most ``calls`` that went out one after the other, nothing settled between them."""
+    longest = current = 0
+    for event in events:
+        current = current + 1 if event in calls else 0
+        longest = max(longest, current)
+    return longest
+
+
+def test_a_report_created_right_after_its_manager_goes_out_in_the_same_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a chain of 40 users, each managed by the one before (each create waits on the one before it), and
+    # an applier alone against a store that answers at once (probe of 2, then runs)
+    sequential = World(chain())
+    sequential.store = ThreadNotingStore()
+    alone = PooledWorld(chain(), concurrency=6, probe=2)
+    store = SettleNotingStore()
+    alone.store = store
+    expected = sequential.run()
+    _noting_settles(monkeypatch, store)
+    # When each provisions the tenant
+    outcome = alone.run()
+    # Then a write that went through let the next one (its report) go out in the same run: after the probe,
+    # BACK_TO_BACK user creates went out before the first of them was settled
+    assert store.events[:4] == ["CreateUser", "settle", "CreateUser", "settle"]
+    assert _longest_run(store.events, ("CreateUser",)) == BACK_TO_BACK
+    assert len(store.events) - store.events.count("settle") == store.events.count("settle") == len(store.sent)
+    # in exactly the one-at-a-time applier's order, and it ends where that applier ends: every manager set
+    assert isinstance(sequential.store, ThreadNotingStore)
+    assert store.sent == sequential.store.sent
+    assert outcome.report.complete
+    assert outcome.report.failures == ()
+    assert outcome.report.counts == expected.report.counts
+    assert alone.snapshot() == sequential.snapshot()
+    managers = {
+        u["UserName"]: u["doc"].get("Extensions", {}).get(ENTERPRISE, {}).get("manager", {}).get("value")
+        for u in store.users.values()
+    }
+    ids = {u["UserName"]: uid for uid, u in store.users.items()}
+    assert managers["u0@example.com"] is None
+    assert all(managers[f"u{i}@example.com"] == ids[f"u{i - 1}@example.com"] for i in range(1, 40))
+    assert alone.state.get_item(INTENT_KEY) is None
+
+
+def test_no_call_goes_out_while_the_buffered_records_are_due(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given records due at once after every flush (their second already past), and an applier alone
+    monkeypatch.setattr(sync, "RECORD_FLUSH_SECONDS", 0.0)
+    sequential = World(tenant(users=40, groups=4))
+    sequential.store = ThreadNotingStore()
+    alone = PooledWorld(tenant(users=40, groups=4), concurrency=6, probe=2)
+    store = SettleNotingStore()
+    alone.store = store
+    sequential.run()
+    _noting_settles(monkeypatch, store)
+    written: list[int] = []
+    write_ownership = alone.state.write_ownership
+
+    def noted(writes: Sequence[Any]) -> None:
+        written.append(len(writes))
+        store.events.append("flush")
+        write_ownership(writes)
+
+    alone.state.write_ownership = noted  # type: ignore[method-assign]
+    # When the tenant is provisioned
+    outcome = alone.run()
+    # Then every call was settled and its record written before the next call went out: no run formed
+    assert _longest_run(store.events) == 1
+    calls = [i for i, event in enumerate(store.events) if event not in ("settle", "flush")]
+    assert all("flush" in store.events[a:b] for a, b in itertools.pairwise(calls))
+    assert sum(written) >= len(store.sent)
+    # and it ends where the one-at-a-time applier ends
+    assert isinstance(sequential.store, ThreadNotingStore)
+    assert store.sent == sequential.store.sent
+    assert outcome.report.complete
+    assert alone.snapshot() == sequential.snapshot()
+
+
+def test_an_applier_is_freed_when_its_cycle_returns_without_waiting_for_a_full_collection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given the cyclic garbage collector off, and a note of every applier a cycle builds
+    appliers: list[weakref.ref[Applier]] = []
+    init = Applier.__init__
+
+    def noted(self: Applier, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        appliers.append(weakref.ref(self))
+
+    monkeypatch.setattr(Applier, "__init__", noted)
+    world = PooledWorld(tenant(users=40, groups=4), concurrency=6, probe=2)
+    gc.collect()
+    gc.disable()
+    try:
+        # When a cycle applies the tenant (back-to-back runs included) and returns
+        outcome = world.run()
+        assert outcome.report.complete
+        # Then its applier and all it held (views, ownership maps, logs) are gone: nothing kept it in a cycle
+        assert appliers
+        assert [ref for ref in appliers if ref() is not None] == []
+    finally:
+        gc.enable()
 
 
 def test_calls_that_wait_grow_the_pool_after_the_probe_and_end_as_the_sequential_applier() -> None:

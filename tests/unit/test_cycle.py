@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -14,7 +15,8 @@ from tests.fakes import FakeClock, FakeIdentityStore, FakeSource, FakeState
 from tests.unit.test_plan_laws import Everything, SimpleGroupMapper, SimpleUserMapper
 
 
-def tenant(users: int = 12, groups: int = 3) -> FakeSource:
+def tenant(users: int = 12, groups: int = 3, boss: Callable[[int], int] = lambda i: i // 3) -> FakeSource:
+    """``users`` people (each but the first reporting to person ``boss(i)``), ``groups`` teams sharing them out."""
     people = [
         {
             "id": f"e{i}",
@@ -22,7 +24,7 @@ def tenant(users: int = 12, groups: int = 3) -> FakeSource:
             "displayName": f"User {i}",
             "jobTitle": "Engineer",
             "accountEnabled": True,
-            "manager": {"id": f"e{i // 3}"} if i else None,
+            "manager": {"id": f"e{boss(i)}"} if i else None,
         }
         for i in range(users)
     ]

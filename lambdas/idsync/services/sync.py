@@ -405,7 +405,7 @@ class Applier:
         self._previous_transient: tuple[str | None, int] = (None, 0)
         self._counted = False
         self.sizer = PoolSizer(concurrency, probe)
-        self._handlers: dict[tuple[Kind, Action], Callable[[Operation], Outcome]] | None = None
+        self._handlers: dict[tuple[Kind, Action], Callable[[Applier, Operation], Outcome]] | None = None
 
     # ------------------------------------------------------------------ loop
 
@@ -499,16 +499,22 @@ class Applier:
                             continue
                         # the next operations in plan order, while each is ready (ready ones do not conflict):
                         # sent back to back, then settled in order, so the writes go out exactly as one at a
-                        # time. An error, a stop or a probe due ends the run before its next call
+                        # time. An error, a stop, a probe due or the records' second (RECORD_FLUSH_SECONDS) ends
+                        # the run before its next call
                         run = [(index, *self._run_one(ops[index]))]
-                        while (
-                            len(run) < BACK_TO_BACK
-                            and schedule.ready
-                            and schedule.ready[0] == run[-1][0] + 1
-                            and not isinstance(run[-1][1], BaseException)
-                            and not should_stop()
-                            and not sizer.due()
-                        ):
+                        while not isinstance(run[-1][1], BaseException):
+                            # a write that went through releases what waits on it at once (its settling below
+                            # releases the same: a report created right after its manager stays in the run)
+                            schedule.finish(run[-1][0])
+                            if not (
+                                len(run) < BACK_TO_BACK
+                                and schedule.ready
+                                and schedule.ready[0] == run[-1][0] + 1
+                                and time.monotonic() - self._flushed_at < RECORD_FLUSH_SECONDS
+                                and not should_stop()
+                                and not sizer.due()
+                            ):
+                                break
                             index = schedule.pop()
                             self._intend_ahead(ops, index, schedule.started)
                             run.append((index, *self._run_one(ops[index])))
@@ -805,21 +811,23 @@ class Applier:
             self._log(op, status, target_id, changes, note, time.perf_counter() - started)
 
     def _apply_one(self, op: Operation) -> Outcome:
-        if self._handlers is None:  # built once per applier, not once per operation
+        if self._handlers is None:  # built once per applier, not once per operation; plain functions, called
+            # with self: bound methods held by the applier would keep it alive after the cycle (a reference
+            # cycle, freed only by a full collection)
             self._handlers = {
-                (Kind.USER, Action.CREATE): self._create_user,
-                (Kind.USER, Action.ADOPT): self._adopt_user,
-                (Kind.USER, Action.UPDATE): self._update_user,
-                (Kind.USER, Action.DELETE): self._delete_user,
-                (Kind.GROUP, Action.CREATE): self._create_group,
-                (Kind.GROUP, Action.ADOPT): self._adopt_group,
-                (Kind.GROUP, Action.UPDATE): self._update_group,
-                (Kind.GROUP, Action.DELETE): self._delete_group,
-                (Kind.MEMBERSHIP, Action.CREATE): self._add_member,
-                (Kind.MEMBERSHIP, Action.ADOPT): self._adopt_member,
-                (Kind.MEMBERSHIP, Action.DELETE): self._remove_member,
+                (Kind.USER, Action.CREATE): Applier._create_user,
+                (Kind.USER, Action.ADOPT): Applier._adopt_user,
+                (Kind.USER, Action.UPDATE): Applier._update_user,
+                (Kind.USER, Action.DELETE): Applier._delete_user,
+                (Kind.GROUP, Action.CREATE): Applier._create_group,
+                (Kind.GROUP, Action.ADOPT): Applier._adopt_group,
+                (Kind.GROUP, Action.UPDATE): Applier._update_group,
+                (Kind.GROUP, Action.DELETE): Applier._delete_group,
+                (Kind.MEMBERSHIP, Action.CREATE): Applier._add_member,
+                (Kind.MEMBERSHIP, Action.ADOPT): Applier._adopt_member,
+                (Kind.MEMBERSHIP, Action.DELETE): Applier._remove_member,
             }
-        return self._handlers[(op.kind, op.action)](op)
+        return self._handlers[(op.kind, op.action)](self, op)
 
     # ------------------------------------------------------------------ users
 
