@@ -637,10 +637,12 @@ def _longest_run(events: list[str], calls: tuple[str, ...] = WRITES) -> int:
 
 def test_a_report_created_right_after_its_manager_goes_out_in_the_same_run(monkeypatch: pytest.MonkeyPatch) -> None:
     # Given a chain of 40 users, each managed by the one before (each create waits on the one before it), and
-    # an applier alone against a store that answers at once (probe of 2, then runs)
+    # an applier alone against a store that answers at once (probe of 2, then runs; records due by neither
+    # their count nor their time within the test)
+    monkeypatch.setattr(sync, "RECORD_FLUSH_SECONDS", 3600.0)
     sequential = World(chain())
     sequential.store = ThreadNotingStore()
-    alone = PooledWorld(chain(), concurrency=6, probe=2)
+    alone = PooledWorld(chain(), concurrency=6, probe=2, record_every=4 * BACK_TO_BACK)
     store = SettleNotingStore()
     alone.store = store
     expected = sequential.run()
@@ -669,12 +671,16 @@ def test_a_report_created_right_after_its_manager_goes_out_in_the_same_run(monke
     assert alone.state.get_item(INTENT_KEY) is None
 
 
-def test_no_call_goes_out_while_the_buffered_records_are_due(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Given records due at once after every flush (their second already past), and an applier alone
-    monkeypatch.setattr(sync, "RECORD_FLUSH_SECONDS", 0.0)
+@pytest.mark.parametrize(("record_every", "flush_seconds"), [(100, 0.0), (1, 3600.0)], ids=["by-time", "by-count"])
+def test_no_call_goes_out_while_the_buffered_records_are_due(
+    monkeypatch: pytest.MonkeyPatch, record_every: int, flush_seconds: float
+) -> None:
+    # Given records due at once after every write (their second already past, or one record a batch), and an
+    # applier alone against a store that answers at once
+    monkeypatch.setattr(sync, "RECORD_FLUSH_SECONDS", flush_seconds)
     sequential = World(tenant(users=40, groups=4))
     sequential.store = ThreadNotingStore()
-    alone = PooledWorld(tenant(users=40, groups=4), concurrency=6, probe=2)
+    alone = PooledWorld(tenant(users=40, groups=4), concurrency=6, probe=2, record_every=record_every)
     store = SettleNotingStore()
     alone.store = store
     sequential.run()
@@ -702,10 +708,26 @@ def test_no_call_goes_out_while_the_buffered_records_are_due(monkeypatch: pytest
     assert alone.snapshot() == sequential.snapshot()
 
 
+class CausedThrottlingStore(ThrottlingAtStore):
+    """Throttles as the adapter does: the error raised from the client's own (its traceback through this call)."""
+
+    def _write(self, what: str, name: str = "") -> None:
+        try:
+            super()._write(what, name)
+        except TargetThrottled as error:
+            try:
+                raise RuntimeError("botocore: An error occurred (ThrottlingException)")
+            except RuntimeError as cause:
+                raise TargetThrottled(str(error)) from cause
+
+
+@pytest.mark.parametrize("trouble", ["none", "throttled", "throttled-from-the-client", "refused"])
 def test_an_applier_is_freed_when_its_cycle_returns_without_waiting_for_a_full_collection(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, trouble: str
 ) -> None:
-    # Given the cyclic garbage collector off, and a note of every applier a cycle builds
+    # Given the cyclic garbage collector off, a note of every applier a cycle builds, and a store that answers
+    # every write, or throttles one inside a run (the cycle stops there), or refuses one user (an error raised
+    # and logged, the cycle goes on)
     appliers: list[weakref.ref[Applier]] = []
     init = Applier.__init__
 
@@ -715,12 +737,19 @@ def test_an_applier_is_freed_when_its_cycle_returns_without_waiting_for_a_full_c
 
     monkeypatch.setattr(Applier, "__init__", noted)
     world = PooledWorld(tenant(users=40, groups=4), concurrency=6, probe=2)
+    if trouble == "throttled":
+        world.store = ThrottlingAtStore(9)
+    elif trouble == "throttled-from-the-client":
+        world.store = CausedThrottlingStore(9)
+    elif trouble == "refused":
+        world.store.fail_on["u5@example.com"] = "CreateUser user u5@example.com: ValidationException: refused"
     gc.collect()
     gc.disable()
     try:
         # When a cycle applies the tenant (back-to-back runs included) and returns
         outcome = world.run()
-        assert outcome.report.complete
+        assert outcome.report.complete is not trouble.startswith("throttled")
+        assert len(outcome.report.failures) == (trouble == "refused")
         # Then its applier and all it held (views, ownership maps, logs) are gone: nothing kept it in a cycle
         assert appliers
         assert [ref for ref in appliers if ref() is not None] == []

@@ -326,6 +326,23 @@ class PoolSizer:
         self._ops, self._waiting, self._skip = 0, 0, self.every
 
 
+def _detached(error: TargetError) -> TargetError:
+    """``error`` (and the errors it came from) without tracebacks, unless it ends the cycle (an auth error,
+    raised again). The dispatching code keeps the outcomes it settles; a traceback holds the frames it passed
+    through and, through their callers, the applier's loop holding the error: a reference cycle that would
+    keep the applier (views, ownership maps, logs) alive after its cycle until a full collection. Only an
+    answer's text is used (logged, reported)."""
+    if isinstance(error, TargetAuthError):
+        return error
+    seen: BaseException | None = error
+    for _ in range(8):  # a chain of causes is short; a loop in it cannot hold this up
+        if seen is None:
+            break
+        seen.__traceback__ = None
+        seen = seen.__cause__ or seen.__context__
+    return error
+
+
 class _SerialTail(Exception):
     """A pooled operation reached a path that mutates shared maps (creating again what was deleted by hand)."""
 
@@ -499,8 +516,8 @@ class Applier:
                             continue
                         # the next operations in plan order, while each is ready (ready ones do not conflict):
                         # sent back to back, then settled in order, so the writes go out exactly as one at a
-                        # time. An error, a stop, a probe due or the records' second (RECORD_FLUSH_SECONDS) ends
-                        # the run before its next call
+                        # time. An error, a stop, a probe due or records due (``record_every`` of them buffered, or
+                        # their second, RECORD_FLUSH_SECONDS, past) ends the run before its next call
                         run = [(index, *self._run_one(ops[index]))]
                         while not isinstance(run[-1][1], BaseException):
                             # a write that went through releases what waits on it at once (its settling below
@@ -510,6 +527,7 @@ class Applier:
                                 len(run) < BACK_TO_BACK
                                 and schedule.ready
                                 and schedule.ready[0] == run[-1][0] + 1
+                                and len(self._records) < self.record_every
                                 and time.monotonic() - self._flushed_at < RECORD_FLUSH_SECONDS
                                 and not should_stop()
                                 and not sizer.due()
@@ -544,9 +562,11 @@ class Applier:
         self._pooled.touched = [self._intent_key(op)]
         started = time.perf_counter()
         try:
-            outcome: Outcome | BaseException = self._apply_one(op)
-        except BaseException as error:  # handed to the dispatching code, which decides
-            outcome = error
+            outcome = self._apply_one(op)
+        except TargetError as error:  # an answer of the target's, handed to the dispatching code, which decides
+            return _detached(error), time.perf_counter() - started, self._pooled.touched
+        except BaseException as error:  # a crash, raised again with its traceback by the dispatching code
+            return error, time.perf_counter() - started, self._pooled.touched
         return outcome, time.perf_counter() - started, self._pooled.touched
 
     def _run_serial(self, ops: list[Operation], should_stop: Callable[[], bool], advance: Callable[[], None]) -> bool:
@@ -811,21 +831,22 @@ class Applier:
             self._log(op, status, target_id, changes, note, time.perf_counter() - started)
 
     def _apply_one(self, op: Operation) -> Outcome:
-        if self._handlers is None:  # built once per applier, not once per operation; plain functions, called
-            # with self: bound methods held by the applier would keep it alive after the cycle (a reference
-            # cycle, freed only by a full collection)
+        if self._handlers is None:  # built once per applier, not once per operation; plain functions (of the
+            # applier's own class), called with self: bound methods held by the applier would keep it alive after
+            # the cycle (a reference cycle, freed only by a full collection)
+            cls = type(self)
             self._handlers = {
-                (Kind.USER, Action.CREATE): Applier._create_user,
-                (Kind.USER, Action.ADOPT): Applier._adopt_user,
-                (Kind.USER, Action.UPDATE): Applier._update_user,
-                (Kind.USER, Action.DELETE): Applier._delete_user,
-                (Kind.GROUP, Action.CREATE): Applier._create_group,
-                (Kind.GROUP, Action.ADOPT): Applier._adopt_group,
-                (Kind.GROUP, Action.UPDATE): Applier._update_group,
-                (Kind.GROUP, Action.DELETE): Applier._delete_group,
-                (Kind.MEMBERSHIP, Action.CREATE): Applier._add_member,
-                (Kind.MEMBERSHIP, Action.ADOPT): Applier._adopt_member,
-                (Kind.MEMBERSHIP, Action.DELETE): Applier._remove_member,
+                (Kind.USER, Action.CREATE): cls._create_user,
+                (Kind.USER, Action.ADOPT): cls._adopt_user,
+                (Kind.USER, Action.UPDATE): cls._update_user,
+                (Kind.USER, Action.DELETE): cls._delete_user,
+                (Kind.GROUP, Action.CREATE): cls._create_group,
+                (Kind.GROUP, Action.ADOPT): cls._adopt_group,
+                (Kind.GROUP, Action.UPDATE): cls._update_group,
+                (Kind.GROUP, Action.DELETE): cls._delete_group,
+                (Kind.MEMBERSHIP, Action.CREATE): cls._add_member,
+                (Kind.MEMBERSHIP, Action.ADOPT): cls._adopt_member,
+                (Kind.MEMBERSHIP, Action.DELETE): cls._remove_member,
             }
         return self._handlers[(op.kind, op.action)](self, op)
 
