@@ -5,7 +5,7 @@ The sync (A) and the floor (B) run interleaved, A B A B ..., each in a fresh int
 backend (and the sync with a fresh emulator), so that a machine that slows down for a while slows both
 alike. Each floor replays the writes its own pair's sync made. ``ratio`` is the median of the per-pair
 ratios; ``pairs`` lists each pair (``seconds``, ``floor_seconds``, ``ratio``) in the order they ran. The
-tenant stays at full size: the five pairs take about half an hour on two cores. Five, not three: this machine's
+tenant stays at full size: the five pairs take about half an hour on two cores. Five, not three: a shared machine's
 speed moves by up to 2x within seconds, and three pairs of one run have ranged from 1.13 to 1.65.
 
 ``seconds`` (median over the syncs) covers building the engine and one full cycle. ``peak_rss_mb`` is
