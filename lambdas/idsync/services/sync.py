@@ -48,6 +48,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import TypeVar
 
 from idsync.errors import (
     TargetAuthError,
@@ -326,12 +327,16 @@ class PoolSizer:
         self._ops, self._waiting, self._skip = 0, 0, self.every
 
 
-def _detached(error: TargetError) -> TargetError:
+_E = TypeVar("_E", bound=BaseException)
+
+
+def _detached(error: _E) -> _E:
     """``error`` (and the errors it came from) without tracebacks, unless it ends the cycle (an auth error,
-    raised again). The dispatching code keeps the outcomes it settles; a traceback holds the frames it passed
-    through and, through their callers, the applier's loop holding the error: a reference cycle that would
-    keep the applier (views, ownership maps, logs) alive after its cycle until a full collection. Only an
-    answer's text is used (logged, reported)."""
+    raised again). The dispatching code keeps the outcomes it settles (a pool's futures hold them too); a
+    traceback holds the frames it passed through and, through their callers, the loop holding the error: a
+    reference cycle that would keep the applier (views, ownership maps, logs) alive after its cycle until a
+    full collection. Only an answer's text is used (logged, reported), and a hand-off to the serial tail is
+    read for its type."""
     if isinstance(error, TargetAuthError):
         return error
     seen: BaseException | None = error
@@ -563,7 +568,7 @@ class Applier:
         started = time.perf_counter()
         try:
             outcome = self._apply_one(op)
-        except TargetError as error:  # an answer of the target's, handed to the dispatching code, which decides
+        except (TargetError, _SerialTail) as error:  # an answer, or a hand-off: the dispatching code decides
             return _detached(error), time.perf_counter() - started, self._pooled.touched
         except BaseException as error:  # a crash, raised again with its traceback by the dispatching code
             return error, time.perf_counter() - started, self._pooled.touched
