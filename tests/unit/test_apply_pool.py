@@ -528,6 +528,19 @@ def _sized_twins(latency: float) -> tuple[World, PooledWorld, ThreadNotingStore]
     return sequential, sized, store
 
 
+def _ends_as_one_at_a_time(sequential: World, other: World, outcome: Any, expected: Any) -> None:
+    """``other`` sent its writes in the one-at-a-time applier's order and ends where that applier ends."""
+    assert isinstance(sequential.store, ThreadNotingStore)
+    assert isinstance(other.store, ThreadNotingStore)
+    assert other.store.sent == sequential.store.sent
+    assert outcome.report.complete
+    assert outcome.report.failures == ()
+    assert outcome.report.counts == expected.report.counts
+    assert other.snapshot() == sequential.snapshot()
+    assert set(other.state.memberships) == set(sequential.state.memberships)
+    assert other.state.get_item(INTENT_KEY) is None
+
+
 def test_calls_answering_at_once_keep_the_applier_on_its_own_thread_and_end_as_the_sequential_applier() -> None:
     # Given an Identity Store that answers at once, and an applier allowed 6 writes at once
     sequential, sized, store = _sized_twins(latency=0.0)
@@ -537,16 +550,9 @@ def test_calls_answering_at_once_keep_the_applier_on_its_own_thread_and_end_as_t
     # Then every write went out from the cycle's own thread: a pool would only have added its hand-offs
     assert len(store.threads) > PROBE_OPS
     assert set(store.threads) == {threading.get_ident()}
-    # in exactly the one-at-a-time applier's order, though sent in runs back to back
-    assert isinstance(sequential.store, ThreadNotingStore)
-    assert store.sent == sequential.store.sent
-    # and it ends where the one-at-a-time applier ends
-    assert outcome.report.complete
-    assert outcome.report.failures == ()
-    assert outcome.report.counts == expected.report.counts
-    assert sized.snapshot() == sequential.snapshot()
-    assert set(sized.state.memberships) == set(sequential.state.memberships)
-    assert sized.state.get_item(INTENT_KEY) is None
+    # in exactly the one-at-a-time applier's order, though sent in runs back to back, and it ends where the
+    # one-at-a-time applier ends
+    _ends_as_one_at_a_time(sequential, sized, outcome, expected)
 
 
 class ThrottlingAtStore(ThreadNotingStore):
@@ -655,12 +661,7 @@ def test_a_report_created_right_after_its_manager_goes_out_in_the_same_run(monke
     assert _longest_run(store.events, ("CreateUser",)) == BACK_TO_BACK
     assert len(store.events) - store.events.count("settle") == store.events.count("settle") == len(store.sent)
     # in exactly the one-at-a-time applier's order, and it ends where that applier ends: every manager set
-    assert isinstance(sequential.store, ThreadNotingStore)
-    assert store.sent == sequential.store.sent
-    assert outcome.report.complete
-    assert outcome.report.failures == ()
-    assert outcome.report.counts == expected.report.counts
-    assert alone.snapshot() == sequential.snapshot()
+    _ends_as_one_at_a_time(sequential, alone, outcome, expected)
     managers = {
         u["UserName"]: u["doc"].get("Extensions", {}).get(ENTERPRISE, {}).get("manager", {}).get("value")
         for u in store.users.values()
@@ -668,7 +669,6 @@ def test_a_report_created_right_after_its_manager_goes_out_in_the_same_run(monke
     ids = {u["UserName"]: uid for uid, u in store.users.items()}
     assert managers["u0@example.com"] is None
     assert all(managers[f"u{i}@example.com"] == ids[f"u{i - 1}@example.com"] for i in range(1, 40))
-    assert alone.state.get_item(INTENT_KEY) is None
 
 
 @pytest.mark.parametrize(("record_every", "flush_seconds"), [(100, 0.0), (1, 3600.0)], ids=["by-time", "by-count"])
