@@ -4,7 +4,8 @@ checked after every step (and at every event inside a clock advance).
 (a) nobody is a member of the PIM group later than the end of her last entitlement (an instance's end, or
     the moment Graph stops listing a permanent member: nothing else tells of that end) plus one cycle interval;
 (b) nobody holding an active member instance loses a membership that was applied during that same
-    continuous stretch of instances.
+    continuous stretch of instances, unless the removal was already sent to AWS when the stretch began (she
+    deactivated and activated again while it was on its way: her new activation's hint re-adds her).
 
 Entra is modelled as it fails: Graph's member list keeps a user for up to ``MAX_LAG`` after her instances end
 (longer than the rule's ``SETTLE``; ``SIGHTED_MAX_LAG`` for a deactivation idsync never saw, which leaves no
@@ -74,6 +75,7 @@ class PimMachine(RuleBasedStateMachine):
         self.permanent_until: dict[str, datetime] = {}
         self.lag: dict[str, datetime] = {}  # Graph still lists the user until then
         self.applied_in: dict[str, datetime] = {}  # user -> start of the stretch in which she was applied
+        self.sent_before: dict[str, datetime | None] = {}  # a removal sent before her stretch began: not (b)
         self.next_cycle = self.now + CYCLE
         self.cycles = 0
         self.pending_hint: datetime | None = None
@@ -267,7 +269,13 @@ class PimMachine(RuleBasedStateMachine):
                 self.world.clock.current += timedelta(seconds=seconds)
                 calls.append(name)
                 if len(calls) == 1:
+                    target = identity.memberships.get(str(args[0])) if name == "delete_membership" else None
                     self.activate(user, minutes, 1)
+                    if target is not None and target[1] == self.world.target_id(user):
+                        # her removal was on its way to AWS before she activated again: nothing can call it
+                        # back. It ends the membership of the instance before (whose end it was decided on);
+                        # the new activation's hint, turned away while this look holds the group, re-adds her
+                        self.sent_before[user] = self._stretch(user, self.now)
                 return call(*args)
 
             return run
@@ -278,6 +286,7 @@ class PimMachine(RuleBasedStateMachine):
         try:
             self._look()
         finally:
+            self.sent_before.clear()
             for name in names:
                 delattr(identity, name)
 
@@ -444,7 +453,9 @@ class PimMachine(RuleBasedStateMachine):
             elif member:
                 self.applied_in[user] = stretch
             elif self.applied_in.get(user) == stretch:
-                if not self.world.graph.down:  # fail closed while Graph is unreachable: re-added once it answers
+                excused = self.sent_before.pop(user, None) == stretch  # decided before the stretch began
+                # while Graph is unreachable the cycle fails closed: she is re-added once it answers
+                if not self.world.graph.down and not excused:
                     self._violation(f"(b) {user} lost her membership at {now} while an instance is active")
                 self.applied_in.pop(user, None)
 

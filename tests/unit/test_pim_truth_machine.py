@@ -5,12 +5,15 @@ The example test replays a case the random search rarely reaches."""
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 from idsync.ports import GRANT_ENDED
+from idsync.services.jit import LEASE_RETRY_SECONDS
 from tests.pim_machine import MAX_LAG, USERS, PimMachine
-from tests.pim_world import GROUP
+from tests.pim_world import GROUP, GROUP_NAME
 
 EXAMPLES = int(os.environ.get("IDSYNC_PIM_EXAMPLES", "60"))
 
@@ -77,3 +80,47 @@ def test_identity_center_writes_at_the_clients_bound_keep_the_lease_by_renewing_
     assert machine.world.state.renewals > renewals  # 30 s per call: the second call needed a renewal first
     machine.time_passes(seconds=2, lag=0)  # the busy look's hint comes back
     assert machine.world.is_member(USERS[2])
+
+
+def test_a_removal_on_its_way_when_she_activates_again_ends_the_old_instance_and_her_hint_re_adds_her() -> None:
+    # Given a member whose instance was just deactivated (no notification), Graph still listing her
+    machine = PimMachine()
+    machine.provision()
+    user = USERS[1]
+    machine.activate(user, 5, 1)
+    assert machine.world.is_member(user)
+    machine.world.graph.end("i1", unlist=False)
+    machine.truth["i1"].end = machine.now
+
+    # When a look removes her, and she activates again while that removal is on its way to AWS
+    machine.identity_center_slow(user, 30, 0)
+
+    # Then the removal lands (it was sent on the ended instance: not a breach of (b)), the hint of her new
+    # activation, turned away while the group was held, comes back and re-adds her
+    assert not machine.world.is_member(user)
+    assert machine.pending_hint == machine.now + timedelta(seconds=LEASE_RETRY_SECONDS)
+    machine.time_passes(seconds=2, lag=0)
+    assert machine.world.is_member(user)
+    assert machine.world.phase(user) == "active"
+
+
+def test_the_excuse_is_for_the_removal_on_its_way_only() -> None:
+    # Given a member holding an active instance, her membership applied during it
+    machine = PimMachine()
+    machine.provision()
+    user = USERS[1]
+    machine.activate(user, 30, 1)
+    assert machine.world.is_member(user)
+
+    # When something removes her while the instance lasts (a stray delete, not one sent before the stretch)
+    group = machine.world.identity.find_group(GROUP_NAME)
+    target = machine.world.target_id(user)
+    assert group is not None
+    assert target is not None
+    membership = machine.world.identity.find_membership(group, target)
+    assert membership is not None
+    machine.world.identity.delete_membership(membership)
+
+    # Then invariant (b) fails
+    with pytest.raises(AssertionError, match=r"\(b\) .* lost her membership"):
+        machine.access_follows_entra()

@@ -139,6 +139,39 @@ def test_unspent_tokens_expire_with_their_lease() -> None:
     assert sync.stats.takes == 2
 
 
+class StallingClock(FakeClock):
+    """A process that stalls: every reading of the clock comes ``stall`` seconds after the one before."""
+
+    def __init__(self, stall: float) -> None:
+        super().__init__(T0)
+        self.stall = stall
+        self.readings = 0
+
+    def now(self) -> datetime:
+        self.readings += 1
+        assert self.readings < 100, "the budget never let a call through: each take expired before its spend"
+        self.advance(self.stall)
+        return self.current
+
+
+@pytest.mark.parametrize("writer", ["jit", "sync"])
+def test_a_process_that_stalls_past_the_lease_after_a_take_still_spends_the_token_it_took(writer: str) -> None:
+    # Given a process so slow that each look at the clock comes after a whole lease has gone by
+    world = World(clock=StallingClock(POLICY.lease_seconds + 0.1))
+
+    # When it makes three calls
+    budget = world.budget(writer)
+    for _ in range(3):
+        budget.acquire()
+
+    # Then each call took one batch and spent its first token: a take is never let expire before its call
+    assert budget.stats.calls == 3
+    assert budget.stats.takes == 3
+    assert world.stored().version == 3
+    batch = budget.stats.tokens // 3
+    assert budget.stats.expired == 2 * (batch - 1)  # the first two batches' rest; the third's is still in hand
+
+
 def test_throttled_halves_the_rate_for_every_process_once_a_second_and_it_recovers_additively() -> None:
     # Given two sync processes on one bucket, the first having drawn it down to the reserve
     world = World()

@@ -326,10 +326,13 @@ class SharedRateBudget:
                     self._down_until_us = None
                     logger.info("rate budget: the shared bucket is reachable again", extra={"writer": self.writer})
                 if isinstance(answer, Taken):
-                    self._local, self._expires_us = answer.tokens, answer.at_us + self._bucket.policy.lease_us
+                    # the first token is this call's, spent now: a process that stalls past the lease between
+                    # the take and the spend (a pause, a loaded host) must not let it expire and take another
+                    self._local, self._expires_us = answer.tokens - 1, answer.at_us + self._bucket.policy.lease_us
                     self.stats.takes += 1
                     self.stats.tokens += answer.tokens
-                    continue
+                    self.stats.calls += 1
+                    return
                 self.stats.waited += answer.seconds
                 self._sleep(answer.seconds)
 
