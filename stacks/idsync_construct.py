@@ -60,7 +60,8 @@ STATE_ACTIONS = [
     "dynamodb:Query",
 ]
 # The buckets' conditional update (idsync.adapters.dynamodb_bucket): the JIT activation bucket, and the rate budget
-# every function calling IAM Identity Center shares (sync, worker, expiry, poller).
+# every function calling IAM Identity Center shares (sync, worker, expiry, poller). The sync also adds, once, the
+# lookup index entries of records written before they existed (DynamoDbStateStore.upgrade_lookups).
 BUCKET_ACTIONS = ["dynamodb:UpdateItem"]
 # The calls idsync.adapters.identitystore makes: users, groups and memberships, read and written.
 SYNC_IDENTITY_STORE_ACTIONS = [

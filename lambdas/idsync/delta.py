@@ -247,8 +247,10 @@ def narrow(
     work = list(touched.users)
     for user_id in touched.users:
         work += reports.get(user_id, [])
-    if touched.groups:
-        work += [user_id for _, user_id in index.load_ownership_of((), touched.groups).memberships]
+    # the touched groups' owned members, read from the groups' records: planned, and their memberships in
+    # these groups kept whatever the by-user read below returns (an index may be a moment behind)
+    group_records = dict(index.load_ownership_of((), touched.groups).memberships) if touched.groups else {}
+    work += [user_id for _, user_id in group_records]
     for group_id in touched.groups:
         work += mirror.user_members(group_id, transitive) if group_id in mirror.members else []
     planned: set[str] = set()
@@ -275,8 +277,9 @@ def narrow(
     for user_id in scoped:
         for group_id in groups_of(user_id) & group_ids:
             members.setdefault(group_id, []).append(user_id)
-    # the touched groups' owned members are planned: their memberships are among the planned users'
     narrowed = index.load_ownership_of(planned, ())
+    if group_records:
+        narrowed = replace(narrowed, memberships={**narrowed.memberships, **group_records})
     alive = frozenset(u for u in planned if u in mirror.users and not mirror.users[u].get(SOFT_DELETED))
     return DeltaViews(
         users=[mirror.users[u] for u in scoped],

@@ -661,6 +661,15 @@ class GroupRecords:
 
 
 @runtime_checkable
+class LookupUpkeep(Protocol):
+    """A state store whose lookups use an index that records written before it existed must be added to."""
+
+    def upgrade_lookups(self, now: datetime, should_stop: Callable[[], bool]) -> bool:
+        """Add what the index lacks, until done or ``should_stop``; True once complete. Raises StateError."""
+        ...
+
+
+@runtime_checkable
 class GrantStore(Protocol):
     """JIT state beside the sync state: grants, and point reads of what the sync state owns.
 

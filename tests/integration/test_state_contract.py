@@ -16,7 +16,13 @@ import pytest
 from moto import mock_aws
 from moto.dynamodb.models import DynamoDBBackend
 
-from idsync.adapters.dynamodb_state import TABLE_SCHEMA, DynamoDbStateStore, table_definition
+from idsync.adapters.dynamodb_state import (
+    LOOKUPS_DRAIN,
+    LOOKUPS_ITEM,
+    TABLE_SCHEMA,
+    DynamoDbStateStore,
+    table_definition,
+)
 from idsync.adapters.sqlite_state import SqliteStateStore
 from idsync.errors import StateError
 from idsync.model import (
@@ -639,16 +645,59 @@ def test_owned_account_assignments_survive_a_restart_and_an_emptied_group_leaves
 # ---------------------------------------------------------------------------- ownership by key (delta cycles)
 
 
-@pytest.fixture(params=["sqlite", "dynamodb", "fake"])
+class _Reads:
+    """A DynamoDB client that keeps every Query's parameters."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.queries: list[dict[str, Any]] = []
+
+    def query(self, **params: Any) -> dict[str, Any]:
+        self.queries.append(params)
+        return dict(self.client.query(**params))
+
+    def get_paginator(self, name: str) -> Any:
+        paginator = self.client.get_paginator(name)
+        if name != "query":
+            return paginator
+        reads = self
+
+        class Recording:
+            def paginate(self, **params: Any) -> Any:
+                reads.queries.append(params)
+                return paginator.paginate(**params)
+
+        return Recording()
+
+    def family_reads(self) -> list[str]:
+        """The user and membership families read whole (a Query of the family, not of an index)."""
+        return [
+            q["ExpressionAttributeValues"][":pk"]["S"]
+            for q in self.queries
+            if "IndexName" not in q
+            and q.get("KeyConditionExpression") == "pk = :pk"
+            and q["ExpressionAttributeValues"][":pk"]["S"] in ("USER", "MEMBERSHIP")
+        ]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+
+@pytest.fixture(params=["sqlite", "dynamodb", "dynamodb-indexed", "fake"])
 def keyed_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StateStore]:
-    """The adapters and the in-memory fake the unit tests use: the by-key reads must agree on all three."""
+    """The adapters and the in-memory fake the unit tests use: the by-key reads must agree on all of them.
+    ``dynamodb-indexed``: the table's lookup entries complete, so the lookups read ``gsi1``."""
     if request.param == "sqlite":
         sqlite_store = SqliteStateStore(tmp_path / "state.db")
         yield sqlite_store
         sqlite_store.close()
-    elif request.param == "dynamodb":
+    elif request.param.startswith("dynamodb"):
         request.getfixturevalue("dynamodb")
-        yield DynamoDbStateStore(TABLE, client=boto3.client("dynamodb", region_name=REGION))
+        client = _Reads(boto3.client("dynamodb", region_name=REGION))
+        indexed = DynamoDbStateStore(TABLE, client=client)
+        if request.param == "dynamodb-indexed":
+            indexed.put_item(LOOKUPS_ITEM, {"since": T0.isoformat(), "ready": True})
+        yield indexed
     else:
         yield FakeState()
 
@@ -675,6 +724,167 @@ def test_ownership_read_by_key_is_the_full_ownership_filtered(keyed_store: State
     assert part.groups == everything.groups
     assert part.memberships == {k: v for k, v in everything.memberships.items() if k[1] in wanted or k[0] == "g1"}
     assert keyed_store.load_ownership_of((), ()) == Ownership(groups=everything.groups)
+
+
+def _legacy(client: Any, store: DynamoDbStateStore, writes: list[Any]) -> None:
+    """Records as the version before the lookup entries wrote them: the same items, without ``gsi1``."""
+    store.write_ownership(writes)
+    for family in ("USER", "MEMBERSHIP"):
+        for item in client.query(
+            TableName=TABLE, KeyConditionExpression="pk = :pk", ExpressionAttributeValues={":pk": {"S": family}}
+        )["Items"]:
+            if item.get("gsi1pk", {}).get("S", "").startswith(("USERNAME#", "MEMBEROF#")):
+                client.put_item(TableName=TABLE, Item={k: v for k, v in item.items() if not k.startswith("gsi1")})
+
+
+def _indexed(client: Any) -> dict[str, str]:
+    """Source key -> gsi1 entry, of every user and membership item."""
+    found = {}
+    for family in ("USER", "MEMBERSHIP"):
+        for item in client.query(
+            TableName=TABLE, KeyConditionExpression="pk = :pk", ExpressionAttributeValues={":pk": {"S": family}}
+        )["Items"]:
+            found[item["sk"]["S"]] = item.get("gsi1pk", {}).get("S", "")
+    return found
+
+
+def test_on_dynamodb_a_user_s_memberships_and_a_name_s_holders_come_from_the_index_not_the_families(
+    dynamodb: Any,
+) -> None:
+    # Given 520 users in 3 groups, the lookup entries complete
+    client = _Reads(boto3.client("dynamodb", region_name=REGION))
+    store = DynamoDbStateStore(TABLE, client=client)
+    everything = _tenant(store, 520)
+    store.put_item(LOOKUPS_ITEM, {"since": T0.isoformat(), "ready": True})
+    wanted = {f"u{i}" for i in range(0, 520, 13)} | {"u-missing"}
+    client.queries.clear()
+
+    # When a delta cycle reads those users' records and memberships, and the holders of two names
+    part = store.load_ownership_of(wanted, ())
+    holders = store.owned_users_named(["USER13@example.com", "nobody@example.com"])
+
+    # Then the answers are those of the full ownership, and neither family was read whole: one index Query a
+    # user, one a name
+    assert part.memberships == {k: v for k, v in everything.memberships.items() if k[1] in wanted}
+    assert holders == {"user13@example.com": ["u13"]}
+    assert client.family_reads() == []
+    assert len([q for q in client.queries if q.get("IndexName") == "gsi1"]) == len(wanted) + 2
+
+
+def test_on_dynamodb_records_from_before_the_lookup_entries_get_them_after_the_drain(dynamodb: Any) -> None:
+    # Given records written by the version before (no lookup entries): 30 users, 40 memberships
+    client = _Reads(boto3.client("dynamodb", region_name=REGION))
+    store = DynamoDbStateStore(TABLE, client=client)
+    writes: list[Any] = [user(f"u{i}", user_name=f"User{i}@Example.com") for i in range(30)]
+    writes += [OwnedMembership(f"g{i % 2}", f"u{i % 30}", f"m-{i}") for i in range(40)]
+    _legacy(client, store, writes)
+    assert set(_indexed(client).values()) == {""}
+
+    # When the sync's upkeep runs: first sight, still within the drain, then after it
+    assert store.upgrade_lookups(T0, lambda: False) is False
+    assert store.upgrade_lookups(T0 + LOOKUPS_DRAIN - timedelta(seconds=1), lambda: False) is False
+    assert set(_indexed(client).values()) == {""}  # nothing written while the version before may still run
+    assert store.upgrade_lookups(T0 + LOOKUPS_DRAIN, lambda: False) is True
+
+    # Then every record carries its entry, the lookups use the index and find the old records, and a new
+    # store object sees the index complete
+    entries = _indexed(client)
+    assert entries["u7"] == "USERNAME#user7@example.com"
+    assert entries["g1#u9"] == "MEMBEROF#u9"
+    assert "" not in entries.values()
+    fresh_client = _Reads(boto3.client("dynamodb", region_name=REGION))
+    fresh = DynamoDbStateStore(TABLE, client=fresh_client)
+    assert fresh.owned_users_named(["user7@EXAMPLE.com"]) == {"user7@example.com": ["u7"]}
+    assert set(fresh.load_ownership_of(["u9"], ()).memberships) == {("g1", "u9")}  # m-9 and m-39 (same pair)
+    assert fresh_client.family_reads() == []
+    assert fresh.upgrade_lookups(T0 + LOOKUPS_DRAIN, lambda: False) is True
+
+
+class _RacingUpdates:
+    """A DynamoDB client on which another writer acts right before the backfill's first UpdateItem."""
+
+    def __init__(self, client: Any, before: Callable[[], None]) -> None:
+        self.client = client
+        self.before: Callable[[], None] | None = before
+        self.updates = 0
+
+    def update_item(self, **params: Any) -> dict[str, Any]:
+        if self.before is not None:
+            before, self.before = self.before, None
+            before()
+        self.updates += 1
+        return dict(self.client.update_item(**params))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+
+def test_the_backfill_leaves_a_record_another_writer_renamed_or_forgot_as_that_writer_left_it(
+    dynamodb: Any,
+) -> None:
+    # Given two old users and an old membership, and a writer that, while the backfill reads, renames the
+    # first user and forgets the membership
+    raw = boto3.client("dynamodb", region_name=REGION)
+    writer = DynamoDbStateStore(TABLE, client=raw)
+    _legacy(raw, writer, [user("u1", user_name="Old@example.com"), user("u2"), OwnedMembership("g1", "u2", "m-1")])
+
+    def other_writer() -> None:
+        writer.record_user(user("u1", user_name="New@example.com"))
+        writer.forget_membership("g1", "u2")
+
+    client = _RacingUpdates(raw, other_writer)
+    store = DynamoDbStateStore(TABLE, client=client)
+    store.upgrade_lookups(T0, lambda: False)
+
+    # When the backfill runs
+    assert store.upgrade_lookups(T0 + LOOKUPS_DRAIN, lambda: False) is True
+
+    # Then the renamed user keeps the entry of her new name, the forgotten membership is not written back,
+    # and the untouched user got hers
+    entries = _indexed(raw)
+    assert entries == {"u1": "USERNAME#new@example.com", "u2": "USERNAME#u2@example.com"}
+    assert store.owned_users_named(["old@example.com", "NEW@example.com"]) == {"new@example.com": ["u1"]}
+
+
+def test_the_backfill_stops_when_asked_and_goes_on_where_it_stopped(dynamodb: Any) -> None:
+    # Given 1,200 old users (three backfill pages) and 10 old memberships
+    raw = boto3.client("dynamodb", region_name=REGION)
+    writes: list[Any] = [user(f"u{i:04}") for i in range(1200)]
+    writes += [OwnedMembership("g1", f"u{i:04}", f"m-{i}") for i in range(10)]
+    _legacy(raw, DynamoDbStateStore(TABLE, client=raw), writes)
+    first = _RacingUpdates(raw, lambda: None)
+    store = DynamoDbStateStore(TABLE, client=first)
+    store.upgrade_lookups(T0, lambda: False)
+
+    # When a run is stopped after its first page, and a new invocation (a new store object) goes on
+    pages = iter([False, True])
+    assert store.upgrade_lookups(T0 + LOOKUPS_DRAIN, lambda: next(pages)) is False
+    second = _RacingUpdates(raw, lambda: None)
+    assert DynamoDbStateStore(TABLE, client=second).upgrade_lookups(T0 + LOOKUPS_DRAIN, lambda: False) is True
+
+    # Then the first did one page, the second the rest, no record was updated twice, and all carry their entry
+    assert first.updates == 500
+    assert second.updates == 1210 - 500
+    assert "" not in _indexed(raw).values()
+
+
+def test_a_record_without_its_entry_after_completion_starts_the_backfill_again(dynamodb: Any) -> None:
+    # Given complete lookup entries, then a membership written without one (a rollback to the version before)
+    raw = boto3.client("dynamodb", region_name=REGION)
+    store = DynamoDbStateStore(TABLE, client=raw)
+    store.write_ownership([user("u1"), OwnedMembership("g1", "u1", "m-1")])
+    store.put_item(LOOKUPS_ITEM, {"since": T0.isoformat(), "ready": True})
+    _legacy(raw, store, [OwnedMembership("g2", "u1", "m-2")])
+
+    # When a full read (the full reconcile's) meets it
+    store.load_ownership()
+
+    # Then the lookups read the table again (and find it), and the backfill starts over after a drain
+    assert store.get_item(LOOKUPS_ITEM) is None
+    assert set(store.load_ownership_of(["u1"], ()).memberships) == {("g1", "u1"), ("g2", "u1")}
+    assert store.upgrade_lookups(T0 + timedelta(days=1), lambda: False) is False
+    assert store.upgrade_lookups(T0 + timedelta(days=1) + LOOKUPS_DRAIN, lambda: False) is True
+    assert _indexed(raw)["g2#u1"] == "MEMBEROF#u1"
 
 
 def test_holders_of_a_user_name_are_found_without_regard_to_case(keyed_store: StateStore) -> None:

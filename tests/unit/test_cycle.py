@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from idsync.adapters.notify import ConsoleNotifier
+from idsync.errors import StateError
 from idsync.model import DeprovisionMode, PlanPolicy
 from idsync.services.cycle import CycleOptions, CycleService, Scoping
 from idsync.services.escrow import load_quarantine
@@ -256,3 +257,38 @@ def test_deprovision_keep_leaves_the_user_but_takes_group_access_away() -> None:
     assert world.store.find_user("u3@example.com") is not None
     assert "u3@example.com" not in world.store.members_of("Team 0")
     assert report.counts == {"membership": {"delete": 1}}
+
+
+class UpkeptState(FakeState):
+    """A state store with an index to upkeep (``ports.LookupUpkeep``); can fail it."""
+
+    def __init__(self, fail: bool = False) -> None:
+        super().__init__()
+        self.upkeep: list[tuple[Any, bool]] = []
+        self.fail = fail
+
+    def upgrade_lookups(self, now: Any, should_stop: Callable[[], bool]) -> bool:
+        self.upkeep.append((now, should_stop()))
+        if self.fail:
+            raise StateError("ProvisionedThroughputExceededException")
+        return True
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_the_state_upkeep_runs_after_a_cycle_within_its_budget_and_never_fails_it(
+    fail: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a state store with an index to upkeep (which may fail)
+    world = World()
+    world.state = UpkeptState(fail)
+
+    # When a cycle runs, then a dry run
+    outcome = world.service().run(CycleOptions(should_stop=lambda: False))
+    world.service().run(CycleOptions(dry_run=True))
+
+    # Then the cycle's writes went through, the upkeep ran once after it (at the clock's time, with the
+    # cycle's budget), a failed one only logged
+    assert outcome.report is not None
+    assert len(world.store.users) == 12
+    assert world.state.upkeep == [(world.clock.now(), False)]
+    assert ("state upkeep failed" in caplog.text) is fail

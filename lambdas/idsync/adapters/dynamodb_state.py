@@ -3,10 +3,13 @@
 Every key attribute is a string; ``TABLE_SCHEMA`` states the table once for the CDK stack and tests.
 Item families (pk / sk):
 
-- ``USER`` / <source id>: an owned user (targetId, userName, doc, managerSourceId, fingerprint).
+- ``USER`` / <source id>: an owned user (targetId, userName, doc, managerSourceId, fingerprint), indexed in
+  ``gsi1`` under ``USERNAME#<casefolded userName>`` / <source id>: a delta cycle finds a name's holders with
+  one Query instead of reading every user.
 - ``GROUP`` / <source id>: an owned group (targetId, displayName, description, fingerprint).
 - ``MEMBERSHIP`` / ``<group source id>#<user source id>``: an owned membership (group, user,
-  membershipId). One partition per family rather than one per group: ``load_ownership`` reads
+  membershipId), indexed in ``gsi1`` under ``MEMBEROF#<user source id>`` / <group source id>: a user's
+  memberships are one Query. One partition per family rather than one per group: ``load_ownership`` reads
   each family with one paginated Query (1 MB pages, about ten for 50,000 memberships) where
   per-group partitions would cost a Query per group. A cycle writes at most about 20 objects a
   second (the Identity Center limit), far below one partition's 1,000 writes a second.
@@ -22,6 +25,11 @@ Item families (pk / sk):
 - ``GRANT#<group id>`` / <user id>: an active JIT grant (``ports.AccessGrant`` as a JSON ``doc``);
   a group's grants are one Query.
 
+The ``gsi1`` entries of users and memberships written before they existed are added by
+``upgrade_lookups`` (one-time, resumable, run by the sync after its cycle); until it has finished, the
+lookups read the family instead. ``gsi1`` is eventually consistent: what it may miss, and why that is safe,
+is said where it is read.
+
 <time> is UTC with fixed-width microseconds, so text order is time order. Documents (user docs,
 named items, log entries) are JSON strings: no Decimal conversion, and empty strings, unicode and
 nesting come back unchanged. TTL deletes lazily (up to days late), so queries leave expired logs
@@ -32,11 +40,13 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import sys
 import time
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, Final, TypedDict
 
 import boto3
@@ -50,6 +60,8 @@ from idsync.adapters.state_codec import time_key as _time_key
 from idsync.errors import LeaseLost, StateError
 from idsync.model import LogEntry, OwnedGroup, OwnedMembership, OwnedUser, Ownership, Status
 from idsync.ports import AccessGrant, Forget, GroupRecords, OwnershipWrite
+
+logger = logging.getLogger(__name__)
 
 
 class IndexSchema(TypedDict):
@@ -76,6 +88,14 @@ TABLE_SCHEMA: Final[TableSchema] = {
 _USER, _GROUP, _MEMBERSHIP, _ITEM, _LEASE = "USER", "GROUP", "MEMBERSHIP", "ITEM", "LEASE"
 _GRANT = "GRANT#"
 _LOG_INDEX = TABLE_SCHEMA["indexes"][0]["name"]
+_LOOKUP_INDEX = _LOG_INDEX  # one index, overloaded: logs, users by name, memberships by user
+_NAMED, _MEMBER_OF = "USERNAME#", "MEMBEROF#"
+LOOKUPS_ITEM = "state-lookups"  # the named document recording the lookup entries' backfill
+# the backfill begins this long after the first cycle that saw it needed: every invocation of the version before
+# (whose writes carry no index entry) has ended by then, as none runs longer than 15 minutes
+LOOKUPS_DRAIN = timedelta(minutes=15)
+_LOOKUPS_PAGE = 500  # items read per backfill page; ``should_stop`` is asked between pages
+_LOOKUPS_WRITERS = 4  # backfill updates in flight (one partition takes 1,000 writes a second)
 _CONDITION_FAILED = "ConditionalCheckFailedException"
 _CANCELLED = "TransactionCanceledException"
 # a lease item's single write that meets a fenced transaction in flight on it; botocore does not retry it
@@ -90,13 +110,25 @@ _GET_BATCH_SIZE = 100  # BatchGetItem's limit
 _BATCH_ATTEMPTS = 8
 
 
+def _user_lookup(source_id: str, user_name: str) -> dict[str, Any]:
+    return {"gsi1pk": _s(_NAMED + user_name.casefold()), "gsi1sk": _s(source_id)}
+
+
+def _membership_lookup(group_source_id: str, user_source_id: str) -> dict[str, Any]:
+    return {"gsi1pk": _s(_MEMBER_OF + user_source_id), "gsi1sk": _s(group_source_id)}
+
+
 def _user_item(owned: OwnedUser) -> dict[str, Any]:
-    item = _key(_USER, owned.source_id) | {
-        "targetId": _s(owned.target_id),
-        "userName": _s(owned.user_name),
-        "doc": _s(_encode(owned.doc, f"user {owned.user_name} [{owned.source_id}]: attribute doc")),
-        "fingerprint": _s(owned.fingerprint),
-    }
+    item = (
+        _key(_USER, owned.source_id)
+        | _user_lookup(owned.source_id, owned.user_name)
+        | {
+            "targetId": _s(owned.target_id),
+            "userName": _s(owned.user_name),
+            "doc": _s(_encode(owned.doc, f"user {owned.user_name} [{owned.source_id}]: attribute doc")),
+            "fingerprint": _s(owned.fingerprint),
+        }
+    )
     if owned.manager_source_id is not None:
         item["managerSourceId"] = _s(owned.manager_source_id)
     return item
@@ -114,11 +146,16 @@ def _group_item(owned: OwnedGroup) -> dict[str, Any]:
 
 
 def _membership_item(owned: OwnedMembership) -> dict[str, Any]:
-    return _key(_MEMBERSHIP, f"{owned.group_source_id}#{owned.user_source_id}") | {
-        "group": _s(owned.group_source_id),
-        "user": _s(owned.user_source_id),
-        "membershipId": _s(owned.membership_id),
-    }
+    lookup = _membership_lookup(owned.group_source_id, owned.user_source_id)
+    return (
+        _key(_MEMBERSHIP, f"{owned.group_source_id}#{owned.user_source_id}")
+        | lookup
+        | {
+            "group": _s(owned.group_source_id),
+            "user": _s(owned.user_source_id),
+            "membershipId": _s(owned.membership_id),
+        }
+    )
 
 
 def table_definition(table_name: str) -> dict[str, Any]:
@@ -161,6 +198,7 @@ class DynamoDbStateStore:
         self._fence: tuple[str, str] | None = None  # (lease, owner): see ``fenced``
         # read_group's requests, sent at once (threads start on first use; ``fenced`` views share them)
         self._readers = ThreadPoolExecutor(max_workers=3, thread_name_prefix="idsync-state-read")
+        self._lookups = False  # the gsi1 entries of users and memberships are complete (``upgrade_lookups``)
 
     # ------------------------------------------------------------------ ownership
 
@@ -169,45 +207,76 @@ class DynamoDbStateStore:
 
         Raises StateError.
         """
-        users = {owned.source_id: owned for owned in map(_owned_user, self._partition(_USER))}
+        unindexed = 0
+        users = {}
+        for item in self._partition(_USER):
+            unindexed += "gsi1pk" not in item
+            owned_user = _owned_user(item)
+            users[owned_user.source_id] = owned_user
         groups = {owned.source_id: owned for owned in map(_owned_group, self._partition(_GROUP))}
         memberships = {}
         for item in self._partition(_MEMBERSHIP):
+            unindexed += "gsi1pk" not in item
             owned = _owned_membership(item)
             memberships[(owned.group_source_id, owned.user_source_id)] = owned
+        if unindexed:
+            self._lookups_incomplete(unindexed)
         return Ownership(users=users, groups=groups, memberships=memberships)
 
     def load_ownership_of(self, users: Collection[str], groups: Collection[str]) -> Ownership:
         """The users by key (strongly consistent BatchGetItem, unprocessed keys retried), every group (one
-        Query), the groups' memberships (a Query on each group's sort-key prefix) and the users' memberships.
-        The table has no by-user index: the users' memberships are found in one projected Query of the
-        membership family (its read capacity grows with the tenant; its documents are never decoded).
-        Raises StateError."""
+        Query), the groups' memberships (a Query on each group's sort-key prefix) and the users' memberships:
+        a ``gsi1`` Query per user (sent three at a time), or, until the index entries are complete, one
+        projected Query of the membership family.
+
+        The index is eventually consistent (behind by a fraction of a second): it can miss only a membership
+        recorded a moment ago. The JIT path records only PIM groups' memberships, which no plan decides
+        (``plan.set_aside_memberships``); the cycles, which hold one lease, record theirs minutes before the
+        next one reads; and a delta cycle also reads, from the table itself, the members of every group whose
+        membership changed in Entra. Raises StateError."""
         keys = [_key(_USER, source_id) for source_id in dict.fromkeys(users)]
         found = {owned.source_id: owned for owned in map(_owned_user, self._get_batch(keys))}
         every = {owned.source_id: owned for owned in map(_owned_group, self._partition(_GROUP))}
         memberships: dict[tuple[str, str], OwnedMembership] = {}
+        wanted = list(dict.fromkeys(users))
+        if wanted and self._lookups_ready():
+            for items in self._readers.map(lambda user: list(self._lookup(_MEMBER_OF + user)), wanted):
+                for owned in map(_owned_membership, items):
+                    memberships[(owned.group_source_id, owned.user_source_id)] = owned
+        elif wanted:
+            wanted_set = set(wanted)
+            for item in self._partition(_MEMBERSHIP, "#group, #user, membershipId"):
+                if item["user"]["S"] in wanted_set:
+                    owned = _owned_membership(item)
+                    memberships[(owned.group_source_id, owned.user_source_id)] = owned
         for group_id in dict.fromkeys(groups):
             for owned in self.owned_memberships(group_id).values():
                 memberships[(owned.group_source_id, owned.user_source_id)] = owned
-        wanted = set(users)
-        if wanted:
-            for item in self._partition(_MEMBERSHIP, "#group, #user, membershipId"):
-                if item["user"]["S"] in wanted:
-                    owned = _owned_membership(item)
-                    memberships[(owned.group_source_id, owned.user_source_id)] = owned
         return Ownership(users=found, groups=every, memberships=memberships)
 
     def owned_users_named(self, names: Collection[str]) -> dict[str, list[str]]:
-        """Holders of the userNames: one Query of the user family projected to source id and userName (no
-        document read or decoded; the table has no index by name). Raises StateError."""
-        wanted = {name.casefold() for name in names}
+        """Holders of the userNames: a ``gsi1`` Query per casefolded name (sent three at a time), or, until the
+        index entries are complete, one Query of the user family projected to source id and userName.
+
+        The index is eventually consistent: a user recorded or renamed a moment ago (by the JIT path, which
+        creates a PIM member's user) can be missed or found under her old name. The names only widen what a
+        delta cycle plans; a name still held by a user left unplanned makes the write that wants it fail with
+        a conflict, which is logged and planned again by the next cycle. Raises StateError."""
+        wanted = list(dict.fromkeys(name.casefold() for name in names))
         holders: dict[str, list[str]] = {}
         if not wanted:
             return holders
+        if self._lookups_ready():
+            for name, items in zip(
+                wanted, self._readers.map(lambda name: list(self._lookup(_NAMED + name, "sk")), wanted), strict=True
+            ):
+                if items:
+                    holders[name] = [item["sk"]["S"] for item in items]
+            return holders
+        wanted_set = set(wanted)
         for item in self._partition(_USER, "sk, userName"):
             folded = item["userName"]["S"].casefold()
-            if folded in wanted:
+            if folded in wanted_set:
                 holders.setdefault(folded, []).append(item["sk"]["S"])
         return holders
 
@@ -293,6 +362,115 @@ class DynamoDbStateStore:
             return
         for start in range(0, len(batch), _BATCH_SIZE):
             self._write_batch(batch[start : start + _BATCH_SIZE])
+
+    # ------------------------------------------------------------------ the lookup entries (gsi1)
+
+    def upgrade_lookups(self, now: datetime, should_stop: Callable[[], bool]) -> bool:
+        """Add the ``gsi1`` entry to every user and membership item written without one; True once every item
+        has it (the lookups then use the index). One-time and resumable; the sync runs it after its cycle.
+
+        The first call records when it was first needed and does nothing else: the backfill begins
+        ``LOOKUPS_DRAIN`` later, once no invocation of the version before can still write an item without the
+        entry. It then reads each family in pages of ``_LOOKUPS_PAGE`` from where it stopped (the position is
+        stored after every page; ``should_stop`` is asked between pages) and sets the entry with a conditional
+        UpdateItem: on a user only while its userName is the one read, on a membership only while it exists,
+        so a record rewritten or forgotten meanwhile by another writer is left as that writer left it.
+        Items written from then on carry their entry. ``load_ownership`` starts it again if it meets an item
+        without one (a rollback to the version before wrote it). Raises StateError."""
+        if self._lookups_ready():
+            return True
+        progress = self.get_item(LOOKUPS_ITEM) or {}
+        if "since" not in progress:
+            self.put_item(LOOKUPS_ITEM, {"since": now.isoformat(), "family": _USER, "after": None})
+            logger.info(
+                "state: the lookup index entries of earlier records are added once the version before has drained",
+                extra={"from": (now + LOOKUPS_DRAIN).isoformat()},
+            )
+            return False
+        if now < datetime.fromisoformat(progress["since"]) + LOOKUPS_DRAIN:
+            return False
+        family, after = str(progress["family"]), progress.get("after")
+        added = int(progress.get("added", 0))
+        with ThreadPoolExecutor(max_workers=_LOOKUPS_WRITERS, thread_name_prefix="idsync-lookups") as writers:
+            while not should_stop():
+                params: dict[str, Any] = {
+                    "TableName": self._table,
+                    "KeyConditionExpression": "pk = :pk",
+                    "ExpressionAttributeValues": {":pk": _s(family)},
+                    "ExpressionAttributeNames": {"#user": "user"},
+                    "ProjectionExpression": "sk, userName, #user, gsi1pk",
+                    "ConsistentRead": True,
+                    "Limit": _LOOKUPS_PAGE,
+                }
+                if after is not None:
+                    params["ExclusiveStartKey"] = _key(family, after)
+                page = self._call("query", **params)
+                missing = [item for item in page["Items"] if "gsi1pk" not in item]
+                added += sum(writers.map(partial(self._add_lookup, family), missing))
+                following = page.get("LastEvaluatedKey")
+                if following is not None:
+                    after = following["sk"]["S"]
+                elif family == _USER:
+                    family, after = _MEMBERSHIP, None
+                else:
+                    self.put_item(LOOKUPS_ITEM, progress | {"done": now.isoformat(), "added": added, "ready": True})
+                    self._lookups = True
+                    logger.info("state: lookup index entries complete", extra={"added": added})
+                    return True
+                self.put_item(LOOKUPS_ITEM, progress | {"family": family, "after": after, "added": added})
+        return False
+
+    def _add_lookup(self, family: str, item: Mapping[str, Any]) -> bool:
+        """One item's ``gsi1`` entry, set only if the item is still the one read. True when it was set."""
+        source = item["sk"]["S"]
+        if family == _USER:
+            entry = _user_lookup(source, item["userName"]["S"])
+            condition, values = "userName = :name", {":name": item["userName"]}
+        else:
+            group, user = source.split("#", 1)
+            entry = _membership_lookup(group, user)
+            condition, values = "attribute_exists(pk)", {}
+        try:
+            self._call(
+                "update_item",
+                TableName=self._table,
+                Key=_key(family, source),
+                UpdateExpression="SET gsi1pk = :gsi1pk, gsi1sk = :gsi1sk",
+                ConditionExpression=f"{condition} AND attribute_not_exists(gsi1pk)",
+                ExpressionAttributeValues=values | {":gsi1pk": entry["gsi1pk"], ":gsi1sk": entry["gsi1sk"]},
+            )
+        except ClientError:  # the condition failed: rewritten (with its entry) or forgotten meanwhile
+            return False
+        return True
+
+    def _lookups_ready(self) -> bool:
+        """Whether the lookups may use ``gsi1`` (read once a store until it says so)."""
+        if not self._lookups:
+            self._lookups = bool((self.get_item(LOOKUPS_ITEM) or {}).get("ready"))
+        return self._lookups
+
+    def _lookups_incomplete(self, unindexed: int) -> None:
+        """Items without their entry were read while the index was said complete: the backfill starts over."""
+        if not self._lookups_ready():
+            return
+        logger.warning(
+            "state: records without their lookup index entry (written by an earlier version); they are added "
+            "again and the lookups read the table meanwhile",
+            extra={"records": unindexed},
+        )
+        self.delete_item(LOOKUPS_ITEM)
+        self._lookups = False
+
+    def _lookup(self, value: str, projection: str | None = None) -> Iterator[dict[str, Any]]:
+        """The items ``gsi1`` lists under ``value`` (eventually consistent: a GSI cannot be read otherwise)."""
+        params: dict[str, Any] = {
+            "IndexName": _LOOKUP_INDEX,
+            "KeyConditionExpression": "gsi1pk = :pk",
+            "ExpressionAttributeValues": {":pk": _s(value)},
+        }
+        if projection is not None:
+            params["ProjectionExpression"] = projection
+        return self._query(params)
 
     # ------------------------------------------------------------------ named documents
 

@@ -71,7 +71,16 @@ from idsync.model import (
     content_hash,
 )
 from idsync.plan import EXTENSIONS, Totals, build_desired, make_plan, restrict, set_aside_memberships
-from idsync.ports import ChangeSource, Clock, DirectoryChanges, FullRead, IdentityStore, Notifier, StateStore
+from idsync.ports import (
+    ChangeSource,
+    Clock,
+    DirectoryChanges,
+    FullRead,
+    IdentityStore,
+    LookupUpkeep,
+    Notifier,
+    StateStore,
+)
 from idsync.services.access import NEW_GROUP, AccessService, GroupRef
 from idsync.services.blobs import delete_blob, load_blob, save_blob
 from idsync.services.control import load_pause
@@ -678,7 +687,10 @@ class CycleService:
         if not opts.dry_run and not self.state.acquire_lease(LEASE, owner, now, opts.lease_seconds):
             return CycleOutcome(None, skipped="another cycle is running (the sync lease is held); this one exits")
         try:
-            return self._run(opts, quarantine)
+            outcome = self._run(opts, quarantine)
+            if not opts.dry_run:
+                self._upkeep(opts)
+            return outcome
         except (DirectoryAuthError, TargetAuthError) as error:
             if not opts.dry_run:
                 self._enter_quarantine(quarantine, f"credentials or permissions rejected: {error}")
@@ -691,6 +703,15 @@ class CycleService:
         finally:
             if not opts.dry_run:
                 self.state.release_lease(LEASE, owner)
+
+    def _upkeep(self, opts: CycleOptions) -> None:
+        """The state store's own upkeep, in what is left of the invocation after a cycle: never fails it."""
+        if not isinstance(self.state, LookupUpkeep):
+            return
+        try:
+            self.state.upgrade_lookups(self.clock.now(), opts.should_stop)
+        except StateError as error:
+            logger.warning("state upkeep failed; it is tried again after the next cycle", extra={"error": str(error)})
 
     def _run(self, opts: CycleOptions, quarantine: Quarantine | None) -> CycleOutcome:
         started = self.clock.now()
