@@ -355,7 +355,7 @@ class IdsyncConstruct(Construct):
             table.add_global_secondary_index(
                 index_name=index["name"],
                 partition_key=key(index["partition_key"]),
-                sort_key=key(index["sort_key"]),
+                sort_key=key(index["sort_key"]) if "sort_key" in index else None,
                 projection_type=dynamodb.ProjectionType[index["projection"]],
             )
         return table

@@ -43,13 +43,19 @@ def test_state_table_is_on_demand_recoverable_encrypted_and_retained(synthesized
                 {"AttributeName": "gsi1sk", "KeyType": "RANGE"},
             ],
             "Projection": {"ProjectionType": "ALL"},
-        }
+        },
+        {
+            "IndexName": "gsi2",
+            "KeySchema": [{"AttributeName": "targetId", "KeyType": "HASH"}],
+            "Projection": {"ProjectionType": "KEYS_ONLY"},
+        },
     ]
     assert {a["AttributeName"]: a["AttributeType"] for a in properties["AttributeDefinitions"]} == {
         "pk": "S",
         "sk": "S",
         "gsi1pk": "S",
         "gsi1sk": "S",
+        "targetId": "S",
     }
     assert logical_id
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 from moto import mock_aws
 from moto.dynamodb.models import DynamoDBBackend
 
@@ -769,6 +770,88 @@ def test_on_dynamodb_a_user_s_memberships_and_a_name_s_holders_come_from_the_ind
     assert holders == {"user13@example.com": ["u13"]}
     assert client.family_reads() == []
     assert len([q for q in client.queries if q.get("IndexName") == "gsi1"]) == len(wanted) + 2
+
+
+def test_on_dynamodb_users_are_found_by_target_id_through_the_index_and_never_wrongly(dynamodb: Any) -> None:
+    # Given 40 users, one of them since re-created in IAM Identity Center under a new id
+    client = _Reads(boto3.client("dynamodb", region_name=REGION))
+    store = DynamoDbStateStore(TABLE, client=client)
+    everything = _tenant(store, 40)
+    store.record_user(replace(everything.users["u3"], target_id="t-u3-again"))
+    client.queries.clear()
+
+    # When the owners of some target ids are asked for, the old id of u3 among them
+    found = store.owned_users_by_target({"t-u1", "t-u3", "t-u3-again", "t-nobody"})
+
+    # Then they come from the index, one Query an id, and the record read by key decides: the old id has no owner
+    assert set(found) == {"t-u1", "t-u3-again"}
+    assert found["t-u3-again"].source_id == "u3"
+    assert client.family_reads() == []
+    assert [q["IndexName"] for q in client.queries] == ["gsi2"] * 4
+
+
+class _AsAwsAnswersAMissingIndex:
+    """moto answers a Query of an index the table lacks ResourceNotFoundException ("Invalid index"); DynamoDB
+    answers ValidationException ("The table does not have the specified index: <name>"), and, for an index it is
+    still building, "Cannot read from backfilling global secondary index: <name>" (``building``), which moto
+    never says. This client answers as DynamoDB does."""
+
+    def __init__(self, client: Any, building: bool = False) -> None:
+        self.client = client
+        self.building = building
+
+    def get_paginator(self, name: str) -> Any:
+        paginator = self.client.get_paginator(name)
+        outer = self
+
+        class AsAws:
+            def paginate(self, **params: Any) -> Any:
+                try:
+                    yield from paginator.paginate(**params)
+                except ClientError as error:
+                    if "Invalid index" not in str(error):
+                        raise
+                    message = f"The table does not have the specified index: {params['IndexName']}"
+                    if outer.building:
+                        message = f"Cannot read from backfilling global secondary index: {params['IndexName']}"
+                    raise ClientError({"Error": {"Code": "ValidationException", "Message": message}}, "Query") from None
+
+        return AsAws()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+
+@pytest.mark.parametrize("building", [False, True], ids=["absent", "being-built"])
+def test_on_a_dynamodb_table_without_the_target_index_users_are_found_by_reading_them(
+    aws_credentials: None, caplog: pytest.LogCaptureFixture, building: bool
+) -> None:
+    # Given a table adopted from an earlier version: no gsi2
+    with mock_aws():
+        raw = boto3.client("dynamodb", region_name=REGION)
+        definition = table_definition(TABLE)
+        definition["GlobalSecondaryIndexes"] = [
+            i for i in definition["GlobalSecondaryIndexes"] if i["IndexName"] == "gsi1"
+        ]
+        definition["AttributeDefinitions"] = [
+            a for a in definition["AttributeDefinitions"] if a["AttributeName"] != "targetId"
+        ]
+        raw.create_table(**definition)
+        client = _Reads(_AsAwsAnswersAMissingIndex(raw, building))
+        store = DynamoDbStateStore(TABLE, client=client)
+        _tenant(store, 10)
+        client.queries.clear()
+
+        # When the owners of two target ids are asked for, twice
+        first = store.owned_users_by_target({"t-u1", "t-u2"})
+        second = store.owned_users_by_target({"t-u3"})
+
+    # Then both are answered by reading the user family, the index tried once and its absence logged
+    assert set(first) == {"t-u1", "t-u2"}
+    assert set(second) == {"t-u3"}
+    assert [q.get("IndexName") for q in client.queries].count("gsi2") >= 1
+    assert client.family_reads() == ["USER", "USER"]
+    assert caplog.text.count("index by IAM Identity Center id cannot be read") == 1
 
 
 def test_on_dynamodb_records_from_before_the_lookup_entries_get_them_after_the_drain(dynamodb: Any) -> None:

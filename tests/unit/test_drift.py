@@ -352,25 +352,29 @@ def test_the_cursor_advances_only_when_the_cycle_that_compared_its_slice_complet
     assert world.drift.cursor().after == "g02"
 
 
-def test_a_users_phase_slice_reads_target_ids_and_its_pages_users_by_key_never_all_of_ownership() -> None:
+def test_a_users_phase_slice_finds_its_pages_users_by_their_ids_never_all_of_ownership() -> None:
     # Given 12 users listed 4 to a page, one of them edited by hand, one deleted by hand
     world = World(users=12, groups=2, period=timedelta(hours=3), page_size=4)
     edited, deleted = world.user("e02"), world.user("e09")
     world.store.users[edited]["doc"] = {**world.store.users[edited]["doc"], "DisplayName": "Edited by hand"}
     del world.store.users[deleted]
+    targets = {world.user(f"e{i:02d}") for i in range(12)}
     world.state.reads.clear()
     # When delta cycles read the users listing to its end, and describe the user it missed
+    slices = 0
     while world.drift.cursor().phase == "users" or world.drift.cursor().confirm:
         world.cycle()
-    # Then every owned user's target id was read once a slice, each page's owned users by key, and never
-    # all of ownership; the edit and the deletion were found and repaired
+        slices += 1
+    # Then each page's owned users were found by their IAM Identity Center ids, every owned user's id was read
+    # only when the listing began and when it ended (not once a slice), and never all of ownership; the edit and
+    # the deletion were found and repaired
     reads = [(what, users) for what, users, _ in world.state.reads]
     assert "load_ownership" not in {what for what, _ in reads}
-    by_key = [users for what, users in reads if what == "owned_users"]
-    assert by_key
-    assert all(len(users) <= 4 for users in by_key)
-    assert set().union(*by_key) >= {f"e{i:02d}" for i in range(12)} - {"e09"}
-    assert any(what == "owned_user_targets" for what, _ in reads)
+    by_target = [users for what, users in reads if what == "owned_users_by_target"]
+    assert all(len(users) <= 4 for users in by_target)
+    assert set().union(*by_target) == targets
+    assert slices > 2
+    assert [what for what, _ in reads].count("owned_user_targets") == 2
     assert world.store.users[world.user("e02")]["doc"]["DisplayName"] == "U2"
     assert world.user("e09") != deleted
     assert world.user("e09") in world.store.users

@@ -47,7 +47,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any, Final, TypedDict
+from typing import Any, Final, NotRequired, TypedDict
 
 import boto3
 from botocore.config import Config
@@ -67,7 +67,7 @@ logger = logging.getLogger(__name__)
 class IndexSchema(TypedDict):
     name: str
     partition_key: str
-    sort_key: str
+    sort_key: NotRequired[str]
     projection: str
 
 
@@ -82,13 +82,19 @@ TABLE_SCHEMA: Final[TableSchema] = {
     "partition_key": "pk",
     "sort_key": "sk",
     "ttl_attribute": "ttl",
-    "indexes": ({"name": "gsi1", "partition_key": "gsi1pk", "sort_key": "gsi1sk", "projection": "ALL"},),
+    "indexes": (
+        {"name": "gsi1", "partition_key": "gsi1pk", "sort_key": "gsi1sk", "projection": "ALL"},
+        # the users (and groups) by their IAM Identity Center id: built by DynamoDB from the attribute they have
+        {"name": "gsi2", "partition_key": "targetId", "projection": "KEYS_ONLY"},
+    ),
 }
 
 _USER, _GROUP, _MEMBERSHIP, _ITEM, _LEASE = "USER", "GROUP", "MEMBERSHIP", "ITEM", "LEASE"
 _GRANT = "GRANT#"
 _LOG_INDEX = TABLE_SCHEMA["indexes"][0]["name"]
 _LOOKUP_INDEX = _LOG_INDEX  # one index, overloaded: logs, users by name, memberships by user
+_TARGET_INDEX = TABLE_SCHEMA["indexes"][1]["name"]
+_UNREADABLE_INDEX = ("specified index", "backfilling")  # what DynamoDB says of an index absent or being built
 _NAMED, _MEMBER_OF = "USERNAME#", "MEMBEROF#"
 LOOKUPS_ITEM = "state-lookups"  # the named document recording the lookup entries' backfill
 # the backfill begins this long after the first cycle that saw it needed: every invocation of the version before
@@ -163,16 +169,13 @@ def table_definition(table_name: str) -> dict[str, Any]:
     keys = [TABLE_SCHEMA["partition_key"], TABLE_SCHEMA["sort_key"]]
     indexes = []
     for index in TABLE_SCHEMA["indexes"]:
-        keys += [index["partition_key"], index["sort_key"]]
+        schema = [{"AttributeName": index["partition_key"], "KeyType": "HASH"}]
+        keys.append(index["partition_key"])
+        if "sort_key" in index:
+            schema.append({"AttributeName": index["sort_key"], "KeyType": "RANGE"})
+            keys.append(index["sort_key"])
         indexes.append(
-            {
-                "IndexName": index["name"],
-                "KeySchema": [
-                    {"AttributeName": index["partition_key"], "KeyType": "HASH"},
-                    {"AttributeName": index["sort_key"], "KeyType": "RANGE"},
-                ],
-                "Projection": {"ProjectionType": index["projection"]},
-            }
+            {"IndexName": index["name"], "KeySchema": schema, "Projection": {"ProjectionType": index["projection"]}}
         )
     return {
         "TableName": table_name,
@@ -199,6 +202,7 @@ class DynamoDbStateStore:
         # read_group's requests, sent at once (threads start on first use; ``fenced`` views share them)
         self._readers = ThreadPoolExecutor(max_workers=3, thread_name_prefix="idsync-state-read")
         self._lookups = False  # the gsi1 entries of users and memberships are complete (``upgrade_lookups``)
+        self._target_index = True  # False once gsi2 could not be read (see ``_by_target``)
 
     # ------------------------------------------------------------------ ownership
 
@@ -281,18 +285,55 @@ class DynamoDbStateStore:
         return holders
 
     def owned_users_by_target(self, target_ids: Collection[str]) -> dict[str, OwnedUser]:
-        """One Query of the user family projected to source id and target id (the table has no index by
-        target id), then the matching users by key. Raises StateError."""
+        """A ``gsi2`` Query per target id (sent three at a time), or, on a table without that index, one Query
+        of the user family projected to source id and target id; then the users found, read by key (strongly
+        consistent) and kept only if they still hold the target id. The index may be a moment behind: a user
+        recorded a moment ago can be missed (the drift check, which asks, then leaves her for its next round),
+        never one wrongly found. Raises StateError."""
         wanted = set(target_ids)
         if not wanted:
             return {}
-        keys = [
-            _key(_USER, item["sk"]["S"])
-            for item in self._partition(_USER, "sk, targetId")
-            if item["targetId"]["S"] in wanted
-        ]
-        found = map(_owned_user, self._get_batch(keys))
+        sources = self._by_target(sorted(wanted))
+        if sources is None:
+            sources = [
+                item["sk"]["S"] for item in self._partition(_USER, "sk, targetId") if item["targetId"]["S"] in wanted
+            ]
+        found = map(_owned_user, self._get_batch([_key(_USER, source_id) for source_id in dict.fromkeys(sources)]))
         return {owned.target_id: owned for owned in found if owned.target_id in wanted}
+
+    def _by_target(self, target_ids: Sequence[str]) -> list[str] | None:
+        """The source ids of the users ``gsi2`` lists under ``target_ids``; None when the table has no readable
+        ``gsi2`` (a table adopted from an earlier version, or one whose index DynamoDB is still building): this
+        store then reads the family instead, and a new one tries the index again."""
+        if not self._target_index:
+            return None
+
+        def holders(target_id: str) -> list[dict[str, Any]]:
+            params = {
+                "IndexName": _TARGET_INDEX,
+                "KeyConditionExpression": "targetId = :target",
+                "ExpressionAttributeValues": {":target": _s(target_id)},
+            }
+            return list(self._query(params))
+
+        try:
+            listed = list(self._readers.map(holders, target_ids))
+        except StateError as error:
+            cause = error.__cause__
+            answer = cause.response.get("Error", {}) if isinstance(cause, ClientError) else {}
+            # DynamoDB answers "The table does not have the specified index: gsi2", or, while it builds the index
+            # after the stack update that added it, "Cannot read from backfilling global secondary index: gsi2"
+            message = str(answer.get("Message"))
+            if answer.get("Code") != "ValidationException" or not any(w in message for w in _UNREADABLE_INDEX):
+                raise
+            self._target_index = False
+            logger.warning(
+                "state: the table's index by IAM Identity Center id cannot be read; users are found by reading "
+                "them all until it can",
+                extra={"index": _TARGET_INDEX, "error": str(cause)},
+            )
+            return None
+        return [item["sk"]["S"] for items in listed for item in items if item["pk"]["S"] == _USER]
 
     def owned_users(self, source_ids: Collection[str]) -> dict[str, OwnedUser]:
         """Strongly consistent BatchGetItem (unprocessed keys retried). Raises StateError."""

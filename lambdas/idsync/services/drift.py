@@ -448,10 +448,10 @@ class _Slice:
             self.unseen = self._managed_targets(what)  # managed when the listing begins
         items, following = self._listed(what, cursor.token)
         if what == USERS:
-            # the page's owned users, read by key: one read a page, never all of them
-            records = self.believed.users({self.user_of[i.target_id] for i in items if i.target_id in self.user_of})
+            # the page's owned users, found by their IAM Identity Center ids: never all of them
+            owners = self.believed.users_by_target({item.target_id for item in items})
             for item in items:
-                self._compare_user(item, records)
+                self._compare_user(item, owners.get(item.target_id))
         else:
             for item in items:
                 self._compare_group(item)
@@ -473,15 +473,13 @@ class _Slice:
         self._call()
         if what == USERS:
             user = self.target.describe_user(target)
-            source_id = self.user_of.get(target)
-            records = self.believed.users([source_id]) if source_id is not None else {}
+            owner = self.believed.users_by_target([target]).get(target)
             if user is not None:
-                self._compare_user(user, records)
-            elif source_id in records:
+                self._compare_user(user, owner)
+            elif owner is not None:
                 self.findings.gone_users.add(target)
-                self.findings.touched_users.add(source_id)
-                name = records[source_id].user_name
-                self.findings.drifts.append(Drift("user", source_id, name, "deleted outside idsync"))
+                self.findings.touched_users.add(owner.source_id)
+                self.findings.drifts.append(Drift("user", owner.source_id, owner.user_name, "deleted outside idsync"))
         else:
             group = self.target.describe_group(target)
             group_id = self.group_of.get(target)
@@ -494,11 +492,10 @@ class _Slice:
                 self.findings.drifts.append(Drift("group", group_id, name, "deleted outside idsync"))
         self.cursor.confirm = self.cursor.confirm[1:]
 
-    def _compare_user(self, actual: TargetUser, records: Mapping[str, OwnedUser]) -> None:
-        source_id = self.user_of.get(actual.target_id)
-        owned = records.get(source_id) if source_id is not None else None
-        if source_id is None or owned is None:
+    def _compare_user(self, actual: TargetUser, owned: OwnedUser | None) -> None:
+        if owned is None:
             return  # not idsync's (or no longer: forgotten since the listing began)
+        source_id = owned.source_id
         differs = user_differences(owned, actual, self.check.managed, self.check.create_only)
         if differs:
             self.findings.users[actual.target_id] = actual
