@@ -336,6 +336,10 @@ class FakeState:
         self.reads.append(("owned_user_targets", frozenset(), frozenset()))
         return {owned.target_id: source_id for source_id, owned in self.users.items()}
 
+    def count_users_and_groups(self) -> tuple[int, int]:
+        self.reads.append(("count_users_and_groups", frozenset(), frozenset()))
+        return len(self.users), len(self.groups)
+
     def count_ownership(self, excluded_groups: Collection[str] = ()) -> tuple[int, int, int]:
         self.reads.append(("count_ownership", frozenset(), frozenset(excluded_groups)))
         aside = {group_id.lower() for group_id in excluded_groups}

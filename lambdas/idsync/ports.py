@@ -176,6 +176,11 @@ class StateStore(Protocol):
         check's users listing). Raises StateError."""
         ...
 
+    def count_users_and_groups(self) -> tuple[int, int]:
+        """(users, groups) recorded, without counting the memberships (on DynamoDB, the most records): whether
+        another writer changed ownership since a cycle's record. Raises StateError."""
+        ...
+
     def count_ownership(self, excluded_groups: Collection[str] = ()) -> tuple[int, int, int]:
         """(users, groups, memberships) recorded, without the memberships of ``excluded_groups`` (ids compared
         without regard to case): the deletion guard's totals, without loading a record. Raises StateError."""

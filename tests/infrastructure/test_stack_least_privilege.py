@@ -74,6 +74,9 @@ ADAPTERS_OF = {
 # Adapter calls a function's code path never reaches (the scan is per adapter module), and why.
 UNREACHED_OF = {
     "pim_poller": {"sqs:ChangeMessageVisibility": "the poller only resends hints; it holds no queue message to delay"},
+    "subscriptions": {
+        "dynamodb:UpdateItem": "the state's only update (DynamoDbStateStore.upgrade_lookups) runs after a sync cycle"
+    },
 }
 # Calls made with one function's role by the platform on its behalf, and why.
 PLATFORM_OF = {

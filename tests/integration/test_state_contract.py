@@ -728,14 +728,32 @@ def test_ownership_read_by_key_is_the_full_ownership_filtered(keyed_store: State
 
 
 def _legacy(client: Any, store: DynamoDbStateStore, writes: list[Any]) -> None:
-    """Records as the version before the lookup entries wrote them: the same items, without ``gsi1``."""
+    """``writes`` as the version before the lookup entries wrote them: the same items, without ``gsi1``; the
+    records already there are left as they are."""
     store.write_ownership(writes)
-    for family in ("USER", "MEMBERSHIP"):
-        for item in client.query(
-            TableName=TABLE, KeyConditionExpression="pk = :pk", ExpressionAttributeValues={":pk": {"S": family}}
-        )["Items"]:
-            if item.get("gsi1pk", {}).get("S", "").startswith(("USERNAME#", "MEMBEROF#")):
-                client.put_item(TableName=TABLE, Item={k: v for k, v in item.items() if not k.startswith("gsi1")})
+    for write in writes:
+        if isinstance(write, OwnedUser):
+            key = {"pk": {"S": "USER"}, "sk": {"S": write.source_id}}
+        else:
+            key = {"pk": {"S": "MEMBERSHIP"}, "sk": {"S": f"{write.group_source_id}#{write.user_source_id}"}}
+        item = client.get_item(TableName=TABLE, Key=key)["Item"]
+        client.put_item(TableName=TABLE, Item={k: v for k, v in item.items() if not k.startswith("gsi1")})
+
+
+def _legacy_log(client: Any, moment: datetime) -> None:
+    """A provisioning log entry as the version before wrote it: without the ``entries`` stamp."""
+    order = f"{moment.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%S.%fZ')}#c-old"
+    client.put_item(
+        TableName=TABLE,
+        Item={
+            "pk": {"S": "LOG#old-cycle"},
+            "sk": {"S": order},
+            "gsi1pk": {"S": "LOG"},
+            "gsi1sk": {"S": order},
+            "status": {"S": "success"},
+            "doc": {"S": "{}"},
+        },
+    )
 
 
 def _indexed(client: Any) -> dict[str, str]:
@@ -769,7 +787,30 @@ def test_on_dynamodb_a_user_s_memberships_and_a_name_s_holders_come_from_the_ind
     assert part.memberships == {k: v for k, v in everything.memberships.items() if k[1] in wanted}
     assert holders == {"user13@example.com": ["u13"]}
     assert client.family_reads() == []
-    assert len([q for q in client.queries if q.get("IndexName") == "gsi1"]) == len(wanted) + 2
+    lookups = [
+        q for q in client.queries if q.get("IndexName") == "gsi1" and q["KeyConditionExpression"] == "gsi1pk = :pk"
+    ]
+    assert len(lookups) == len(wanted) + 2
+
+
+def test_on_dynamodb_the_memberships_of_more_users_than_index_queries_are_worth_are_read_from_the_family(
+    dynamodb: Any,
+) -> None:
+    # Given 1,100 users, the lookup entries complete
+    client = _Reads(boto3.client("dynamodb", region_name=REGION))
+    store = DynamoDbStateStore(TABLE, client=client)
+    everything = _tenant(store, 1100)
+    store.put_item(LOOKUPS_ITEM, {"since": T0.isoformat(), "ready": True})
+    client.queries.clear()
+
+    # When a delta cycle reads the memberships of 1,001 of them (a large group's members)
+    wanted = {f"u{i}" for i in range(1001)}
+    part = store.load_ownership_of(wanted, ())
+
+    # Then one read of the membership family answers, not 1,001 index Queries
+    assert part.memberships == {k: v for k, v in everything.memberships.items() if k[1] in wanted}
+    assert client.family_reads() == ["MEMBERSHIP"]
+    assert not [q for q in client.queries if q.get("KeyConditionExpression") == "gsi1pk = :pk"]
 
 
 def test_on_dynamodb_users_are_found_by_target_id_through_the_index_and_never_wrongly(dynamodb: Any) -> None:
@@ -951,23 +992,79 @@ def test_the_backfill_stops_when_asked_and_goes_on_where_it_stopped(dynamodb: An
     assert "" not in _indexed(raw).values()
 
 
-def test_a_record_without_its_entry_after_completion_starts_the_backfill_again(dynamodb: Any) -> None:
-    # Given complete lookup entries, then a membership written without one (a rollback to the version before)
+def _ready_then_a_membership_without_its_entry() -> tuple[Any, DynamoDbStateStore]:
+    """u1 in g1, the backfill run to completion just now; then u1 in g2 recorded without its entry."""
     raw = boto3.client("dynamodb", region_name=REGION)
     store = DynamoDbStateStore(TABLE, client=raw)
     store.write_ownership([user("u1"), OwnedMembership("g1", "u1", "m-1")])
-    store.put_item(LOOKUPS_ITEM, {"since": T0.isoformat(), "ready": True})
+    now = datetime.now(UTC)
+    store.upgrade_lookups(now - LOOKUPS_DRAIN, lambda: False)
+    assert store.upgrade_lookups(now, lambda: False) is True
     _legacy(raw, store, [OwnedMembership("g2", "u1", "m-2")])
+    assert _indexed(raw) == {"u1": "USERNAME#u1@example.com", "g1#u1": "MEMBEROF#u1", "g2#u1": ""}
+    return raw, store
+
+
+def test_a_record_without_its_entry_met_after_completion_sends_the_lookups_to_the_table_and_the_backfill_over(
+    dynamodb: Any,
+) -> None:
+    # Given complete lookup entries, then a membership written without one
+    raw, store = _ready_then_a_membership_without_its_entry()
+    marker = store.get_item(LOOKUPS_ITEM)
 
     # When a full read (the full reconcile's) meets it
     store.load_ownership()
 
-    # Then the lookups read the table again (and find it), and the backfill starts over after a drain
-    assert store.get_item(LOOKUPS_ITEM) is None
+    # Then the read wrote nothing, this store's lookups read the table (and find it), and the upkeep starts the
+    # backfill over, which adds its entry after a drain
+    assert store.get_item(LOOKUPS_ITEM) == marker
     assert set(store.load_ownership_of(["u1"], ()).memberships) == {("g1", "u1"), ("g2", "u1")}
-    assert store.upgrade_lookups(T0 + timedelta(days=1), lambda: False) is False
-    assert store.upgrade_lookups(T0 + timedelta(days=1) + LOOKUPS_DRAIN, lambda: False) is True
+    later = datetime.now(UTC)
+    assert store.upgrade_lookups(later, lambda: False) is False
+    assert store.upgrade_lookups(later + LOOKUPS_DRAIN, lambda: False) is True
     assert _indexed(raw)["g2#u1"] == "MEMBEROF#u1"
+
+
+def test_a_writer_without_entries_logging_after_completion_is_noticed_before_the_index_is_read(
+    dynamodb: Any,
+) -> None:
+    # Given complete lookup entries, then an earlier version (a rollback) recording a membership and logging it
+    raw, _ = _ready_then_a_membership_without_its_entry()
+    _legacy_log(raw, datetime.now(UTC))
+
+    # When this version runs again (a new container) and a delta cycle reads the user's memberships
+    client = _Reads(raw)
+    again = DynamoDbStateStore(TABLE, client=client)
+    found = set(again.load_ownership_of(["u1"], ()).memberships)
+
+    # Then the unstamped log entry sent the read to the table, which found the membership the index lacks, and
+    # the upkeep starts the backfill over
+    assert found == {("g1", "u1"), ("g2", "u1")}
+    assert client.family_reads() == ["MEMBERSHIP"]
+    assert again.upgrade_lookups(datetime.now(UTC), lambda: False) is False
+    assert "ready" not in (again.get_item(LOOKUPS_ITEM) or {})
+
+
+def test_this_version_s_own_log_entries_keep_the_index_trusted_and_the_check_moves_on(dynamodb: Any) -> None:
+    # Given complete lookup entries, and this version logging changes
+    raw = boto3.client("dynamodb", region_name=REGION)
+    store = DynamoDbStateStore(TABLE, client=raw)
+    store.write_ownership([user("u1"), OwnedMembership("g1", "u1", "m-1")])
+    now = datetime.now(UTC)
+    store.upgrade_lookups(now - LOOKUPS_DRAIN, lambda: False)
+    assert store.upgrade_lookups(now, lambda: False) is True
+    store.append_logs([LogEntry("c1", "x", now.isoformat(), "membership", "create", Status.SUCCESS, "g1#u1", "g1/u1")])
+
+    # When a new store reads, and the upkeep runs after the cycle
+    client = _Reads(raw)
+    again = DynamoDbStateStore(TABLE, client=client)
+    found = set(again.load_ownership_of(["u1"], ()).memberships)
+    assert again.upgrade_lookups(now, lambda: False) is True
+
+    # Then the index was read, and the next check begins a little before now
+    assert found == {("g1", "u1")}
+    assert client.family_reads() == []
+    assert again.get_item(LOOKUPS_ITEM)["checked"] == (now - timedelta(minutes=5)).isoformat()
 
 
 def test_holders_of_a_user_name_are_found_without_regard_to_case(keyed_store: StateStore) -> None:
@@ -1025,6 +1122,7 @@ def test_ownership_counts_leave_the_excluded_groups_memberships_out(keyed_store:
     outside = sum(1 for group_id, _ in everything.memberships if group_id != "g2")
     assert counted == (40, 3, outside)
     assert keyed_store.count_ownership() == (40, 3, len(everything.memberships))
+    assert keyed_store.count_users_and_groups() == (40, 3)
 
 
 class _Unprocessing:

@@ -206,7 +206,7 @@ def test_a_cycle_with_nothing_to_plan_never_counts_ownership_and_a_later_one_sti
     # Then it counted nothing (a count reads every ownership record on DynamoDB) and kept the recorded sizes
     assert quiet.mode == "delta"
     assert quiet.report.writes == 0
-    assert "count_ownership" not in {what for what, _, _ in state.reads}
+    assert not {"count_ownership", "count_users_and_groups"} & {what for what, _, _ in state.reads}
     assert state.full_loads == 0
     assert {k: v for k, v in (state.get_item("unsettled") or {}).items() if k.endswith("_count")} == {
         k: v for k, v in recorded.items() if k.endswith("_count")
@@ -248,6 +248,28 @@ def test_sizes_carried_forward_stay_the_record_even_when_the_guard_counts_later(
     assert fresh.users_and_groups() == (1, 0)  # nothing carried: counted
 
 
+def test_comparing_with_the_record_counts_users_and_groups_only_and_the_guard_counts_once_more() -> None:
+    # Given ownership of one user and one membership, and a tally whose record was carried forward
+    from idsync.model import OwnedMembership, OwnedUser
+    from idsync.services.cycle import _Tally
+
+    state = FakeState()
+    state.record_user(OwnedUser("e1", "t1", "one@example.com", {}, None, ""))
+    state.record_membership(OwnedMembership("g1", "e1", "m1"))
+    tally = _Tally(state, ())
+    tally.carry((0, 0), "2030-01-01T00:00:00+00:00")
+
+    # When the cycle compares the record with a count, then asks again, then the guard asks for its totals
+    assert tally.changed_since_record() is True
+    assert tally.users_and_groups() == (0, 0)  # the carried record is kept
+    assert tally.totals() == (1, 1)
+    assert tally.totals() == (1, 1)
+
+    # Then the comparison counted users and groups only (on DynamoDB the memberships are most of the records),
+    # the memberships were counted once, for the guard
+    assert [what for what, _, _ in state.reads] == ["count_users_and_groups", "count_ownership"]
+
+
 def test_a_quiet_tenant_still_compares_ownership_with_a_count_every_hour() -> None:
     from idsync.model import OwnedUser
 
@@ -286,7 +308,7 @@ def test_a_quiet_cycle_compares_ownership_before_it_writes_a_group_its_views_pla
     # record, and plans from all of it: the sizes it records are ownership's own again
     assert out.mode == "delta"
     assert out.report.complete
-    assert ("count_ownership", frozenset(), frozenset()) in state.reads
+    assert ("count_users_and_groups", frozenset(), frozenset()) in state.reads
     assert ("load_ownership", frozenset(), frozenset()) in state.reads
     assert "g1" in [op.source_id for op in out.plan.operations if op.is_write]
     assert "g1" in state.groups
@@ -304,4 +326,4 @@ def test_a_compared_time_ahead_of_the_clock_or_damaged_is_not_recent(compared: s
     state.reads.clear()
     clock.advance(60)
     assert service.run(CycleOptions()).mode == "delta"
-    assert "count_ownership" in {what for what, _, _ in state.reads}
+    assert "count_users_and_groups" in {what for what, _, _ in state.reads}

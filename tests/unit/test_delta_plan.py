@@ -254,3 +254,50 @@ def test_a_group_named_only_for_a_member_change_touches_that_member_not_the_whol
     # Then the new member is touched, g1 is not (its 40 other members stay settled), and the renamed g2 is
     assert touched.users == {"e40"}
     assert touched.groups == {"g2"}
+
+
+class _LaggingIndex:
+    """Ownership read by key as the DynamoDB store reads it: a group's members from the table, a user's
+    memberships from an index a moment behind (it still lists one the table has forgotten, and lacks one the
+    table has just recorded)."""
+
+    def __init__(self, table: Ownership, index: Ownership) -> None:
+        self.table, self.index = table, index
+
+    def load_ownership_of(self, users: Any, groups: Any) -> Ownership:
+        from_index = {k: v for k, v in self.index.memberships.items() if k[1] in set(users)}
+        from_table = {k: v for k, v in self.table.memberships.items() if k[0] in set(groups)}
+        users_ = {k: v for k, v in self.table.users.items() if k in set(users)}
+        return Ownership(users=users_, groups=self.table.groups, memberships=from_index | from_table)
+
+    def owned_users_named(self, names: Any) -> dict[str, list[str]]:
+        return {}
+
+
+def test_in_a_touched_group_the_group_s_own_read_decides_over_a_lagging_by_user_index() -> None:
+    # Given g1 whose member e1 was just forgotten (the index still lists her) and e2 just recorded (not yet
+    # indexed), and g2 untouched, where the index lists e1
+    from idsync.model import OwnedGroup, OwnedMembership, OwnedUser
+
+    mirror = Mirror(
+        users={
+            f"e{i}": {"id": f"e{i}", "userPrincipalName": f"u{i}@example.com", "displayName": f"U {i}"}
+            for i in range(1, 4)
+        },
+        groups={"g1": {"id": "g1", "displayName": "Admins"}, "g2": {"id": "g2", "displayName": "Ops"}},
+        members={"g1": {"e1": "user", "e2": "user", "e3": "user"}, "g2": {"e1": "user"}},
+    )
+    users = {f"e{i}": OwnedUser(f"e{i}", f"t{i}", f"u{i}@example.com", {}) for i in range(1, 4)}
+    groups = {g: OwnedGroup(g, f"t-{g}", g) for g in ("g1", "g2")}
+
+    def m(group: str, user: str) -> tuple[tuple[str, str], OwnedMembership]:
+        return (group, user), OwnedMembership(group, user, f"m-{group}-{user}")
+
+    table = Ownership(users=users, groups=groups, memberships=dict([m("g1", "e2"), m("g1", "e3"), m("g2", "e1")]))
+    index = Ownership(users=users, groups=groups, memberships=dict([m("g1", "e1"), m("g1", "e3"), m("g2", "e1")]))
+
+    # When a delta cycle narrows on g1's member change
+    views = narrow(mirror, _LaggingIndex(table, index), Touched(set(), {"g1"}), "all", False, SimpleUserMapper().map)
+
+    # Then g1's memberships are the table's, and the other group's come from the index
+    assert set(views.owned.memberships) == {("g1", "e2"), ("g1", "e3"), ("g2", "e1")}

@@ -26,9 +26,11 @@ Item families (pk / sk):
   a group's grants are one Query.
 
 The ``gsi1`` entries of users and memberships written before they existed are added by
-``upgrade_lookups`` (one-time, resumable, run by the sync after its cycle); until it has finished, the
-lookups read the family instead. ``gsi1`` is eventually consistent: what it may miss, and why that is safe,
-is said where it is read.
+``upgrade_lookups`` (one-time, resumable, run by the sync after its cycle), which also notices a writer
+without entries afterwards (a rollback: its log entries lack the ``entries`` stamp) and starts over; until
+the entries are complete, the lookups read the family instead. ``gsi1`` is eventually consistent: what it
+may miss, and why that is safe, is said where it is read. ``gsi2`` (``targetId``, keys only) finds users
+by their IAM Identity Center id.
 
 <time> is UTC with fixed-width microseconds, so text order is time order. Documents (user docs,
 named items, log entries) are JSON strings: no Decimal conversion, and empty strings, unicode and
@@ -102,6 +104,11 @@ LOOKUPS_ITEM = "state-lookups"  # the named document recording the lookup entrie
 LOOKUPS_DRAIN = timedelta(minutes=15)
 _LOOKUPS_PAGE = 500  # items read per backfill page; ``should_stop`` is asked between pages
 _LOOKUPS_WRITERS = 4  # backfill updates in flight (one partition takes 1,000 writes a second)
+_LOOKUPS_TRUST_SECONDS = 60.0  # a store checks the lookups' completeness again after this long (once a cycle)
+_LOOKUPS_MAX_KEYS = 1000  # more users than this: reading the membership family costs fewer requests
+# a writer's log entries may bear a time a little before they are written (buffered) or come from a skewed clock
+_LOG_SKEW = timedelta(minutes=5)
+_STAMP = "entries"  # on every provisioning log entry this version writes: its writer keeps the gsi1 entries
 _CONDITION_FAILED = "ConditionalCheckFailedException"
 _CANCELLED = "TransactionCanceledException"
 # a lease item's single write that meets a fenced transaction in flight on it; botocore does not retry it
@@ -201,7 +208,8 @@ class DynamoDbStateStore:
         self._fence: tuple[str, str] | None = None  # (lease, owner): see ``fenced``
         # read_group's requests, sent at once (threads start on first use; ``fenced`` views share them)
         self._readers = ThreadPoolExecutor(max_workers=3, thread_name_prefix="idsync-state-read")
-        self._lookups = False  # the gsi1 entries of users and memberships are complete (``upgrade_lookups``)
+        self._trusted_until = 0.0  # monotonic time until which the gsi1 lookups are trusted (``_lookups_ready``)
+        self._stale = False  # a record or log entry of a writer without entries was met: the lookups read the table
         self._target_index = True  # False once gsi2 could not be read (see ``_by_target``)
 
     # ------------------------------------------------------------------ ownership
@@ -243,7 +251,7 @@ class DynamoDbStateStore:
         every = {owned.source_id: owned for owned in map(_owned_group, self._partition(_GROUP))}
         memberships: dict[tuple[str, str], OwnedMembership] = {}
         wanted = list(dict.fromkeys(users))
-        if wanted and self._lookups_ready():
+        if wanted and len(wanted) <= _LOOKUPS_MAX_KEYS and self._lookups_ready():
             for items in self._readers.map(lambda user: list(self._lookup(_MEMBER_OF + user)), wanted):
                 for owned in map(_owned_membership, items):
                     memberships[(owned.group_source_id, owned.user_source_id)] = owned
@@ -270,7 +278,7 @@ class DynamoDbStateStore:
         holders: dict[str, list[str]] = {}
         if not wanted:
             return holders
-        if self._lookups_ready():
+        if len(wanted) <= _LOOKUPS_MAX_KEYS and self._lookups_ready():
             for name, items in zip(
                 wanted, self._readers.map(lambda name: list(self._lookup(_NAMED + name, "sk")), wanted), strict=True
             ):
@@ -345,6 +353,10 @@ class DynamoDbStateStore:
         its read capacity is the family's). Raises StateError."""
         return {item["targetId"]["S"]: item["sk"]["S"] for item in self._partition(_USER, "sk, targetId")}
 
+    def count_users_and_groups(self) -> tuple[int, int]:
+        """Counted with Select=COUNT Queries (charged for every record counted). Raises StateError."""
+        return self._count(_USER), self._count(_GROUP)
+
     def count_ownership(self, excluded_groups: Collection[str] = ()) -> tuple[int, int, int]:
         """Counted with Select=COUNT Queries, an excluded group's memberships on its sort-key prefix (group ids
         are GUIDs: asked as given, in lower and in upper case). Raises StateError."""
@@ -407,22 +419,33 @@ class DynamoDbStateStore:
     # ------------------------------------------------------------------ the lookup entries (gsi1)
 
     def upgrade_lookups(self, now: datetime, should_stop: Callable[[], bool]) -> bool:
-        """Add the ``gsi1`` entry to every user and membership item written without one; True once every item
-        has it (the lookups then use the index). One-time and resumable; the sync runs it after its cycle.
+        """Keep the ``gsi1`` entries of users and memberships complete; True while they are (the lookups then
+        use the index). The sync runs it after each cycle, holding its lease.
 
-        The first call records when it was first needed and does nothing else: the backfill begins
-        ``LOOKUPS_DRAIN`` later, once no invocation of the version before can still write an item without the
-        entry. It then reads each family in pages of ``_LOOKUPS_PAGE`` from where it stopped (the position is
-        stored after every page; ``should_stop`` is asked between pages) and sets the entry with a conditional
-        UpdateItem: on a user only while its userName is the one read, on a membership only while it exists,
-        so a record rewritten or forgotten meanwhile by another writer is left as that writer left it.
-        Items written from then on carry their entry. ``load_ownership`` starts it again if it meets an item
-        without one (a rollback to the version before wrote it). Raises StateError."""
-        if self._lookups_ready():
-            return True
+        Backfill (one-time, resumable): the first call records when it was first needed and does nothing else;
+        the backfill begins ``LOOKUPS_DRAIN`` later, once no invocation of the version before can still write a
+        record without its entry. It reads each family in pages of ``_LOOKUPS_PAGE`` from where it stopped (the
+        position is stored after every page; ``should_stop`` is asked between pages) and sets the entry with a
+        conditional UpdateItem: on a user only while its userName is the one read, on a membership only while it
+        exists, so a record rewritten or forgotten meanwhile by another writer is left as that writer left it.
+
+        Once complete, each call checks that no writer without entries has run since the last check (a
+        rollback to the version before, an older CLI): every provisioning log entry this version writes is
+        stamped, and the entries logged since then are read (one cycle's worth). An unstamped one, or a record
+        without its entry met by ``load_ownership``, starts the backfill over. Raises StateError."""
         progress = self.get_item(LOOKUPS_ITEM) or {}
+        if progress.get("ready"):
+            if not self._stale and not self._written_without_entries(progress):
+                self.put_item(LOOKUPS_ITEM, progress | {"checked": (now - _LOG_SKEW).isoformat()})
+                return True
+            logger.warning(
+                "state: records were written without their lookup index entries (by an earlier version); they "
+                "are added again, and the lookups read the table meanwhile"
+            )
+            progress = {}
         if "since" not in progress:
             self.put_item(LOOKUPS_ITEM, {"since": now.isoformat(), "family": _USER, "after": None})
+            self._stale, self._trusted_until = False, 0.0
             logger.info(
                 "state: the lookup index entries of earlier records are added once the version before has drained",
                 extra={"from": (now + LOOKUPS_DRAIN).isoformat()},
@@ -430,10 +453,10 @@ class DynamoDbStateStore:
             return False
         if now < datetime.fromisoformat(progress["since"]) + LOOKUPS_DRAIN:
             return False
-        family, after = str(progress["family"]), progress.get("after")
-        added = int(progress.get("added", 0))
+        progress.setdefault("began", now.isoformat())
         with ThreadPoolExecutor(max_workers=_LOOKUPS_WRITERS, thread_name_prefix="idsync-lookups") as writers:
             while not should_stop():
+                family, after = str(progress["family"]), progress.get("after")
                 params: dict[str, Any] = {
                     "TableName": self._table,
                     "KeyConditionExpression": "pk = :pk",
@@ -447,18 +470,21 @@ class DynamoDbStateStore:
                     params["ExclusiveStartKey"] = _key(family, after)
                 page = self._call("query", **params)
                 missing = [item for item in page["Items"] if "gsi1pk" not in item]
-                added += sum(writers.map(partial(self._add_lookup, family), missing))
+                added = int(progress.get("added", 0)) + sum(writers.map(partial(self._add_lookup, family), missing))
                 following = page.get("LastEvaluatedKey")
                 if following is not None:
-                    after = following["sk"]["S"]
+                    progress |= {"after": following["sk"]["S"], "added": added}
                 elif family == _USER:
-                    family, after = _MEMBERSHIP, None
+                    progress |= {"family": _MEMBERSHIP, "after": None, "added": added}
                 else:
-                    self.put_item(LOOKUPS_ITEM, progress | {"done": now.isoformat(), "added": added, "ready": True})
-                    self._lookups = True
+                    # what was written since the pass began is checked next time: the pass may have passed it
+                    checked = datetime.fromisoformat(progress["began"]) - _LOG_SKEW
+                    self.put_item(
+                        LOOKUPS_ITEM, progress | {"added": added, "ready": True, "checked": checked.isoformat()}
+                    )
                     logger.info("state: lookup index entries complete", extra={"added": added})
                     return True
-                self.put_item(LOOKUPS_ITEM, progress | {"family": family, "after": after, "added": added})
+                self.put_item(LOOKUPS_ITEM, progress)
         return False
 
     def _add_lookup(self, family: str, item: Mapping[str, Any]) -> bool:
@@ -485,22 +511,44 @@ class DynamoDbStateStore:
         return True
 
     def _lookups_ready(self) -> bool:
-        """Whether the lookups may use ``gsi1`` (read once a store until it says so)."""
-        if not self._lookups:
-            self._lookups = bool((self.get_item(LOOKUPS_ITEM) or {}).get("ready"))
-        return self._lookups
+        """Whether the lookups may use ``gsi1``: the backfill is complete and no writer without entries has
+        logged anything since the last check. Asked again after ``_LOOKUPS_TRUST_SECONDS`` (once a cycle); only
+        reads."""
+        if self._stale:
+            return False
+        if time.monotonic() < self._trusted_until:
+            return True
+        progress = self.get_item(LOOKUPS_ITEM) or {}
+        if not progress.get("ready"):
+            return False
+        if self._written_without_entries(progress):
+            self._stale = True  # the upkeep starts the backfill over
+            return False
+        self._trusted_until = time.monotonic() + _LOOKUPS_TRUST_SECONDS
+        return True
+
+    def _written_without_entries(self, progress: Mapping[str, Any]) -> bool:
+        """Whether a provisioning log entry without this version's stamp was written since the last check."""
+        since = _time_key(datetime.fromisoformat(progress.get("checked") or progress["since"]))
+        params = {
+            "IndexName": _LOG_INDEX,
+            "KeyConditionExpression": "gsi1pk = :pk AND gsi1sk >= :since",
+            "FilterExpression": f"attribute_not_exists({_STAMP})",
+            "ProjectionExpression": "gsi1sk",
+            "ExpressionAttributeValues": {":pk": _s("LOG"), ":since": _s(since)},
+        }
+        return next(iter(self._query(params)), None) is not None
 
     def _lookups_incomplete(self, unindexed: int) -> None:
-        """Items without their entry were read while the index was said complete: the backfill starts over."""
-        if not self._lookups_ready():
+        """Records without their entry were read: this store reads the families, and the upkeep starts over."""
+        if self._stale:
             return
         logger.warning(
-            "state: records without their lookup index entry (written by an earlier version); they are added "
-            "again and the lookups read the table meanwhile",
+            "state: records without their lookup index entry (written by an earlier version); the lookups read "
+            "the table until they are added again",
             extra={"records": unindexed},
         )
-        self.delete_item(LOOKUPS_ITEM)
-        self._lookups = False
+        self._stale = True
 
     def _lookup(self, value: str, projection: str | None = None) -> Iterator[dict[str, Any]]:
         """The items ``gsi1`` lists under ``value`` (eventually consistent: a GSI cannot be read otherwise)."""
@@ -545,6 +593,7 @@ class DynamoDbStateStore:
             moment = _log_time(entry)
             order = f"{_time_key(moment)}#{entry.change_id}"
             common = {
+                _STAMP: _s("1"),
                 "status": _s(entry.status.value),
                 "doc": _s(_encode(entry.as_dict(), "log entry")),
                 "gsi1sk": _s(order),

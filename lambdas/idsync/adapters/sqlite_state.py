@@ -240,6 +240,13 @@ class SqliteStateStore:
             rows: list[tuple[str, str]] = conn.execute("SELECT target_id, source_id FROM owned_users").fetchall()
         return dict(rows)
 
+    def count_users_and_groups(self) -> tuple[int, int]:
+        """Counted by SQLite. Raises StateError."""
+        with self._transaction("BEGIN") as conn:
+            (users,) = conn.execute("SELECT COUNT(*) FROM owned_users").fetchone()
+            (groups,) = conn.execute("SELECT COUNT(*) FROM owned_groups").fetchone()
+        return int(users), int(groups)
+
     def count_ownership(self, excluded_groups: Collection[str] = ()) -> tuple[int, int, int]:
         """Counted by SQLite (no record is decoded; group ids are GUIDs, so SQLite's ASCII ``lower`` is exact).
         Raises StateError."""

@@ -269,8 +269,9 @@ def current_from_ownership(owned: Ownership) -> CurrentView:
 
 class _Tally:
     """Ownership's size for one cycle, counted at most once and only when asked (on DynamoDB a count reads
-    every ownership record's capacity): the deletion guard's totals, and the users and groups the cycle's
-    record of what it left unsettled starts from (``base``: known without counting, when it is)."""
+    the capacity of every record counted): the users and groups the cycle's record of what it left unsettled
+    starts from (``base``: known without counting, when it is), and the deletion guard's totals, which alone
+    count the memberships."""
 
     def __init__(self, state: StateStore, pim_groups: tuple[str, ...]) -> None:
         self.state, self.pim_groups = state, pim_groups
@@ -278,6 +279,7 @@ class _Tally:
         self.carried = False  # ``base`` is the last cycle's record, not compared with a count this cycle
         self.compared: str | None = None  # when the carried record was last compared with a count (ISO time)
         self._counted: tuple[int, int, int] | None = None
+        self._users_and_groups: tuple[int, int] | None = None
 
     def carry(self, recorded: tuple[int, int], compared: str) -> None:
         """Carry the recorded sizes forward, uncounted (a cycle with nothing to plan)."""
@@ -289,9 +291,16 @@ class _Tally:
 
     def changed_since_record(self) -> bool:
         """Whether ownership's users and groups, counted, differ from the carried record."""
-        users, groups, _ = self._count()
+        counted = self._count_users_and_groups()
         self.compared = None  # compared now
-        return (users, groups) != self.base
+        return counted != self.base
+
+    def _count_users_and_groups(self) -> tuple[int, int]:
+        if self._counted is not None:
+            return self._counted[0], self._counted[1]
+        if self._users_and_groups is None:
+            self._users_and_groups = self.state.count_users_and_groups()
+        return self._users_and_groups
 
     def _count(self) -> tuple[int, int, int]:
         if self._counted is None:
@@ -303,8 +312,7 @@ class _Tally:
         if the guard counts later: a count taken then could hide another writer's write from the next cycle."""
         if self.base is not None:
             return self.base
-        users, groups, _ = self._count()
-        return users, groups
+        return self._count_users_and_groups()
 
     def totals(self) -> tuple[int, int]:
         """(managed users and groups, managed memberships outside PIM for Groups groups)."""
@@ -710,7 +718,7 @@ class CycleService:
             return
         try:
             self.state.upgrade_lookups(self.clock.now(), opts.should_stop)
-        except StateError as error:
+        except Exception as error:  # the cycle is done: whatever its upkeep met, it is tried again after the next
             logger.warning("state upkeep failed; it is tried again after the next cycle", extra={"error": str(error)})
 
     def _run(self, opts: CycleOptions, quarantine: Quarantine | None) -> CycleOutcome:
