@@ -278,7 +278,7 @@ def narrow(
         for group_id in groups_of(user_id) & group_ids:
             members.setdefault(group_id, []).append(user_id)
     narrowed = index.load_ownership_of(planned, ())
-    if group_records:  # in the touched groups, the groups' own reads decide (an index may be a moment behind)
+    if touched.groups:  # in the touched groups, the groups' own reads decide (an index may be a moment behind)
         kept = {k: v for k, v in narrowed.memberships.items() if k[0] not in touched.groups}
         narrowed = replace(narrowed, memberships=kept | group_records)
     alive = frozenset(u for u in planned if u in mirror.users and not mirror.users[u].get(SOFT_DELETED))

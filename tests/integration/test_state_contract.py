@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
@@ -17,6 +18,7 @@ from botocore.exceptions import ClientError
 from moto import mock_aws
 from moto.dynamodb.models import DynamoDBBackend
 
+from idsync.adapters import dynamodb_state
 from idsync.adapters.dynamodb_state import (
     LOOKUPS_DRAIN,
     LOOKUPS_ITEM,
@@ -865,7 +867,7 @@ class _AsAwsAnswersAMissingIndex:
 
 @pytest.mark.parametrize("building", [False, True], ids=["absent", "being-built"])
 def test_on_a_dynamodb_table_without_the_target_index_users_are_found_by_reading_them(
-    aws_credentials: None, caplog: pytest.LogCaptureFixture, building: bool
+    aws_credentials: None, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, building: bool
 ) -> None:
     # Given a table adopted from an earlier version: no gsi2
     with mock_aws():
@@ -883,16 +885,25 @@ def test_on_a_dynamodb_table_without_the_target_index_users_are_found_by_reading
         _tenant(store, 10)
         client.queries.clear()
 
-        # When the owners of two target ids are asked for, twice
-        first = store.owned_users_by_target({"t-u1", "t-u2"})
-        second = store.owned_users_by_target({"t-u3"})
+        # When the owners of target ids are asked for page after page (the drift check's users listing), a
+        # user is recorded meanwhile, and, once the index could be there, asked again
+        pages = [store.owned_users_by_target({f"t-u{i}", f"t-u{i + 1}"}) for i in range(0, 10, 2)]
+        store.record_user(user("u-new"))
+        missed = store.owned_users_by_target({"t-u-new"})
+        tried = [q.get("IndexName") for q in client.queries].count("gsi2")
+        monkeypatch.setattr(dynamodb_state, "_monotonic", lambda: time.monotonic() + 901)  # both waits are over
 
-    # Then both are answered by reading the user family, the index tried once and its absence logged
-    assert set(first) == {"t-u1", "t-u2"}
-    assert set(second) == {"t-u3"}
-    assert [q.get("IndexName") for q in client.queries].count("gsi2") >= 1
+        later = store.owned_users_by_target({"t-u-new"})
+
+    # Then they were answered from one read of the users' ids (the index tried once), which misses a user
+    # recorded since as the index would; the index is tried again once its wait is over
+    assert [set(page) for page in pages] == [{f"t-u{i}", f"t-u{i + 1}"} for i in range(0, 10, 2)]
+    assert missed == {}
+    assert set(later) == {"t-u-new"}
+    assert tried == 2  # the first page's two ids, sent at once
+    assert [q.get("IndexName") for q in client.queries].count("gsi2") == tried + 1
     assert client.family_reads() == ["USER", "USER"]
-    assert caplog.text.count("index by IAM Identity Center id cannot be read") == 1
+    assert caplog.text.count("index by IAM Identity Center id cannot be read") == 2
 
 
 def test_on_dynamodb_records_from_before_the_lookup_entries_get_them_after_the_drain(dynamodb: Any) -> None:
@@ -968,6 +979,25 @@ def test_the_backfill_leaves_a_record_another_writer_renamed_or_forgot_as_that_w
     entries = _indexed(raw)
     assert entries == {"u1": "USERNAME#new@example.com", "u2": "USERNAME#u2@example.com"}
     assert store.owned_users_named(["old@example.com", "NEW@example.com"]) == {"new@example.com": ["u1"]}
+
+
+def test_a_full_read_before_the_backfill_is_done_does_not_send_it_over_once_done(dynamodb: Any) -> None:
+    # Given old records, the backfill's drain under way
+    raw = boto3.client("dynamodb", region_name=REGION)
+    store = DynamoDbStateStore(TABLE, client=raw)
+    _legacy(raw, store, [user("u1"), OwnedMembership("g1", "u1", "m-1")])
+    now = datetime.now(UTC)
+    store.upgrade_lookups(now - LOOKUPS_DRAIN, lambda: False)
+
+    # When a full read (the daily full reconcile's) meets the records the backfill is there to add entries to,
+    # then the backfill completes, and the next cycle's upkeep runs
+    store.load_ownership()
+    assert store.upgrade_lookups(now, lambda: False) is True
+    again = store.upgrade_lookups(now + timedelta(minutes=10), lambda: False)
+
+    # Then the entries stay complete: nothing is started over
+    assert again is True
+    assert (store.get_item(LOOKUPS_ITEM) or {}).get("ready") is True
 
 
 def test_the_backfill_stops_when_asked_and_goes_on_where_it_stopped(dynamodb: Any) -> None:

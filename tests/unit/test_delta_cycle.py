@@ -270,6 +270,24 @@ def test_comparing_with_the_record_counts_users_and_groups_only_and_the_guard_co
     assert [what for what, _, _ in state.reads] == ["count_users_and_groups", "count_ownership"]
 
 
+def test_the_sizes_a_cycle_records_are_its_first_count_not_the_guard_s_later_one() -> None:
+    # Given a tally that counted users and groups (nothing carried: the cycle plans from this count)
+    from idsync.model import OwnedUser
+    from idsync.services.cycle import _Tally
+
+    state = FakeState()
+    state.record_user(OwnedUser("e1", "t1", "one@example.com", {}, None, ""))
+    tally = _Tally(state, ())
+    assert tally.users_and_groups() == (1, 0)
+
+    # When another writer (the JIT path) records a user, and then the guard counts for its totals
+    state.record_user(OwnedUser("e2", "t2", "two@example.com", {}, None, ""))
+    assert tally.totals() == (2, 0)
+
+    # Then the sizes the cycle records stay its first count, so the next cycle finds the other writer's user
+    assert tally.users_and_groups() == (1, 0)
+
+
 def test_a_quiet_tenant_still_compares_ownership_with_a_count_every_hour() -> None:
     from idsync.model import OwnedUser
 

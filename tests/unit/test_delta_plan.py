@@ -301,3 +301,24 @@ def test_in_a_touched_group_the_group_s_own_read_decides_over_a_lagging_by_user_
 
     # Then g1's memberships are the table's, and the other group's come from the index
     assert set(views.owned.memberships) == {("g1", "e2"), ("g1", "e3"), ("g2", "e1")}
+
+
+def test_a_touched_group_whose_own_read_is_empty_still_decides_over_the_index() -> None:
+    # Given g1 whose last recorded member e1 was just forgotten, the lagging index still listing her
+    from idsync.model import OwnedGroup, OwnedMembership, OwnedUser
+
+    mirror = Mirror(
+        users={"e1": {"id": "e1", "userPrincipalName": "u1@example.com", "displayName": "U 1"}},
+        groups={"g1": {"id": "g1", "displayName": "Admins"}},
+        members={"g1": {"e1": "user"}},
+    )
+    users = {"e1": OwnedUser("e1", "t1", "u1@example.com", {})}
+    groups = {"g1": OwnedGroup("g1", "t-g1", "g1")}
+    table = Ownership(users=users, groups=groups)
+    index = Ownership(users=users, groups=groups, memberships={("g1", "e1"): OwnedMembership("g1", "e1", "m")})
+
+    # When a delta cycle narrows on g1 and her own change
+    views = narrow(mirror, _LaggingIndex(table, index), Touched({"e1"}, {"g1"}), "all", False, SimpleUserMapper().map)
+
+    # Then no membership in g1 is believed owned
+    assert views.owned.memberships == {}

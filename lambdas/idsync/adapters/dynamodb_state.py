@@ -105,6 +105,9 @@ LOOKUPS_DRAIN = timedelta(minutes=15)
 _LOOKUPS_PAGE = 500  # items read per backfill page; ``should_stop`` is asked between pages
 _LOOKUPS_WRITERS = 4  # backfill updates in flight (one partition takes 1,000 writes a second)
 _LOOKUPS_TRUST_SECONDS = 60.0  # a store checks the lookups' completeness again after this long (once a cycle)
+_monotonic = time.monotonic  # the waits' clock (tests move it)
+_INDEX_RETRY_SECONDS = 900.0  # an unreadable gsi2 (absent, or being built) is tried again after this long
+_TARGETS_KEPT_SECONDS = 60.0  # without gsi2, every user's target id is read again after this long
 _LOOKUPS_MAX_KEYS = 1000  # more users than this: reading the membership family costs fewer requests
 # a writer's log entries may bear a time a little before they are written (buffered) or come from a skewed clock
 _LOG_SKEW = timedelta(minutes=5)
@@ -210,7 +213,8 @@ class DynamoDbStateStore:
         self._readers = ThreadPoolExecutor(max_workers=3, thread_name_prefix="idsync-state-read")
         self._trusted_until = 0.0  # monotonic time until which the gsi1 lookups are trusted (``_lookups_ready``)
         self._stale = False  # a record or log entry of a writer without entries was met: the lookups read the table
-        self._target_index = True  # False once gsi2 could not be read (see ``_by_target``)
+        self._target_index_retry = 0.0  # monotonic time before which gsi2 is not tried again (``_by_target``)
+        self._targets: tuple[float, dict[str, str]] | None = None  # without gsi2: (until, target id -> source id)
 
     # ------------------------------------------------------------------ ownership
 
@@ -303,17 +307,25 @@ class DynamoDbStateStore:
             return {}
         sources = self._by_target(sorted(wanted))
         if sources is None:
-            sources = [
-                item["sk"]["S"] for item in self._partition(_USER, "sk, targetId") if item["targetId"]["S"] in wanted
-            ]
+            every = self._user_targets_for_a_while()
+            sources = [every[target_id] for target_id in wanted if target_id in every]
         found = map(_owned_user, self._get_batch([_key(_USER, source_id) for source_id in dict.fromkeys(sources)]))
         return {owned.target_id: owned for owned in found if owned.target_id in wanted}
 
+    def _user_targets_for_a_while(self) -> Mapping[str, str]:
+        """Every owned user's target id -> source id, read once per ``_TARGETS_KEPT_SECONDS`` (the drift check
+        asks page after page): without ``gsi2``. What it misses for that long is missed as the index misses
+        what it lags behind; what it lists is read again by key."""
+        now = _monotonic()
+        if self._targets is None or now >= self._targets[0]:
+            self._targets = (now + _TARGETS_KEPT_SECONDS, self.owned_user_targets())
+        return self._targets[1]
+
     def _by_target(self, target_ids: Sequence[str]) -> list[str] | None:
         """The source ids of the users ``gsi2`` lists under ``target_ids``; None when the table has no readable
-        ``gsi2`` (a table adopted from an earlier version, or one whose index DynamoDB is still building): this
-        store then reads the family instead, and a new one tries the index again."""
-        if not self._target_index:
+        ``gsi2`` (a table adopted from an earlier version, or one whose index DynamoDB is still building): the
+        index is then tried again after ``_INDEX_RETRY_SECONDS``."""
+        if _monotonic() < self._target_index_retry:
             return None
 
         def holders(target_id: str) -> list[dict[str, Any]]:
@@ -334,10 +346,10 @@ class DynamoDbStateStore:
             message = str(answer.get("Message"))
             if answer.get("Code") != "ValidationException" or not any(w in message for w in _UNREADABLE_INDEX):
                 raise
-            self._target_index = False
+            self._target_index_retry = _monotonic() + _INDEX_RETRY_SECONDS
             logger.warning(
                 "state: the table's index by IAM Identity Center id cannot be read; users are found by reading "
-                "them all until it can",
+                "their ids (once a minute) until it can",
                 extra={"index": _TARGET_INDEX, "error": str(cause)},
             )
             return None
@@ -516,7 +528,7 @@ class DynamoDbStateStore:
         reads."""
         if self._stale:
             return False
-        if time.monotonic() < self._trusted_until:
+        if _monotonic() < self._trusted_until:
             return True
         progress = self.get_item(LOOKUPS_ITEM) or {}
         if not progress.get("ready"):
@@ -524,7 +536,7 @@ class DynamoDbStateStore:
         if self._written_without_entries(progress):
             self._stale = True  # the upkeep starts the backfill over
             return False
-        self._trusted_until = time.monotonic() + _LOOKUPS_TRUST_SECONDS
+        self._trusted_until = _monotonic() + _LOOKUPS_TRUST_SECONDS
         return True
 
     def _written_without_entries(self, progress: Mapping[str, Any]) -> bool:
@@ -540,8 +552,9 @@ class DynamoDbStateStore:
         return next(iter(self._query(params)), None) is not None
 
     def _lookups_incomplete(self, unindexed: int) -> None:
-        """Records without their entry were read: this store reads the families, and the upkeep starts over."""
-        if self._stale:
+        """Records without their entry were read while the entries were said complete: this store reads the
+        families, and the upkeep starts over (before, they are what the backfill is there to add)."""
+        if self._stale or not self._lookups_ready():
             return
         logger.warning(
             "state: records without their lookup index entry (written by an earlier version); the lookups read "

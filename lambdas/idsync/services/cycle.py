@@ -296,10 +296,11 @@ class _Tally:
         return counted != self.base
 
     def _count_users_and_groups(self) -> tuple[int, int]:
-        if self._counted is not None:
-            return self._counted[0], self._counted[1]
+        """The first count this cycle took: a later one (the guard's) could hide another writer's write, made in
+        between, from the next cycle's comparison."""
         if self._users_and_groups is None:
-            self._users_and_groups = self.state.count_users_and_groups()
+            counted = self._counted
+            self._users_and_groups = counted[:2] if counted else self.state.count_users_and_groups()
         return self._users_and_groups
 
     def _count(self) -> tuple[int, int, int]:
