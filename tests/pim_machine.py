@@ -509,10 +509,13 @@ class PimMachine(RuleBasedStateMachine):
 
     def _ended_lag(self, user: str, seconds: int) -> timedelta:
         """How long Graph keeps listing a user after a deactivation. One idsync never saw (no grant recorded
-        when it ends, and the instance gone from Graph at once) leaves no trace but the listing: the rule then
-        relies on Graph lagging less than ``SETTLE`` (``SIGHTED_MAX_LAG``); a seen one may lag up to ``MAX_LAG``."""
+        when it ends, or only the sighting of a listing without an instance, and the instance gone from Graph
+        at once) leaves no trace but the listing: the rule then relies on Graph lagging less than ``SETTLE``
+        (``SIGHTED_MAX_LAG``); a seen one may lag up to ``MAX_LAG``."""
         lag = timedelta(seconds=seconds)
-        return lag if self.world.state.grant(GROUP, user) is not None else min(lag, SIGHTED_MAX_LAG)
+        record = self.world.state.grant(GROUP, user)
+        seen = record is not None and record.phase != GRANT_SIGHTED
+        return lag if seen else min(lag, SIGHTED_MAX_LAG)
 
     def _lag(self, user: str, until: datetime) -> None:
         self.lag[user] = max(until, self.lag.get(user, until))

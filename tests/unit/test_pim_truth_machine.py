@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, settings
 
 from idsync.ports import GRANT_ENDED
 from idsync.services.jit import LEASE_RETRY_SECONDS
-from tests.pim_machine import MAX_LAG, USERS, PimMachine
+from tests.pim_machine import MAX_LAG, SIGHTED_MAX_LAG, USERS, PimMachine
 from tests.pim_world import GROUP, GROUP_NAME
 
 EXAMPLES = int(os.environ.get("IDSYNC_PIM_EXAMPLES", "60"))
@@ -124,3 +124,26 @@ def test_the_excuse_is_for_the_removal_on_its_way_only() -> None:
     # Then invariant (b) fails
     with pytest.raises(AssertionError, match=r"\(b\) .* lost her membership"):
         machine.access_follows_entra()
+
+
+def test_a_listing_sighted_before_an_unseen_activation_ends_is_not_taken_for_a_permanent_member() -> None:
+    # Given a user Graph lists before her instance is visible (idsync records only the sighting), whose
+    # activation then ends at once, unseen (no notification)
+    machine = PimMachine()
+    machine.provision()
+    user = USERS[0]
+    machine.listed_before_instance(user, 1, 30)
+    assert machine.world.phase(user) == "sighted"
+    active = [i for i in machine.truth.values() if i.user == user]
+
+    class Pick:
+        def draw(self, strategy: object) -> object:
+            return active[0]
+
+    machine.deactivate(Pick(), 600, False)  # type: ignore[arg-type]
+
+    # Then Graph's listing lags as for an activation idsync never saw (under SETTLE), and once the settle time
+    # has passed she is not a member
+    assert machine.lag[user] - machine.now <= SIGHTED_MAX_LAG
+    machine.time_passes(seconds=11 * 60, lag=int(MAX_LAG.total_seconds()))
+    assert not machine.world.is_member(user)
